@@ -1,0 +1,1 @@
+# placeholder: the public API is written in ops/ and re-exported here

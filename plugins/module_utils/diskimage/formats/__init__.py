@@ -1,0 +1,29 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Registry of format drivers.
+
+Imports are static on purpose: Ansible packs into a module's payload only the
+module_utils it finds in import statements.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+from .raw import RawDriver
+from .qcow2 import Qcow2Driver
+
+DRIVERS = {
+    RawDriver.format_name: RawDriver,
+    Qcow2Driver.format_name: Qcow2Driver,
+}
+
+
+def driver_class(fmt, path=None):
+    """The driver class for format name ``fmt``."""
+    from ..errors import UnsupportedFeature
+    try:
+        return DRIVERS[fmt]
+    except KeyError:
+        raise UnsupportedFeature("unknown or unsupported image format %r (supported: %s)"
+                                 % (fmt, ", ".join(sorted(DRIVERS))), path)

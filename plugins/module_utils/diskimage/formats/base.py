@@ -1,0 +1,132 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The driver interface every format implements (DESIGN.md, "The image library").
+
+A driver is one layer of an image: it maps guest (virtual) offsets to its own
+file.  Backing chains are chains of drivers: ``read`` falls through to
+``self.backing`` for ranges this layer does not allocate, and reads zeroes past
+the backing's end.  ``block_status`` describes this layer only.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import collections
+
+from ..errors import UnsupportedOperation, ReadOnlyImageError
+
+# Block status kinds of one layer.
+DATA = "data"                # this layer holds the bytes (host offset known when meaningful)
+ZERO = "zero"                # this layer says the range reads as zeroes (hole in raw, zero cluster)
+UNALLOCATED = "unallocated"  # this layer says nothing: reads fall through to the backing (or zeroes)
+
+# One run of block status: guest offset, length, kind (DATA/ZERO/UNALLOCATED),
+# host offset in this layer's data file (or None).
+Extent = collections.namedtuple("Extent", "start length kind offset")
+
+# Largest single read/write the library issues (bounded memory whatever the image size).
+MAX_IO = 4 * 1024 * 1024
+
+
+class Driver:
+    """One opened layer of an image.  Subclasses set ``format_name``.
+
+    Attributes every driver provides after ``open``:
+      path            absolute path of the image file
+      readonly        bool
+      virtual_size    int, bytes
+      backing         Driver or None (opened backing layer, policy already applied)
+      backing_filename        str or None, as recorded in the image
+      backing_format          str or None, as recorded in the image
+      data_file               str or None (qcow2 external data file name)
+    """
+
+    format_name = None
+    # Whether create()/write() are implemented.
+    can_create = False
+    can_write = False
+
+    def __init__(self):
+        self.path = None
+        self.readonly = True
+        self.virtual_size = 0
+        self.backing = None
+        self.backing_filename = None
+        self.backing_format = None
+        self.data_file = None
+
+    # ------------------------------------------------------------------ probing
+    @classmethod
+    def probe(cls, header, filename):
+        """Score 0..100 for how surely ``header`` (first 4 KiB or less) is this format."""
+        return 0
+
+    # --------------------------------------------------------------- lifecycle
+    @classmethod
+    def open(cls, path, readonly=True, opener=None, force_share=False):
+        """Open ``path``.  ``opener(referrer_path, name, fmt)`` opens a file named
+        inside the image (backing file, data file) under the caller's path policy
+        and returns a Driver (or, for data files, raises PolicyError)."""
+        raise UnsupportedOperation("opening %s images is not supported" % cls.format_name)
+
+    @classmethod
+    def create(cls, path, size, options=None, backing=None):
+        """Create a new image at ``path`` (the caller passes a temporary name and
+        renames it into place).  ``backing`` is an opened backing Driver or None;
+        ``options`` is the qemu-img ``-o`` dictionary, already including
+        ``backing_file``/``backing_fmt`` when the image gets a backing file."""
+        raise UnsupportedOperation("creating %s images is not supported" % cls.format_name, path)
+
+    def close(self):
+        if self.backing is not None:
+            self.backing.close()
+            self.backing = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # -------------------------------------------------------------------- data
+    def read(self, offset, length):
+        """Guest-visible bytes [offset, offset+length), backing included."""
+        raise NotImplementedError
+
+    def write(self, offset, data):
+        raise UnsupportedOperation("writing %s images is not supported" % self.format_name, self.path)
+
+    def write_zeroes(self, offset, length, may_unmap=False):
+        """Make [offset, offset+length) read as zeroes; ``may_unmap`` allows
+        deallocation when the result still reads zero (no backing showing through)."""
+        raise UnsupportedOperation("writing %s images is not supported" % self.format_name, self.path)
+
+    def block_status(self, offset, length):
+        """List of Extent covering [offset, offset+length) exactly, for this layer only."""
+        return [Extent(offset, length, DATA, None)]
+
+    def flush(self):
+        pass
+
+    def _check_writable(self):
+        if self.readonly:
+            raise ReadOnlyImageError("image is opened read-only", self.path)
+
+    # ----------------------------------------------------------------- queries
+    def info(self):
+        """Format-specific part of ``qemu-img info --output=json`` plus sizes:
+        returns a dict with optional keys ``cluster-size``, ``dirty-flag``,
+        ``format-specific`` ({"type": ..., "data": {...}}), ``snapshots``,
+        ``encrypted``.  Generic keys (filename, format, virtual-size,
+        actual-size, backing-filename...) are added by ops/info.py."""
+        return {}
+
+    def check(self, repair=None):
+        """Result with the keys of ``qemu-img check --output=json``."""
+        raise UnsupportedOperation("checking %s images is not supported" % self.format_name, self.path)
+
+    def snapshots(self):
+        """Internal snapshots as ``qemu-img info`` lists them (empty when none)."""
+        return []

@@ -1,0 +1,23 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Make this checkout importable as ansible_collections.kvm.storage.
+
+A symlink in a private temporary directory points at the checkout, so the
+tests always import the code under test, whatever is installed elsewhere.
+"""
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_TMP = tempfile.mkdtemp(prefix="kvm-storage-import-")
+os.makedirs(os.path.join(_TMP, "ansible_collections", "kvm"))
+os.symlink(_ROOT, os.path.join(_TMP, "ansible_collections", "kvm", "storage"))
+sys.path.insert(0, _TMP)
+atexit.register(shutil.rmtree, _TMP, True)
+for _name in list(sys.modules):
+    if _name == "ansible_collections" or _name.startswith("ansible_collections.kvm"):
+        del sys.modules[_name]
