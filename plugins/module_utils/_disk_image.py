@@ -1,0 +1,468 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Backend of the disk_image and disk_image_info modules.
+
+Private to this collection (the leading underscore): no compatibility promise.
+
+disk_image reads the actual state once (``read_state``), compares it with the
+request (``plan_disk_image``, a pure function that returns the actions and the
+diff views), and applies the plan only outside check mode (``apply_plan``).
+The diff's ``before``/``after`` are the same normalised views the comparison
+uses (``image_view``).
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import decimal
+import os
+import re
+import time
+
+from ansible.module_utils.parsing.convert_bool import boolean
+
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
+    check as image_check,
+    convert as image_convert,
+    create as image_create,
+    info as image_info,
+    resize as image_resize,
+)
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
+    UnsupportedFeature,
+    UnsupportedOperation,
+)
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy import resolve_reference
+
+# qemu-img rounds every virtual size up to whole 512-byte sectors.
+SECTOR_SIZE = 512
+
+_SIZE_UNITS = {'': 1, 'b': 1, 'k': 1 << 10, 'm': 1 << 20, 'g': 1 << 30, 't': 1 << 40, 'p': 1 << 50, 'e': 1 << 60}
+_SIZE_RE = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*(?:([kmgtpe])(?:i?b)?|(b))?\s*$', re.IGNORECASE)
+
+# Creation options that ``info()`` reports back, so that an existing image can be compared with them.
+COMPARABLE_OPTIONS = ('cluster_size', 'compat', 'lazy_refcounts', 'refcount_bits', 'compression_type',
+                      'extended_l2', 'data_file', 'data_file_raw')
+_BOOL_OPTIONS = ('lazy_refcounts', 'extended_l2', 'data_file_raw')
+_SIZE_OPTIONS = ('cluster_size',)
+_INT_OPTIONS = ('refcount_bits',)
+_COMPAT_ALIASES = {'v2': '0.10', 'v3': '1.1', '0.10': '0.10', '1.1': '1.1'}
+
+
+class DiskImageError(Exception):
+    """A request the module refuses (as opposed to an ImageError from the library)."""
+
+
+# --------------------------------------------------------------------------- argument specs
+def policy_argument_spec(force_share=False):
+    """Options of the path policy (doc fragment kvm.storage.image_policy)."""
+    spec = dict(allow_dirs=dict(type='list', elements='path', default=[]))
+    if force_share:
+        spec['force_share'] = dict(type='bool', default=False)
+    return spec
+
+
+def disk_image_argument_spec():
+    spec = dict(
+        path=dict(type='path', required=True),
+        state=dict(type='str', default='present', choices=['present', 'absent']),
+        format=dict(type='str'),
+        size=dict(type='raw'),
+        shrink=dict(type='bool', default=False),
+        src=dict(type='path'),
+        src_format=dict(type='str'),
+        backing_file=dict(type='str'),
+        backing_format=dict(type='str'),
+        options=dict(type='dict', default={}),
+        compress=dict(type='bool', default=False),
+        force=dict(type='bool', default=False),
+    )
+    spec.update(policy_argument_spec())
+    return spec
+
+
+def disk_image_info_argument_spec():
+    spec = dict(
+        path=dict(type='raw', required=True),
+        backing_chain=dict(type='bool', default=False),
+        check=dict(type='bool', default=False),
+    )
+    spec.update(policy_argument_spec(force_share=True))
+    return spec
+
+
+# --------------------------------------------------------------------------- value normalisation
+def parse_size(value, what='size'):
+    """Bytes from an int or a qemu-img size string (``10G``, ``512M``, ``1.5G``; suffixes are powers of 1024)."""
+    if isinstance(value, bool):
+        raise DiskImageError('%s: expected a number of bytes or a size such as 10G, found %r' % (what, value))
+    if isinstance(value, int):
+        number = value
+    else:
+        match = _SIZE_RE.match(str(value))
+        if not match:
+            raise DiskImageError('%s: expected a number of bytes or a size such as 10G, found %r' % (what, value))
+        unit = (match.group(2) or match.group(3) or '').lower()
+        exact = decimal.Decimal(match.group(1)) * _SIZE_UNITS[unit]
+        if exact != exact.to_integral_value():
+            raise DiskImageError('%s: %r is not a whole number of bytes' % (what, value))
+        number = int(exact)
+    if number < 0:
+        raise DiskImageError('%s: must not be negative, found %r' % (what, value))
+    return number
+
+
+def align_size(size):
+    """Virtual size as images record it: rounded up to whole sectors."""
+    return -(-size // SECTOR_SIZE) * SECTOR_SIZE
+
+
+def normalise_options(options):
+    """The ``options`` dict with values in the form ``info()`` reports them (and the library accepts)."""
+    normalised = {}
+    for name, value in (options or {}).items():
+        try:
+            if name in _BOOL_OPTIONS:
+                value = boolean(value, strict=True)
+            elif name in _SIZE_OPTIONS:
+                value = parse_size(value, 'options.%s' % name)
+            elif name in _INT_OPTIONS:
+                value = int(value)
+            elif name == 'compat':
+                value = _COMPAT_ALIASES.get(str(value), str(value))
+        except (TypeError, ValueError) as exc:
+            raise DiskImageError('options.%s: invalid value %r (%s)' % (name, value, exc))
+        normalised[name] = value
+    return normalised
+
+
+def image_options(info_dict):
+    """The comparable creation options an image reports, spelled as ``options`` spells them."""
+    options = {}
+    if info_dict.get('cluster-size') is not None:
+        options['cluster_size'] = info_dict['cluster-size']
+    specific = (info_dict.get('format-specific') or {}).get('data') or {}
+    for name in COMPARABLE_OPTIONS:
+        key = name.replace('_', '-')
+        if key in specific:
+            options[name] = specific[key]
+    return options
+
+
+def image_view(path, info_dict):
+    """The normalised view of an image used both for comparison and for the diff."""
+    if info_dict is None:
+        return {'path': path, 'state': 'absent'}
+    return {
+        'path': path,
+        'state': 'present',
+        'format': info_dict.get('format'),
+        'virtual_size': info_dict.get('virtual-size'),
+        'backing_file': info_dict.get('backing-filename'),
+        'backing_format': info_dict.get('backing-filename-format'),
+        'options': image_options(info_dict),
+    }
+
+
+# --------------------------------------------------------------------------- request and plan
+class DiskImageRequest(object):
+    """What the task asks for, validated and normalised (sizes in bytes, options normalised)."""
+
+    def __init__(self, path, state='present', fmt=None, size=None, shrink=False, src=None, src_format=None,
+                 backing_file=None, backing_format=None, options=None, compress=False, force=False, allow_dirs=None):
+        self.path = path
+        self.state = state
+        self.format = fmt
+        self.size = None if size is None else parse_size(size)
+        self.shrink = shrink
+        self.src = src
+        self.src_format = src_format
+        self.backing_file = backing_file
+        self.backing_format = backing_format
+        self.options = normalise_options(options)
+        self.compress = compress
+        self.force = force
+        self.allow_dirs = list(allow_dirs or []) or None
+        self._validate()
+
+    @classmethod
+    def from_params(cls, params):
+        names = ('path', 'state', 'size', 'shrink', 'src', 'src_format', 'backing_file', 'backing_format',
+                 'options', 'compress', 'force', 'allow_dirs')
+        return cls(fmt=params.get('format'), **dict((name, params.get(name)) for name in names))
+
+    def _validate(self):
+        if self.state != 'present':
+            return
+        if not self.format:
+            raise DiskImageError('format is required with state=present')
+        if self.compress and not self.src:
+            raise DiskImageError('compress applies to a conversion: it requires src')
+        if self.src_format and not self.src:
+            raise DiskImageError('src_format requires src')
+        if self.backing_format and not self.backing_file:
+            raise DiskImageError('backing_format requires backing_file')
+        if self.backing_file == '':
+            raise DiskImageError('backing_file must not be empty')
+        for name in ('backing_file', 'backing_fmt'):
+            if name in self.options:
+                raise DiskImageError('options.%s: use the backing_file and backing_format options' % name)
+        if self.src and os.path.abspath(self.src) == os.path.abspath(self.path):
+            raise DiskImageError('src and path are the same file: %s' % self.path)
+
+
+class Action(object):
+    """One step of a plan: ``kind`` (remove, create, convert, resize), its arguments, and a description
+    that is identical whether the plan is applied or only predicted (check mode)."""
+
+    def __init__(self, kind, description, **args):
+        self.kind = kind
+        self.description = description
+        self.args = args
+
+    def __repr__(self):
+        return 'Action(%r, %r)' % (self.kind, self.args)
+
+
+class Plan(object):
+    def __init__(self, actions, before, after, differences=None):
+        self.actions = actions
+        self.before = before
+        self.after = after
+        self.differences = differences or []
+
+    @property
+    def changed(self):
+        return bool(self.actions)
+
+    @property
+    def replaces_file(self):
+        """Whether the plan writes a new file at path (so its attributes are not predictable in check mode)."""
+        return any(action.kind in ('create', 'convert') for action in self.actions)
+
+
+def _same_size(a, b):
+    return a is not None and b is not None and align_size(a) == align_size(b)
+
+
+def _image_differences(request, before, src_info):
+    """Differences that only recreating the image can resolve: list of (field, actual, requested)."""
+    differences = []
+    if before['format'] != request.format:
+        differences.append(('format', before['format'], request.format))
+    if request.backing_file is not None:
+        if before['backing_file'] != request.backing_file:
+            differences.append(('backing_file', before['backing_file'], request.backing_file))
+        if before['backing_format'] != request.backing_format:
+            differences.append(('backing_format', before['backing_format'], request.backing_format))
+    for name in sorted(request.options):
+        if name in COMPARABLE_OPTIONS and name in before['options'] and before['options'][name] != request.options[name]:
+            differences.append(('options.%s' % name, before['options'][name], request.options[name]))
+    if src_info is not None and request.size is None and not _same_size(before['virtual_size'], src_info['virtual-size']):
+        differences.append(('virtual_size', before['virtual_size'], align_size(src_info['virtual-size'])))
+    return differences
+
+
+def _describe_differences(differences):
+    return ', '.join('%s is %r, requested %r' % difference for difference in differences)
+
+
+def plan_disk_image(request, current_info, src_info=None, backing_info=None):
+    """Compare the actual image (``current_info``: info dict or None when there is no file) with the request.
+
+    ``src_info`` is the info of ``request.src``, ``backing_info`` that of the requested backing file
+    (``request.backing_format`` already filled in).  Returns a Plan; raises DiskImageError when the
+    request cannot be met without a flag the task did not set (force, shrink).
+    """
+    before = image_view(request.path, current_info)
+    if request.state == 'absent':
+        if current_info is None:
+            return Plan([], before, dict(before))
+        action = Action('remove', 'remove %s image %s' % (before['format'], request.path))
+        return Plan([action], before, {'path': request.path, 'state': 'absent'})
+
+    differences = []
+    recreate = current_info is None
+    if current_info is not None:
+        differences = _image_differences(request, before, src_info)
+        if differences and not request.force:
+            raise DiskImageError('%s exists and differs from the request (%s); set force=true to recreate it, '
+                                 'which discards its content' % (request.path, _describe_differences(differences)))
+        recreate = bool(differences)
+
+    actions = []
+    replacing = '' if current_info is None else ', replacing the existing %s image' % before['format']
+    if recreate:
+        after = {'path': request.path, 'state': 'present', 'format': request.format,
+                 'backing_file': request.backing_file, 'backing_format': request.backing_format,
+                 'options': dict((name, value) for name, value in request.options.items() if name in COMPARABLE_OPTIONS)}
+        if request.src is not None:
+            actions.append(Action(
+                'convert', 'convert %s (%s) to %s image %s%s%s' % (
+                    request.src, src_info['format'], request.format, request.path,
+                    ' compressed' if request.compress else '', replacing),
+                src=request.src, src_format=src_info['format']))
+            current_size = src_info['virtual-size']
+        else:
+            size = request.size
+            if size is None and request.backing_file is None and current_info is not None:
+                size = before['virtual_size']
+            if size is None and request.backing_file is None:
+                raise DiskImageError('size is required to create %s (or give backing_file or src)' % request.path)
+            created_size = size if size is not None else backing_info['virtual-size']
+            actions.append(Action(
+                'create', 'create %s image %s of %d bytes%s%s' % (
+                    request.format, request.path, align_size(created_size),
+                    '' if request.backing_file is None else ' backed by %s (%s)' % (request.backing_file, request.backing_format),
+                    replacing),
+                size=size))
+            current_size = created_size
+        after['virtual_size'] = align_size(current_size)
+    else:
+        after = dict(before, options=dict(before['options']))
+        current_size = before['virtual_size']
+
+    if request.size is not None and not _same_size(current_size, request.size):
+        new_size = align_size(request.size)
+        if new_size < current_size and not request.shrink:
+            raise DiskImageError('refusing to shrink %s from %d to %d bytes, which discards data at its end; '
+                                 'set shrink=true to allow it' % (request.path, current_size, new_size))
+        actions.append(Action('resize', '%s %s image %s from %d to %d bytes' % (
+            'grow' if new_size > current_size else 'shrink', request.format, request.path, current_size, new_size),
+            size=new_size, shrink=new_size < current_size))
+        after['virtual_size'] = new_size
+    return Plan(actions, before, after, differences)
+
+
+# --------------------------------------------------------------------------- reading and applying
+def read_state(request):
+    """Read once what the plan needs: (current_info, src_info, backing_info); fills request.backing_format."""
+    current_info = None
+    if os.path.lexists(request.path):
+        if not os.path.isfile(request.path):
+            raise DiskImageError('%s exists and is not a regular file' % request.path)
+        current_info = image_info(request.path, allow_dirs=request.allow_dirs)
+    if request.state != 'present':
+        return current_info, None, None
+    src_info = None
+    if request.src is not None:
+        src_info = image_info(request.src, fmt=request.src_format, allow_dirs=request.allow_dirs)
+    backing_info = None
+    if request.backing_file is not None:
+        # Resolved exactly as the image will resolve it: the policy decides before anything is opened.
+        backing_path = resolve_reference(os.path.abspath(request.path), request.backing_file,
+                                         allow_dirs=request.allow_dirs, kind='backing file')
+        backing_info = image_info(backing_path, fmt=request.backing_format, allow_dirs=request.allow_dirs)
+        if request.backing_format is None:
+            # Never leave the backing format to be probed later: record the detected one (security rule 2).
+            request.backing_format = backing_info['format']
+    return current_info, src_info, backing_info
+
+
+def _backing_options(request):
+    options = dict(request.options)
+    if request.backing_file is not None:
+        options['backing_file'] = request.backing_file
+        options['backing_fmt'] = request.backing_format
+    return options
+
+
+def apply_plan(plan, request):
+    """Carry out the plan; returns statistics of a conversion ({} when none ran)."""
+    stats = {}
+    for action in plan.actions:
+        if action.kind == 'remove':
+            os.unlink(request.path)
+        elif action.kind == 'create':
+            image_create(request.path, request.format, size=action.args['size'], backing_file=request.backing_file,
+                         backing_fmt=request.backing_format, options=request.options or None,
+                         allow_dirs=request.allow_dirs)
+        elif action.kind == 'convert':
+            started = time.time()
+            outcome = image_convert(request.src, request.path, request.format, src_fmt=action.args['src_format'],
+                                    options=_backing_options(request) or None, compress=request.compress,
+                                    allow_dirs=request.allow_dirs)
+            stats['duration'] = round(time.time() - started, 3)
+            if isinstance(outcome, dict) and isinstance(outcome.get('bytes_written'), int):
+                stats['bytes_written'] = outcome['bytes_written']
+            else:
+                stats['bytes_written'] = os.stat(request.path).st_blocks * 512
+        elif action.kind == 'resize':
+            image_resize(request.path, action.args['size'], fmt=request.format, shrink=action.args['shrink'],
+                         allow_dirs=request.allow_dirs)
+        else:
+            raise DiskImageError('internal error: unknown action %r' % action.kind)
+    return stats
+
+
+def run_disk_image(module):
+    """The disk_image module: returns the result dict for exit_json.
+
+    Raises ImageError (library) or DiskImageError (request); the module turns both into fail_json.
+    """
+    request = DiskImageRequest.from_params(module.params)
+    current_info, src_info, backing_info = read_state(request)
+    plan = plan_disk_image(request, current_info, src_info, backing_info)
+
+    result = dict(changed=plan.changed, actions=[action.description for action in plan.actions])
+    diff = dict(before=plan.before, after=plan.after)
+    if not module.check_mode and plan.changed:
+        conversion = apply_plan(plan, request)
+        if conversion:
+            result['conversion'] = conversion
+
+    if request.state == 'present' and (not module.check_mode or not plan.replaces_file):
+        file_args = module.load_file_common_arguments(module.params)
+        if module.set_fs_attributes_if_different(file_args, False, diff=diff):
+            result['changed'] = True
+            if not plan.actions:
+                result['actions'].append('set file attributes of %s' % request.path)
+
+    if module.check_mode or request.state == 'absent':
+        result['image'] = current_info if request.state == 'present' and current_info is not None else {}
+    elif plan.changed:
+        result['image'] = image_info(request.path, allow_dirs=request.allow_dirs)
+    else:
+        result['image'] = current_info
+    if module._diff:
+        result['diff'] = diff
+    return result
+
+
+# --------------------------------------------------------------------------- disk_image_info
+def _paths(value):
+    if isinstance(value, (list, tuple)):
+        paths = list(value)
+    else:
+        paths = [value]
+    if not paths or any(not isinstance(path, str) or not path for path in paths):
+        raise DiskImageError('path: expected a path or a list of paths, found %r' % (value,))
+    return [os.path.expanduser(os.path.expandvars(path)) for path in paths]
+
+
+def describe_image(path, backing_chain=False, check=False, allow_dirs=None, force_share=False):
+    """Info dict of one image for disk_image_info (``exists`` false when there is no file)."""
+    if not os.path.lexists(path):
+        return {'filename': path, 'exists': False}
+    if backing_chain:
+        chain = image_info(path, backing_chain=True, allow_dirs=allow_dirs, force_share=force_share)
+        described = dict(chain[0])
+        described['backing-chain'] = chain
+    else:
+        described = dict(image_info(path, allow_dirs=allow_dirs, force_share=force_share))
+    described['exists'] = True
+    if check:
+        try:
+            described['check'] = image_check(path, fmt=described['format'], allow_dirs=allow_dirs, force_share=force_share)
+        except (UnsupportedOperation, UnsupportedFeature) as exc:
+            described['check_note'] = str(exc)
+    return described
+
+
+def run_disk_image_info(params):
+    allow_dirs = list(params.get('allow_dirs') or []) or None
+    images = [describe_image(path, backing_chain=params['backing_chain'], check=params['check'],
+                             allow_dirs=allow_dirs, force_share=params['force_share'])
+              for path in _paths(params['path'])]
+    return dict(changed=False, images=images)

@@ -1,0 +1,239 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: disk_image
+short_description: Create, convert, grow and remove QEMU disk image files
+version_added: 0.1.0
+description:
+  - Manages one disk image file (raw or qcow2) the way C(qemu-img create), C(qemu-img convert) and C(qemu-img resize) do,
+    without needing qemu-img on the host; the image library travels inside the module.
+  - The module reads the image once, compares it with the request, and acts only on a difference.
+  - New images are built under a temporary name in the destination directory and renamed into place when complete,
+    so a failed run never leaves a partial image at O(path).
+  - An existing image whose format, backing file, backing format or reported creation options differ from the request
+    is never silently accepted; the task fails unless O(force=true), which recreates it.
+author:
+  - kvm.storage contributors
+extends_documentation_fragment:
+  - ansible.builtin.files
+  - kvm.storage.image_policy
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Check mode computes the same plan as a real run and returns the same RV(actions) and C(changed).
+  diff_mode:
+    support: full
+    details:
+      - The diff shows the normalised image view used for the comparison (format, virtual size, backing file,
+        backing format, creation options) plus file attributes that change.
+options:
+  path:
+    description:
+      - Path of the image file.
+    type: path
+    required: true
+  state:
+    description:
+      - V(present) makes sure the image exists as requested.
+      - V(absent) removes the image file; its backing files are left alone.
+    type: str
+    choices: [present, absent]
+    default: present
+  format:
+    description:
+      - Format of the image, for example V(qcow2) or V(raw).
+      - Required with O(state=present). The format of an image is never guessed before writing to it.
+      - An existing image in another format is a failure unless O(force=true).
+    type: str
+  size:
+    description:
+      - Virtual size of the image, in bytes (an integer) or with a qemu-img suffix (V(K), V(M), V(G), V(T), V(P), V(E),
+        powers of 1024; V(10G), V(1.5G), V(512MiB) are accepted).
+      - Rounded up to a multiple of 512 bytes, as qemu-img does.
+      - Required to create an image without O(src) or O(backing_file); with O(backing_file) the default is the
+        backing file's virtual size.
+      - An existing image that is smaller is grown; an existing image that is larger is shrunk only with O(shrink=true).
+      - With O(src), the converted image is then resized to this size.
+    type: raw
+  shrink:
+    description:
+      - Allow O(size) to be smaller than the virtual size of an existing image. The data past the new end is lost.
+    type: bool
+    default: false
+  src:
+    description:
+      - Image to convert into O(path) (like C(qemu-img convert)).
+      - When O(path) already exists with the requested O(format), backing file and options and with the virtual size
+        of O(src) (or O(size) when given), it is taken as converted from O(src) already and is not converted again;
+        the contents are not compared. Use O(force=true) together with a differing option, or remove O(path) first,
+        to convert again.
+      - When O(path) exists but differs, the task fails unless O(force=true), which converts again.
+    type: path
+  src_format:
+    description:
+      - Format of O(src). By default it is detected.
+    type: str
+  backing_file:
+    description:
+      - Backing file of the image (an overlay), recorded in the image as written here.
+      - A relative name is resolved in the directory of O(path). An absolute name must be inside one of O(allow_dirs).
+      - With O(src), the converted image holds only what differs from the backing file (like C(qemu-img convert -B)).
+    type: str
+  backing_format:
+    description:
+      - Format of O(backing_file).
+      - By default the backing file's format is detected, and recorded explicitly in the image.
+    type: str
+  options:
+    description:
+      - Creation options of the format, spelled as for C(qemu-img create -o), for example C(cluster_size),
+        C(compat), C(lazy_refcounts), C(refcount_bits), C(preallocation), C(compression_type), C(extended_l2).
+      - Values may be integers, booleans or strings (sizes like V(64K) and V(on)/V(off) are accepted).
+      - Only C(cluster_size), C(compat), C(lazy_refcounts), C(refcount_bits), C(compression_type), C(extended_l2),
+        C(data_file) and C(data_file_raw) are reported by an existing image and compared with it; the others only
+        apply when the image is created.
+    type: dict
+    default: {}
+  compress:
+    description:
+      - Compress the data written by a conversion (like C(qemu-img convert -c)). Requires O(src) and a format that
+        supports compression (qcow2).
+    type: bool
+    default: false
+  force:
+    description:
+      - Recreate the image when its format, backing file, backing format, compared creation options or (with O(src))
+        virtual size differ from the request.
+      - Without O(src) the recreated image is empty; with O(src) it is converted again. The existing content is lost.
+      - An image that matches the request is left alone even with O(force=true).
+    type: bool
+    default: false
+notes:
+  - Images in use by a running guest (locked the way QEMU locks them) are not written; the task fails.
+  - The image at O(path) must be a regular file.
+seealso:
+  - module: kvm.storage.disk_image_info
+'''
+
+EXAMPLES = r'''
+- name: Create a 20 GiB qcow2 image
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/base.qcow2
+    format: qcow2
+    size: 20G
+    options:
+      cluster_size: 64K
+      lazy_refcounts: true
+    mode: "0640"
+
+- name: Create an overlay on it (the backing format is detected and recorded)
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/vm1.qcow2
+    format: qcow2
+    backing_file: base.qcow2
+
+- name: Convert a raw image into a compressed qcow2 image
+  kvm.storage.disk_image:
+    path: /srv/export/vm1.qcow2
+    src: /srv/import/vm1.img
+    src_format: raw
+    format: qcow2
+    compress: true
+
+- name: Grow an image to 40 GiB
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/base.qcow2
+    format: qcow2
+    size: 40G
+
+- name: Remove an image
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/vm1.qcow2
+    state: absent
+'''
+
+RETURN = r'''
+image:
+  description:
+    - Information about the image, with the keys of C(qemu-img info --output=json).
+    - In check mode, the image as it is before the change.
+    - An empty dictionary when there is no image (O(state=absent), or check mode before creation).
+  returned: success
+  type: dict
+  sample:
+    virtual-size: 21474836480
+    filename: /var/lib/libvirt/images/base.qcow2
+    cluster-size: 65536
+    format: qcow2
+    actual-size: 200704
+    dirty-flag: false
+    format-specific:
+      type: qcow2
+      data:
+        compat: "1.1"
+        compression-type: zlib
+        lazy-refcounts: true
+        refcount-bits: 16
+        corrupt: false
+        extended-l2: false
+actions:
+  description:
+    - What was done, or in check mode what would be done, in order; empty when nothing changed.
+  returned: success
+  type: list
+  elements: str
+  sample:
+    - create qcow2 image /var/lib/libvirt/images/base.qcow2 of 21474836480 bytes
+conversion:
+  description:
+    - Statistics of the conversion from O(src), when one ran (not in check mode).
+  returned: when a conversion ran
+  type: dict
+  contains:
+    duration:
+      description: Seconds the conversion took.
+      type: float
+      returned: always
+      sample: 1.25
+    bytes_written:
+      description: Bytes the conversion wrote to the new image (its allocated size when the library does not count them).
+      type: int
+      returned: always
+      sample: 1048576
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+
+from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
+    DiskImageError,
+    disk_image_argument_spec,
+    run_disk_image,
+)
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import ImageError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=disk_image_argument_spec(),
+        supports_check_mode=True,
+        add_file_common_args=True,
+    )
+    try:
+        result = run_disk_image(module)
+    except (ImageError, DiskImageError) as exc:
+        module.fail_json(msg=to_native(exc))
+    except (OSError, IOError) as exc:
+        module.fail_json(msg='%s: %s' % (module.params['path'], to_native(exc)))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

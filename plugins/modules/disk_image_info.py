@@ -1,0 +1,183 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: disk_image_info
+short_description: Read information about QEMU disk image files
+version_added: 0.1.0
+description:
+  - Returns what C(qemu-img info --output=json) returns for one or more images, optionally with their backing chains
+    and the result of a consistency check (C(qemu-img check)), without needing qemu-img on the host.
+  - Never writes to the images.
+author:
+  - kvm.storage contributors
+extends_documentation_fragment:
+  - kvm.storage.image_policy
+  - kvm.storage.image_policy.force_share
+attributes:
+  check_mode:
+    support: full
+    details:
+      - The module never changes anything; it runs the same in check mode.
+  diff_mode:
+    support: none
+options:
+  path:
+    description:
+      - Path of an image, or a list of paths.
+    type: raw
+    required: true
+  backing_chain:
+    description:
+      - Also describe every image of the backing chain (like C(qemu-img info --backing-chain)), in RV(images[].backing-chain).
+    type: bool
+    default: false
+  check:
+    description:
+      - Also check each image for consistency (like C(qemu-img check), without repairing), in RV(images[].check).
+      - For a format that cannot be checked, RV(images[].check_note) says so instead; that is not a failure.
+    type: bool
+    default: false
+seealso:
+  - module: kvm.storage.disk_image
+'''
+
+EXAMPLES = r'''
+- name: Describe an overlay and its backing chain
+  kvm.storage.disk_image_info:
+    path: /var/lib/libvirt/images/vm1.qcow2
+    backing_chain: true
+  register: vm1_disk
+
+- name: Show the virtual size of every layer
+  ansible.builtin.debug:
+    msg: "{{ vm1_disk.images[0]['backing-chain'] | map(attribute='virtual-size') | list }}"
+
+- name: Check several images, including one a running guest uses
+  kvm.storage.disk_image_info:
+    path:
+      - /var/lib/libvirt/images/base.qcow2
+      - /var/lib/libvirt/images/vm2.qcow2
+    check: true
+    force_share: true
+  register: checked
+
+- name: Fail when an image has errors
+  ansible.builtin.assert:
+    that: item.check is not defined or item.check['check-errors'] | default(0) == 0
+  loop: "{{ checked.images }}"
+  loop_control:
+    label: "{{ item.filename }}"
+'''
+
+RETURN = r'''
+images:
+  description:
+    - One entry per O(path), in order, with the keys of C(qemu-img info --output=json) when the image exists.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    exists:
+      description: Whether the file exists. When it does not, only RV(images[].filename) is returned besides.
+      type: bool
+      returned: always
+      sample: true
+    filename:
+      description: The path of the image.
+      type: str
+      returned: always
+      sample: /var/lib/libvirt/images/vm1.qcow2
+    format:
+      description: The format of the image.
+      type: str
+      returned: when the image exists
+      sample: qcow2
+    virtual-size:
+      description: The size of the disk the guest sees, in bytes.
+      type: int
+      returned: when the image exists
+      sample: 21474836480
+    actual-size:
+      description: The bytes the image file occupies on its file system.
+      type: int
+      returned: when the image exists
+      sample: 200704
+    cluster-size:
+      description: The cluster size, for formats that have one.
+      type: int
+      returned: when the format has clusters
+      sample: 65536
+    dirty-flag:
+      description: Whether the image is marked dirty.
+      type: bool
+      returned: when the image exists
+      sample: false
+    backing-filename:
+      description: The backing file as recorded in the image.
+      type: str
+      returned: when the image has a backing file
+      sample: base.qcow2
+    full-backing-filename:
+      description: The backing file resolved against the image's directory.
+      type: str
+      returned: when the image has a backing file
+      sample: /var/lib/libvirt/images/base.qcow2
+    backing-filename-format:
+      description: The format of the backing file as recorded in the image.
+      type: str
+      returned: when the image records it
+      sample: qcow2
+    format-specific:
+      description: Format-specific information (for qcow2 C(compat), C(lazy-refcounts), C(refcount-bits), ...).
+      type: dict
+      returned: when the format has some
+      sample: {"type": "qcow2", "data": {"compat": "1.1", "lazy-refcounts": false, "refcount-bits": 16}}
+    backing-chain:
+      description: The info of every image in the backing chain, this image first (C(qemu-img info --backing-chain)).
+      type: list
+      elements: dict
+      returned: when O(backing_chain=true) and the image exists
+    check:
+      description: The result of the consistency check, with the keys of C(qemu-img check --output=json).
+      type: dict
+      returned: when O(check=true) and the format can be checked
+      sample: {"check-errors": 0, "image-end-offset": 262144, "total-clusters": 1}
+    check_note:
+      description: Why the image was not checked (its format has no consistency check).
+      type: str
+      returned: when O(check=true) and the format cannot be checked
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+
+from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
+    DiskImageError,
+    disk_image_info_argument_spec,
+    run_disk_image_info,
+)
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import ImageError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=disk_image_info_argument_spec(),
+        supports_check_mode=True,
+    )
+    try:
+        result = run_disk_image_info(module.params)
+    except (ImageError, DiskImageError) as exc:
+        module.fail_json(msg=to_native(exc))
+    except (OSError, IOError) as exc:
+        module.fail_json(msg=to_native(exc))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
