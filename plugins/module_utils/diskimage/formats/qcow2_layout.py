@@ -147,7 +147,7 @@ class Header:
         self.feature_names = {}      # (type, bit) -> name
         self.bitmaps = None          # (nb_bitmaps, directory_size, directory_offset)
         self.crypto_header = None    # (offset, length)
-        self.unknown_extensions = [] # (type, data)
+        self.unknown_extensions = []  # (type, data)
         self.extensions_end = 0      # offset after the end-of-extensions marker
         self.backing_file = None     # str
 

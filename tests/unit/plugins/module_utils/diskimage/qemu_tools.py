@@ -10,10 +10,10 @@ import subprocess
 def run(*args, **kwargs):
     """Run a command, fail the test with its output when it fails."""
     proc = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, **kwargs)
+                          universal_newlines=True, check=False, **kwargs)
     if proc.returncode != 0:
-        raise AssertionError("%s failed (%d):\n%s%s" % (" ".join(map(str, args)), proc.returncode,
-                                                         proc.stdout, proc.stderr))
+        raise AssertionError("%s failed (%d):\n%s%s"
+                             % (" ".join(map(str, args)), proc.returncode, proc.stdout, proc.stderr))
     return proc.stdout
 
 
@@ -24,7 +24,7 @@ def qemu_img(*args):
 def qemu_img_json(*args):
     """qemu-img SUBCOMMAND ... --output=json, parsed.  check exits 2/3 on findings."""
     proc = subprocess.run(["qemu-img"] + [str(a) for a in args] + ["--output=json"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if proc.returncode != 0 and not (args[0] == "check" and proc.stdout.strip()):
         raise AssertionError("qemu-img %s failed: %s" % (" ".join(map(str, args)), proc.stderr))
     return json.loads(proc.stdout)

@@ -1,0 +1,30 @@
+# kvm.storage: `make demo` and `make test` set everything up first (scripts/setup.sh).
+SHELL := /bin/bash
+VENV ?= $(HOME)/.cache/kvm-storage/venv
+export KVM_STORAGE_VENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(HOME)/.ansible/collections
+export ANSIBLE_NOCOLOR := 1
+
+.PHONY: setup demo test unit sanity lint integration
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	ansible-playbook -i playbooks/inventory.ini playbooks/demo.yml
+
+test: setup
+	@bash scripts/test.sh all
+
+unit: setup
+	@bash scripts/test.sh unit
+
+sanity: setup
+	@bash scripts/test.sh sanity
+
+lint: setup
+	@bash scripts/test.sh lint
+
+integration: setup
+	@bash scripts/test.sh integration

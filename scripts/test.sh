@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Run the test suites: unit (pytest), sanity (ansible-test, empty ignore list),
+# lint (ansible-lint --profile production), integration (ansible-test integration,
+# modules run for real through ansible-playbook).  `all` runs every suite, goes on
+# past a failing one, and fails at the end if any failed.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${KVM_STORAGE_VENV:-$HOME/.cache/kvm-storage/venv}
+PY="$VENV/bin/python"
+export PATH="$VENV/bin:$PATH"
+export ANSIBLE_NOCOLOR=1 PY_COLORS=0
+PYVER=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+WORK=$(mktemp -d /tmp/kvm-storage-test.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+# ansible-test needs the collection under .../ansible_collections/kvm/storage:
+# copy what git knows about (tracked and new, not ignored) there.
+collection_copy() {
+    local dest="$WORK/ansible_collections/kvm/storage"
+    if [ ! -d "$dest" ]; then
+        mkdir -p "$dest"
+        (cd "$ROOT" && git ls-files -z -co --exclude-standard \
+            | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+            | tar --null -T - -cf -) | tar -C "$dest" -xf -
+    fi
+    echo "$dest"
+}
+
+suite_unit() {
+    (cd "$ROOT" && "$PY" -m pytest -n 2 -q -p no:cacheprovider tests/unit)
+}
+
+suite_sanity() {
+    local dest
+    dest=$(collection_copy)
+    (cd "$dest" && ansible-test sanity --python "$PYVER" --venv --color no)
+}
+
+suite_lint() {
+    (cd "$ROOT" && ansible-lint --profile production --offline --nocolor)
+}
+
+suite_integration() {
+    local dest
+    dest=$(collection_copy)
+    (cd "$dest" && ansible-test integration --local --python "$PYVER" --color no -v)
+}
+
+run_suite() {
+    local name=$1 start rc
+    start=$(date +%s)
+    echo "=================== $name ==================="
+    "suite_$name"
+    rc=$?
+    echo "=================== $name: $([ $rc -eq 0 ] && echo passed || echo "FAILED (exit $rc)") in $(( $(date +%s) - start ))s"
+    return $rc
+}
+
+case "${1:-all}" in
+    all)
+        failed=()
+        for s in unit sanity lint integration; do
+            run_suite "$s" || failed+=("$s")
+        done
+        if [ ${#failed[@]} -gt 0 ]; then
+            echo "FAILED suites: ${failed[*]}"
+            exit 1
+        fi
+        echo "all suites passed"
+        ;;
+    unit|sanity|lint|integration)
+        run_suite "$1"
+        ;;
+    *)
+        echo "usage: $0 [all|unit|sanity|lint|integration]" >&2
+        exit 2
+        ;;
+esac
