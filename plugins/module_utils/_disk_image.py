@@ -15,12 +15,8 @@ uses (``image_view``).
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import decimal
 import os
-import re
 import time
-
-from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     check as image_check,
@@ -33,20 +29,19 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors impor
     UnsupportedFeature,
     UnsupportedOperation,
 )
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.ops.sizes import (
+    normalize_options,
+    parse_size as library_parse_size,
+)
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy import resolve_reference
 
 # qemu-img rounds every virtual size up to whole 512-byte sectors.
 SECTOR_SIZE = 512
 
-_SIZE_UNITS = {'': 1, 'b': 1, 'k': 1 << 10, 'm': 1 << 20, 'g': 1 << 30, 't': 1 << 40, 'p': 1 << 50, 'e': 1 << 60}
-_SIZE_RE = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*(?:([kmgtpe])(?:i?b)?|(b))?\s*$', re.IGNORECASE)
 
 # Creation options that ``info()`` reports back, so that an existing image can be compared with them.
 COMPARABLE_OPTIONS = ('cluster_size', 'compat', 'lazy_refcounts', 'refcount_bits', 'compression_type',
                       'extended_l2', 'data_file', 'data_file_raw')
-_BOOL_OPTIONS = ('lazy_refcounts', 'extended_l2', 'data_file_raw')
-_SIZE_OPTIONS = ('cluster_size',)
-_INT_OPTIONS = ('refcount_bits',)
 _COMPAT_ALIASES = {'v2': '0.10', 'v3': '1.1', '0.10': '0.10', '1.1': '1.1'}
 
 
@@ -94,23 +89,10 @@ def disk_image_info_argument_spec():
 
 # --------------------------------------------------------------------------- value normalisation
 def parse_size(value, what='size'):
-    """Bytes from an int or a qemu-img size string (``10G``, ``512M``, ``1.5G``; suffixes are powers of 1024)."""
-    if isinstance(value, bool):
-        raise DiskImageError('%s: expected a number of bytes or a size such as 10G, found %r' % (what, value))
-    if isinstance(value, int):
-        number = value
-    else:
-        match = _SIZE_RE.match(str(value))
-        if not match:
-            raise DiskImageError('%s: expected a number of bytes or a size such as 10G, found %r' % (what, value))
-        unit = (match.group(2) or match.group(3) or '').lower()
-        exact = decimal.Decimal(match.group(1)) * _SIZE_UNITS[unit]
-        if exact != exact.to_integral_value():
-            raise DiskImageError('%s: %r is not a whole number of bytes' % (what, value))
-        number = int(exact)
-    if number < 0:
-        raise DiskImageError('%s: must not be negative, found %r' % (what, value))
-    return number
+    """Bytes from an int or a qemu-img size string (``10G``, ``1.5G``; suffixes are powers of 1024)."""
+    if isinstance(value, float) and value == int(value):
+        value = int(value)
+    return library_parse_size(value, what)
 
 
 def align_size(size):
@@ -119,21 +101,10 @@ def align_size(size):
 
 
 def normalise_options(options):
-    """The ``options`` dict with values in the form ``info()`` reports them (and the library accepts)."""
-    normalised = {}
-    for name, value in (options or {}).items():
-        try:
-            if name in _BOOL_OPTIONS:
-                value = boolean(value, strict=True)
-            elif name in _SIZE_OPTIONS:
-                value = parse_size(value, 'options.%s' % name)
-            elif name in _INT_OPTIONS:
-                value = int(value)
-            elif name == 'compat':
-                value = _COMPAT_ALIASES.get(str(value), str(value))
-        except (TypeError, ValueError) as exc:
-            raise DiskImageError('options.%s: invalid value %r (%s)' % (name, value, exc))
-        normalised[name] = value
+    """The ``options`` dict with values typed as the library takes them and as ``info()`` reports them."""
+    normalised = normalize_options(options)
+    if 'compat' in normalised:
+        normalised['compat'] = _COMPAT_ALIASES.get(normalised['compat'], normalised['compat'])
     return normalised
 
 

@@ -55,7 +55,7 @@ options:
   size:
     description:
       - Virtual size of the image, in bytes (an integer) or with a qemu-img suffix (V(K), V(M), V(G), V(T), V(P), V(E),
-        powers of 1024; V(10G), V(1.5G), V(512MiB) are accepted).
+        powers of 1024; for example V(10G) or V(1.5G)).
       - Rounded up to a multiple of 512 bytes, as qemu-img does.
       - Required to create an image without O(src) or O(backing_file); with O(backing_file) the default is the
         backing file's virtual size.

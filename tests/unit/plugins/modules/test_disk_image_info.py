@@ -1,0 +1,84 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""disk_image_info: one entry per path, backing chains, checks, never a write."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.kvm.storage.plugins.modules import disk_image_info
+
+MIB = 1 << 20
+
+
+def qemu_img(*args):
+    return subprocess.run(('qemu-img',) + args, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True).stdout
+
+
+def run_module(capsys, **args):
+    args.update(_ansible_check_mode=True)
+    with patch_module_args(args):
+        with pytest.raises(SystemExit):
+            disk_image_info.main()
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def chain(tmp_path):
+    base = str(tmp_path / 'base.raw')
+    top = str(tmp_path / 'top.qcow2')
+    qemu_img('create', '-q', '-f', 'raw', base, '1M')
+    qemu_img('create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', top)
+    return base, top
+
+
+def test_one_entry_per_path_in_order_with_qemu_img_fields(tmp_path, capsys, chain):
+    base, top = chain
+    missing = str(tmp_path / 'missing.qcow2')
+    before = {path: os.stat(path).st_mtime_ns for path in chain}
+    result = run_module(capsys, path=[top, missing, base])
+    assert result['changed'] is False
+    images = result['images']
+    assert [image['exists'] for image in images] == [True, False, True]
+    assert images[1] == {'filename': missing, 'exists': False}
+    expected = json.loads(qemu_img('info', '--output=json', top))
+    for key in ('format', 'virtual-size', 'backing-filename', 'backing-filename-format', 'cluster-size'):
+        assert images[0][key] == expected[key]
+    assert images[2]['format'] == 'raw'
+    assert before == {path: os.stat(path).st_mtime_ns for path in chain}
+
+
+def test_a_single_path_string_and_backing_chain(capsys, chain):
+    base, top = chain
+    images = run_module(capsys, path=top, backing_chain=True)['images']
+    assert len(images) == 1
+    assert [layer['format'] for layer in images[0]['backing-chain']] == ['qcow2', 'raw']
+
+
+def test_check_results_and_a_note_for_formats_without_check(capsys, chain):
+    base, top = chain
+    images = run_module(capsys, path=[top, base], check=True)['images']
+    assert images[0]['check']['check-errors'] == 0
+    assert 'check' not in images[1] and images[1]['check_note']
+
+
+def test_backing_outside_the_policy_is_an_error_not_a_traceback(tmp_path, capsys):
+    (tmp_path / 'a').mkdir()
+    (tmp_path / 'b').mkdir()
+    base = str(tmp_path / 'a' / 'base.qcow2')
+    top = str(tmp_path / 'b' / 'top.qcow2')
+    qemu_img('create', '-q', '-f', 'qcow2', base, '1M')
+    qemu_img('create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top)
+    result = run_module(capsys, path=top, backing_chain=True)
+    assert result.get('failed') and 'exception' not in result, result
+    result = run_module(capsys, path=top, backing_chain=True, allow_dirs=[str(tmp_path / 'a')])
+    assert len(result['images'][0]['backing-chain']) == 2
