@@ -1,0 +1,142 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Path policy for files named inside images (DESIGN.md, security rule 1).
+
+An image is hostile input: the backing file, data file or extent names it
+records must not make us open arbitrary host files (``/etc/shadow`` as a
+backing file would leak it into the guest view; ``nbd:`` or ``json:`` names
+would reach the network).  Decisions are made from the name and ``stat`` only;
+the named path is never opened here.
+
+The rules:
+
+* the name must be non-empty text without NUL bytes;
+* no protocol prefix: a ``:`` before the first ``/`` (QEMU reads ``json:``,
+  ``nbd:``, ``http:``, ``file:`` ... there), so ``./a:b`` is a file name but
+  ``a:b`` is refused;
+* relative names resolve against the referrer's directory as the referrer was
+  named (QEMU does the same), absolute names are allowed only inside one of
+  ``allow_dirs``;
+* ``..`` components are refused by the default policy.  When the caller gives
+  ``allow_dirs``, a relative name with ``..`` is accepted if it resolves inside
+  the referrer's directory or one of ``allow_dirs`` (the usual
+  ``../base/base.qcow2`` layout, with ``allow_dirs=[".../base"]``);
+* after resolving symbolic links (realpath) the file must lie inside the
+  referrer's directory or one of ``allow_dirs``;
+* the target must be a regular file (``stat``): device nodes, FIFOs, sockets
+  and directories are refused whatever the directory;
+* a target that does not exist raises ImageNotFoundError.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import os
+import stat
+
+from .errors import ImageNotFoundError, PolicyError
+
+
+def _is_inside(path, directory):
+    """Whether real path ``path`` is ``directory`` or below it (both real paths)."""
+    if directory == os.sep:
+        return path.startswith(os.sep)
+    return path == directory or path.startswith(directory + os.sep)
+
+
+def _real_dirs(dirs):
+    return [os.path.realpath(os.path.abspath(os.fspath(d))) for d in (dirs or ())]
+
+
+def has_protocol(name):
+    """QEMU's rule: a ``:`` before any ``/`` makes the name ``protocol:rest``."""
+    colon = name.find(":")
+    if colon < 0:
+        return False
+    slash = name.find("/")
+    return slash < 0 or colon < slash
+
+
+def referrer_dir(referrer_path):
+    """Directory relative names are resolved against (the referrer as named, like QEMU)."""
+    return os.path.dirname(os.path.abspath(os.fspath(referrer_path)))
+
+
+def search_dirs(referrer_path, allow_dirs=None):
+    """Directories whose image files may be looked up by UUID for a parent
+    (VirtualBox differencing images): the referrer's own directory, the one
+    above it when the referrer sits in a ``Snapshots`` folder, then ``allow_dirs``."""
+    own = referrer_dir(referrer_path)
+    dirs = [own]
+    if os.path.basename(own) == "Snapshots":
+        dirs.append(os.path.dirname(own))
+    for directory in _real_dirs(allow_dirs):
+        if directory not in dirs:
+            dirs.append(directory)
+    return dirs
+
+
+def resolve_reference(referrer_path, name, allow_dirs=None, kind="backing file"):
+    """Absolute real path of file ``name`` recorded in image ``referrer_path``,
+    or PolicyError saying why it may not be opened.  ImageNotFoundError when it
+    is allowed but missing."""
+    referrer = os.path.abspath(os.fspath(referrer_path))
+
+    def refuse(reason):
+        return PolicyError("%s %r named in %s is refused: %s" % (kind, name, referrer, reason),
+                           referrer)
+
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    if not isinstance(name, str):
+        raise refuse("the name is not text")
+    if not name:
+        raise refuse("the name is empty")
+    if "\0" in name:
+        raise refuse("the name contains a NUL byte")
+    if name.startswith("json:"):
+        raise refuse("json: descriptions are not allowed")
+    if has_protocol(name):
+        raise refuse("protocol prefix %r is not allowed (only plain file names are)"
+                     % (name[:name.find(":") + 1]))
+
+    own_dir = referrer_dir(referrer)
+    allowed = _real_dirs(allow_dirs)
+    real_own_dir = os.path.realpath(own_dir)
+    # The referrer's own directory is always allowed for relative names.
+    permitted = [real_own_dir] + [d for d in allowed if d != real_own_dir]
+    if os.path.isabs(name):
+        if not allowed:
+            raise refuse("absolute paths are not allowed (pass allow_dirs to permit a directory)")
+        candidate = os.path.normpath(name)
+        permitted_here = allowed
+    else:
+        if ".." in name.split("/") and not allowed:
+            raise refuse("'..' components are not allowed (pass allow_dirs to permit a directory)")
+        candidate = os.path.normpath(os.path.join(own_dir, name))
+        permitted_here = permitted
+
+    real = os.path.realpath(candidate)
+    if not any(_is_inside(real, directory) for directory in permitted_here):
+        where = ", ".join(permitted_here)
+        if real != candidate:
+            raise refuse("it resolves to %s, outside the allowed directories (%s)" % (real, where))
+        raise refuse("it is outside the allowed directories (%s)" % where)
+
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise ImageNotFoundError("%s %r named in %s does not exist (looked for %s)"
+                                 % (kind, name, referrer, real), referrer)
+    except OSError as exc:
+        raise refuse("cannot stat %s: %s" % (real, exc.strerror))
+    if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode):
+            what = "a device node"
+        elif stat.S_ISDIR(st.st_mode):
+            what = "a directory"
+        else:
+            what = "not a regular file"
+        raise refuse("%s is %s" % (real, what))
+    return real
