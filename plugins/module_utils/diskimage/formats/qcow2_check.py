@@ -1,0 +1,712 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Consistency check of a qcow2 image, with the semantics of ``qemu-img check``.
+
+The check walks every metadata structure of the image (header, active and
+snapshot L1/L2 tables, data clusters, snapshot table, refcount table and
+blocks, crypto header, bitmap directory, tables and data), counts how many
+references each host cluster receives, and compares these counts with the
+refcounts stored in the image (any width, 1..64 bits), as QEMU's
+block/qcow2-refcount.c does.  Only the qcow2 layout (formats/qcow2_layout.py)
+and the image file's ``pread``/``size`` are used.
+
+``check_image`` returns the dictionary printed by ``qemu-img check
+--output=json`` without "filename" and "format" (the ops layer adds them):
+
+  check-errors         always present: internal errors (I/O failures, refcounts
+                       that cannot be read)
+  image-end-offset     (highest cluster in use, by refcount or reference, + 1)
+                       * cluster size
+  total-clusters       virtual size in clusters
+  allocated-clusters   guest clusters allocated in the active L1 (normal,
+                       zero-with-offset and compressed)
+  fragmented-clusters  allocated clusters not following the previous one in the
+                       same L2 table (every compressed cluster counts)
+  compressed-clusters  compressed guest clusters in the active L1
+  leaks                clusters whose refcount is higher than their references
+  corruptions          everything else found wrong: refcount lower than the
+                       references, misaligned or out-of-file tables, reserved
+                       bits, OFLAG_COPIED mismatches, ...
+  leaks-fixed, corruptions-fixed   (repair only; not implemented yet)
+
+As qemu-img does, the keys other than check-errors are omitted when zero.
+One key qemu-img does not print is added:
+
+  messages             list of human-readable findings, worded as qemu-img
+                       prints them on stderr ("Leaked cluster 5 refcount=1
+                       reference=0", "ERROR cluster 3 refcount=0 reference=1",
+                       "ERROR OFLAG_COPIED data cluster: ...").  At most
+                       MAX_MESSAGES are kept; the last one then says how many
+                       more were found.
+
+``compute_references`` returns the computed reference counts alone; a later
+repair (refcount rebuild) starts from them.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import array
+import struct
+import sys
+
+from ..errors import CorruptImageError, InvalidOptionError, UnsupportedOperation
+from .qcow2_layout import (
+    AUTOCLEAR_BITMAPS, INCOMPAT_DATA_FILE, L1E_OFFSET_MASK, L1E_RESERVED_MASK,
+    L2E_OFFSET_MASK, L2E_RESERVED_MASK, MAX_L1_BYTES, MAX_SNAPSHOT_TABLE_BYTES,
+    OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
+    SNAPSHOT_HEADER, pad8,
+)
+
+# Refcount table entry bits 0-8 are reserved ("Host cluster management").
+REFT_RESERVED_MASK = 0x1ff
+# Subcluster allocation bitmap: bits 0-31 "allocated", bits 32-63 "reads as zero".
+SUBCLUSTER_ALLOC_MASK = 0xffffffff
+# Compressed data is addressed in 512-byte sectors ("Compressed Clusters Descriptor").
+COMPRESSED_SECTOR_SIZE = 512
+# Snapshot table entry: extra data beyond this is refused by QEMU without repair.
+MAX_SNAPSHOT_EXTRA_DATA = 1024
+
+# --- "Bitmaps extension" / "Bitmap directory" ----------------------------------------
+# bitmap_table_offset, bitmap_table_size, flags, type, granularity_bits,
+# name_size, extra_data_size
+BITMAP_DIRECTORY_ENTRY = struct.Struct(">QIIBBHI")
+BITMAP_TYPE_DIRTY_TRACKING = 1
+BITMAP_RESERVED_FLAGS = 0xfffffffc      # bits 0 (in_use) and 1 (auto) are defined
+BITMAP_MAX_TABLE_ENTRIES = 0x8000000
+BITMAP_MAX_NAME_SIZE = 1023
+BITMAP_MAX_DIRECTORY_BYTES = 64 * 1024 * 1024
+# Bitmap table entry: bits 9-55 offset, bit 0 "all ones" when offset is 0.
+BITMAP_TABLE_OFFSET_MASK = 0x00fffffffffffe00
+BITMAP_TABLE_RESERVED_MASK = 0xff000000000001fe
+BITMAP_TABLE_ALL_ONES = 1
+
+# Caps (DESIGN.md, security rule 5): the reference count array holds one
+# counter per host cluster of the file.
+MAX_CHECK_CLUSTERS = 1 << 26
+MAX_MESSAGES = 10000
+# Bitmap tables are read in slices of this many bytes.
+_TABLE_SLICE = 4 * 1024 * 1024
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+_U32 = "I" if array.array("I").itemsize == 4 else "L"
+
+
+def _be64_array(data):
+    """Big-endian 64-bit table entries → array('Q') of ints (no per-entry loop)."""
+    table = array.array("Q")
+    table.frombytes(data)
+    if _LITTLE_ENDIAN:
+        table.byteswap()
+    return table
+
+
+def _last_nonzero(counts):
+    """Index of the last non-zero item of an array, or -1."""
+    raw = counts.tobytes().rstrip(b"\0")
+    return (len(raw) - 1) // counts.itemsize if raw else -1
+
+
+# Refcount blocks narrower than a byte: entry i lives in byte i // per_byte at
+# bit (i % per_byte) * width, least significant first ("Host cluster management").
+# One translation table per position in the byte extracts that entry of every
+# byte at once.
+_SUBBYTE_TABLES = {}
+for _width in (1, 2, 4):
+    _mask = (1 << _width) - 1
+    _SUBBYTE_TABLES[_width] = [bytes(((value >> (position * _width)) & _mask) for value in range(256))
+                               for position in range(8 // _width)]
+del _width, _mask
+
+
+def _decode_refcount_block(block, refcount_bits):
+    """One refcount block's bytes → array of its entries."""
+    if refcount_bits == 8:
+        return array.array("B", block)
+    if refcount_bits < 8:
+        tables = _SUBBYTE_TABLES[refcount_bits]
+        per_byte = len(tables)
+        entries = bytearray(len(block) * per_byte)
+        for position, table in enumerate(tables):
+            entries[position::per_byte] = block.translate(table)
+        return array.array("B", bytes(entries))
+    typecode = {16: "H", 32: _U32, 64: "Q"}[refcount_bits]
+    entries = array.array(typecode)
+    entries.frombytes(block)
+    if _LITTLE_ENDIAN:
+        entries.byteswap()
+    return entries
+
+
+class Findings:
+    """Counters and messages of one check (BdrvCheckResult)."""
+
+    def __init__(self):
+        self.check_errors = 0
+        self.corruptions = 0
+        self.leaks = 0
+        self.corruptions_fixed = 0
+        self.leaks_fixed = 0
+        self.total_clusters = 0
+        self.allocated_clusters = 0
+        self.fragmented_clusters = 0
+        self.compressed_clusters = 0
+        self.image_end_offset = 0
+        self.messages = []
+        self._unlisted = 0
+
+    def say(self, message):
+        if len(self.messages) < MAX_MESSAGES:
+            self.messages.append(message)
+        else:
+            self._unlisted += 1
+
+    def corruption(self, message):
+        self.corruptions += 1
+        self.say(message)
+
+    def check_error(self, message):
+        self.check_errors += 1
+        self.say(message)
+
+    def as_dict(self):
+        result = {"check-errors": self.check_errors}
+        for key, value in (("image-end-offset", self.image_end_offset),
+                           ("total-clusters", self.total_clusters),
+                           ("allocated-clusters", self.allocated_clusters),
+                           ("fragmented-clusters", self.fragmented_clusters),
+                           ("compressed-clusters", self.compressed_clusters),
+                           ("leaks", self.leaks),
+                           ("corruptions", self.corruptions),
+                           ("leaks-fixed", self.leaks_fixed),
+                           ("corruptions-fixed", self.corruptions_fixed)):
+            if value:
+                result[key] = value
+        messages = list(self.messages)
+        if self._unlisted:
+            messages.append("... and %d more findings not listed" % self._unlisted)
+        result["messages"] = messages
+        return result
+
+
+class References:
+    """Reference counts computed by walking the metadata: ``counts[i]`` is the
+    number of references host cluster ``i`` receives (what a refcount rebuild
+    would store).  ``nb_clusters`` may exceed the file's clusters by one when a
+    structure ends in a partial last cluster.  ``rebuild_needed`` is set when
+    the refcount structures themselves are damaged (QEMU's ``rebuild``)."""
+
+    def __init__(self, counts, cluster_bits, refcount_bits, findings):
+        self.counts = counts
+        self.cluster_bits = cluster_bits
+        self.refcount_bits = refcount_bits
+        self.findings = findings
+        self.rebuild_needed = False
+        self.refcount_table = None      # array('Q') of the stored refcount table
+        self.snapshots = []             # (id, name, l1_table_offset, l1_size)
+        self.snapshots_size = 0
+
+    @property
+    def nb_clusters(self):
+        return len(self.counts)
+
+
+class _Walker:
+    """Walks the metadata of one image and fills a References."""
+
+    def __init__(self, image_file, header, path):
+        self.image_file = image_file
+        self.header = header
+        self.path = path if path is not None else getattr(image_file, "path", None)
+        self.cluster_bits = header.cluster_bits
+        self.cluster_size = header.cluster_size
+        self.file_size = image_file.size()
+        self.extended_l2 = header.extended_l2
+        self.has_data_file = bool(header.incompatible_features & INCOMPAT_DATA_FILE)
+        nb_clusters = -(-self.file_size // self.cluster_size)
+        if nb_clusters > MAX_CHECK_CLUSTERS:
+            raise UnsupportedOperation(
+                "qcow2 check: the image file has %d clusters of %d bytes; the checker holds at most %d "
+                "cluster reference counts in memory" % (nb_clusters, self.cluster_size, MAX_CHECK_CLUSTERS),
+                self.path)
+        refcount_bits = header.refcount_bits
+        if refcount_bits <= 8:
+            typecode = "B"
+        elif refcount_bits == 16:
+            typecode = "H"
+        else:
+            # Wider counters than 32 bits cannot be reached by any image the cap admits.
+            typecode = _U32
+        counts = array.array(typecode, bytes(nb_clusters * array.array(typecode).itemsize))
+        self.refcount_max = min((1 << refcount_bits) - 1, (1 << (8 * counts.itemsize)) - 1)
+        self.findings = Findings()
+        self.refs = References(counts, self.cluster_bits, refcount_bits, self.findings)
+        # Compressed cluster descriptor: host offset in the low bits, then the
+        # number of additional 512-byte sectors.
+        self.csize_shift = 62 - (self.cluster_bits - 8)
+        self.csize_mask = (1 << (self.cluster_bits - 8)) - 1
+        self.coffset_mask = (1 << self.csize_shift) - 1
+
+    # ------------------------------------------------------------------ I/O
+    def read(self, offset, length, what):
+        """Bytes at offset, zero-filled past the end of the file (as QEMU's block
+        layer reads), or None after counting an I/O error."""
+        try:
+            data = self.image_file.pread(offset, length)
+        except (OSError, OverflowError) as exc:
+            self.findings.check_error("ERROR: I/O error reading %s at offset 0x%x: %s" % (what, offset, exc))
+            return None
+        if len(data) < length:
+            data = bytes(data) + bytes(length - len(data))
+        return data
+
+    # ------------------------------------------------------------ counting
+    def inc(self, offset, size):
+        """Count one reference to every cluster that [offset, offset+size) touches."""
+        if size <= 0:
+            return
+        cluster_size = self.cluster_size
+        # The last cluster may be partly beyond the end of the file; more is corrupt.
+        if offset + size - self.file_size >= cluster_size:
+            self.findings.corruption(
+                "ERROR: counting reference for region exceeding the end of the file by one cluster "
+                "or more: offset 0x%x size 0x%x" % (offset, size))
+            return
+        counts = self.refs.counts
+        first = offset >> self.cluster_bits
+        last = (offset + size - 1) >> self.cluster_bits
+        if last >= len(counts):
+            counts.extend(array.array(counts.typecode, bytes((last + 1 - len(counts)) * counts.itemsize)))
+        refcount_max = self.refcount_max
+        for cluster in range(first, last + 1):
+            if counts[cluster] >= refcount_max:
+                self.findings.corruption("ERROR: overflow cluster offset=0x%x" % (cluster << self.cluster_bits))
+                continue
+            counts[cluster] += 1
+
+    # ------------------------------------------------------------ L1 / L2
+    def walk_l1(self, l1_offset, l1_size, active):
+        if not l1_size:
+            return
+        self.inc(l1_offset, l1_size * 8)
+        data = self.read(l1_offset, l1_size * 8, "L1 table")
+        if data is None:
+            return
+        cluster_size = self.cluster_size
+        for l1_entry in _be64_array(data):
+            if not l1_entry:
+                continue
+            if l1_entry & L1E_RESERVED_MASK:
+                self.findings.corruption("ERROR found L1 entry with reserved bits set: %x" % l1_entry)
+            l2_offset = l1_entry & L1E_OFFSET_MASK
+            self.inc(l2_offset, cluster_size)
+            if l2_offset & (cluster_size - 1):
+                self.findings.corruption("ERROR l2_offset=%x: Table is not cluster aligned; L1 entry corrupted"
+                                         % l2_offset)
+            self.walk_l2(l2_offset, active)
+
+    def read_l2(self, l2_offset):
+        """(standard entries, subcluster bitmaps or None) of the L2 table at l2_offset."""
+        data = self.read(l2_offset, self.cluster_size, "L2 table")
+        if data is None:
+            return None, None
+        table = _be64_array(data)
+        if self.extended_l2:
+            return table[0::2], table[1::2]
+        return table, None
+
+    def walk_l2(self, l2_offset, active):
+        entries, bitmaps = self.read_l2(l2_offset)
+        if entries is None:
+            return
+        findings = self.findings
+        counts = self.refs.counts
+        cluster_bits = self.cluster_bits
+        cluster_size = self.cluster_size
+        misaligned = cluster_size - 1
+        file_size = self.file_size
+        refcount_max = self.refcount_max
+        extended = bitmaps is not None
+        has_data_file = self.has_data_file
+        next_contiguous = 0
+        for index, l2_entry in enumerate(entries):
+            bitmap = bitmaps[index] if extended else 0
+            if not l2_entry and not bitmap:
+                continue
+            if l2_entry & OFLAG_COMPRESSED:
+                if l2_entry & OFLAG_COPIED:
+                    findings.corruption("ERROR: coffset=0x%x: copied flag must never be set for compressed clusters"
+                                        % (l2_entry & self.coffset_mask))
+                    l2_entry &= ~OFLAG_COPIED
+                if has_data_file:
+                    findings.corruption("ERROR compressed cluster %d with data file, entry=0x%x" % (index, l2_entry))
+                    continue
+                if bitmap:
+                    findings.corruption("ERROR compressed cluster %d with non-zero subcluster allocation bitmap, "
+                                        "entry=0x%x" % (index, l2_entry))
+                    continue
+                coffset = l2_entry & self.coffset_mask
+                sectors = ((l2_entry >> self.csize_shift) & self.csize_mask) + 1
+                self.inc(coffset, sectors * COMPRESSED_SECTOR_SIZE - (coffset & (COMPRESSED_SECTOR_SIZE - 1)))
+                if active:
+                    findings.allocated_clusters += 1
+                    findings.compressed_clusters += 1
+                    # Compressed clusters are fragmented by nature (QEMU counts them so).
+                    findings.fragmented_clusters += 1
+                continue
+            if l2_entry & L2E_RESERVED_MASK:
+                findings.corruption("ERROR found l2 entry with reserved bits set: %x" % l2_entry)
+            offset = l2_entry & L2E_OFFSET_MASK
+            if l2_entry & OFLAG_ZERO and not extended:
+                if not offset:
+                    continue            # zero cluster without preallocation
+            elif not offset and not (has_data_file and l2_entry & OFLAG_COPIED):
+                if bitmap & SUBCLUSTER_ALLOC_MASK:
+                    findings.corruption("ERROR: Unallocated cluster has non-zero subcluster allocation map")
+                continue
+            # normal cluster, or zero cluster with a preallocated host cluster
+            if (bitmap >> 32) & bitmap:
+                findings.corruption("ERROR offset=%x: Allocated cluster has corrupted subcluster allocation bitmap"
+                                    % offset)
+            if offset & misaligned:
+                if extended:
+                    contains_data = bitmap & SUBCLUSTER_ALLOC_MASK
+                else:
+                    contains_data = not l2_entry & OFLAG_ZERO
+                if contains_data:
+                    findings.corruption("ERROR offset=%x: Data cluster is not properly aligned; L2 entry corrupted."
+                                        % offset)
+                else:
+                    findings.corruption("ERROR offset=%x: Preallocated cluster is not properly aligned; "
+                                        "L2 entry corrupted." % offset)
+            if active:
+                findings.allocated_clusters += 1
+                if next_contiguous and offset != next_contiguous:
+                    findings.fragmented_clusters += 1
+                next_contiguous = offset + cluster_size
+            if has_data_file:
+                continue
+            cluster = offset >> cluster_bits
+            if offset & misaligned or offset >= file_size or cluster >= len(counts) \
+                    or counts[cluster] >= refcount_max:
+                self.inc(offset, cluster_size)      # the slow path reports and grows
+            else:
+                counts[cluster] += 1
+
+    # ------------------------------------------------------------ snapshots
+    def read_snapshot_table(self):
+        """Snapshot entries as (id, name, l1_table_offset, l1_size); sets snapshots_size.
+        A table QEMU cannot read makes the check fail, as qemu-img check does."""
+        header = self.header
+        offset = header.snapshots_offset
+        snapshots = []
+        if not header.nb_snapshots:
+            return snapshots
+        position = offset
+        for index in range(header.nb_snapshots):
+            fixed = self.read(position, SNAPSHOT_HEADER.size, "snapshot table entry %d" % index)
+            if fixed is None:
+                raise CorruptImageError("qcow2 check: snapshot table entry %d at 0x%x cannot be read"
+                                        % (index, position), self.path)
+            (l1_offset, l1_size, id_size, name_size, _date_sec, _date_nsec, _vm_clock,
+             _vm_state_size, extra_size) = SNAPSHOT_HEADER.unpack(fixed)
+            if extra_size > MAX_SNAPSHOT_EXTRA_DATA:
+                raise CorruptImageError("qcow2 check: snapshot table entry %d: extra data expected <= %d bytes, "
+                                        "found %d (qemu-img check -r all drops it)"
+                                        % (index, MAX_SNAPSHOT_EXTRA_DATA, extra_size), self.path)
+            names_at = position + SNAPSHOT_HEADER.size + extra_size
+            names = self.read(names_at, id_size + name_size, "snapshot table entry %d names" % index)
+            if names is None:
+                raise CorruptImageError("qcow2 check: snapshot table entry %d names at 0x%x cannot be read"
+                                        % (index, names_at), self.path)
+            position = offset + pad8(names_at + id_size + name_size - offset)
+            if position - offset > MAX_SNAPSHOT_TABLE_BYTES:
+                raise CorruptImageError("qcow2 check: snapshot table expected <= %d bytes, entry %d ends at +%d"
+                                        % (MAX_SNAPSHOT_TABLE_BYTES, index, position - offset), self.path)
+            snapshots.append((names[:id_size].decode("utf-8", "replace"),
+                              names[id_size:].decode("utf-8", "replace"), l1_offset, l1_size))
+        self.refs.snapshots = snapshots
+        self.refs.snapshots_size = position - offset
+        return snapshots
+
+    def walk_snapshots(self, snapshots):
+        findings = self.findings
+        if self.has_data_file and snapshots:
+            findings.corruption("ERROR %d snapshots in image with data file" % len(snapshots))
+        for snapshot_id, name, l1_offset, l1_size in snapshots:
+            if l1_offset & (self.cluster_size - 1):
+                findings.corruption("ERROR snapshot %s (%s) l1_offset=%#x: L1 table is not cluster aligned; "
+                                    "snapshot table entry corrupted" % (snapshot_id, name, l1_offset))
+                continue
+            if l1_size * 8 > MAX_L1_BYTES:
+                findings.corruption("ERROR snapshot %s (%s) l1_size=%#x: L1 table is too large; snapshot table "
+                                    "entry corrupted" % (snapshot_id, name, l1_size))
+                continue
+            self.walk_l1(l1_offset, l1_size, False)
+        self.inc(self.header.snapshots_offset, self.refs.snapshots_size)
+
+    # ------------------------------------------------------------ bitmaps
+    def walk_bitmaps(self):
+        header = self.header
+        # A bitmaps extension without the autoclear bit was invalidated by a
+        # program without bitmap support: QEMU ignores it.
+        if not header.bitmaps or not header.autoclear_features & AUTOCLEAR_BITMAPS:
+            return
+        nb_bitmaps, directory_size, directory_offset = header.bitmaps
+        if not nb_bitmaps:
+            return
+        if directory_size > BITMAP_MAX_DIRECTORY_BYTES or directory_offset & (self.cluster_size - 1):
+            raise CorruptImageError("qcow2 bitmaps extension: directory of %d bytes at 0x%x: expected at most %d "
+                                    "bytes at a cluster boundary" % (directory_size, directory_offset,
+                                                                     BITMAP_MAX_DIRECTORY_BYTES), self.path)
+        self.inc(directory_offset, directory_size)
+        directory = self.read(directory_offset, directory_size, "bitmap directory")
+        if directory is None:
+            return
+        position = 0
+        tables = []
+        for index in range(nb_bitmaps):
+            if position + BITMAP_DIRECTORY_ENTRY.size > directory_size:
+                self.findings.corruption("ERROR bitmap directory entry %d runs past the directory (%d bytes)"
+                                         % (index, directory_size))
+                raise CorruptImageError("qcow2 bitmap directory: entry %d at +%d runs past the directory "
+                                        "(%d bytes)" % (index, position, directory_size), self.path)
+            (table_offset, table_size, flags, bitmap_type, _granularity_bits, name_size,
+             extra_size) = BITMAP_DIRECTORY_ENTRY.unpack_from(directory, position)
+            if (not table_size or not table_offset or table_offset & (self.cluster_size - 1)
+                    or table_size > BITMAP_MAX_TABLE_ENTRIES or flags & BITMAP_RESERVED_FLAGS
+                    or name_size > BITMAP_MAX_NAME_SIZE or bitmap_type != BITMAP_TYPE_DIRTY_TRACKING):
+                raise CorruptImageError("qcow2 bitmap directory: entry %d is invalid (table 0x%x, %d entries, "
+                                        "flags 0x%x, type %d, name %d bytes)"
+                                        % (index, table_offset, table_size, flags, bitmap_type, name_size),
+                                        self.path)
+            tables.append((table_offset, table_size))
+            position += pad8(BITMAP_DIRECTORY_ENTRY.size + extra_size + name_size)
+        for table_offset, table_size in tables:
+            self.inc(table_offset, table_size * 8)
+            for start in range(0, table_size * 8, _TABLE_SLICE):
+                length = min(_TABLE_SLICE, table_size * 8 - start)
+                data = self.read(table_offset + start, length, "bitmap table")
+                if data is None:
+                    return
+                self.walk_bitmap_table(_be64_array(data))
+
+    def walk_bitmap_table(self, entries):
+        cluster_size = self.cluster_size
+        for entry in entries:
+            if not entry:
+                continue
+            offset = entry & BITMAP_TABLE_OFFSET_MASK
+            if entry & BITMAP_TABLE_RESERVED_MASK or (
+                    offset and (entry & BITMAP_TABLE_ALL_ONES or offset & (cluster_size - 1))):
+                self.findings.corruption("ERROR bitmap table entry 0x%x is invalid" % entry)
+                continue
+            if offset:
+                self.inc(offset, cluster_size)
+
+    # ------------------------------------------------------------ refcounts
+    def read_refcount_table(self):
+        header = self.header
+        size = header.refcount_table_clusters * self.cluster_size
+        data = self.read(header.refcount_table_offset, size, "refcount table")
+        table = _be64_array(data if data is not None else bytes(size))
+        self.refs.refcount_table = table
+        return table
+
+    def walk_refcount_blocks(self, refcount_table):
+        findings = self.findings
+        counts = self.refs.counts
+        for index, entry in enumerate(refcount_table):
+            if not entry:
+                continue
+            if entry & REFT_RESERVED_MASK:
+                findings.corruption("ERROR refcount table entry %d has reserved bits set" % index)
+                self.refs.rebuild_needed = True
+                continue
+            offset = entry & REFT_OFFSET_MASK
+            if offset & (self.cluster_size - 1):
+                findings.corruption("ERROR refcount block %d is not cluster aligned; refcount table entry "
+                                    "corrupted" % index)
+                self.refs.rebuild_needed = True
+                continue
+            cluster = offset >> self.cluster_bits
+            if cluster >= len(counts):
+                findings.corruption("ERROR refcount block %d is outside image" % index)
+                continue
+            self.inc(offset, self.cluster_size)
+            if counts[cluster] != 1:
+                findings.corruption("ERROR refcount block %d refcount=%d" % (index, counts[cluster]))
+                self.refs.rebuild_needed = True
+
+    def compute(self):
+        header = self.header
+        self.read_refcount_table()
+        self.inc(0, self.cluster_size)                                  # header
+        self.walk_l1(header.l1_table_offset, header.l1_size, True)      # active L1
+        self.walk_snapshots(self.read_snapshot_table())
+        self.inc(header.refcount_table_offset, header.refcount_table_clusters * self.cluster_size)
+        if header.crypto_header:
+            self.inc(header.crypto_header[0], header.crypto_header[1])
+        self.walk_bitmaps()
+        self.walk_refcount_blocks(self.refs.refcount_table)
+        return self.refs
+
+
+class _StoredRefcounts:
+    """Refcounts as stored in the image, one refcount block decoded at a time."""
+
+    CACHE_BLOCKS = 32
+
+    def __init__(self, walker):
+        self.walker = walker
+        self.refcount_table = walker.refs.refcount_table
+        self.cluster_size = walker.cluster_size
+        self.refcount_bits = walker.header.refcount_bits
+        self.entries_per_block = walker.cluster_size * 8 // self.refcount_bits
+        self._cache = {}
+
+    def block(self, table_index):
+        """Decoded entries of refcount block ``table_index``; None when the block
+        is absent (all refcounts 0); False when its offset is unusable."""
+        if table_index >= len(self.refcount_table):
+            return None
+        offset = self.refcount_table[table_index] & REFT_OFFSET_MASK
+        if not offset:
+            return None
+        if offset & (self.cluster_size - 1):
+            return False
+        cached = self._cache.get(table_index)
+        if cached is not None:
+            return cached
+        data = self.walker.read(offset, self.cluster_size, "refcount block %d" % table_index)
+        if data is None:
+            return False
+        entries = _decode_refcount_block(data, self.refcount_bits)
+        if len(self._cache) >= self.CACHE_BLOCKS:
+            self._cache.clear()
+        self._cache[table_index] = entries
+        return entries
+
+    def get(self, cluster):
+        """Stored refcount of one cluster, or None when it cannot be read."""
+        entries = self.block(cluster // self.entries_per_block)
+        if entries is None:
+            return 0
+        if entries is False:
+            return None
+        return entries[cluster % self.entries_per_block]
+
+
+def _compare_refcounts(walker, stored):
+    """Compare computed references with stored refcounts; returns the highest
+    cluster in use by either."""
+    findings = walker.findings
+    counts = walker.refs.counts
+    nb_clusters = len(counts)
+    per_block = stored.entries_per_block
+    highest = 0
+    for table_index in range(-(-nb_clusters // per_block)):
+        first = table_index * per_block
+        last = min(first + per_block, nb_clusters)
+        computed = counts[first:last]
+        entries = stored.block(table_index)
+        if entries is False:
+            for cluster in range(first, last):
+                findings.check_error("Can't get refcount for cluster %d: Input/output error" % cluster)
+            continue
+        if entries is None:
+            on_disk = array.array(computed.typecode, bytes(len(computed) * computed.itemsize))
+        else:
+            on_disk = entries[:last - first]
+        top = max(_last_nonzero(computed), _last_nonzero(on_disk))
+        if top >= 0:
+            highest = first + top
+        if on_disk == computed:
+            continue
+        for position in range(last - first):
+            refcount = on_disk[position]
+            reference = computed[position]
+            if refcount == reference:
+                continue
+            if refcount < reference:
+                findings.corruption("ERROR cluster %d refcount=%d reference=%d"
+                                    % (first + position, refcount, reference))
+            else:
+                findings.leaks += 1
+                findings.say("Leaked cluster %d refcount=%d reference=%d"
+                             % (first + position, refcount, reference))
+    return highest
+
+
+def _check_oflag_copied(walker, stored):
+    """OFLAG_COPIED must be set exactly on the active L1/L2 entries whose stored
+    refcount is 1."""
+    header = walker.header
+    findings = walker.findings
+    if not header.l1_size:
+        return
+    data = walker.read(header.l1_table_offset, header.l1_size * 8, "L1 table")
+    if data is None:
+        return
+    cluster_bits = walker.cluster_bits
+    extended = walker.extended_l2
+    has_data_file = walker.has_data_file
+    for l1_index, l1_entry in enumerate(_be64_array(data)):
+        l2_offset = l1_entry & L1E_OFFSET_MASK
+        if not l2_offset:
+            continue
+        refcount = stored.get(l2_offset >> cluster_bits)
+        if refcount is None:
+            continue
+        if (refcount == 1) != bool(l1_entry & OFLAG_COPIED):
+            findings.corruption("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d"
+                                % (l1_index, l1_entry, refcount))
+        entries, _bitmaps = walker.read_l2(l2_offset)
+        if entries is None:
+            continue
+        for l2_entry in entries:
+            if not l2_entry or l2_entry & OFLAG_COMPRESSED:
+                continue
+            offset = l2_entry & L2E_OFFSET_MASK
+            if l2_entry & OFLAG_ZERO and not extended:
+                if not offset:
+                    continue
+            elif not offset and not (has_data_file and l2_entry & OFLAG_COPIED):
+                continue
+            if has_data_file:
+                refcount = 1
+            else:
+                refcount = stored.get(offset >> cluster_bits)
+                if refcount is None:
+                    continue
+            if (refcount == 1) != bool(l2_entry & OFLAG_COPIED):
+                findings.corruption("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d"
+                                    % (l2_entry, refcount))
+
+
+def compute_references(image_file, header, path=None):
+    """Walk the metadata and return the References (computed reference count of
+    every host cluster, plus the findings of the walk).  Reused by a refcount
+    rebuild."""
+    return _Walker(image_file, header, path).compute()
+
+
+def check_image(image_file, header, path=None, repair=None):
+    """``qemu-img check`` of a qcow2 image: see the module docstring for the
+    returned dictionary.  ``image_file`` offers ``pread(offset, length)`` and
+    ``size()``; ``header`` is the parsed qcow2_layout.Header."""
+    if repair in ("leaks", "all"):
+        raise UnsupportedOperation("qcow2 check: repair %r not implemented yet" % repair, path)
+    if repair is not None:
+        raise InvalidOptionError("qcow2 check: repair expected None, 'leaks' or 'all', found %r" % (repair,), path)
+    walker = _Walker(image_file, header, path)
+    walker.compute()
+    findings = walker.findings
+    findings.total_clusters = -(-(-(-header.size // 512) * 512) // walker.cluster_size)
+    stored = _StoredRefcounts(walker)
+    highest = _compare_refcounts(walker, stored)
+    _check_oflag_copied(walker, stored)
+    findings.image_end_offset = (highest + 1) * walker.cluster_size
+    return findings.as_dict()
