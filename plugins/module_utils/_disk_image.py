@@ -15,6 +15,7 @@ uses (``image_view``).
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import binascii
 import os
 import time
 
@@ -339,26 +340,49 @@ def _backing_options(request):
     return options
 
 
+def staging_path(path):
+    """A hidden name beside ``path`` for a replacement image: the library never overwrites, so a replacement
+    is built there (itself under the library's temporary name) and renamed over ``path`` in one step."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, '.%s.%s.replacement' % (name, binascii.hexlify(os.urandom(3)).decode('ascii')))
+
+
+def _build(request, action, target):
+    """Create or convert into ``target``; returns the conversion statistics ({} for a creation)."""
+    if action.kind == 'create':
+        image_create(target, request.format, size=action.args['size'], backing_file=request.backing_file,
+                     backing_fmt=request.backing_format, options=request.options or None,
+                     allow_dirs=request.allow_dirs)
+        return {}
+    started = time.time()
+    outcome = image_convert(request.src, target, request.format, src_fmt=action.args['src_format'],
+                            options=_backing_options(request) or None, compress=request.compress,
+                            allow_dirs=request.allow_dirs)
+    stats = {'duration': round(time.time() - started, 3)}
+    if isinstance(outcome, dict) and isinstance(outcome.get('bytes_written'), int):
+        stats['bytes_written'] = outcome['bytes_written']
+    else:
+        stats['bytes_written'] = os.stat(target).st_blocks * 512
+    return stats
+
+
 def apply_plan(plan, request):
     """Carry out the plan; returns statistics of a conversion ({} when none ran)."""
     stats = {}
     for action in plan.actions:
         if action.kind == 'remove':
             os.unlink(request.path)
-        elif action.kind == 'create':
-            image_create(request.path, request.format, size=action.args['size'], backing_file=request.backing_file,
-                         backing_fmt=request.backing_format, options=request.options or None,
-                         allow_dirs=request.allow_dirs)
-        elif action.kind == 'convert':
-            started = time.time()
-            outcome = image_convert(request.src, request.path, request.format, src_fmt=action.args['src_format'],
-                                    options=_backing_options(request) or None, compress=request.compress,
-                                    allow_dirs=request.allow_dirs)
-            stats['duration'] = round(time.time() - started, 3)
-            if isinstance(outcome, dict) and isinstance(outcome.get('bytes_written'), int):
-                stats['bytes_written'] = outcome['bytes_written']
-            else:
-                stats['bytes_written'] = os.stat(request.path).st_blocks * 512
+        elif action.kind in ('create', 'convert'):
+            if not os.path.lexists(request.path):
+                stats.update(_build(request, action, request.path))
+                continue
+            staging = staging_path(request.path)
+            try:
+                stats.update(_build(request, action, staging))
+                os.rename(staging, request.path)
+            finally:
+                if os.path.lexists(staging):
+                    os.unlink(staging)
         elif action.kind == 'resize':
             image_resize(request.path, action.args['size'], fmt=request.format, shrink=action.args['shrink'],
                          allow_dirs=request.allow_dirs)
