@@ -1,0 +1,1547 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""qcow2 driver: read, write, create, info and snapshots.
+
+Written from QEMU docs/interop/qcow2.rst; the on-disk structures live in
+qcow2_layout.py.  Metadata is written through (no dirty cache): every update
+is on disk when the call returns, in an order that leaves at worst leaked
+clusters after a crash: refcount increments -> data -> L2 -> L1 -> header,
+and refcount decrements only after the last reference is gone.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import array
+import collections
+import os
+import struct
+import sys
+import zlib
+
+from .._io import ImageFile
+from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError,
+                      PolicyError, UnsupportedFeature)
+from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
+from . import qcow2_layout as L
+
+try:  # optional: zstd-compressed clusters
+    import zstd as _zstd_module  # python-zstd
+except ImportError:
+    _zstd_module = None
+try:
+    import zstandard as _zstandard_module
+except ImportError:
+    _zstandard_module = None
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+# Internal mapping kind: a compressed cluster (block status reports it as DATA without offset).
+_COMPRESSED = "compressed"
+
+# L2 tables kept in memory (bytes); refcount blocks likewise.
+L2_CACHE_BYTES = 4 * 1024 * 1024
+REFBLOCK_CACHE_BYTES = 1024 * 1024
+MAX_BITMAP_DIRECTORY_BYTES = 64 * 1024 * 1024
+
+# "Bitmaps" section: bitmap directory entry: bitmap_table_offset, bitmap_table_size,
+# flags, type, granularity_bits, name_size, extra_data_size
+BITMAP_DIRECTORY_ENTRY = struct.Struct(">QIIBBHI")
+BITMAP_FLAG_IN_USE = 1 << 0
+BITMAP_FLAG_AUTO = 1 << 1
+BITMAP_TABLE_OFFSET_MASK = 0x00fffffffffffe00
+MAX_BITMAP_TABLE_ENTRIES = 0x8000000
+
+# Header fields rewritten together: size, crypt_method, l1_size, l1_table_offset.
+HEADER_SIZE_TO_L1 = struct.Struct(">QIIQ")
+# refcount_table_offset, refcount_table_clusters
+HEADER_REFTABLE = struct.Struct(">QI")
+
+# Feature name table QEMU writes (type, bit, name).
+FEATURE_NAMES = (
+    (0, 0, b"dirty bit"),
+    (0, 1, b"corrupt bit"),
+    (0, 2, b"external data file"),
+    (0, 3, b"compression type"),
+    (0, 4, b"extended L2 entries"),
+    (1, 0, b"lazy refcounts"),
+    (2, 0, b"bitmaps"),
+    (2, 1, b"raw external data"),
+)
+
+CREATE_OPTIONS = ("cluster_size", "compat", "lazy_refcounts", "refcount_bits", "preallocation",
+                  "backing_file", "backing_fmt", "extended_l2", "compression_type", "size",
+                  "encryption", "encrypt.format", "data_file", "data_file_raw")
+
+
+def _be_array(buf):
+    """Big-endian 64-bit entries -> array('Q') of native ints."""
+    table = array.array("Q")
+    table.frombytes(bytes(buf))
+    if _LITTLE_ENDIAN:
+        table.byteswap()
+    return table
+
+
+def _be_bytes(values):
+    out = array.array("Q", values)
+    if _LITTLE_ENDIAN:
+        out.byteswap()
+    return out.tobytes()
+
+
+def _zstd_available():
+    return _zstd_module is not None or _zstandard_module is not None
+
+
+def _zstd_decompress(data, limit):
+    if _zstandard_module is not None:
+        dobj = _zstandard_module.ZstdDecompressor().decompressobj()
+        out = dobj.decompress(data)
+        return out[:limit]
+    return _zstd_module.decompress(data)[:limit]
+
+
+def _zstd_compress(data):
+    if _zstandard_module is not None:
+        return _zstandard_module.ZstdCompressor().compress(data)
+    return _zstd_module.compress(data)
+
+
+def _bool_option(name, value, path):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("on", "true", "yes", "1"):
+        return True
+    if isinstance(value, str) and value.lower() in ("off", "false", "no", "0"):
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise InvalidOptionError("option %s: expected on/off, found %r" % (name, value), path)
+
+
+def _int_option(name, value, path):
+    if isinstance(value, bool):
+        raise InvalidOptionError("option %s: expected an integer, found %r" % (name, value), path)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        mult = 1
+        suffixes = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+        if text and text[-1].lower() in suffixes:
+            mult = suffixes[text[-1].lower()]
+            text = text[:-1]
+        if text.isdigit():
+            return int(text) * mult
+    raise InvalidOptionError("option %s: expected an integer, found %r" % (name, value), path)
+
+
+class Qcow2Driver(Driver):
+    """One qcow2 layer.
+
+    Attributes for ops and the checker (read-only use):
+      header      qcow2_layout.Header as parsed at open (kept up to date by writes)
+      _file       ImageFile of the qcow2 file
+      _data_file  ImageFile holding guest data (``_file`` unless an external data file)
+      encrypted   bool
+    """
+
+    format_name = "qcow2"
+    can_create = True
+    can_write = True
+
+    def __init__(self):
+        Driver.__init__(self)
+        self.header = None
+        self._file = None
+        self._data_file = None
+        self._owns_data_file = False
+        self.encrypted = False
+        self._file_size = 0
+        self._l1 = None
+        self._l2_cache = collections.OrderedDict()
+        self._l2_cache_max = 1
+        self._snapshots = []
+        self._snapshot_table_bytes = 0
+        self._decompressed = (None, None)
+        # write state (loaded on the first write)
+        self._write_ready = False
+        self._reftable = None
+        self._refblock_cache = collections.OrderedDict()
+        self._refblock_cache_max = 1
+        self._next_free = 0
+        self._compressed_end = 0
+        self._l2_set = set()
+        self._refblock_set = set()
+
+    # ================================================================== opening
+    @classmethod
+    def probe(cls, header, filename):
+        if len(header) >= 8 and header[:4] == L.QCOW2_MAGIC:
+            version = struct.unpack(">I", header[4:8])[0]
+            return 100 if version in (2, 3) else 0
+        return 0
+
+    @classmethod
+    def open(cls, path, readonly=True, opener=None, force_share=False):
+        image_file = ImageFile(path, writable=not readonly, lock=True, force_share=force_share)
+        try:
+            return cls._open_file(image_file, readonly, opener)
+        except BaseException:
+            image_file.close()
+            raise
+
+    @classmethod
+    def _open_file(cls, image_file, readonly, opener, backing=None):
+        self = cls()
+        self._file = image_file
+        self.path = image_file.path
+        self.readonly = readonly
+        try:
+            self._open_structures(opener, backing)
+        except BaseException:
+            self._close_files()
+            raise
+        return self
+
+    def _open_structures(self, opener, backing):
+        path = self.path
+        self._file_size = self._file.size()
+        first = self._file.pread(0, 4096)
+        if len(first) < L.HEADER_V2_LENGTH:
+            raise FormatError("qcow2 header: file too short (%d bytes)" % len(first), path)
+        cluster_bits = struct.unpack_from(">I", first, 20)[0]
+        if L.MIN_CLUSTER_BITS <= cluster_bits <= L.MAX_CLUSTER_BITS and (1 << cluster_bits) > len(first):
+            first = self._file.pread(0, 1 << cluster_bits)
+        h = L.parse_header(first, path, self._file_size)
+        self.header = h
+        self._header_cluster = bytes(first[:h.cluster_size])
+        self.virtual_size = h.size
+        self.backing_filename = h.backing_file
+        self.backing_format = h.backing_format
+        self.encrypted = h.crypt_method != L.CRYPT_NONE
+        self._cs = h.cluster_size
+        self._cb = h.cluster_bits
+        self._l2e = h.l2_entries
+        self._ext = h.extended_l2
+        self._sc = self._cs // L.SUBCLUSTERS_PER_CLUSTER if self._ext else self._cs
+        self._l2_cache_max = max(4, L2_CACHE_BYTES // self._cs)
+        self._refblock_cache_max = max(4, REFBLOCK_CACHE_BYTES // self._cs)
+        self._rc_bits = h.refcount_bits
+        self._rc_max = (1 << self._rc_bits) - 1
+        self._rbe = self._cs * 8 // self._rc_bits
+        if h.corrupt and not self.readonly:
+            raise CorruptImageError(
+                "qcow2 header: the corrupt bit is set; the image can only be opened read-only "
+                "(run check with repair to fix it)", path)
+        if h.dirty and not self.readonly:
+            raise ImageError(
+                "qcow2 header: the dirty bit is set (refcounts may be stale after a crash of a "
+                "lazy-refcounts writer); the image needs check with repair before it can be written", path)
+        if h.version == 2 and h.refcount_order != 4:
+            raise FormatError("qcow2 v2 header: refcount order expected 4, found %d" % h.refcount_order, path)
+        if self._ext and self._cb < 14:
+            raise FormatError("qcow2 header: extended L2 entries need clusters of at least 16384 bytes, found %d"
+                              % self._cs, path)
+        if h.autoclear_features & L.AUTOCLEAR_DATA_FILE_RAW and not h.incompatible_features & L.INCOMPAT_DATA_FILE:
+            raise FormatError("qcow2 header: raw external data bit set without an external data file", path)
+        # L1 table
+        l1_bytes = h.l1_size * 8
+        if h.l1_size:
+            if h.l1_table_offset + l1_bytes > self._file_size:
+                raise CorruptImageError("qcow2 L1 table at 0x%x (%d entries) runs past the end of the file (%d bytes)"
+                                        % (h.l1_table_offset, h.l1_size, self._file_size), path)
+            self._l1 = _be_array(self._file.pread_exact(h.l1_table_offset, l1_bytes, "qcow2 L1 table"))
+        else:
+            self._l1 = array.array("Q")
+        self._load_snapshots()
+        # external data file
+        self._data_file = self._file
+        if h.incompatible_features & L.INCOMPAT_DATA_FILE:
+            if not h.data_file:
+                raise UnsupportedFeature("qcow2 image needs an external data file but its name is not recorded "
+                                         "in the header", path)
+            self.data_file = h.data_file
+            if opener is None or not hasattr(opener, "data_file"):
+                raise PolicyError("qcow2 external data file %r: no opener allowed to open it" % h.data_file, path)
+            try:
+                self._data_file = opener.data_file(path, h.data_file, writable=not self.readonly)
+            except TypeError:
+                self._data_file = opener.data_file(path, h.data_file)
+            self._owns_data_file = True
+            if h.backing_file and h.autoclear_features & L.AUTOCLEAR_DATA_FILE_RAW:
+                raise FormatError("qcow2 header: a backing file cannot be used with a raw external data file", path)
+        # backing file
+        if backing is not None:
+            self.backing = backing
+        elif h.backing_file:
+            if opener is None:
+                raise PolicyError("qcow2 backing file %r: no opener allowed to open it" % h.backing_file, path)
+            self.backing = opener(path, h.backing_file, h.backing_format)
+
+    def _load_snapshots(self):
+        h = self.header
+        if not h.nb_snapshots:
+            return
+        available = self._file_size - h.snapshots_offset
+        limit = min(L.MAX_SNAPSHOT_TABLE_BYTES, available)
+        size = min(limit, max(4096, h.nb_snapshots * 64))
+        while True:
+            buf = self._file.pread(h.snapshots_offset, size)
+            try:
+                snaps = L.parse_snapshot_table(buf, h.nb_snapshots, self.path)
+                break
+            except FormatError:
+                if size >= limit:
+                    raise
+                size = min(limit, size * 4)
+        self._snapshots = snaps
+        self._snapshot_table_bytes = snaps[-1]["entry_offset"] + snaps[-1]["entry_length"] if snaps else 0
+
+    # ================================================================ lifecycle
+    def _close_files(self):
+        if self._owns_data_file and self._data_file is not None:
+            self._data_file.close()
+        self._data_file = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def close(self):
+        try:
+            if self._file is not None and not self.readonly:
+                self.flush()
+        finally:
+            self._close_files()
+            Driver.close(self)
+
+    def flush(self):
+        if self._file is None or self.readonly:
+            return
+        if self._data_file is not None and self._data_file is not self._file:
+            self._data_file.flush()
+        self._file.flush()
+
+    # ================================================================== queries
+    def info(self):
+        h = self.header
+        data = {
+            "compat": h.compat,
+            "compression-type": L.COMPRESSION_NAMES.get(h.compression_type, str(h.compression_type)),
+            "refcount-bits": h.refcount_bits,
+        }
+        if h.version >= 3:
+            data["lazy-refcounts"] = h.lazy_refcounts
+            data["corrupt"] = h.corrupt
+            data["extended-l2"] = h.extended_l2
+        if h.incompatible_features & L.INCOMPAT_DATA_FILE:
+            if h.data_file is not None:
+                data["data-file"] = h.data_file
+            data["data-file-raw"] = bool(h.autoclear_features & L.AUTOCLEAR_DATA_FILE_RAW)
+        bitmaps = self.bitmaps()
+        if bitmaps:
+            data["bitmaps"] = [{"name": b["name"], "granularity": b["granularity"], "flags": b["flags"]}
+                               for b in bitmaps]
+        result = {
+            "cluster-size": self._cs,
+            "dirty-flag": h.dirty,
+            "format-specific": {"type": "qcow2", "data": data},
+        }
+        if self.encrypted:
+            result["encrypted"] = True
+        snaps = self.snapshots()
+        if snaps:
+            result["snapshots"] = snaps
+        return result
+
+    def snapshots(self):
+        result = []
+        for snap in self._snapshots:
+            item = {
+                "id": snap["id"],
+                "name": snap["name"],
+                "vm-state-size": snap["vm_state_size"],
+                "date-sec": snap["date_sec"],
+                "date-nsec": snap["date_nsec"],
+                "vm-clock-sec": snap["vm_clock_nsec"] // 1000000000,
+                "vm-clock-nsec": snap["vm_clock_nsec"] % 1000000000,
+            }
+            if snap["icount"] is not None and snap["icount"] != 0xffffffffffffffff:
+                item["icount"] = snap["icount"]
+            result.append(item)
+        return result
+
+    def bitmaps(self):
+        """Persistent dirty bitmaps (only when the bitmaps autoclear bit says they are
+        consistent, as QEMU does): list of dicts name, granularity, flags,
+        table_offset, table_size."""
+        h = self.header
+        if not h.bitmaps or not h.autoclear_features & L.AUTOCLEAR_BITMAPS:
+            return []
+        return self._read_bitmap_directory()
+
+    def _read_bitmap_directory(self):
+        h = self.header
+        nb, dsize, doff = h.bitmaps
+        if dsize > MAX_BITMAP_DIRECTORY_BYTES or doff + dsize > self._file_size or doff % self._cs:
+            raise CorruptImageError("qcow2 bitmap directory at 0x%x (%d bytes) is misplaced or too large "
+                                    "(file size %d)" % (doff, dsize, self._file_size), self.path)
+        buf = self._file.pread_exact(doff, dsize, "qcow2 bitmap directory")
+        result = []
+        pos = 0
+        for index in range(nb):
+            if pos + BITMAP_DIRECTORY_ENTRY.size > len(buf):
+                raise CorruptImageError("qcow2 bitmap directory: entry %d runs past the directory (%d bytes)"
+                                        % (index, len(buf)), self.path)
+            (table_offset, table_size, flags, _type, gran_bits, name_size,
+             extra_size) = BITMAP_DIRECTORY_ENTRY.unpack_from(buf, pos)
+            start = pos + BITMAP_DIRECTORY_ENTRY.size + extra_size
+            if start + name_size > len(buf) or gran_bits > 63:
+                raise CorruptImageError("qcow2 bitmap directory: entry %d is malformed" % index, self.path)
+            name = bytes(buf[start:start + name_size]).decode("utf-8", "replace")
+            names = []
+            if flags & BITMAP_FLAG_IN_USE:
+                names.append("in-use")
+            if flags & BITMAP_FLAG_AUTO:
+                names.append("auto")
+            result.append({"name": name, "granularity": 1 << gran_bits, "flags": names,
+                           "table_offset": table_offset, "table_size": table_size})
+            pos = L.pad8(start + name_size)
+        return result
+
+    def check(self, repair=None):
+        from . import qcow2_check
+        return qcow2_check.check_image(self._file, self.header, self.path, repair=repair)
+
+    # ================================================================= mapping
+    def _l1_entry_l2_offset(self, l1_index):
+        if l1_index >= len(self._l1):
+            return 0
+        entry = self._l1[l1_index]
+        l2_offset = entry & L.L1E_OFFSET_MASK
+        if not l2_offset:
+            return 0
+        if l2_offset % self._cs:
+            raise CorruptImageError("qcow2 L1 table entry %d: L2 table offset 0x%x is not cluster aligned"
+                                    % (l1_index, l2_offset), self.path)
+        if l2_offset + self._cs > self._file_size:
+            raise CorruptImageError("qcow2 L1 table entry %d (guest offset 0x%x): L2 table at 0x%x lies past "
+                                    "the end of the file (%d bytes)"
+                                    % (l1_index, l1_index * self._l2e * self._cs, l2_offset, self._file_size),
+                                    self.path)
+        return l2_offset
+
+    def _load_l2(self, l2_offset):
+        table = self._l2_cache.get(l2_offset)
+        if table is not None:
+            self._l2_cache.move_to_end(l2_offset)
+            return table
+        table = _be_array(self._file.pread_exact(l2_offset, self._cs, "qcow2 L2 table"))
+        self._l2_cache[l2_offset] = table
+        while len(self._l2_cache) > self._l2_cache_max:
+            self._l2_cache.popitem(last=False)
+        return table
+
+    def _check_host(self, host, guest, l2_offset, index, length):
+        """Validate a data cluster host offset from L2 entry ``index`` of the table at ``l2_offset``."""
+        if host % self._cs:
+            raise CorruptImageError("qcow2 L2 table at 0x%x entry %d (guest offset 0x%x): data cluster offset "
+                                    "0x%x is not cluster aligned" % (l2_offset, index, guest, host), self.path)
+        if self._data_file is not self._file:
+            if host != guest - guest % self._cs:
+                raise CorruptImageError("qcow2 L2 table at 0x%x entry %d (guest offset 0x%x): external data file "
+                                        "offset 0x%x differs from the guest offset"
+                                        % (l2_offset, index, guest, host), self.path)
+        elif host >= self._file_size:
+            raise CorruptImageError("qcow2 L2 table at 0x%x entry %d (guest offset 0x%x): data cluster at 0x%x "
+                                    "lies past the end of the file (%d bytes)"
+                                    % (l2_offset, index, guest, host, self._file_size), self.path)
+
+    def _map(self, offset, length):
+        """Runs (guest, length, kind, host) of this layer over [offset, offset+length):
+        kind DATA (host offset), ZERO, UNALLOCATED, or _COMPRESSED (host = L2 entry,
+        one run per cluster).  Adjacent runs are merged."""
+        runs = []
+        cs, cb, l2e = self._cs, self._cb, self._l2e
+        ext = self._ext
+        has_data_file = self._data_file is not self._file
+        pos = offset
+        end = offset + length
+
+        def add(guest, count, kind, host):
+            if runs:
+                pg, pn, pk, ph = runs[-1]
+                if pk == kind and pg + pn == guest and kind != _COMPRESSED and (
+                        kind != DATA or ph + pn == host):
+                    runs[-1] = (pg, pn + count, pk, ph)
+                    return
+            runs.append((guest, count, kind, host))
+
+        while pos < end:
+            cluster = pos >> cb
+            l1_index = cluster // l2e
+            table_end = min(end, ((l1_index + 1) * l2e) << cb)
+            l2_offset = self._l1_entry_l2_offset(l1_index)
+            if not l2_offset:
+                add(pos, table_end - pos, UNALLOCATED, None)
+                pos = table_end
+                continue
+            table = self._load_l2(l2_offset)
+            base_cluster = l1_index * l2e
+            while pos < table_end:
+                cluster = pos >> cb
+                cstart = cluster << cb
+                cend = min(cstart + cs, table_end)
+                index = cluster - base_cluster
+                if ext:
+                    entry = table[2 * index]
+                    bitmap = table[2 * index + 1]
+                else:
+                    entry = table[index]
+                    bitmap = 0
+                if entry & L.OFLAG_COMPRESSED:
+                    coffset = entry & ((1 << self.header.compressed_offset_bits()) - 1)
+                    if coffset >= self._file_size or has_data_file:
+                        raise CorruptImageError("qcow2 L2 table at 0x%x entry %d (guest offset 0x%x): compressed "
+                                                "cluster at 0x%x lies past the end of the file (%d bytes)"
+                                                % (l2_offset, index, cstart, coffset, self._file_size), self.path)
+                    add(pos, cend - pos, _COMPRESSED, entry)
+                    pos = cend
+                    continue
+                host = entry & L.L2E_OFFSET_MASK
+                allocated = bool(host) or (has_data_file and entry & L.OFLAG_COPIED)
+                if not ext:
+                    if entry & L.OFLAG_ZERO:
+                        add(pos, cend - pos, ZERO, None)
+                    elif not allocated:
+                        add(pos, cend - pos, UNALLOCATED, None)
+                    else:
+                        self._check_host(host, pos, l2_offset, index, cend - pos)
+                        add(pos, cend - pos, DATA, host + (pos - cstart))
+                    pos = cend
+                    continue
+                alloc_bits = bitmap & 0xffffffff
+                zero_bits = bitmap >> 32
+                if alloc_bits:
+                    if not allocated:
+                        raise CorruptImageError("qcow2 L2 table at 0x%x entry %d (guest offset 0x%x): subclusters "
+                                                "allocated without a host cluster" % (l2_offset, index, cstart),
+                                                self.path)
+                    self._check_host(host, pos, l2_offset, index, cend - pos)
+                if alloc_bits & zero_bits:
+                    raise CorruptImageError("qcow2 L2 table at 0x%x entry %d (guest offset 0x%x): subcluster bitmap "
+                                            "0x%016x marks subclusters both allocated and zero"
+                                            % (l2_offset, index, cstart, bitmap), self.path)
+                sc = self._sc
+                while pos < cend:
+                    sub = (pos - cstart) // sc
+                    send = min(cstart + (sub + 1) * sc, cend)
+                    if alloc_bits >> sub & 1:
+                        add(pos, send - pos, DATA, host + (pos - cstart))
+                    elif zero_bits >> sub & 1:
+                        add(pos, send - pos, ZERO, None)
+                    else:
+                        add(pos, send - pos, UNALLOCATED, None)
+                    pos = send
+        return runs
+
+    def block_status(self, offset, length):
+        extents = []
+        for guest, count, kind, host in self._map(offset, length):
+            if kind == _COMPRESSED:
+                kind, host = DATA, None
+            if extents:
+                prev = extents[-1]
+                if prev.kind == kind and prev.start + prev.length == guest and (
+                        kind != DATA or (prev.offset is None and host is None)
+                        or (prev.offset is not None and host is not None and prev.offset + prev.length == host)):
+                    extents[-1] = Extent(prev.start, prev.length + count, kind, prev.offset)
+                    continue
+            extents.append(Extent(guest, count, kind, host))
+        return extents
+
+    # ==================================================================== reads
+    def _check_range(self, offset, length):
+        if offset < 0 or length < 0 or offset + length > self.virtual_size:
+            raise ImageError("request [%d, +%d) outside the virtual disk (%d bytes)"
+                             % (offset, length, self.virtual_size), self.path)
+
+    def read(self, offset, length):
+        self._check_range(offset, length)
+        return bytes(self._read(offset, length))
+
+    def _read(self, offset, length):
+        """Guest view of this layer (backing included), also past the virtual
+        size inside the last cluster (for copy-on-write)."""
+        if self.encrypted:
+            raise UnsupportedFeature("qcow2 encryption (crypt_method %d) is not supported"
+                                     % self.header.crypt_method, self.path)
+        out = bytearray(length)
+        view = memoryview(out)
+        for guest, count, kind, host in self._map(offset, length):
+            pos = guest - offset
+            if kind == DATA:
+                chunk = self._data_file.pread(host, count)
+                view[pos:pos + len(chunk)] = chunk
+            elif kind == _COMPRESSED:
+                cluster = self._decompress(host, guest >> self._cb << self._cb)
+                start = guest & (self._cs - 1)
+                view[pos:pos + count] = cluster[start:start + count]
+            elif kind == UNALLOCATED and self.backing is not None:
+                backing_size = self.backing.virtual_size
+                if guest < backing_size:
+                    count = min(count, backing_size - guest)
+                    view[pos:pos + count] = self.backing.read(guest, count)
+        return out
+
+    def _compressed_location(self, entry):
+        x = self.header.compressed_offset_bits()
+        coffset = entry & ((1 << x) - 1)
+        sectors = ((entry >> x) & ((1 << (62 - x)) - 1)) + 1
+        return coffset, sectors
+
+    def _decompress(self, entry, guest_cluster):
+        if self._decompressed[0] == entry:
+            return self._decompressed[1]
+        coffset, sectors = self._compressed_location(entry)
+        csize = sectors * 512 - (coffset & 511)
+        data = self._file.pread(coffset, csize)
+        cs = self._cs
+        if self.header.compression_type == L.COMPRESSION_ZSTD:
+            if not _zstd_available():
+                raise UnsupportedFeature("qcow2 compressed clusters use zstd, but no zstd Python module "
+                                         "(zstd or zstandard) is installed", self.path)
+            try:
+                cluster = _zstd_decompress(data, cs)
+            except Exception as exc:  # the module's own error type
+                raise CorruptImageError("qcow2 compressed cluster at guest offset 0x%x (host 0x%x): zstd "
+                                        "decompression failed: %s" % (guest_cluster, coffset, exc), self.path)
+        else:
+            try:
+                cluster = zlib.decompressobj(-12).decompress(data, cs)
+            except zlib.error as exc:
+                raise CorruptImageError("qcow2 compressed cluster at guest offset 0x%x (host 0x%x): deflate "
+                                        "decompression failed: %s" % (guest_cluster, coffset, exc), self.path)
+        if len(cluster) != cs:
+            raise CorruptImageError("qcow2 compressed cluster at guest offset 0x%x (host 0x%x): expected %d bytes "
+                                    "after decompression, found %d" % (guest_cluster, coffset, cs, len(cluster)),
+                                    self.path)
+        self._decompressed = (entry, cluster)
+        return cluster
+
+    # ============================================================ write set-up
+    def _prepare_write(self):
+        self._check_writable()
+        if self._write_ready:
+            return
+        if self.encrypted:
+            raise UnsupportedFeature("qcow2 encryption (crypt_method %d) is not supported"
+                                     % self.header.crypt_method, self.path)
+        h = self.header
+        if h.refcount_table_offset + h.refcount_table_clusters * self._cs > self._file_size:
+            raise CorruptImageError("qcow2 refcount table at 0x%x (%d clusters) runs past the end of the file"
+                                    % (h.refcount_table_offset, h.refcount_table_clusters), self.path)
+        raw = self._file.pread_exact(h.refcount_table_offset, h.refcount_table_clusters * self._cs,
+                                     "qcow2 refcount table")
+        self._reftable = _be_array(raw)
+        for i, entry in enumerate(self._reftable):
+            entry &= L.REFT_OFFSET_MASK
+            self._reftable[i] = entry
+            if entry:
+                if entry % self._cs or entry + self._cs > self._file_size:
+                    raise CorruptImageError("qcow2 refcount table entry %d: refcount block at 0x%x is misaligned "
+                                            "or past the end of the file (%d bytes)"
+                                            % (i, entry, self._file_size), self.path)
+                self._refblock_set.add(entry)
+        for i in range(len(self._l1)):
+            l2_offset = self._l1[i] & L.L1E_OFFSET_MASK
+            if l2_offset:
+                self._l2_set.add(l2_offset)
+        self._next_free = L.align_up(self._file_size, self._cs)
+        self._compressed_end = 0
+        self._write_ready = True
+        self._clear_autoclear()
+
+    def _metadata_ranges(self):
+        h = self.header
+        cs = self._cs
+        ranges = [(0, cs, "header"),
+                  (h.l1_table_offset, h.l1_table_offset + len(self._l1) * 8, "active L1 table"),
+                  (h.refcount_table_offset, h.refcount_table_offset + h.refcount_table_clusters * cs,
+                   "refcount table")]
+        if h.nb_snapshots:
+            ranges.append((h.snapshots_offset, h.snapshots_offset + self._snapshot_table_bytes, "snapshot table"))
+            for snap in self._snapshots:
+                ranges.append((snap["l1_table_offset"], snap["l1_table_offset"] + snap["l1_size"] * 8,
+                               "inactive L1 table of snapshot %s" % snap["id"]))
+        if h.bitmaps and h.autoclear_features & L.AUTOCLEAR_BITMAPS:
+            ranges.append((h.bitmaps[2], h.bitmaps[2] + h.bitmaps[1], "bitmap directory"))
+        return ranges
+
+    def _overlap_check(self, host, length, what, allowed=None):
+        """Refuse a write of ``what`` to [host, host+length) that would hit metadata
+        (DESIGN.md rule 6): the image is marked corrupt and CorruptImageError raised."""
+        end = host + length
+        hit = None
+        for start, stop, name in self._metadata_ranges():
+            if start < end and host < stop and stop > start:
+                hit = name
+                break
+        if hit is None:
+            cluster = host - host % self._cs
+            while cluster < end:
+                if cluster != allowed:
+                    if cluster in self._l2_set:
+                        hit = "active L2 table at 0x%x" % cluster
+                        break
+                    if cluster in self._refblock_set:
+                        hit = "refcount block at 0x%x" % cluster
+                        break
+                cluster += self._cs
+        if hit is not None:
+            self._mark_corrupt()
+            raise CorruptImageError("qcow2 metadata overlap: writing %s at 0x%x (%d bytes) would overwrite the %s; "
+                                    "the image is now marked corrupt" % (what, host, length, hit), self.path)
+
+    def _mark_corrupt(self):
+        h = self.header
+        if h.version < 3:
+            return
+        h.incompatible_features |= L.INCOMPAT_CORRUPT
+        self._file.pwrite(L.OFF_INCOMPATIBLE_FEATURES, struct.pack(">Q", h.incompatible_features))
+        self._file.flush()
+
+    def _clear_autoclear(self):
+        """Clear the autoclear bits we do not maintain before the first change
+        (bitmaps: drop the extension and free its clusters, so check stays clean)."""
+        h = self.header
+        keep = h.autoclear_features & L.AUTOCLEAR_DATA_FILE_RAW
+        if h.autoclear_features == keep:
+            return
+        bitmaps = []
+        if h.bitmaps and h.autoclear_features & L.AUTOCLEAR_BITMAPS:
+            bitmaps = self._read_bitmap_directory()
+        h.autoclear_features = keep
+        if h.bitmaps and bitmaps:
+            self._rewrite_header(drop_types=(L.EXT_BITMAPS,))
+            nb, dsize, doff = h.bitmaps
+            h.bitmaps = None
+            freed = []
+            for bitmap in bitmaps:
+                count = bitmap["table_size"]
+                toff = bitmap["table_offset"]
+                if count > MAX_BITMAP_TABLE_ENTRIES or toff % self._cs or toff + count * 8 > self._file_size:
+                    raise CorruptImageError("qcow2 bitmap %r: table at 0x%x (%d entries) is misplaced"
+                                            % (bitmap["name"], toff, count), self.path)
+                if count:
+                    entries = _be_array(self._file.pread_exact(toff, count * 8, "qcow2 bitmap table"))
+                    freed.extend(e & BITMAP_TABLE_OFFSET_MASK for e in entries if e & BITMAP_TABLE_OFFSET_MASK)
+                    freed.append((toff, count * 8))
+            if dsize:
+                freed.append((doff, dsize))
+            for item in freed:
+                if isinstance(item, tuple):
+                    self._refcount_update(item[0], item[1], -1)
+                else:
+                    self._refcount_update(item, 1, -1)
+        else:
+            self._file.pwrite(L.OFF_AUTOCLEAR_FEATURES, struct.pack(">Q", h.autoclear_features))
+
+    def _rewrite_header(self, drop_types=()):
+        """Rewrite the header cluster without the extensions in ``drop_types``."""
+        h = self.header
+        cs = self._cs
+        raw = bytearray(self._file.pread_exact(0, cs, "qcow2 header"))
+        start = h.header_length if h.version >= 3 else L.HEADER_V2_LENGTH
+        exts = []
+        off = start
+        limit = h.backing_file_offset if h.backing_file_offset > start else cs
+        while off + 8 <= limit:
+            ext_type, ext_len = L.HEADER_EXTENSION.unpack_from(raw, off)
+            if ext_type == L.EXT_END:
+                break
+            if ext_type not in drop_types:
+                exts.append((ext_type, bytes(raw[off + 8:off + 8 + ext_len])))
+            off += 8 + L.pad8(ext_len)
+        backing = raw[h.backing_file_offset:h.backing_file_offset + h.backing_file_size] \
+            if h.backing_file_offset else b""
+        area = _serialize_extensions(exts)
+        new = bytearray(raw[:start]) + area
+        if backing:
+            struct.pack_into(">QI", new, L.OFF_BACKING_FILE_OFFSET, len(new), len(backing))
+            h.backing_file_offset = len(new)
+            new += backing
+        struct.pack_into(">Q", new, L.OFF_AUTOCLEAR_FEATURES, h.autoclear_features)
+        if len(new) > cs:
+            raise ImageError("qcow2 header: rewritten header (%d bytes) does not fit in a cluster" % len(new),
+                             self.path)
+        new += bytes(cs - len(new))
+        self._file.pwrite(0, new)
+
+    # ============================================================== refcounts
+    def _rc_get(self, block, index):
+        bits = self._rc_bits
+        if bits >= 8:
+            width = bits >> 3
+            return int.from_bytes(block[index * width:(index + 1) * width], "big")
+        bit = index * bits
+        return (block[bit >> 3] >> (bit & 7)) & self._rc_max
+
+    def _rc_set(self, block, index, value):
+        bits = self._rc_bits
+        if bits >= 8:
+            width = bits >> 3
+            block[index * width:(index + 1) * width] = value.to_bytes(width, "big")
+            return
+        bit = index * bits
+        shift = bit & 7
+        byte = block[bit >> 3] & ~(self._rc_max << shift) & 0xff
+        block[bit >> 3] = byte | (value << shift)
+
+    def _rc_byte_range(self, first, count):
+        bits = self._rc_bits
+        return (first * bits) >> 3, ((first + count) * bits + 7) >> 3
+
+    def _load_refblock(self, offset):
+        block = self._refblock_cache.get(offset)
+        if block is not None:
+            self._refblock_cache.move_to_end(offset)
+            return block
+        block = bytearray(self._file.pread_exact(offset, self._cs, "qcow2 refcount block"))
+        self._refblock_cache[offset] = block
+        while len(self._refblock_cache) > self._refblock_cache_max:
+            self._refblock_cache.popitem(last=False)
+        return block
+
+    def _refcount(self, host):
+        cluster = host >> self._cb
+        block_index, index = divmod(cluster, self._rbe)
+        if block_index >= len(self._reftable) or not self._reftable[block_index]:
+            return 0
+        return self._rc_get(self._load_refblock(self._reftable[block_index]), index)
+
+    def _refblock(self, block_index):
+        """(offset, block) of refcount block ``block_index``, allocating it (and
+        growing the refcount table) when missing."""
+        if block_index >= len(self._reftable):
+            self._grow_reftable(block_index)
+        offset = self._reftable[block_index]
+        if offset:
+            return offset, self._load_refblock(offset)
+        new = self._next_free
+        self._reserve(new, 1)
+        block = bytearray(self._cs)
+        own_index = new >> self._cb
+        if own_index // self._rbe == block_index:
+            self._rc_set(block, own_index % self._rbe, 1)
+        else:
+            self._refcount_update(new, 1, 1)
+        self._file.pwrite(new, block)
+        self._refblock_cache[new] = block
+        self._refblock_set.add(new)
+        self._reftable[block_index] = new
+        self._file.pwrite(self.header.refcount_table_offset + block_index * 8, struct.pack(">Q", new))
+        return new, block
+
+    def _grow_reftable(self, block_index):
+        """Move the refcount table to a bigger one at the end of the file."""
+        h = self.header
+        cs = self._cs
+        old_offset = h.refcount_table_offset
+        old_clusters = h.refcount_table_clusters
+        entries = max(block_index + 1, len(self._reftable) * 2)
+        while True:
+            clusters = -(-entries * 8 // cs)
+            table_offset = self._next_free
+            # room for the table, the blocks covering it, and slack
+            end = table_offset + (clusters + clusters * 8 + 4) * cs
+            needed = (end >> self._cb) // self._rbe + 1
+            if needed <= entries:
+                break
+            entries = needed
+        if clusters * cs > L.MAX_REFTABLE_BYTES:
+            raise ImageError("qcow2 refcount table would grow past the %d-byte cap" % L.MAX_REFTABLE_BYTES,
+                             self.path)
+        entries = clusters * cs // 8
+        self._reserve(table_offset, clusters)
+        new_table = array.array("Q", self._reftable)
+        new_table.extend([0] * (entries - len(new_table)))
+        self._file.pwrite(table_offset, _be_bytes(new_table))
+        self._reftable = new_table
+        h.refcount_table_offset = table_offset
+        h.refcount_table_clusters = clusters
+        # new refcount blocks are written into the new table, not yet in the header
+        self._refcount_update(table_offset, clusters * cs, 1)
+        self._file.flush()
+        self._file.pwrite(L.OFF_REFCOUNT_TABLE_OFFSET, HEADER_REFTABLE.pack(table_offset, clusters))
+        self._file.flush()
+        self._refcount_update(old_offset, old_clusters * cs, -1)
+
+    def _refcount_update(self, offset, length, delta):
+        """Add ``delta`` to the refcount of every cluster touched by [offset, offset+length)."""
+        if length <= 0:
+            return
+        cb = self._cb
+        cluster = offset >> cb
+        last = (offset + length - 1) >> cb
+        while cluster <= last:
+            block_index, index = divmod(cluster, self._rbe)
+            if delta < 0 and (block_index >= len(self._reftable) or not self._reftable[block_index]):
+                raise CorruptImageError("qcow2 refcount of cluster 0x%x would drop below zero (no refcount block)"
+                                        % (cluster << cb), self.path)
+            block_offset, block = self._refblock(block_index)
+            count = min(last + 1 - cluster, self._rbe - index)
+            for i in range(index, index + count):
+                value = self._rc_get(block, i) + delta
+                if value < 0 or value > self._rc_max:
+                    raise CorruptImageError("qcow2 refcount of cluster 0x%x would become %d (refcount_bits %d)"
+                                            % ((block_index * self._rbe + i) << cb, value, self._rc_bits),
+                                            self.path)
+                self._rc_set(block, i, value)
+            lo, hi = self._rc_byte_range(index, count)
+            self._file.pwrite(block_offset + lo, bytes(block[lo:hi]))
+            cluster += count
+
+    def _reserve(self, host, clusters):
+        """Account clusters [host, +clusters) as in use by the allocator (file grown)."""
+        end = host + clusters * self._cs
+        if end > self._next_free:
+            self._next_free = end
+        if end > self._file_size:
+            if self._file.is_block_device:
+                if end > self._file.size():
+                    raise ImageError("no space left on the block device for cluster 0x%x" % host, self.path)
+            else:
+                self._file.truncate(end)
+            self._file_size = end
+
+    def _alloc(self, clusters):
+        """Allocate ``clusters`` contiguous free clusters; refcounts set first (leak on crash)."""
+        start = self._next_free
+        while True:
+            busy = None
+            for c in range(clusters):
+                if self._refcount(start + c * self._cs):
+                    busy = c
+            if busy is None:
+                break
+            start += (busy + 1) * self._cs
+            self._next_free = start
+        self._reserve(start, clusters)
+        self._refcount_update(start, clusters * self._cs, 1)
+        return start
+
+    def _free_entry(self, entry):
+        """Drop the reference an L2 entry held (after the entry is gone from disk)."""
+        if self._data_file is not self._file:
+            return
+        if entry & L.OFLAG_COMPRESSED:
+            coffset, sectors = self._compressed_location(entry)
+            start = coffset & ~511
+            self._refcount_update(start, sectors * 512, -1)
+            return
+        host = entry & L.L2E_OFFSET_MASK
+        if host:
+            self._refcount_update(host, 1, -1)
+
+    # ============================================================== L1 / L2 writes
+    def _l2_for_write(self, l1_index):
+        """(l2_offset, table) of an L2 table owned by the active L1 only (COPIED)."""
+        cs = self._cs
+        entry = self._l1[l1_index]
+        old = self._l1_entry_l2_offset(l1_index)
+        if old and entry & L.OFLAG_COPIED:
+            table = self._load_l2(old)
+            return old, table
+        if old:
+            old_table = self._load_l2(old)
+            table = array.array("Q", old_table)
+            step = 2 if self._ext else 1
+            for i in range(0, len(table), step):
+                e = table[i]
+                if e & L.OFLAG_COMPRESSED:
+                    coffset, sectors = self._compressed_location(e)
+                    self._refcount_update(coffset & ~511, sectors * 512, 1)
+                elif e & L.L2E_OFFSET_MASK and self._data_file is self._file:
+                    self._refcount_update(e & L.L2E_OFFSET_MASK, 1, 1)
+                    table[i] = e & ~L.OFLAG_COPIED
+        else:
+            table = array.array("Q", bytes(cs))
+        new = self._alloc(1)
+        self._file.pwrite(new, _be_bytes(table))
+        self._l2_cache[new] = table
+        self._l2_set.add(new)
+        self._write_l1_entry(l1_index, new | L.OFLAG_COPIED)
+        if old:
+            self._l2_set.discard(old)
+            self._l2_cache.pop(old, None)
+            self._refcount_update(old, 1, -1)
+        return new, table
+
+    def _write_l1_entry(self, l1_index, value):
+        h = self.header
+        self._l1[l1_index] = value
+        self._file.pwrite(h.l1_table_offset + l1_index * 8, struct.pack(">Q", value))
+
+    def _write_l2_entries(self, l2_offset, table, first, last):
+        """Write entries [first, last] (entry indices) of ``table`` to disk."""
+        step = 2 if self._ext else 1
+        lo, hi = first * step, (last + 1) * step
+        self._file.pwrite(l2_offset + lo * 8, _be_bytes(table[lo:hi]))
+
+    # ==================================================================== writes
+    def write(self, offset, data):
+        self._check_range(offset, len(data))
+        self._prepare_write()
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        pos = offset
+        end = offset + len(view)
+        span = self._l2e << self._cb
+        while pos < end:
+            chunk_end = min(end, (pos // span + 1) * span)
+            self._write_in_table(pos, view[pos - offset:chunk_end - offset])
+            pos = chunk_end
+
+    def _write_in_table(self, offset, data):
+        cs, cb, sc = self._cs, self._cb, self._sc
+        ext = self._ext
+        has_data_file = self._data_file is not self._file
+        end = offset + len(data)
+        l1_index = (offset >> cb) // self._l2e
+        base = l1_index * self._l2e
+        # Plans: [cstart, write_lo, write_hi, host or None (allocate), new_entry, new_bitmap, old_entry_to_free]
+        l2_offset = self._l1_entry_l2_offset(l1_index)
+        table = self._load_l2(l2_offset) if l2_offset else None
+        plans = []
+        cstart = offset >> cb << cb
+        while cstart < end:
+            lo = max(offset, cstart)
+            hi = min(end, cstart + cs)
+            index = (cstart >> cb) - base
+            if table is not None:
+                entry = table[2 * index] if ext else table[index]
+                bitmap = table[2 * index + 1] if ext else 0
+            else:
+                entry = bitmap = 0
+            host = entry & L.L2E_OFFSET_MASK
+            owned = (not entry & L.OFLAG_COMPRESSED) and bool(entry & L.OFLAG_COPIED) and (
+                bool(host) or has_data_file) and l2_offset and self._l1[l1_index] & L.OFLAG_COPIED
+            if has_data_file:
+                # guest cluster N lives at data file offset N: no allocation, no COW of other clusters
+                target = cstart
+                if ext:
+                    wlo, whi = lo // sc * sc, min(-(-hi // sc) * sc, cstart + cs)
+                    touched = self._sub_mask(wlo - cstart, whi - cstart)
+                    alloc_bits = (bitmap & 0xffffffff) | touched
+                    zero_bits = (bitmap >> 32) & ~touched
+                    new_bitmap = alloc_bits | zero_bits << 32
+                else:
+                    wlo, whi = (lo, hi) if (owned and not entry & L.OFLAG_ZERO) else (cstart, cstart + cs)
+                    new_bitmap = 0
+                plans.append([cstart, wlo, whi, target, target | L.OFLAG_COPIED, new_bitmap, None])
+            elif ext and (owned or (not host and not entry & L.OFLAG_COMPRESSED)):
+                wlo, whi = lo // sc * sc, min(-(-hi // sc) * sc, cstart + cs)
+                touched = self._sub_mask(wlo - cstart, whi - cstart)
+                alloc_bits = bitmap & 0xffffffff
+                zero_bits = bitmap >> 32
+                # subclusters already allocated and fully written need no COW; partial ones do
+                plans.append([cstart, wlo, whi, host if owned else None, None,
+                              (alloc_bits | touched) | ((zero_bits & ~touched) << 32), None])
+            elif owned and not entry & L.OFLAG_ZERO:
+                plans.append([cstart, lo, hi, host, entry, 0, None])
+            elif owned:
+                # preallocated zero cluster: reuse its host cluster, the rest reads zero
+                plans.append([cstart, cstart, cstart + cs, host, host | L.OFLAG_COPIED, 0, None])
+            else:
+                new_bitmap = 0xffffffff if ext else 0
+                plans.append([cstart, cstart, cstart + cs, None, None, new_bitmap,
+                              entry if (host or entry & L.OFLAG_COMPRESSED) else None])
+            cstart += cs
+        # copy-on-write sources, read before anything changes
+        buffers = []
+        for plan in plans:
+            cstart, wlo, whi = plan[0], plan[1], plan[2]
+            lo, hi = max(offset, cstart), min(end, cstart + cs)
+            if wlo == lo and whi == hi:
+                buffers.append(data[lo - offset:hi - offset])
+                continue
+            piece = bytearray()
+            if wlo < lo:
+                piece += self._read(wlo, lo - wlo)
+            piece += data[lo - offset:hi - offset]
+            if hi < whi:
+                piece += self._read(hi, whi - hi)
+            buffers.append(piece)
+        # allocate (refcounts first) and write data in contiguous host runs
+        new_count = sum(1 for plan in plans if plan[3] is None)
+        if new_count:
+            l2_offset, table = self._l2_for_write(l1_index)
+            host = self._alloc(new_count)
+            for plan in plans:
+                if plan[3] is None:
+                    plan[3] = host
+                    host += cs
+        elif not l2_offset or not self._l1[l1_index] & L.OFLAG_COPIED:
+            l2_offset, table = self._l2_for_write(l1_index)
+        run_host = None
+        run_parts = []
+        for plan, buf in zip(plans, buffers):
+            where = plan[3] + (plan[1] - plan[0])
+            if not has_data_file and plan[6] is None:
+                self._overlap_check(where, plan[2] - plan[1], "guest data")
+            if run_parts and where == run_host + sum(len(p) for p in run_parts):
+                run_parts.append(buf)
+                continue
+            if run_parts:
+                self._data_write(run_host, run_parts)
+            run_host = where
+            run_parts = [buf]
+        if run_parts:
+            self._data_write(run_host, run_parts)
+        # L2 entries
+        first = last = None
+        freed = []
+        for plan in plans:
+            index = (plan[0] >> cb) - base
+            old_entry = table[2 * index] if ext else table[index]
+            new_entry = plan[4] if plan[4] is not None else plan[3] | L.OFLAG_COPIED
+            if ext:
+                new_entry &= ~L.OFLAG_ZERO
+                changed = table[2 * index] != new_entry or table[2 * index + 1] != plan[5]
+                table[2 * index] = new_entry
+                table[2 * index + 1] = plan[5]
+            else:
+                changed = old_entry != new_entry
+                table[index] = new_entry
+            if old_entry and plan[6] is not None:
+                freed.append(plan[6])
+            elif (old_entry & L.L2E_OFFSET_MASK and old_entry & L.L2E_OFFSET_MASK != new_entry & L.L2E_OFFSET_MASK
+                  and not old_entry & L.OFLAG_COMPRESSED):
+                freed.append(old_entry)
+            if changed:
+                first = index if first is None else first
+                last = index
+        if first is not None:
+            self._write_l2_entries(l2_offset, table, first, last)
+        for entry in freed:
+            self._free_entry(entry)
+
+    def _sub_mask(self, lo, hi):
+        """Bit mask of the subclusters covering [lo, hi) inside a cluster."""
+        first = lo // self._sc
+        last = -(-hi // self._sc)
+        return ((1 << last) - 1) & ~((1 << first) - 1)
+
+    def _data_write(self, host, parts):
+        if len(parts) == 1:
+            self._data_file.pwrite(host, parts[0])
+        else:
+            self._data_file.pwrite(host, b"".join(bytes(p) for p in parts))
+        if self._data_file is self._file:
+            end = host + sum(len(p) for p in parts)
+            if end > self._file_size:
+                self._file_size = end
+
+    def write_zeroes(self, offset, length, may_unmap=False):
+        self._check_range(offset, length)
+        self._prepare_write()
+        h = self.header
+        cs, cb = self._cs, self._cb
+        end = offset + length
+        grain = self._sc if self._ext else cs
+        raw_data_file = bool(h.autoclear_features & L.AUTOCLEAR_DATA_FILE_RAW)
+        can_flag = h.version >= 3 and not raw_data_file
+        if not can_flag and (self.backing is not None and offset < self.backing.virtual_size or raw_data_file):
+            self._write_zero_bytes(offset, length)
+            return
+        head_end = min(end, L.align_up(offset, grain))
+        # the last partial cluster of an unaligned virtual size counts as whole
+        tail_start = end if end == self.virtual_size else max(head_end, end // grain * grain)
+        if offset < head_end and offset % grain:
+            self._write_zero_bytes(offset, head_end - offset)
+        else:
+            head_end = offset
+        if tail_start < end and end % grain and end != self.virtual_size:
+            self._write_zero_bytes(tail_start, end - tail_start)
+        else:
+            tail_start = end
+        pos = head_end
+        span = self._l2e << cb
+        while pos < tail_start:
+            chunk_end = min(tail_start, (pos // span + 1) * span)
+            self._zero_in_table(pos, chunk_end, may_unmap, can_flag)
+            pos = chunk_end
+
+    def _write_zero_bytes(self, offset, length):
+        zeroes = bytes(min(length, MAX_IO))
+        end = offset + length
+        while offset < end:
+            count = min(end - offset, len(zeroes))
+            self.write(offset, memoryview(zeroes)[:count])
+            offset += count
+
+    def _zero_in_table(self, offset, end, may_unmap, can_flag):
+        """Zero whole clusters (whole subclusters with extended L2) in one L2 table."""
+        cs, cb, sc = self._cs, self._cb, self._sc
+        ext = self._ext
+        has_data_file = self._data_file is not self._file
+        l1_index = (offset >> cb) // self._l2e
+        base = l1_index * self._l2e
+        l2_offset = self._l1_entry_l2_offset(l1_index)
+        if not l2_offset and (not can_flag or self.backing is None or offset >= self.backing.virtual_size):
+            return  # unallocated and nothing shows through: already reads zero
+        # compressed clusters partly covered (extended L2) must be materialized first
+        if ext and l2_offset:
+            table = self._load_l2(l2_offset)
+            for cstart in (offset >> cb << cb, (end - 1) >> cb << cb):
+                lo, hi = max(offset, cstart), min(end, cstart + cs)
+                index = (cstart >> cb) - base
+                if (lo, hi) != (cstart, cstart + cs) and table[2 * index] & L.OFLAG_COMPRESSED:
+                    self._write_zero_bytes(lo, hi - lo)
+                    return self._zero_rest(offset, end, lo, hi, may_unmap, can_flag)
+        l2_offset, table = self._l2_for_write(l1_index)
+        freed = []
+        first = last = None
+        cstart = offset >> cb << cb
+        while cstart < end:
+            lo, hi = max(offset, cstart), min(end, cstart + cs)
+            index = (cstart >> cb) - base
+            entry = table[2 * index] if ext else table[index]
+            host = entry & L.L2E_OFFSET_MASK
+            owned = (not entry & L.OFLAG_COMPRESSED) and bool(entry & L.OFLAG_COPIED) and (
+                bool(host) or has_data_file)
+            whole = hi - lo >= cs or (lo == cstart and hi == self.virtual_size)
+            if ext:
+                bitmap = table[2 * index + 1]
+                if whole:
+                    touched = 0xffffffff
+                else:
+                    touched = self._sub_mask(lo - cstart, hi - cstart)
+                alloc_bits = (bitmap & 0xffffffff) & ~touched
+                zero_bits = ((bitmap >> 32) | touched) & 0xffffffff
+                keep_host = owned and not (whole and may_unmap)
+                if whole and not keep_host:
+                    new_entry = 0
+                    if entry:
+                        freed.append(entry)
+                else:
+                    new_entry = entry if keep_host or not entry else entry
+                new_pair = (new_entry, alloc_bits | zero_bits << 32)
+                if (table[2 * index], table[2 * index + 1]) != new_pair:
+                    table[2 * index], table[2 * index + 1] = new_pair
+                    first = index if first is None else first
+                    last = index
+            else:
+                if can_flag:
+                    if owned and not may_unmap:
+                        new_entry = (entry & (L.L2E_OFFSET_MASK | L.OFLAG_COPIED)) | L.OFLAG_ZERO
+                    else:
+                        new_entry = L.OFLAG_ZERO
+                        if host or entry & L.OFLAG_COMPRESSED:
+                            freed.append(entry)
+                else:
+                    new_entry = 0
+                    if host or entry & L.OFLAG_COMPRESSED:
+                        freed.append(entry)
+                if table[index] != new_entry:
+                    table[index] = new_entry
+                    first = index if first is None else first
+                    last = index
+            cstart += cs
+        if first is not None:
+            self._write_l2_entries(l2_offset, table, first, last)
+        for entry in freed:
+            self._free_entry(entry)
+        return None
+
+    def _zero_rest(self, offset, end, lo, hi, may_unmap, can_flag):
+        """Zero [offset, end) minus [lo, hi), which was just written as zero bytes."""
+        if offset < lo:
+            self._zero_in_table(offset, lo, may_unmap, can_flag)
+        if hi < end:
+            self._zero_in_table(hi, end, may_unmap, can_flag)
+
+    # ========================================================= compressed writes
+    def compress_cluster(self, data):
+        """Compressed bytes of one whole cluster, or None when compression does not
+        pay (pure function: safe to call from worker threads)."""
+        if len(data) != self._cs:
+            raise ImageError("compress_cluster: expected %d bytes, got %d" % (self._cs, len(data)), self.path)
+        if self.header.compression_type == L.COMPRESSION_ZSTD:
+            if not _zstd_available():
+                raise UnsupportedFeature("qcow2 zstd compression needs the zstd or zstandard Python module",
+                                         self.path)
+            compressed = _zstd_compress(bytes(data))
+        else:
+            compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
+            compressed = compressor.compress(data) + compressor.flush()
+        if len(compressed) >= self._cs:
+            return None
+        return compressed
+
+    def write_compressed(self, offset, compressed):
+        """Store ``compressed`` (from compress_cluster) as the cluster at guest ``offset``."""
+        self._prepare_write()
+        cs, cb = self._cs, self._cb
+        if offset % cs or offset < 0 or offset >= self.virtual_size:
+            raise ImageError("write_compressed: guest offset %d is not a cluster start inside the disk" % offset,
+                             self.path)
+        if self._data_file is not self._file:
+            raise UnsupportedFeature("qcow2 images with an external data file cannot hold compressed clusters",
+                                     self.path)
+        if not compressed or len(compressed) >= cs:
+            raise ImageError("write_compressed: compressed data of %d bytes for %d-byte clusters"
+                             % (len(compressed or b""), cs), self.path)
+        l1_index = (offset >> cb) // self._l2e
+        index = (offset >> cb) - l1_index * self._l2e
+        l2_offset, table = self._l2_for_write(l1_index)
+        length = len(compressed)
+        start = self._compressed_end
+        if (start % cs and self._next_free == L.align_up(start, cs)
+                and self._refcount(start) < self._rc_max):
+            self._refcount_update(start, 1, 1)
+            extra = start + length - L.align_up(start, cs)
+            if extra > 0:
+                got = self._alloc(-(-extra // cs))
+                if got != L.align_up(start, cs):
+                    self._refcount_update(start, 1, -1)
+                    self._refcount_update(got, extra, -1)
+                    start = self._alloc(-(-length // cs))
+        else:
+            start = self._alloc(-(-length // cs))
+        self._file.pwrite(start, compressed)
+        if start + length > self._file_size:
+            self._file_size = start + length
+        self._compressed_end = start + length
+        x = self.header.compressed_offset_bits()
+        sectors = ((start & 511) + length + 511) // 512
+        entry = L.OFLAG_COMPRESSED | ((sectors - 1) << x) | start
+        if self._ext:
+            old = table[2 * index]
+            table[2 * index] = entry
+            table[2 * index + 1] = 0
+        else:
+            old = table[index]
+            table[index] = entry
+        self._write_l2_entries(l2_offset, table, index, index)
+        if old & L.OFLAG_COMPRESSED or old & L.L2E_OFFSET_MASK:
+            self._free_entry(old)
+
+    # ================================================================= create
+    @classmethod
+    def create(cls, path, size, options=None, backing=None):
+        opts = dict(options or {})
+        path = os.path.abspath(os.fspath(path))
+        unknown = sorted(k for k in opts if k not in CREATE_OPTIONS)
+        if unknown:
+            raise InvalidOptionError("qcow2 does not support the creation option(s) %s (supported: %s)"
+                                     % (", ".join(unknown), ", ".join(CREATE_OPTIONS)), path)
+        if opts.get("encryption") not in (None, False, "off") or opts.get("encrypt.format"):
+            raise UnsupportedFeature("creating encrypted qcow2 images is not supported", path)
+        if opts.get("data_file") or opts.get("data_file_raw") not in (None, False, "off"):
+            raise UnsupportedFeature("creating qcow2 images with an external data file is not supported", path)
+        if size is None:
+            size = opts.get("size")
+        if size is None:
+            if backing is None:
+                raise InvalidOptionError("qcow2 create: an image size is required without a backing file", path)
+            size = backing.virtual_size
+        size = _int_option("size", size, path)
+        if size < 0:
+            raise InvalidOptionError("qcow2 create: the image size must not be negative (%d)" % size, path)
+        if size % 512:
+            raise InvalidOptionError("qcow2 create: the image size must be a multiple of 512 bytes (found %d)"
+                                     % size, path)
+        cluster_size = _int_option("cluster_size", opts.get("cluster_size", 65536), path)
+        if cluster_size < 512 or cluster_size > 2 * 1024 * 1024 or cluster_size & (cluster_size - 1):
+            raise InvalidOptionError("qcow2 create: cluster_size must be a power of two between 512 and 2M "
+                                     "(found %d)" % cluster_size, path)
+        compat = str(opts.get("compat", "1.1"))
+        versions = {"0.10": 2, "v2": 2, "1.1": 3, "v3": 3}
+        if compat not in versions:
+            raise InvalidOptionError("qcow2 create: compat must be 0.10, v2, 1.1 or v3 (found %r)" % compat, path)
+        version = versions[compat]
+        lazy = _bool_option("lazy_refcounts", opts.get("lazy_refcounts", False), path)
+        extended_l2 = _bool_option("extended_l2", opts.get("extended_l2", False), path)
+        refcount_bits = _int_option("refcount_bits", opts.get("refcount_bits", 16), path)
+        if refcount_bits not in (1, 2, 4, 8, 16, 32, 64):
+            raise InvalidOptionError("qcow2 create: refcount_bits must be a power of two up to 64 (found %d)"
+                                     % refcount_bits, path)
+        preallocation = str(opts.get("preallocation", "off"))
+        if preallocation not in ("off", "metadata", "falloc", "full"):
+            raise InvalidOptionError("qcow2 create: preallocation must be off, metadata, falloc or full "
+                                     "(found %r)" % preallocation, path)
+        compression = str(opts.get("compression_type", "zlib"))
+        if compression not in ("zlib", "zstd"):
+            raise InvalidOptionError("qcow2 create: compression_type must be zlib or zstd (found %r)"
+                                     % compression, path)
+        backing_file = opts.get("backing_file") or None
+        backing_fmt = opts.get("backing_fmt") or None
+        if version == 2:
+            if lazy:
+                raise InvalidOptionError("qcow2 create: lazy_refcounts needs compat 1.1 (v3)", path)
+            if refcount_bits != 16:
+                raise InvalidOptionError("qcow2 create: refcount_bits other than 16 needs compat 1.1 (v3)", path)
+            if extended_l2:
+                raise InvalidOptionError("qcow2 create: extended_l2 needs compat 1.1 (v3)", path)
+            if compression != "zlib":
+                raise InvalidOptionError("qcow2 create: compression_type %s needs compat 1.1 (v3)"
+                                         % compression, path)
+        if extended_l2 and cluster_size < 16384:
+            raise InvalidOptionError("qcow2 create: extended_l2 needs cluster_size >= 16384 (found %d)"
+                                     % cluster_size, path)
+        if compression == "zstd" and not _zstd_available():
+            raise UnsupportedFeature("qcow2 create: compression_type zstd needs the zstd or zstandard Python "
+                                     "module", path)
+        if backing_fmt and not backing_file:
+            raise InvalidOptionError("qcow2 create: backing_fmt given without backing_file", path)
+        if backing_file:
+            if not backing_fmt and backing is not None:
+                backing_fmt = backing.format_name
+            if not backing_fmt:
+                raise InvalidOptionError("qcow2 create: backing_fmt is required with backing_file", path)
+            if len(backing_file.encode("utf-8", "surrogateescape")) > L.MAX_BACKING_FILE_NAME:
+                raise InvalidOptionError("qcow2 create: backing file name longer than %d bytes"
+                                         % L.MAX_BACKING_FILE_NAME, path)
+            if preallocation != "off" and not extended_l2:
+                raise InvalidOptionError("qcow2 create: a backing file and preallocation can only be used together "
+                                         "with extended_l2", path)
+        header = _build_new_header(version, cluster_size, refcount_bits, lazy, extended_l2,
+                                   1 if compression == "zstd" else 0, backing_file, backing_fmt)
+        exists = os.path.exists(path)
+        image_file = ImageFile(path, writable=True, create=not exists)
+        try:
+            if exists:
+                image_file.truncate(0)
+            # header, refcount table (1 cluster), refcount block (1 cluster) covering the first clusters
+            image = bytearray(3 * cluster_size)
+            image[:len(header)] = header
+            struct.pack_into(">QI", image, L.OFF_REFCOUNT_TABLE_OFFSET, cluster_size, 1)
+            struct.pack_into(">Q", image, cluster_size, 2 * cluster_size)
+            block = memoryview(image)[2 * cluster_size:]
+            for cluster in range(3):
+                bit = cluster * refcount_bits
+                if refcount_bits >= 8:
+                    width = refcount_bits >> 3
+                    block[cluster * width:(cluster + 1) * width] = (1).to_bytes(width, "big")
+                else:
+                    block[bit >> 3] |= 1 << (bit & 7)
+            image_file.pwrite(0, image)
+            driver = cls._open_file(image_file, False, None, backing=None)
+        except BaseException:
+            image_file.close()
+            raise
+        try:
+            driver._prepare_write()
+            driver._grow_l1(size)
+            if preallocation != "off":
+                driver._preallocate(preallocation, backing_file is not None)
+            driver._file.flush()
+        finally:
+            driver.backing = None  # the caller owns ``backing``
+            driver.close()
+        return None
+
+    def _grow_l1(self, size):
+        """Give the new image its virtual size and L1 table (create only)."""
+        cs = self._cs
+        h = self.header
+        l1_size = -(-size // (cs * self._l2e)) if size else 0
+        if l1_size * 8 > L.MAX_L1_BYTES:
+            raise InvalidOptionError("qcow2 create: size %d needs an L1 table larger than the %d-byte cap"
+                                     % (size, L.MAX_L1_BYTES), self.path)
+        clusters = max(1, -(-l1_size * 8 // cs))
+        offset = self._alloc(clusters)
+        self._file.pwrite(offset, bytes(clusters * cs))
+        self._file.pwrite(L.OFF_SIZE, HEADER_SIZE_TO_L1.pack(size, 0, l1_size, offset))
+        h.size = size
+        h.l1_size = l1_size
+        h.l1_table_offset = offset
+        self._l1 = array.array("Q", [0] * l1_size)
+        self.virtual_size = size
+
+    def _preallocate(self, mode, has_backing):
+        cs = self._cs
+        h = self.header
+        total = -(-self.virtual_size // cs)
+        for l1_index in range(len(self._l1)):
+            first = l1_index * self._l2e
+            count = min(self._l2e, total - first)
+            if count <= 0:
+                break
+            if mode in ("falloc", "full"):
+                l2_offset = self._alloc(1)
+                data = self._alloc(count)
+            else:
+                base = self._alloc(1 + count)
+                l2_offset, data = base, base + cs
+            entries = array.array("Q", [0] * (self._cs // 8))
+            for i in range(count):
+                host = data + i * cs
+                if self._ext:
+                    if has_backing:
+                        bitmap = 0
+                    elif mode == "metadata":
+                        bitmap = 0xffffffff << 32
+                    else:
+                        bitmap = 0xffffffff
+                    entries[2 * i] = host | L.OFLAG_COPIED
+                    entries[2 * i + 1] = bitmap
+                elif mode == "metadata" and h.version >= 3:
+                    entries[i] = host | L.OFLAG_COPIED | L.OFLAG_ZERO
+                else:
+                    entries[i] = host | L.OFLAG_COPIED
+            if mode == "falloc":
+                self._file.allocate(data, count * cs)
+            elif mode == "full":
+                self._file.write_zeroes(data, count * cs)
+            self._file.pwrite(l2_offset, _be_bytes(entries))
+            self._l2_set.add(l2_offset)
+            self._write_l1_entry(l1_index, l2_offset | L.OFLAG_COPIED)
+
+
+def _serialize_extensions(exts):
+    out = bytearray()
+    for ext_type, data in exts:
+        out += L.HEADER_EXTENSION.pack(ext_type, len(data))
+        out += data
+        out += bytes(L.pad8(len(data)) - len(data))
+    out += L.HEADER_EXTENSION.pack(L.EXT_END, 0)
+    return out
+
+
+def _build_new_header(version, cluster_size, refcount_bits, lazy, extended_l2, compression_type,
+                      backing_file, backing_fmt):
+    """Header cluster contents of a new empty image (size 0, no L1 yet)."""
+    cb = cluster_size.bit_length() - 1
+    incompat = 0
+    if extended_l2:
+        incompat |= L.INCOMPAT_EXTL2
+    if compression_type:
+        incompat |= L.INCOMPAT_COMPRESSION
+    out = bytearray(L.HEADER_V2.pack(L.QCOW2_MAGIC, version, 0, 0, cb, 0, 0, 0, 0, 0, 0, 0, 0))
+    if version >= 3:
+        out += L.HEADER_V3_EXTRA.pack(incompat, L.COMPAT_LAZY_REFCOUNTS if lazy else 0, 0,
+                                      refcount_bits.bit_length() - 1, L.HEADER_V3_LENGTH_COMPRESSION)
+        out += bytes([compression_type]) + bytes(7)
+    exts = []
+    if backing_fmt:
+        exts.append((L.EXT_BACKING_FORMAT, backing_fmt.encode("utf-8")))
+    name = backing_file.encode("utf-8", "surrogateescape") if backing_file else b""
+    if version >= 3:
+        table = b"".join(L.FEATURE_NAME_ENTRY.pack(t, bit, label) for t, bit, label in FEATURE_NAMES)
+        with_table = exts + [(L.EXT_FEATURE_NAME_TABLE, table)]
+        if len(out) + len(_serialize_extensions(with_table)) + len(name) <= cluster_size:
+            exts = with_table
+    out += _serialize_extensions(exts)
+    if name:
+        struct.pack_into(">QI", out, L.OFF_BACKING_FILE_OFFSET, len(out), len(name))
+        out += name
+    if len(out) > cluster_size:
+        raise InvalidOptionError("qcow2 create: the header with the backing file name (%d bytes) does not fit "
+                                 "in one %d-byte cluster" % (len(out), cluster_size))
+    return bytes(out)
