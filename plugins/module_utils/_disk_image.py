@@ -27,6 +27,8 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     resize as image_resize,
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
+    ImageError,
+    ImageInUseError,
     UnsupportedFeature,
     UnsupportedOperation,
 )
@@ -251,7 +253,7 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None):
     if request.state == 'absent':
         if current_info is None:
             return Plan([], before, dict(before))
-        action = Action('remove', 'remove %s image %s' % (before['format'], request.path))
+        action = Action('remove', 'remove %s image %s' % (before['format'] or 'unreadable', request.path))
         return Plan([action], before, {'path': request.path, 'state': 'absent'})
 
     differences = []
@@ -314,7 +316,15 @@ def read_state(request):
     if os.path.lexists(request.path):
         if not os.path.isfile(request.path):
             raise DiskImageError('%s exists and is not a regular file' % request.path)
-        current_info = image_info(request.path, allow_dirs=request.allow_dirs)
+        try:
+            current_info = image_info(request.path, allow_dirs=request.allow_dirs)
+        except ImageInUseError:
+            raise
+        except ImageError:
+            if request.state == 'present':
+                raise
+            # An image that cannot be read (corrupt, missing backing file) can still be removed.
+            current_info = {'filename': request.path}
     if request.state != 'present':
         return current_info, None, None
     src_info = None
@@ -358,11 +368,11 @@ def _build(request, action, target):
     outcome = image_convert(request.src, target, request.format, src_fmt=action.args['src_format'],
                             options=_backing_options(request) or None, compress=request.compress,
                             allow_dirs=request.allow_dirs)
-    stats = {'duration': round(time.time() - started, 3)}
-    if isinstance(outcome, dict) and isinstance(outcome.get('bytes_written'), int):
-        stats['bytes_written'] = outcome['bytes_written']
-    else:
-        stats['bytes_written'] = os.stat(target).st_blocks * 512
+    stats = {'duration': round(time.time() - started, 3), 'bytes_written': os.stat(target).st_blocks * 512}
+    if isinstance(outcome, dict):
+        stats.update((key, outcome[key]) for key in ('bytes_read', 'bytes_written', 'compressed_clusters') if key in outcome)
+        if isinstance(outcome.get('duration'), (int, float)):
+            stats['duration'] = round(outcome['duration'], 3)
     return stats
 
 

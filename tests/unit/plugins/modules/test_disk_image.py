@@ -214,6 +214,18 @@ def test_absent_removes_only_an_existing_image(tmp_path):
     assert not plan_for(path=path, state='absent')[1].changed
 
 
+def test_absent_removes_an_image_that_cannot_be_read(tmp_path):
+    base = make_image(tmp_path / 'base.qcow2', 'qcow2', MIB)
+    path = make_image(tmp_path / 'top.qcow2', 'qcow2', MIB, '-b', 'base.qcow2', '-F', 'qcow2')
+    os.unlink(base)
+    with pytest.raises(ImageError):
+        plan_for(path=path, fmt='qcow2')
+    request, plan = plan_for(path=path, state='absent')
+    assert [action.description for action in plan.actions] == ['remove unreadable image %s' % path]
+    apply_plan(plan, request)
+    assert not os.path.exists(path)
+
+
 def test_path_that_is_not_a_regular_file_is_refused(tmp_path):
     with pytest.raises(DiskImageError, match='not a regular file'):
         plan_for(path=str(tmp_path), fmt='raw', size=MIB)
