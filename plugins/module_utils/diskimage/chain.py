@@ -1,0 +1,123 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Open an image with its backing chain (DESIGN.md security rules 1, 2, 3, 5).
+
+``open_driver`` probes the format when none is given, opens the top image
+through its driver and hands the driver an *opener*: the only way a driver
+may open a file named inside an image.  The opener applies the path policy
+(policy.resolve_reference), opens backing layers read-only, bounds the chain
+depth and refuses loops (by real path).  If anything fails, every file
+already opened is closed again.
+
+Backing formats: a backing file whose format the image records is opened with
+that format; one without a recorded format is probed, which is acceptable
+because backing layers are only ever read (rule 2 forbids guessing on write
+paths), and a probed-raw layer also refuses writes to its first sector.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import os
+
+from ._io import ImageFile
+from .errors import FormatError, ImageError
+from .formats import driver_class
+from .policy import resolve_reference
+from .probe import probe
+
+# Layers in one chain, the top image included.
+MAX_CHAIN_DEPTH = 64
+
+
+def _describe(trail):
+    return " -> ".join(trail)
+
+
+class _Chain:
+    """State shared by the openers of one open_driver call."""
+
+    def __init__(self, allow_dirs, force_share):
+        self.allow_dirs = list(allow_dirs) if allow_dirs else None
+        self.force_share = force_share
+        # Everything opened so far, closed in reverse order on failure.
+        self.opened = []
+
+    def open_layer(self, path, fmt, readonly, trail):
+        """Open ``path`` (already allowed) as layer ``len(trail)`` of the chain."""
+        real = os.path.realpath(path)
+        if real in trail:
+            raise FormatError("backing chain loop: %s" % _describe(trail + [real]), trail[0])
+        trail = trail + [real]
+        if len(trail) > MAX_CHAIN_DEPTH:
+            raise FormatError("backing chain longer than %d layers: %s"
+                              % (MAX_CHAIN_DEPTH, _describe(trail[:3] + ["..."] + trail[-2:])), trail[0])
+        warning = None
+        probed = fmt is None
+        if probed:
+            result = probe(path)
+            fmt, warning = result.format, result.warning
+        cls = driver_class(fmt, path)
+        opener = _Opener(self, trail, writable=not readonly)
+        driver = cls.open(path, readonly=readonly, opener=opener, force_share=self.force_share)
+        self.opened.append(driver)
+        # A probed raw image refuses writes to its first sector (security rule 3).
+        if probed and fmt == "raw":
+            driver.probed = True
+        driver.probe_warning = warning
+        return driver
+
+    def close_all(self):
+        while self.opened:
+            item = self.opened.pop()
+            try:
+                item.close()
+            except Exception:
+                pass
+
+
+class _Opener:
+    """Passed to a driver's open(): opens files named inside the image at the
+    end of ``trail`` under the caller's policy."""
+
+    def __init__(self, chain, trail, writable):
+        self._chain = chain
+        self._trail = trail
+        self._writable = writable
+
+    def __call__(self, referrer_path, name, fmt=None):
+        """Open backing file ``name`` of ``referrer_path`` read-only, as a Driver."""
+        resolved = resolve_reference(referrer_path, name, self._chain.allow_dirs, kind="backing file")
+        try:
+            return self._chain.open_layer(resolved, fmt or None, True, self._trail)
+        except ImageError as exc:
+            if exc.path is None or exc.path == resolved:
+                # Say which image named the failing backing file.
+                raise type(exc)("%s (backing file %r of %s)" % (exc, name, referrer_path),
+                                exc.path) from exc
+            raise
+
+    def data_file(self, referrer_path, name, writable=None):
+        """Open external data file ``name`` of ``referrer_path`` as an ImageFile,
+        writable when the referring layer is (unless ``writable`` says otherwise)."""
+        resolved = resolve_reference(referrer_path, name, self._chain.allow_dirs, kind="data file")
+        if writable is None:
+            writable = self._writable
+        image_file = ImageFile(resolved, writable=bool(writable) and self._writable,
+                               force_share=self._chain.force_share and not writable)
+        self._chain.opened.append(image_file)
+        return image_file
+
+
+def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False):
+    """Open image ``path`` (format ``fmt``, probed when None) with its backing
+    chain; backing layers and data files go through the path policy with
+    ``allow_dirs``.  Returns the top Driver; closing it closes the chain."""
+    path = os.path.abspath(os.fspath(path))
+    chain = _Chain(allow_dirs, force_share)
+    try:
+        return chain.open_layer(path, fmt, readonly, [])
+    except BaseException:
+        chain.close_all()
+        raise
