@@ -30,6 +30,11 @@ and the image file's ``pread``/``size`` are used.
                        bits, OFLAG_COPIED mismatches, ...
   leaks-fixed, corruptions-fixed   (repair only; not implemented yet)
 
+Where qemu-img refuses to open an image (e.g. an invalid bitmap table entry
+makes QEMU fail to load the bitmap), the check still reports what it finds
+(here: a corruption).  A snapshot table or bitmap directory that QEMU cannot
+read makes the check fail with CorruptImageError, as qemu-img check fails.
+
 As qemu-img does, the keys other than check-errors are omitted when zero.
 One key qemu-img does not print is added:
 
@@ -486,12 +491,15 @@ class _Walker:
             position += pad8(BITMAP_DIRECTORY_ENTRY.size + extra_size + name_size)
         for table_offset, table_size in tables:
             self.inc(table_offset, table_size * 8)
-            for start in range(0, table_size * 8, _TABLE_SLICE):
-                length = min(_TABLE_SLICE, table_size * 8 - start)
+            # Entries past the end of the file read as zeroes (unused): skip them.
+            in_file = min(table_size * 8, max(0, self.file_size - table_offset))
+            for start in range(0, in_file, _TABLE_SLICE):
+                length = min(_TABLE_SLICE, in_file - start)
                 data = self.read(table_offset + start, length, "bitmap table")
                 if data is None:
                     return
-                self.walk_bitmap_table(_be64_array(data))
+                if data != bytes(length):
+                    self.walk_bitmap_table(_be64_array(data[:length - length % 8]))
 
     def walk_bitmap_table(self, entries):
         cluster_size = self.cluster_size

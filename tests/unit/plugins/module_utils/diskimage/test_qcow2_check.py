@@ -250,6 +250,22 @@ def _backing_overlay(path):
     return write(path, "write -P 0x99 4k 4k", "write -P 0x9a 5M 128k")
 
 
+def _external_data_file(path):
+    create(path, "8M", "data_file=%s" % path.with_name("data.raw").name)
+    return write(path, "write -P 0x11 0 128k", "write -z 1M 64k", "write -P 0x22 3M 4k")
+
+
+def _external_data_file_raw(path):
+    create(path, "8M", "data_file=%s" % path.with_name("data.raw").name, "data_file_raw=on")
+    return write(path, "write -P 0x11 0 128k")
+
+
+def _compressed_extended_l2(path):
+    source = _written(path.with_name("source.qcow2"))
+    qemu_tools.qemu_img("convert", "-c", "-O", "qcow2", "-o", "extended_l2=on", source, path)
+    return write(path, "write -P 0x12 8M 3k")
+
+
 CLEAN_IMAGES = {
     "empty": lambda path: create(path),
     "written": _written,
@@ -263,6 +279,9 @@ CLEAN_IMAGES = {
     "preallocation-metadata": _preallocated_metadata,
     "bitmaps": _bitmaps,
     "backing-overlay": _backing_overlay,
+    "external-data-file": _external_data_file,
+    "external-data-file-raw": _external_data_file_raw,
+    "compressed-extended-l2": _compressed_extended_l2,
 }
 
 
@@ -438,6 +457,47 @@ def test_refcount_table_entry_with_reserved_bits(tmp_path):
     editor.set_refcount_table_entry(0, editor.refcount_table_entry(0) | 1)
     messages = assert_same_as_qemu(path)
     assert "ERROR refcount table entry 0 has reserved bits set" in messages
+
+
+def test_refcount_block_misaligned_is_a_check_error(tmp_path):
+    """QEMU cannot read refcounts through a refcount block pointer inside a
+    cluster: one check error per cluster it covers."""
+    path = _written(tmp_path / "image.qcow2")
+    editor = Qcow2Editor(path)
+    editor.set_refcount_table_entry(0, editor.refcount_table_entry(0) + 512)
+    messages = assert_same_as_qemu(path)
+    assert ours(path)["check-errors"] > 0
+    assert "ERROR refcount block 0 is not cluster aligned; refcount table entry corrupted" in messages
+
+
+def test_refcount_block_outside_image(tmp_path):
+    path = _written(tmp_path / "image.qcow2")
+    editor = Qcow2Editor(path)
+    editor.set_refcount_table_entry(1, 1 << 30)
+    messages = assert_same_as_qemu(path)
+    assert "ERROR refcount block 1 is outside image" in messages
+
+
+def test_refcount_block_referenced_twice(tmp_path):
+    path = _written(tmp_path / "image.qcow2")
+    editor = Qcow2Editor(path)
+    editor.set_refcount_table_entry(1, editor.refcount_table_entry(0))
+    messages = assert_same_as_qemu(path)
+    assert "ERROR refcount block 1 refcount=2" in messages
+
+
+def test_extended_l2_subcluster_bitmaps(tmp_path):
+    path = create(tmp_path / "image.qcow2", "4M", "extended_l2=on")
+    write(path, "write -P 1 0 128k")
+    editor = Qcow2Editor(path)
+    # subcluster allocation bitmap: second half of the extended L2 entry
+    unallocated_bitmap = editor.l2_entry_offset(5 * 65536) + 8
+    editor._write_u64(unallocated_bitmap, 1)
+    allocated_bitmap = editor.l2_entry_offset(0) + 8
+    editor._write_u64(allocated_bitmap, editor._read_u64(allocated_bitmap) | (1 << 32))
+    messages = assert_same_as_qemu(path)
+    assert ours(path)["corruptions"] == 2
+    assert "ERROR: Unallocated cluster has non-zero subcluster allocation map" in messages
 
 
 def test_refcount_overflow_with_one_bit_refcounts(tmp_path):
