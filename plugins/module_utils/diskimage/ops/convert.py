@@ -1,0 +1,335 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""convert(): ``qemu-img convert``.
+
+The source chain is walked by block status: holes are never read nor
+written, data is read in MAX_IO chunks, zero blocks found in it are skipped
+(or written as zeroes when the output has a backing file), and the rest is
+written in large runs.  Compressed qcow2 output compresses whole clusters in
+a thread pool (zlib releases the GIL) with a bounded number in flight, and
+writes them in guest order.  The output is built under a temporary name and
+renamed into place when complete and flushed.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import collections
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import ImageError, InvalidOptionError
+from ..formats.base import DATA, ZERO, UNALLOCATED, MAX_IO
+from .create import (build_image, close_quietly, creatable_driver_class, destination_path,
+                     discard, open_backing, publish, split_backing_options, sync_file,
+                     temporary_path)
+from .image import chain_block_status, open_driver, os_error, reads_zero
+from .sizes import normalize_options, round_up, SECTOR_SIZE
+
+# Smallest run of zeroes inside read data that is left as a hole (qemu-img -S default).
+MIN_SPARSE = 4096
+# Guest bytes whose block status is asked for at once (bounds the extent lists).
+STATUS_WINDOW = 64 * MAX_IO
+# Compressed clusters in flight per worker thread.
+IN_FLIGHT_PER_WORKER = 4
+
+_ZEROES = bytes(MAX_IO)
+
+
+def is_zero(data):
+    """Whether ``data`` (bytes, at most MAX_IO long) is all zero bytes."""
+    return _ZEROES.startswith(data) if len(data) <= MAX_IO else data == bytes(len(data))
+
+
+def zero_runs(data, offset, granule):
+    """Split ``data`` read at guest ``offset`` into (start, end, is_zero) runs of
+    whole ``granule``-aligned blocks (indices into ``data``)."""
+    length = len(data)
+    if is_zero(data):
+        return [(0, length, True)]
+    zero_granule = _ZEROES[:granule]
+    runs = []
+    position = 0
+    while position < length:
+        end = min(length, (offset + position) // granule * granule + granule - offset)
+        if end - position == granule:
+            zero = data.startswith(zero_granule, position)
+        else:
+            zero = _ZEROES.startswith(data[position:end])
+        if runs and runs[-1][2] == zero:
+            runs[-1] = (runs[-1][0], end, zero)
+        else:
+            runs.append((position, end, zero))
+        position = end
+    return runs
+
+
+def align_down(value, alignment):
+    return value // alignment * alignment
+
+
+def cluster_runs(runs, cluster_size, size):
+    """Turn chain block status runs into cluster-aligned runs: a cluster that is
+    not wholly of one kind becomes DATA (it is read and written whole, as
+    compressed output needs)."""
+    aligned = []
+
+    def add(start, end, kind):
+        if aligned and start < aligned[-1][1]:
+            start = aligned[-1][1]
+        if start >= end:
+            return
+        if aligned and aligned[-1][2] == kind and aligned[-1][1] == start:
+            aligned[-1] = (aligned[-1][0], end, kind)
+        else:
+            aligned.append((start, end, kind))
+
+    for run in runs:
+        start, end = run.start, run.start + run.length
+        if run.kind == DATA:
+            add(align_down(start, cluster_size), min(round_up(end, cluster_size), size), DATA)
+            continue
+        inner_start = round_up(start, cluster_size)
+        inner_end = end if end == size else align_down(end, cluster_size)
+        if inner_start > start:
+            add(align_down(start, cluster_size), min(inner_start, size), DATA)
+        if inner_start < inner_end:
+            add(inner_start, inner_end, run.kind)
+        if inner_end < end:
+            add(inner_end, min(round_up(end, cluster_size), size), DATA)
+    return aligned
+
+
+def _cluster_size(driver):
+    """The target's cluster size (0 for formats without clusters), from the
+    driver's info() as the interface defines it."""
+    size = getattr(driver, "cluster_size", None)
+    if not isinstance(size, int):
+        size = driver.info().get("cluster-size", 0)
+    return size or 0
+
+
+class _Converter:
+    """State of one conversion: the opened source chain and the new target."""
+
+    def __init__(self, source, target, base, target_backing_size, has_zero_init, progress):
+        self.source = source
+        self.target = target
+        self.base = base
+        self.size = source.virtual_size
+        self.target_backing_size = target_backing_size
+        self.has_zero_init = has_zero_init
+        self.progress = progress
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.compressed_clusters = 0
+        cluster_size = _cluster_size(target)
+        self.cluster_size = cluster_size
+        self.granule = max(MIN_SPARSE, cluster_size)
+
+    # ----------------------------------------------------------- block status
+    def runs(self):
+        """Chain block status of the source (above ``base``), window by window."""
+        for window in range(0, self.size, STATUS_WINDOW):
+            length = min(STATUS_WINDOW, self.size - window)
+            for run in chain_block_status(self.source, window, length, self.base):
+                yield run
+
+    def report(self, done):
+        if self.progress is not None:
+            self.progress(min(done, self.size), self.size)
+
+    # ----------------------------------------------------------------- writes
+    def zeroes(self, offset, length):
+        """Make [offset, offset+length) of the target read as zeroes."""
+        if self.has_zero_init:
+            return
+        # Past the target's backing file the new image reads zeroes already.
+        end = min(offset + length, self.target_backing_size)
+        if offset < end:
+            self.target.write_zeroes(offset, end - offset, may_unmap=True)
+
+    def data(self, offset, data):
+        self.target.write(offset, data)
+        self.bytes_written += len(data)
+
+    def read(self, offset, length):
+        data = self.source.read(offset, length)
+        if len(data) != length:
+            raise ImageError("short read at offset %d: expected %d bytes, got %d"
+                             % (offset, length, len(data)), self.source.path)
+        self.bytes_read += length
+        return data
+
+    # ------------------------------------------------------------ plain copy
+    def copy(self):
+        for run in self.runs():
+            start, end = run.start, run.start + run.length
+            if run.kind == DATA:
+                self.copy_data(start, end)
+            elif reads_zero(run.kind, self.base):
+                self.zeroes(start, end - start)
+            # UNALLOCATED above the base: left unallocated, the backing shows through.
+            self.report(end)
+        self.report(self.size)
+
+    def copy_data(self, start, end):
+        position = start
+        while position < end:
+            chunk_end = min(end, align_down(position, MAX_IO) + MAX_IO)
+            data = self.read(position, chunk_end - position)
+            for first, last, zero in zero_runs(data, position, self.granule):
+                if zero:
+                    self.zeroes(position + first, last - first)
+                elif first == 0 and last == len(data):
+                    self.data(position, data)
+                else:
+                    self.data(position + first, data[first:last])
+            position = chunk_end
+            self.report(position)
+
+    # ------------------------------------------------------- compressed copy
+    def copy_compressed(self, workers):
+        cluster = self.cluster_size
+        if cluster <= 0 or cluster > MAX_IO:
+            raise InvalidOptionError("compressed output needs a cluster size between 512 and %d, found %r"
+                                     % (MAX_IO, cluster), self.target.path)
+        chunk = align_down(MAX_IO, cluster)
+        in_flight = collections.deque()
+        limit = workers * IN_FLIGHT_PER_WORKER
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            try:
+                for window in range(0, self.size, STATUS_WINDOW):
+                    length = min(STATUS_WINDOW, self.size - window)
+                    runs = chain_block_status(self.source, window, length, self.base)
+                    for start, end, kind in cluster_runs(runs, cluster, window + length):
+                        if kind != DATA:
+                            if reads_zero(kind, self.base) and not self.has_zero_init:
+                                self._drain(in_flight, 0)
+                                self.zeroes(start, end - start)
+                            self.report(end)
+                            continue
+                        for position in range(start, end, chunk):
+                            data = self.read(position, min(chunk, end - position))
+                            self._compress_chunk(pool, in_flight, limit, position, data)
+                            self.report(position + len(data))
+                self._drain(in_flight, 0)
+            finally:
+                for _offset, _cluster_data, future in in_flight:
+                    future.cancel()
+        self.report(self.size)
+
+    def _compress_chunk(self, pool, in_flight, limit, position, data):
+        cluster = self.cluster_size
+        view = memoryview(data)
+        for first in range(0, len(data), cluster):
+            cluster_data = bytes(view[first:first + cluster])
+            offset = position + first
+            if is_zero(cluster_data):
+                if not self.has_zero_init:
+                    self._drain(in_flight, 0)
+                    self.zeroes(offset, len(cluster_data))
+                continue
+            if len(cluster_data) < cluster:
+                # The image's partial last cluster is written uncompressed.
+                self._drain(in_flight, 0)
+                self.data(offset, cluster_data)
+                continue
+            in_flight.append((offset, cluster_data, pool.submit(self.target.compress_cluster, cluster_data)))
+            self._drain(in_flight, limit - 1)
+
+    def _drain(self, in_flight, keep):
+        """Write finished clusters in guest order until at most ``keep`` are in flight."""
+        while len(in_flight) > keep:
+            offset, cluster_data, future = in_flight.popleft()
+            compressed = future.result()
+            if compressed is None:
+                self.data(offset, cluster_data)
+            else:
+                self.target.write_compressed(offset, compressed)
+                self.bytes_written += len(cluster_data)
+                self.compressed_clusters += 1
+
+
+def _worker_count():
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progress=None,
+            allow_dirs=None, target_is_zero=False, force_share=False):
+    """Convert the image ``src`` (with its backing chain) into a new image
+    ``dst`` of format ``out_fmt`` (never overwriting ``dst``).
+
+    ``options`` are qemu-img -o options of the output; ``backing_file`` and
+    ``backing_fmt`` among them give the output a backing file (qemu-img
+    convert -B -F): only what the source's top layer allocates is copied.
+    ``compress`` writes compressed clusters (qcow2 only).
+    ``progress(done_bytes, total_bytes)`` is called as the copy advances.
+
+    Returns {"bytes_read", "bytes_written", "compressed_clusters",
+    "virtual_size", "duration"} (bytes of guest data; duration in seconds).
+    """
+    started = time.monotonic()
+    destination = destination_path(dst)
+    cls = creatable_driver_class(out_fmt, destination)
+    options = normalize_options(options)
+    if "size" in options:
+        raise InvalidOptionError("option size cannot be used with convert (the output has the "
+                                 "source's size)", destination)
+    backing_file, backing_fmt = split_backing_options(options, None, None, destination)
+    if compress and not hasattr(cls, "compress_cluster"):
+        raise InvalidOptionError("compressed output is not supported for format %s (qcow2 only)"
+                                 % out_fmt, destination)
+    if target_is_zero and backing_file is not None:
+        raise InvalidOptionError("target_is_zero cannot be used with a backing file (zeroes must "
+                                 "hide the backing file)", destination)
+    if progress is not None and not callable(progress):
+        raise InvalidOptionError("progress must be callable, found %r" % (progress,), destination)
+
+    source = target_backing = target = temporary = None
+    try:
+        source = open_driver(src, fmt=src_fmt, readonly=True, allow_dirs=allow_dirs,
+                             force_share=force_share)
+        if backing_file is not None:
+            target_backing = open_backing(destination, backing_file, backing_fmt, allow_dirs)
+            options["backing_file"] = backing_file
+            options["backing_fmt"] = backing_fmt
+        size = round_up(source.virtual_size, SECTOR_SIZE)
+        temporary = temporary_path(destination)
+        build_image(cls, temporary, size, options, target_backing)
+        target = open_driver(temporary, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs)
+        if target_backing is not None:
+            # Zeroes must be written so that the backing file does not show through.
+            base, target_backing_size, has_zero_init = source.backing, target_backing.virtual_size, False
+        else:
+            base, target_backing_size, has_zero_init = None, size, True
+        converter = _Converter(source, target, base, target_backing_size, has_zero_init, progress)
+        if compress:
+            converter.copy_compressed(_worker_count())
+        else:
+            converter.copy()
+        target.flush()
+        target, closing = None, target
+        closing.close()
+        sync_file(temporary)
+        publish(temporary, destination)
+        temporary = None
+        return {
+            "bytes_read": converter.bytes_read,
+            "bytes_written": converter.bytes_written,
+            "compressed_clusters": converter.compressed_clusters,
+            "virtual_size": size,
+            "duration": time.monotonic() - started,
+        }
+    except ImageError:
+        raise
+    except OSError as exc:
+        raise os_error(exc, exc.filename or destination, "cannot convert image")
+    finally:
+        close_quietly(target)
+        if temporary is not None:
+            discard(temporary)
+        close_quietly(target_backing)
+        close_quietly(source)

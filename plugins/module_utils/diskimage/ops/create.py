@@ -1,0 +1,211 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""create(): ``qemu-img create``, with new images built under a temporary
+name in the destination directory and renamed into place only when complete
+and flushed (DESIGN.md security rule 7)."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import binascii
+import errno
+import os
+
+from ..errors import ImageError, InvalidOptionError, UnsupportedOperation
+from ..formats import driver_class
+from .. import policy
+from .image import open_driver, os_error
+from .sizes import normalize_options, parse_size, round_up, SECTOR_SIZE
+
+# errno values of link(2) on file systems without hard links.
+_NO_HARD_LINKS = frozenset((errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP,
+                            getattr(errno, "EOPNOTSUPP", errno.ENOTSUP), errno.ENOSYS))
+
+
+# ------------------------------------------------------------ temporary files
+def destination_path(path):
+    """Absolute path of a new image; its directory must exist and the path must not."""
+    destination = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(destination)
+    if not os.path.isdir(directory):
+        raise os_error(OSError(errno.ENOENT, "directory does not exist"), directory,
+                       "cannot create an image in it")
+    if os.path.lexists(destination):
+        raise InvalidOptionError("the destination already exists; it is never overwritten "
+                                 "(delete it first)", destination)
+    return destination
+
+
+def temporary_path(destination):
+    """``.<name>.XXXXXX.tmp`` beside ``destination`` (drivers create it with O_EXCL)."""
+    directory, name = os.path.split(destination)
+    tag = binascii.hexlify(os.urandom(3)).decode("ascii")
+    return os.path.join(directory, ".%s.%s.tmp" % (name, tag))
+
+
+def sync_file(path):
+    """fsync ``path`` (the temporary image) before it is published."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise os_error(exc, path, "cannot flush the new image")
+
+
+def _sync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync directories; the data itself is synced
+    finally:
+        os.close(fd)
+
+
+def publish(temporary, destination):
+    """Give the finished, flushed temporary image its final name, never
+    replacing a file that appeared there meanwhile."""
+    try:
+        os.link(temporary, destination)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise InvalidOptionError("the destination already exists; it is never overwritten "
+                                     "(delete it first)", destination)
+        if exc.errno not in _NO_HARD_LINKS:
+            raise os_error(exc, destination, "cannot move the new image into place")
+        # No hard links here: the existence check and rename are as close as it gets.
+        if os.path.lexists(destination):
+            raise InvalidOptionError("the destination already exists; it is never overwritten "
+                                     "(delete it first)", destination)
+        try:
+            os.rename(temporary, destination)
+        except OSError as exc2:
+            raise os_error(exc2, destination, "cannot move the new image into place")
+    else:
+        discard(temporary)
+    _sync_directory(os.path.dirname(destination))
+
+
+def discard(temporary):
+    """Remove a temporary image (best effort: used on failure paths)."""
+    try:
+        os.unlink(temporary)
+    except OSError:
+        pass
+
+
+def close_quietly(driver):
+    """Close ``driver`` on an error path without hiding the original error."""
+    if driver is None:
+        return
+    try:
+        driver.close()
+    except Exception:  # pylint: disable=broad-except
+        pass
+
+
+# ---------------------------------------------------------------- backing file
+def split_backing_options(options, backing_file, backing_fmt, path):
+    """Move backing_file/backing_fmt from ``options`` to the arguments (they may
+    be given either way, not differently both ways)."""
+    for key, value in (("backing_file", backing_file), ("backing_fmt", backing_fmt)):
+        if key in options:
+            if value is not None and value != options[key]:
+                raise InvalidOptionError("%s given twice with different values (%r and %r)"
+                                         % (key, value, options[key]), path)
+    backing_file = options.pop("backing_file", backing_file)
+    backing_fmt = options.pop("backing_fmt", backing_fmt)
+    if backing_file is not None and not isinstance(backing_file, str):
+        raise InvalidOptionError("backing_file must be a string, found %r" % (backing_file,), path)
+    if backing_file == "":
+        backing_file = None
+    if backing_file is None:
+        if backing_fmt is not None:
+            raise InvalidOptionError("backing_fmt %r given without backing_file" % (backing_fmt,), path)
+        return None, None
+    if not backing_fmt:
+        raise InvalidOptionError("backing_fmt is required with backing_file %r: the backing "
+                                 "format is never guessed" % (backing_file,), path)
+    return backing_file, backing_fmt
+
+
+def open_backing(destination, backing_file, backing_fmt, allow_dirs):
+    """Open the backing file named ``backing_file`` for a new image at
+    ``destination``, through the path policy, read-only and shared (a running
+    guest may use it)."""
+    resolved = policy.resolve_reference(destination, backing_file, allow_dirs=allow_dirs,
+                                        kind="backing file")
+    return open_driver(resolved, fmt=backing_fmt, readonly=True, allow_dirs=allow_dirs,
+                       force_share=True)
+
+
+def build_image(cls, temporary, size, options, backing):
+    """Driver.create on ``temporary``; closes whatever it may return."""
+    created = cls.create(temporary, size, options=options, backing=backing)
+    if created is not None and hasattr(created, "close"):
+        created.close()
+
+
+def creatable_driver_class(fmt, path):
+    if not fmt or not isinstance(fmt, str):
+        raise InvalidOptionError("the image format is required to write an image (never guessed)", path)
+    cls = driver_class(fmt, path)
+    if not cls.can_create:
+        raise UnsupportedOperation("creating %s images is not supported" % fmt, path)
+    return cls
+
+
+# ---------------------------------------------------------------------- create
+def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=None,
+           allow_dirs=None):
+    """Create a new image of format ``fmt`` at ``path`` (never overwriting).
+
+    ``size`` in bytes or as a qemu-img size string; without it the backing
+    file's virtual size.  Like qemu-img the size is rounded up to 512 bytes.
+    ``backing_file`` is recorded as given and resolved relative to the new
+    image through the path policy; ``backing_fmt`` is required with it.
+    """
+    destination = destination_path(path)
+    cls = creatable_driver_class(fmt, destination)
+    options = normalize_options(options)
+    if "size" in options:
+        if size is not None and parse_size(size) != options["size"]:
+            raise InvalidOptionError("size given twice with different values", destination)
+        size = options.pop("size")
+    backing_file, backing_fmt = split_backing_options(options, backing_file, backing_fmt, destination)
+
+    backing = None
+    temporary = None
+    try:
+        if backing_file is not None:
+            backing = open_backing(destination, backing_file, backing_fmt, allow_dirs)
+            options["backing_file"] = backing_file
+            options["backing_fmt"] = backing_fmt
+        if size is None:
+            if backing is None:
+                raise InvalidOptionError("size is required to create an image without a backing file",
+                                         destination)
+            size = backing.virtual_size
+        else:
+            size = parse_size(size)
+        size = round_up(size, SECTOR_SIZE)
+        temporary = temporary_path(destination)
+        build_image(cls, temporary, size, options, backing)
+        sync_file(temporary)
+        publish(temporary, destination)
+        temporary = None
+    except ImageError:
+        raise
+    except OSError as exc:
+        raise os_error(exc, exc.filename or destination, "cannot create image")
+    finally:
+        if temporary is not None:
+            discard(temporary)
+        close_quietly(backing)

@@ -1,0 +1,165 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""open_image(): an opened image (with its backing chain) for callers that
+read or write guest data, and the chain-wide block status every operation
+walks (what QEMU calls block status "above" a base)."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import errno
+import os
+
+from ..errors import ImageError, ImageNotFoundError, InvalidOptionError
+from ..formats.base import DATA, ZERO, UNALLOCATED, Extent
+from .. import chain
+
+
+def os_error(exc, path, action):
+    """An ImageError for an OSError met while ``action`` on ``path``."""
+    if isinstance(exc, ImageError):
+        return exc
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOENT:
+        return ImageNotFoundError("%s: %s" % (action, reason), path)
+    return ImageError("%s: %s" % (action, reason), path)
+
+
+def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False):
+    """chain.open_driver, with OSError turned into ImageError naming the file."""
+    path = os.fspath(path)
+    try:
+        return chain.open_driver(path, fmt=fmt, readonly=readonly, allow_dirs=allow_dirs,
+                                 force_share=force_share)
+    except ImageError:
+        raise
+    except OSError as exc:
+        raise os_error(exc, exc.filename or path, "cannot open image")
+
+
+def _merge(extents):
+    """Join adjacent extents of the same kind (host offsets are dropped)."""
+    merged = []
+    for extent in extents:
+        if extent.length <= 0:
+            continue
+        if merged and merged[-1].kind == extent.kind and merged[-1].start + merged[-1].length == extent.start:
+            last = merged[-1]
+            merged[-1] = Extent(last.start, last.length + extent.length, last.kind, None)
+        else:
+            merged.append(Extent(extent.start, extent.length, extent.kind, None))
+    return merged
+
+
+def chain_block_status(layer, offset, length, base=None):
+    """Block status of the chain from ``layer`` down to (not including) ``base``.
+
+    Kinds: DATA (some layer holds bytes), ZERO (some layer says zeroes: allocated
+    as zero), UNALLOCATED (no layer above ``base`` allocates the range: it
+    reads from ``base``, or as zeroes when ``base`` is None or past a backing
+    file's end).  Adjacent runs of one kind are merged.
+    """
+    end = min(offset + length, layer.virtual_size)
+    if offset >= end:
+        return []
+    runs = []
+    for extent in layer.block_status(offset, end - offset):
+        if extent.kind != UNALLOCATED:
+            runs.append(extent)
+            continue
+        backing = layer.backing
+        if backing is None or backing is base:
+            runs.append(extent)
+            continue
+        ext_end = extent.start + extent.length
+        inside_end = min(ext_end, backing.virtual_size)
+        if extent.start < inside_end:
+            runs.extend(chain_block_status(backing, extent.start, inside_end - extent.start, base))
+        if inside_end < ext_end:
+            # Past the backing file's end the guest reads zeroes.
+            start = max(extent.start, inside_end)
+            runs.append(Extent(start, ext_end - start, UNALLOCATED, None))
+    return _merge(runs)
+
+
+def reads_zero(kind, base=None):
+    """Whether a run of ``kind`` from chain_block_status reads as zeroes."""
+    return kind == ZERO or (kind == UNALLOCATED and base is None)
+
+
+class Image:
+    """An opened image and its backing chain; see open_image()."""
+
+    def __init__(self, driver):
+        self._driver = driver
+
+    @property
+    def driver(self):
+        return self._driver
+
+    @property
+    def virtual_size(self):
+        return self._driver.virtual_size
+
+    @property
+    def format(self):
+        return self._driver.format_name
+
+    @property
+    def path(self):
+        return self._driver.path
+
+    @property
+    def readonly(self):
+        return self._driver.readonly
+
+    def _check_range(self, offset, length):
+        if offset < 0 or length < 0 or offset + length > self._driver.virtual_size:
+            raise InvalidOptionError("range %d+%d is outside the image (virtual size %d)"
+                                     % (offset, length, self._driver.virtual_size), self.path)
+
+    def read(self, offset, length):
+        self._check_range(offset, length)
+        return self._driver.read(offset, length)
+
+    def write(self, offset, data):
+        self._check_range(offset, len(data))
+        self._driver.write(offset, data)
+
+    def write_zeroes(self, offset, length, may_unmap=False):
+        self._check_range(offset, length)
+        self._driver.write_zeroes(offset, length, may_unmap=may_unmap)
+
+    def block_status(self, offset=0, length=None):
+        """Chain-wide block status (see chain_block_status)."""
+        if length is None:
+            length = self._driver.virtual_size - offset
+        self._check_range(offset, length)
+        return chain_block_status(self._driver, offset, length)
+
+    def flush(self):
+        self._driver.flush()
+
+    def close(self):
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            driver.close()
+
+    @property
+    def closed(self):
+        return self._driver is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def open_image(path, fmt=None, readonly=True, allow_dirs=None, force_share=False):
+    """Open ``path`` (format probed when ``fmt`` is None; a probed raw image
+    refuses writes to sector 0) with its backing chain, under the path policy."""
+    return Image(open_driver(path, fmt=fmt, readonly=readonly, allow_dirs=allow_dirs,
+                             force_share=force_share))

@@ -1,0 +1,75 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""info(): what ``qemu-img info --output=json`` reports, key for key."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import os
+
+from .image import open_driver, os_error
+
+
+def combine_backing_name(referrer_name, backing_name):
+    """The backing file name as qemu-img shows it in full-backing-filename:
+    relative names joined to the directory part of the referrer's name, as
+    spelled by the caller (no normalisation)."""
+    if backing_name.startswith("/") or "/" not in referrer_name:
+        return backing_name
+    return referrer_name[:referrer_name.rindex("/") + 1] + backing_name
+
+
+def allocated_size(path):
+    """Bytes allocated to the file on disk (st_blocks), as qemu-img's actual-size."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError as exc:
+        raise os_error(exc, path, "cannot stat image file")
+
+
+def layer_info(driver, filename):
+    """The info dict of one opened layer; ``filename`` is the name to report."""
+    result = {
+        "virtual-size": driver.virtual_size,
+        "filename": filename,
+        "format": driver.format_name,
+        "actual-size": allocated_size(driver.path),
+        "dirty-flag": False,
+    }
+    if driver.backing_filename:
+        result["backing-filename"] = driver.backing_filename
+        result["full-backing-filename"] = combine_backing_name(filename, driver.backing_filename)
+        if driver.backing_format:
+            result["backing-filename-format"] = driver.backing_format
+    result.update(driver.info())
+    if not result.get("snapshots"):
+        snapshots = driver.snapshots()
+        if snapshots:
+            result["snapshots"] = snapshots
+        else:
+            result.pop("snapshots", None)
+    return result
+
+
+def info(path, fmt=None, backing_chain=False, allow_dirs=None, force_share=False):
+    """``qemu-img info --output=json [--backing-chain]`` of ``path``.
+
+    Returns a dict, or with ``backing_chain`` a list of dicts, top layer first.
+    """
+    filename = os.fspath(path)
+    driver = open_driver(filename, fmt=fmt, readonly=True, allow_dirs=allow_dirs,
+                         force_share=force_share)
+    try:
+        top = layer_info(driver, filename)
+        if not backing_chain:
+            return top
+        chain_info = [top]
+        layer, name = driver, filename
+        while layer.backing is not None:
+            name = combine_backing_name(name, layer.backing_filename or layer.backing.path)
+            layer = layer.backing
+            chain_info.append(layer_info(layer, name))
+        return chain_info
+    finally:
+        driver.close()
