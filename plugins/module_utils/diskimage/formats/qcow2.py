@@ -194,19 +194,19 @@ class Qcow2Driver(Driver):
             raise
 
     @classmethod
-    def _open_file(cls, image_file, readonly, opener, backing=None):
+    def _open_file(cls, image_file, readonly, opener, backing=None, open_backing=True):
         self = cls()
         self._file = image_file
         self.path = image_file.path
         self.readonly = readonly
         try:
-            self._open_structures(opener, backing)
+            self._open_structures(opener, backing, open_backing)
         except BaseException:
             self._close_files()
             raise
         return self
 
-    def _open_structures(self, opener, backing):
+    def _open_structures(self, opener, backing, open_backing):
         path = self.path
         self._file_size = self._file.size()
         first = self._file.pread(0, 4096)
@@ -276,7 +276,7 @@ class Qcow2Driver(Driver):
         # backing file
         if backing is not None:
             self.backing = backing
-        elif h.backing_file:
+        elif h.backing_file and open_backing:
             if opener is None:
                 raise PolicyError("qcow2 backing file %r: no opener allowed to open it" % h.backing_file, path)
             self.backing = opener(path, h.backing_file, h.backing_format)
@@ -1431,7 +1431,8 @@ class Qcow2Driver(Driver):
                 else:
                     block[bit >> 3] |= 1 << (bit & 7)
             image_file.pwrite(0, image)
-            driver = cls._open_file(image_file, False, None, backing=None)
+            # the new image's layer only: the caller owns ``backing``
+            driver = cls._open_file(image_file, False, None, open_backing=False)
         except BaseException:
             image_file.close()
             raise
@@ -1439,10 +1440,9 @@ class Qcow2Driver(Driver):
             driver._prepare_write()
             driver._grow_l1(size)
             if preallocation != "off":
-                driver._preallocate(preallocation, backing_file is not None)
+                driver._preallocate(preallocation)
             driver._file.flush()
         finally:
-            driver.backing = None  # the caller owns ``backing``
             driver.close()
         return None
 
@@ -1464,37 +1464,31 @@ class Qcow2Driver(Driver):
         self._l1 = array.array("Q", [0] * l1_size)
         self.virtual_size = size
 
-    def _preallocate(self, mode, has_backing):
+    def _preallocate(self, mode):
         cs = self._cs
         h = self.header
         total = -(-self.virtual_size // cs)
-        for l1_index in range(len(self._l1)):
+        tables = -(-total // self._l2e)
+        if mode in ("falloc", "full"):
+            l2_base = self._alloc(tables)
+            data_base = self._alloc(total)
+        for l1_index in range(tables):
             first = l1_index * self._l2e
             count = min(self._l2e, total - first)
-            if count <= 0:
-                break
             if mode in ("falloc", "full"):
-                l2_offset = self._alloc(1)
-                data = self._alloc(count)
+                l2_offset = l2_base + l1_index * cs
+                data = data_base + first * cs
             else:
                 base = self._alloc(1 + count)
                 l2_offset, data = base, base + cs
             entries = array.array("Q", [0] * (self._cs // 8))
+            # like QEMU: plain allocated entries over the fresh (sparse, zero) file area;
+            # extended L2 keeps the subclusters unallocated (backing or zeroes show through)
+            zero_flag = L.OFLAG_ZERO if (self._file.is_block_device and mode == "metadata"
+                                         and h.version >= 3 and not self._ext) else 0
+            step = 2 if self._ext else 1
             for i in range(count):
-                host = data + i * cs
-                if self._ext:
-                    if has_backing:
-                        bitmap = 0
-                    elif mode == "metadata":
-                        bitmap = 0xffffffff << 32
-                    else:
-                        bitmap = 0xffffffff
-                    entries[2 * i] = host | L.OFLAG_COPIED
-                    entries[2 * i + 1] = bitmap
-                elif mode == "metadata" and h.version >= 3:
-                    entries[i] = host | L.OFLAG_COPIED | L.OFLAG_ZERO
-                else:
-                    entries[i] = host | L.OFLAG_COPIED
+                entries[step * i] = (data + i * cs) | L.OFLAG_COPIED | zero_flag
             if mode == "falloc":
                 self._file.allocate(data, count * cs)
             elif mode == "full":
