@@ -8,7 +8,45 @@ __metaclass__ = type
 
 import os
 
+from .._io import ImageFile
+from ..errors import ImageError
+from ..formats import driver_class
+from ..policy import resolve_reference
+from ..probe import probe_format
 from .image import open_driver, os_error
+
+
+class _TopOnlyOpener:
+    """Opener for info() without the backing chain: like qemu-img info, the
+    backing file is named but not opened (so a missing or refused backing file
+    does not hide the image's own information).  Data files, part of the
+    image itself, are opened under the path policy."""
+
+    def __init__(self, allow_dirs, force_share):
+        self.allow_dirs = list(allow_dirs) if allow_dirs else None
+        self.force_share = force_share
+
+    def __call__(self, referrer_path, name, fmt=None):
+        return None
+
+    def data_file(self, referrer_path, name, writable=None):
+        resolved = resolve_reference(referrer_path, name, self.allow_dirs, kind="data file")
+        return ImageFile(resolved, writable=False, force_share=self.force_share)
+
+
+def open_top_layer(path, fmt=None, allow_dirs=None, force_share=False):
+    """Open only the top layer of ``path``, read-only (format probed when None)."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        if fmt is None:
+            fmt = probe_format(path)
+        cls = driver_class(fmt, path)
+        return cls.open(path, readonly=True, opener=_TopOnlyOpener(allow_dirs, force_share),
+                        force_share=force_share)
+    except ImageError:
+        raise
+    except OSError as exc:
+        raise os_error(exc, exc.filename or path, "cannot open image")
 
 
 def combine_backing_name(referrer_name, backing_name):
@@ -56,10 +94,15 @@ def info(path, fmt=None, backing_chain=False, allow_dirs=None, force_share=False
     """``qemu-img info --output=json [--backing-chain]`` of ``path``.
 
     Returns a dict, or with ``backing_chain`` a list of dicts, top layer first.
+    Without ``backing_chain`` the backing file is named, not opened (as
+    qemu-img info does); with it every layer is opened through the path policy.
     """
     filename = os.fspath(path)
-    driver = open_driver(filename, fmt=fmt, readonly=True, allow_dirs=allow_dirs,
-                         force_share=force_share)
+    if backing_chain:
+        driver = open_driver(filename, fmt=fmt, readonly=True, allow_dirs=allow_dirs,
+                             force_share=force_share)
+    else:
+        driver = open_top_layer(filename, fmt=fmt, allow_dirs=allow_dirs, force_share=force_share)
     try:
         top = layer_info(driver, filename)
         if not backing_chain:

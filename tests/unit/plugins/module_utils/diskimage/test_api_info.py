@@ -117,8 +117,21 @@ def test_backing_outside_policy_refused(tmp_path):
     qemu_img("create", "-f", "qcow2", "-b", str(elsewhere / "base.qcow2"), "-F", "qcow2", top)
     with pytest.raises(PolicyError):
         diskimage.info(str(top), backing_chain=True)
+    # Like qemu-img info, the image itself is described without opening its backing file.
+    assert diskimage.info(str(top)) == qemu_img_json("info", str(top))
     chain = diskimage.info(str(top), backing_chain=True, allow_dirs=[str(elsewhere)])
     assert chain == qemu_img_json("info", "--backing-chain", str(top))
+
+
+def test_missing_backing_file(tmp_path):
+    base = tmp_path / "base.qcow2"
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", base, "1M")
+    qemu_img("create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top)
+    base.unlink()
+    assert diskimage.info(str(top)) == qemu_img_json("info", str(top))
+    with pytest.raises(ImageNotFoundError):
+        diskimage.info(str(top), backing_chain=True)
 
 
 def test_info_leaves_image_untouched(tmp_path):
