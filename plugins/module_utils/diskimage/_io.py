@@ -131,7 +131,8 @@ class ImageFile:
             raise InvalidOptionError("force_share can only be used with read-only images", self.path)
 
         flags = os.O_RDWR if self.writable else os.O_RDONLY
-        flags |= getattr(os, "O_CLOEXEC", 0)
+        # O_NONBLOCK until the type is known: opening a FIFO must not hang.
+        flags |= getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK
         if create:
             flags |= os.O_CREAT | os.O_EXCL
         try:
@@ -146,6 +147,7 @@ class ImageFile:
             if not (stat.S_ISREG(st.st_mode) or self.is_block_device):
                 raise ImageError("is neither a regular file nor a block device (mode 0o%o)"
                                  % stat.S_IFMT(st.st_mode), self.path)
+            os.set_blocking(self.fd, True)
             if lock:
                 if force_share:
                     perm, shared = READONLY_SHARED_PERMS
@@ -159,6 +161,9 @@ class ImageFile:
             raise
 
     def _open_error(self, exc, create):
+        if exc.errno == errno.ENOENT and create:
+            return ImageError("cannot create the image: %s (does its directory exist?)"
+                              % exc.strerror, self.path)
         if exc.errno == errno.ENOENT:
             return ImageNotFoundError("image file does not exist (%s)" % exc.strerror, self.path)
         if exc.errno == errno.EEXIST and create:

@@ -46,7 +46,9 @@ def _is_inside(path, directory):
 
 
 def _real_dirs(dirs):
-    return [os.path.realpath(os.path.abspath(os.fspath(d))) for d in (dirs or ())]
+    if isinstance(dirs, (str, bytes)) or hasattr(dirs, "__fspath__"):
+        dirs = [dirs]  # one directory given bare: never iterate over its characters
+    return [os.path.realpath(os.path.abspath(os.fsdecode(d))) for d in (dirs or ())]
 
 
 def has_protocol(name):
@@ -109,18 +111,20 @@ def resolve_reference(referrer_path, name, allow_dirs=None, kind="backing file")
     if os.path.isabs(name):
         if not allowed:
             raise refuse("absolute paths are not allowed (pass allow_dirs to permit a directory)")
-        candidate = os.path.normpath(name)
+        candidate = name
         permitted_here = allowed
     else:
         if ".." in name.split("/") and not allowed:
             raise refuse("'..' components are not allowed (pass allow_dirs to permit a directory)")
-        candidate = os.path.normpath(os.path.join(own_dir, name))
+        candidate = os.path.join(own_dir, name)
         permitted_here = permitted
 
+    # No lexical normalisation first: like the kernel, '..' applies after the
+    # symbolic links before it are followed (realpath does the same).
     real = os.path.realpath(candidate)
     if not any(_is_inside(real, directory) for directory in permitted_here):
         where = ", ".join(permitted_here)
-        if real != candidate:
+        if real != os.path.normpath(candidate):
             raise refuse("it resolves to %s, outside the allowed directories (%s)" % (real, where))
         raise refuse("it is outside the allowed directories (%s)" % where)
 

@@ -97,9 +97,14 @@ def test_errors_for_missing_read_only_and_non_files(tmp_path, sparse_raw):
         ImageFile(tmp_path)
     fifo = tmp_path / "fifo"
     os.mkfifo(str(fifo))
-    # O_RDWR on a FIFO does not block, so the type check is what refuses it.
-    with pytest.raises(ImageError, match="neither a regular file nor a block device"):
-        ImageFile(fifo, writable=True)
+    # Opening a FIFO read-only would block without a writer: it must be refused at once.
+    for writable in (False, True):
+        with pytest.raises(ImageError, match="neither a regular file nor a block device"):
+            ImageFile(fifo, writable=writable)
+    with pytest.raises(ImageError, match="neither a regular file"):
+        ImageFile("/dev/null")
+    with pytest.raises(ImageError, match="cannot create the image.*directory exist"):
+        ImageFile(tmp_path / "no-such-dir" / "new.raw", create=True)
 
 
 @pytest.mark.parametrize("fallocate_available", [True, False])

@@ -192,3 +192,23 @@ def test_search_dirs_for_virtualbox_parents(tmp_path):
     assert policy.search_dirs(child) == [str(snapshots), str(tmp_path / "VM")]
     assert policy.search_dirs(tmp_path / "VM" / "disk.vdi", allow_dirs=[tmp_path]) == \
         [str(tmp_path / "VM"), str(tmp_path)]
+
+
+def test_allow_dirs_as_one_bare_directory(layout, no_open):
+    decoy = str(layout["outside"] / "decoy.raw")
+    assert resolve_reference(layout["top"], decoy, allow_dirs=str(layout["outside"])) == decoy
+    assert resolve_reference(layout["top"], decoy, allow_dirs=layout["outside"]) == decoy
+
+
+def test_dotdot_applies_after_symlinks_like_the_kernel(layout, no_open):
+    """vm/link -> outside/deep/dir: 'link/../x' is outside/deep/x for the kernel (and
+    QEMU), not vm/x as lexical normalisation would say."""
+    deep = layout["outside"] / "deep"
+    (deep / "dir").mkdir(parents=True)
+    (deep / "x.raw").write_bytes(b"x")
+    (layout["vm"] / "x.raw").write_bytes(b"x")
+    (layout["vm"] / "link").symlink_to(deep / "dir")
+    with pytest.raises(PolicyError, match="resolves to .*outside/deep/x.raw, outside"):
+        resolve_reference(layout["top"], "link/../x.raw", allow_dirs=[layout["base"]])
+    assert resolve_reference(layout["top"], "link/../x.raw", allow_dirs=[layout["outside"]]) == \
+        str(deep / "x.raw")
