@@ -246,3 +246,37 @@ def test_odd_sized_raw_source(tmp_path):
     qemu_img("convert", "-f", "raw", "-O", "qcow2", source, theirs)
     assert qemu_img_json("info", target)["virtual-size"] == qemu_img_json("info", theirs)["virtual-size"]
     qemu_img("compare", target, theirs)
+
+
+def allocation_map(path, fmt):
+    """qemu-img map of ``path`` without host offsets (they may differ)."""
+    return [dict((key, value) for key, value in entry.items() if key != "offset")
+            for entry in mapped(path, fmt)]
+
+
+@pytest.mark.parametrize("src_fmt,out_fmt,options", [
+    ("raw", "qcow2", None),
+    ("qcow2", "qcow2", "cluster_size=4k"),
+    ("qcow2", "raw", None),
+    ("raw", "raw", None),
+])
+def test_allocation_like_qemu_img(tmp_path, src_fmt, out_fmt, options):
+    source = make_source(tmp_path, src_fmt)
+    ours, theirs = tmp_path / ("ours." + out_fmt), tmp_path / ("theirs." + out_fmt)
+    diskimage.convert(str(source), str(ours), out_fmt,
+                      options=dict(o.split("=") for o in options.split(",")) if options else None)
+    qemu_img(*(["convert", "-O", out_fmt] + (["-o", options] if options else []) + [source, theirs]))
+    assert allocation_map(ours, out_fmt) == allocation_map(theirs, out_fmt)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_backing_output_like_qemu_img(tmp_path, compress):
+    _base, _mid, top = make_chain(tmp_path)
+    ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
+    diskimage.convert(str(top), str(ours), "qcow2", compress=compress,
+                      options={"backing_file": "mid.qcow2", "backing_fmt": "qcow2", "cluster_size": "4k"})
+    qemu_img(*(["convert", "-O", "qcow2", "-o", "cluster_size=4k", "-B", "mid.qcow2", "-F", "qcow2"]
+               + (["-c"] if compress else []) + [top, theirs]))
+    assert allocation_map(ours, "qcow2") == allocation_map(theirs, "qcow2")
+    assert_same_content(top, ours, tmp_path)
+    assert_clean(ours)
