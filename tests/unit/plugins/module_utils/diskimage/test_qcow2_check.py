@@ -12,27 +12,13 @@ import json
 import os
 import struct
 import subprocess
-import sys
-import types
 
 import pytest
 
 import qemu_tools
-
-_PKG = "ansible_collections.kvm.storage.plugins.module_utils.diskimage"
-try:
-    from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import qcow2_check, qcow2_layout
-except ImportError:     # pragma: no cover - formats/__init__.py imports drivers still being written
-    import importlib
-    _base = importlib.import_module(_PKG)
-    _formats = types.ModuleType(_PKG + ".formats")
-    _formats.__path__ = [os.path.join(os.path.dirname(_base.__file__), "formats")]
-    sys.modules[_PKG + ".formats"] = _formats
-    qcow2_check = importlib.import_module(_PKG + ".formats.qcow2_check")
-    qcow2_layout = importlib.import_module(_PKG + ".formats.qcow2_layout")
-
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile  # noqa: E402
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (  # noqa: E402
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import qcow2_check, qcow2_layout
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
     InvalidOptionError, UnsupportedOperation,
 )
 
@@ -231,6 +217,12 @@ def _compat_010(path):
     return write(path, "write -P 0x11 0 100k", "write -z 0 64k", "write -P 0x22 7M 64k")
 
 
+def _compat_010_snapshots(path):
+    _compat_010(path)
+    qemu_tools.qemu_img("snapshot", "-c", "old", path)
+    return write(path, "write -P 0x23 0 64k")
+
+
 def _preallocated_metadata(path):
     create(path, "8M", "preallocation=metadata")
     return write(path, "write -P 0x11 1M 64k")
@@ -276,6 +268,7 @@ CLEAN_IMAGES = {
     "discarded": _discarded,
     "extended-l2": _extended_l2,
     "compat-0.10": _compat_010,
+    "compat-0.10-snapshots": _compat_010_snapshots,
     "preallocation-metadata": _preallocated_metadata,
     "bitmaps": _bitmaps,
     "backing-overlay": _backing_overlay,
@@ -519,7 +512,65 @@ def test_snapshot_l1_misaligned(tmp_path):
     assert any("L1 table is not cluster aligned; snapshot table entry corrupted" in m for m in messages)
 
 
+def _l1_entry_without_offset(editor):
+    # only OFLAG_COPIED set: QEMU reads the header cluster as an L2 table
+    editor.set_l1_entry(0, qcow2_layout.OFLAG_COPIED)
+
+
+def _l1_entry_reserved_bits(editor):
+    editor.set_l1_entry(0, editor.l1_entry(0) | 2)
+
+
+def _zero_cluster_reserved_bits(editor):
+    editor.set_l2_entry(7 * 65536, qcow2_layout.OFLAG_ZERO | 4)
+
+
+def _file_truncated_inside_last_cluster(editor):
+    os.truncate(editor.path, os.path.getsize(editor.path) - 32768)
+
+
+def _file_truncated_by_more_than_a_cluster(editor):
+    os.truncate(editor.path, os.path.getsize(editor.path) - 65536 - 4096)
+
+
+DAMAGE = {
+    "l1-entry-without-offset": _l1_entry_without_offset,
+    "l1-entry-reserved-bits": _l1_entry_reserved_bits,
+    "zero-cluster-reserved-bits": _zero_cluster_reserved_bits,
+    "file-truncated-inside-last-cluster": _file_truncated_inside_last_cluster,
+    "file-truncated-by-more-than-a-cluster": _file_truncated_by_more_than_a_cluster,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_image_matches_qemu(tmp_path, damage):
+    path = create(tmp_path / "image.qcow2", "4M")
+    write(path, "write -P 1 0 128k", "write -P 2 3M 64k")
+    DAMAGE[damage](Qcow2Editor(path))
+    assert_same_as_qemu(path)
+
+
+def test_compressed_image_truncated_inside_last_cluster(tmp_path):
+    path = _compressed(tmp_path / "image.qcow2")
+    os.truncate(str(path), os.path.getsize(str(path)) - 100)
+    assert_same_as_qemu(path)
+
+
 # ---------------------------------------------------------------- interface
+def test_public_check_uses_this_checker(tmp_path):
+    """diskimage.ops.check → Qcow2Driver.check → check_image, filename/format added."""
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage.ops import check as check_op
+    path = create(tmp_path / "image.qcow2", "4M")
+    write(path, "write -P 1 0 64k")
+    editor = Qcow2Editor(path)
+    editor.set_refcount(editor.append_cluster(), 1)
+    result = check_op.check(str(path))
+    assert result.pop("filename") == str(path) and result.pop("format") == "qcow2"
+    assert result.pop("messages")
+    assert result == qemu_check(path)
+
+
+
 def test_repair_is_refused_for_now(tmp_path):
     path = create(tmp_path / "image.qcow2")
     with ImageFile(str(path)) as image_file:
