@@ -958,14 +958,17 @@ class Qcow2Driver(Driver):
         if old:
             old_table = self._load_l2(old)
             table = array.array("Q", old_table)
+            # Refcounts count paths from every L1 table: the active path moves from the
+            # shared table to the copy, so data refcounts stay; COPIED follows them.
             step = 2 if self._ext else 1
             for i in range(0, len(table), step):
                 e = table[i]
-                if e & L.OFLAG_COMPRESSED:
-                    coffset, sectors = self._compressed_location(e)
-                    self._refcount_update(coffset & ~511, sectors * 512, 1)
-                elif e & L.L2E_OFFSET_MASK and self._data_file is self._file:
-                    self._refcount_update(e & L.L2E_OFFSET_MASK, 1, 1)
+                host = e & L.L2E_OFFSET_MASK
+                if e & L.OFLAG_COMPRESSED or not host or self._data_file is not self._file:
+                    continue
+                if self._refcount(host) == 1:
+                    table[i] = e | L.OFLAG_COPIED
+                else:
                     table[i] = e & ~L.OFLAG_COPIED
         else:
             table = array.array("Q", bytes(cs))

@@ -1,0 +1,336 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""qcow2 driver, writes: after our writes qemu-img check finds no errors and
+no leaks, and the guest view equals a bytearray model of the disk."""
+
+import os
+import random
+import struct
+
+import pytest
+
+import qemu_tools
+from qemu_tools import qemu_img, qemu_img_json, qemu_io
+
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
+    CorruptImageError, ImageError, PolicyError, ReadOnlyImageError)
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.qcow2 import Qcow2Driver
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.raw import RawDriver
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
+
+M = 1024 * 1024
+
+
+class DirOpener:
+    """Opens names relative to the referrer's directory (stand-in for chain.py)."""
+
+    def __call__(self, referrer, name, fmt):
+        path = os.path.join(os.path.dirname(referrer), name)
+        cls = Qcow2Driver if fmt == "qcow2" else RawDriver
+        return cls.open(path, True, self)
+
+    def data_file(self, referrer, name, writable=False):
+        if os.path.isabs(name):
+            raise PolicyError("absolute data file name refused", referrer)
+        return ImageFile(os.path.join(os.path.dirname(referrer), name), writable=writable)
+
+
+def guest_view(path, tmp_path, cwd=None):
+    out = tmp_path / "view.raw"
+    qemu_tools.run("qemu-img", "convert", "-O", "raw", path, out, cwd=cwd)
+    with open(str(out), "rb") as f:
+        data = f.read()
+    out.unlink()
+    return data
+
+
+def assert_check_clean(path, cwd=None):
+    import json
+    import subprocess
+    proc = subprocess.run(["qemu-img", "check", "--output=json", str(path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, cwd=cwd)
+    result = json.loads(proc.stdout)
+    assert result.get("corruptions", 0) == 0, result
+    assert result.get("leaks", 0) == 0, result
+    assert result.get("check-errors", 0) == 0, result
+    assert proc.returncode == 0, proc.stderr
+
+
+def random_writes(drv, model, seed, count=40, zero_share=0.25):
+    """Unaligned, cross-cluster, overlapping data and zero writes, mirrored in ``model``."""
+    rnd = random.Random(seed)
+    size = len(model)
+    sizes = [1, 511, 512, 4096, 65536 + 7, 300000, M + 3]
+    for step in range(count):
+        offset = rnd.randrange(0, size)
+        if rnd.random() < 0.3:
+            offset -= offset % 512
+        length = min(size - offset, rnd.choice(sizes))
+        if rnd.random() < zero_share:
+            drv.write_zeroes(offset, length, may_unmap=rnd.random() < 0.5)
+            model[offset:offset + length] = bytes(length)
+        else:
+            pattern = bytes([rnd.randrange(1, 256)]) * 61 + bytes([step % 256, 0, 255])
+            data = (pattern * (length // len(pattern) + 1))[:length]
+            drv.write(offset, data)
+            model[offset:offset + length] = data
+    # a write at the very end of the disk
+    drv.write(size - 1000, b"\xee" * 1000)
+    model[size - 1000:] = b"\xee" * 1000
+
+
+WRITE_MATRIX = [
+    ("cs512", "cluster_size=512"),
+    ("cs4k", "cluster_size=4096"),
+    ("cs64k", "cluster_size=65536"),
+    ("cs2m", "cluster_size=2M"),
+    ("v2-cs4k", "compat=0.10,cluster_size=4096"),
+    ("v2", "compat=0.10"),
+    ("rc1", "refcount_bits=1,cluster_size=4096"),
+    ("rc4", "refcount_bits=4,cluster_size=1024"),
+    ("rc64-cs512", "refcount_bits=64,cluster_size=512"),
+    ("rc32", "refcount_bits=32"),
+    ("extl2", "extended_l2=on"),
+    ("extl2-16k", "extended_l2=on,cluster_size=16k"),
+    ("lazy", "lazy_refcounts=on,cluster_size=4096"),
+]
+
+
+@pytest.mark.parametrize("creator", ["qemu", "ours"])
+@pytest.mark.parametrize("name,options", WRITE_MATRIX, ids=[m[0] for m in WRITE_MATRIX])
+def test_random_writes(tmp_path, name, options, creator):
+    path = tmp_path / (name + ".qcow2")
+    size = 4 * M + 1536      # not cluster aligned
+    if creator == "qemu":
+        qemu_img("create", "-q", "-f", "qcow2", "-o", options, path, str(size))
+        qemu_io(path, "write -P 0x5c 100k 200k", "write -z 1M 64k", fmt="qcow2")
+        model = bytearray(guest_view(path, tmp_path))
+    else:
+        opts = dict(kv.split("=") for kv in options.split(","))
+        Qcow2Driver.create(str(path), size, opts)
+        model = bytearray(size)
+    with Qcow2Driver.open(str(path), False, DirOpener()) as drv:
+        random_writes(drv, model, hash(name) & 0xffff)
+        assert drv.read(0, size) == bytes(model)
+    assert_check_clean(path)
+    assert guest_view(path, tmp_path) == bytes(model)
+    assert qemu_img_json("info", path)["dirty-flag"] is False
+
+
+@pytest.mark.parametrize("options", ["cluster_size=4096", "compat=0.10,cluster_size=512",
+                                     "extended_l2=on,cluster_size=16k", "refcount_bits=1,cluster_size=4096"])
+def test_writes_over_backing(tmp_path, options):
+    base = tmp_path / "base.raw"
+    with open(str(base), "wb") as f:
+        f.write(os.urandom(2 * M))       # shorter than the overlay
+    mid = tmp_path / "mid.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b", "base.raw", "-F", "raw", mid, "3M")
+    qemu_io(mid, "write -P 0x21 500k 100k", fmt="qcow2")
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", options, "-b", "mid.qcow2", "-F", "qcow2", top)
+    model = bytearray(guest_view(top, tmp_path))
+    with Qcow2Driver.open(str(top), False, DirOpener()) as drv:
+        random_writes(drv, model, 7, count=30)
+        # zero writes where the backing shows through must hide it
+        drv.write_zeroes(0, 256 * 1024, may_unmap=True)
+        model[0:256 * 1024] = bytes(256 * 1024)
+        drv.write_zeroes(1000, 5000)
+        model[1000:6000] = bytes(5000)
+    assert_check_clean(top)
+    assert guest_view(top, tmp_path) == bytes(model)
+    assert_check_clean(mid)
+
+
+def test_refcount_table_grows_and_moves(tmp_path):
+    path = tmp_path / "grow.qcow2"
+    Qcow2Driver.create(str(path), 16 * M, {"cluster_size": 512, "refcount_bits": 64})
+    with Qcow2Driver.open(str(path), True) as drv:
+        before = (drv.header.refcount_table_offset, drv.header.refcount_table_clusters)
+    data = os.urandom(6 * M)
+    with Qcow2Driver.open(str(path), False) as drv:
+        for pos in range(0, len(data), M):
+            drv.write(pos, data[pos:pos + M])
+    with Qcow2Driver.open(str(path), True) as drv:
+        after = (drv.header.refcount_table_offset, drv.header.refcount_table_clusters)
+    assert after != before and after[1] > before[1]
+    assert_check_clean(path)
+    assert guest_view(path, tmp_path)[:len(data)] == data
+
+
+def test_snapshot_copy_on_write(tmp_path):
+    path = tmp_path / "snap.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "2M")
+    qemu_io(path, "write -P 0x31 0 1M", fmt="qcow2")
+    before = guest_view(path, tmp_path)
+    qemu_img("snapshot", "-c", "s1", path)
+    model = bytearray(before)
+    with Qcow2Driver.open(str(path), False) as drv:
+        drv.write(100, b"\x41" * 5000)
+        model[100:5100] = b"\x41" * 5000
+        drv.write_zeroes(64 * 1024, 64 * 1024)
+        model[64 * 1024:128 * 1024] = bytes(64 * 1024)
+        drv.write(1536 * 1024, b"\x42" * 4096)
+        model[1536 * 1024:1540 * 1024] = b"\x42" * 4096
+    assert_check_clean(path)
+    assert guest_view(path, tmp_path) == bytes(model)
+    out = tmp_path / "s1.raw"
+    qemu_img("convert", "-l", "snapshot.name=s1", "-O", "raw", path, out)
+    with open(str(out), "rb") as f:
+        assert f.read() == before
+    # qemu can still revert to it
+    qemu_img("snapshot", "-a", "s1", path)
+    assert guest_view(path, tmp_path) == before
+    assert_check_clean(path)
+
+
+@pytest.mark.parametrize("options", [{"cluster_size": 512}, {"cluster_size": 4096, "refcount_bits": 1},
+                                     {}, {"cluster_size": 2 * M}, {"extended_l2": True},
+                                     {"compat": "0.10", "cluster_size": 4096}])
+def test_compressed_writes(tmp_path, options):
+    path = tmp_path / "c.qcow2"
+    size = max(4 * M, 4 * options.get("cluster_size", 65536))
+    Qcow2Driver.create(str(path), size, dict(options))
+    model = bytearray(size)
+    rnd = random.Random(3)
+    with Qcow2Driver.open(str(path), False) as drv:
+        cs = drv.header.cluster_size
+        for cluster in range(0, size, cs * 2):
+            text = ("cluster %d " % cluster).encode() * (cs // 8)
+            data = text[:cs // 2] + bytes(rnd.randrange(256) for _ in range(min(64, cs // 4)))
+            data = (data + bytes(cs))[:cs]
+            compressed = drv.compress_cluster(data)
+            assert compressed is not None and len(compressed) < cs
+            drv.write_compressed(cluster, compressed)
+            model[cluster:cluster + cs] = data
+        assert drv.compress_cluster(os.urandom(cs)) is None
+        # overwrite parts of compressed clusters: copy-on-write from the compressed data
+        drv.write(cs // 2 + 3, b"\x55" * (cs + 10))
+        model[cs // 2 + 3:cs // 2 + 3 + cs + 10] = b"\x55" * (cs + 10)
+        drv.write_zeroes(2 * cs, cs)
+        model[2 * cs:3 * cs] = bytes(cs)
+        # and compressed over an allocated cluster
+        again = drv.compress_cluster(b"z" * cs)
+        drv.write_compressed(0, again)
+        model[0:cs] = b"z" * cs
+    assert_check_clean(path)
+    assert guest_view(path, tmp_path) == bytes(model)
+
+
+def test_overwrite_qemu_compressed_image(tmp_path):
+    src = tmp_path / "src.raw"
+    with open(str(src), "wb") as f:
+        f.write(b"qemu compressed text " * 100000)
+    path = tmp_path / "qc.qcow2"
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=4096", src, path)
+    model = bytearray(guest_view(path, tmp_path))
+    with Qcow2Driver.open(str(path), False) as drv:
+        random_writes(drv, model, 11, count=20)
+    assert_check_clean(path)
+    assert guest_view(path, tmp_path) == bytes(model)
+
+
+def test_bitmaps_dropped_on_first_write(tmp_path):
+    path = tmp_path / "bm.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", path, "4M")
+    qemu_io(path, "write -P 1 0 1M", fmt="qcow2")
+    qemu_img("bitmap", "--add", path, "b0")
+    qemu_img("bitmap", "--add", "-g", "512K", path, "b1")
+    qemu_io(path, "write -P 2 1M 1M", fmt="qcow2")   # so that the bitmaps have data clusters
+    assert "bitmaps" in qemu_img_json("info", path)["format-specific"]["data"]
+    with Qcow2Driver.open(str(path), False) as drv:
+        drv.write(0, b"\x07" * 512)
+    info = qemu_img_json("info", path)
+    assert "bitmaps" not in info["format-specific"]["data"]
+    assert_check_clean(path)
+    with Qcow2Driver.open(str(path), True) as drv:
+        assert drv.header.autoclear_features == 0
+        assert drv.header.bitmaps is None
+
+
+def test_lazy_refcounts_image_stays_clean(tmp_path):
+    path = tmp_path / "lazy.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", path, "2M")
+    with Qcow2Driver.open(str(path), False) as drv:
+        drv.write(0, b"\x01" * 70000)
+        with open(str(path), "rb") as f:
+            assert struct.unpack(">Q", f.read(80)[72:80])[0] & 1 == 0   # never dirty: refcounts exact
+    assert_check_clean(path)
+    assert qemu_img_json("info", path)["dirty-flag"] is False
+
+
+def test_overlap_check_marks_corrupt(tmp_path):
+    path = tmp_path / "ov.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "1M")
+    qemu_io(path, "write -P 9 0 8k", fmt="qcow2")
+    with Qcow2Driver.open(str(path), True) as drv:
+        l2_offset = drv._l1[0] & 0x00fffffffffffe00
+        l1_offset = drv.header.l1_table_offset
+    # guest cluster 1 now claims the L1 table as its data cluster (refcount 1: COPIED)
+    with open(str(path), "r+b") as f:
+        f.seek(l2_offset + 8)
+        f.write(struct.pack(">Q", (1 << 63) | l1_offset))
+    with Qcow2Driver.open(str(path), False) as drv:
+        with pytest.raises(CorruptImageError, match="L1 table"):
+            drv.write(4096, b"\xff" * 4096)
+    with open(str(path), "rb") as f:
+        header = f.read(4096)
+        f.seek(l1_offset)
+        assert f.read(8) == struct.pack(">Q", (1 << 63) | l2_offset)   # L1 untouched
+    assert struct.unpack(">Q", header[72:80])[0] & 2
+    assert qemu_img_json("info", path)["format-specific"]["data"]["corrupt"] is True
+
+
+def test_crash_after_data_leaves_only_leaks(tmp_path, monkeypatch):
+    path = tmp_path / "crash.qcow2"
+    Qcow2Driver.create(str(path), 4 * M, {"cluster_size": 4096})
+    drv = Qcow2Driver.open(str(path), False)
+    drv.write(0, b"\x01" * 4096)
+
+    def crash(*args):
+        raise RuntimeError("simulated crash before the L2 update")
+    monkeypatch.setattr(drv, "_write_l2_entries", crash)
+    with pytest.raises(RuntimeError):
+        drv.write(M, b"\x02" * 64 * 1024)
+    drv._file.close()
+    result = qemu_img_json("check", path)
+    assert result.get("corruptions", 0) == 0
+    assert result.get("leaks", 0) > 0
+    assert guest_view(path, tmp_path)[:4096] == b"\x01" * 4096
+
+
+def test_read_only_open_refuses_writes(tmp_path):
+    path = tmp_path / "ro.qcow2"
+    Qcow2Driver.create(str(path), M, {})
+    with Qcow2Driver.open(str(path), True) as drv:
+        with pytest.raises(ReadOnlyImageError):
+            drv.write(0, b"x")
+        with pytest.raises(ReadOnlyImageError):
+            drv.write_zeroes(0, 512)
+
+
+def test_write_outside_disk_refused(tmp_path):
+    path = tmp_path / "out.qcow2"
+    Qcow2Driver.create(str(path), M, {})
+    with Qcow2Driver.open(str(path), False) as drv:
+        with pytest.raises(ImageError):
+            drv.write(M - 1, b"xy")
+
+
+def _in_dir(tmp_path, *args):
+    return qemu_tools.run(*args, cwd=str(tmp_path))
+
+
+@pytest.mark.parametrize("raw_mode", ["off", "on"])
+def test_external_data_file_writes(tmp_path, raw_mode):
+    path = tmp_path / "ext.qcow2"
+    _in_dir(tmp_path, "qemu-img", "create", "-q", "-f", "qcow2", "-o",
+            "data_file=ext.data,data_file_raw=%s,cluster_size=4096" % raw_mode, path, "2M")
+    _in_dir(tmp_path, "qemu-io", "-f", "qcow2", "-c", "write -P 0x31 4k 100k", path)
+    model = bytearray(guest_view(path, tmp_path, cwd=str(tmp_path)))
+    with Qcow2Driver.open(str(path), False, DirOpener()) as drv:
+        random_writes(drv, model, 5, count=20)
+    assert_check_clean(path, cwd=str(tmp_path))
+    assert guest_view(path, tmp_path, cwd=str(tmp_path)) == bytes(model)
+    if raw_mode == "on":
+        with open(str(tmp_path / "ext.data"), "rb") as f:
+            assert f.read() == bytes(model)
