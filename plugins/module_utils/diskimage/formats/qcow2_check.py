@@ -61,7 +61,7 @@ from .qcow2_layout import (
     AUTOCLEAR_BITMAPS, INCOMPAT_DATA_FILE, L1E_OFFSET_MASK, L1E_RESERVED_MASK,
     L2E_OFFSET_MASK, L2E_RESERVED_MASK, MAX_L1_BYTES, MAX_SNAPSHOT_TABLE_BYTES,
     OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
-    SNAPSHOT_HEADER, pad8,
+    SNAPSHOT_EXTRA_MIN, SNAPSHOT_HEADER, pad8,
 )
 
 # Refcount table entry bits 0-8 are reserved ("Host cluster management").
@@ -430,6 +430,9 @@ class _Walker:
             if position - offset > MAX_SNAPSHOT_TABLE_BYTES:
                 raise CorruptImageError("qcow2 check: snapshot table expected <= %d bytes, entry %d ends at +%d"
                                         % (MAX_SNAPSHOT_TABLE_BYTES, index, position - offset), self.path)
+            if header.version >= 3 and extra_size < SNAPSHOT_EXTRA_MIN:
+                # v3 entries must record vm_state_size_large and disk_size
+                self.findings.corruption("ERROR snapshot table entry %d is incomplete" % index)
             snapshots.append((names[:id_size].decode("utf-8", "replace"),
                               names[id_size:].decode("utf-8", "replace"), l1_offset, l1_size))
         self.refs.snapshots = snapshots
@@ -550,10 +553,12 @@ class _Walker:
 
     def compute(self):
         header = self.header
+        # QEMU reads (and checks) the snapshot table before counting references.
+        snapshots = self.read_snapshot_table()
         self.read_refcount_table()
         self.inc(0, self.cluster_size)                                  # header
         self.walk_l1(header.l1_table_offset, header.l1_size, True)      # active L1
-        self.walk_snapshots(self.read_snapshot_table())
+        self.walk_snapshots(snapshots)
         self.inc(header.refcount_table_offset, header.refcount_table_clusters * self.cluster_size)
         if header.crypto_header:
             self.inc(header.crypto_header[0], header.crypto_header[1])

@@ -556,6 +556,20 @@ def test_compressed_image_truncated_inside_last_cluster(tmp_path):
     assert_same_as_qemu(path)
 
 
+def test_snapshot_entry_without_disk_size_in_v3(tmp_path):
+    path = _written(tmp_path / "image.qcow2")
+    qemu_tools.qemu_img("snapshot", "-c", "only", path)
+    editor = Qcow2Editor(path)
+    # snapshot table entry: extra_data_size is the last field of the fixed part
+    extra_data_size = editor.header.snapshots_offset + qcow2_layout.SNAPSHOT_HEADER.size - 4
+    with open(str(path), "rb") as f:
+        f.seek(extra_data_size)
+        assert struct.unpack(">I", f.read(4))[0] >= 16
+    editor._write(extra_data_size, struct.pack(">I", 8))
+    messages = assert_same_as_qemu(path)
+    assert "ERROR snapshot table entry 0 is incomplete" in messages
+
+
 # ---------------------------------------------------------------- interface
 def test_public_check_uses_this_checker(tmp_path):
     """diskimage.ops.check → Qcow2Driver.check → check_image, filename/format added."""
