@@ -349,8 +349,12 @@ def test_leaked_extra_refcount_on_data_cluster(tmp_path):
     assert any(m.startswith("ERROR OFLAG_COPIED data cluster") for m in messages)
 
 
-def test_lazy_refcounts_after_abort(tmp_path):
+@pytest.mark.parametrize("with_bitmap", [False, True])
+def test_lazy_refcounts_after_abort(tmp_path, with_bitmap):
     path = create(tmp_path / "image.qcow2", "16M", "lazy_refcounts=on")
+    if with_bitmap:     # the abort leaves the bitmap flagged in-use
+        qemu_tools.qemu_img("bitmap", "--add", "-f", "qcow2", path, "dirty0")
+        write(path, "write -P 3 12M 1M")
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 1 0 1M", "-c", "write -P 2 8M 64k", "-c", "abort",
                     str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert Qcow2Editor(path).header.dirty
