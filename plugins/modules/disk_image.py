@@ -21,9 +21,15 @@ description:
 author:
   - kvm.storage contributors
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.actiongroups
   - ansible.builtin.files
   - kvm.storage.image_policy
 attributes:
+  action_group:
+    membership: [kvm.storage.image]
+  platform:
+    platforms: posix
   check_mode:
     support: full
     details:

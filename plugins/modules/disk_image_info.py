@@ -17,9 +17,15 @@ description:
 author:
   - kvm.storage contributors
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.actiongroups
   - kvm.storage.image_policy
   - kvm.storage.image_policy.force_share
 attributes:
+  action_group:
+    membership: [kvm.storage.image]
+  platform:
+    platforms: posix
   check_mode:
     support: full
     details:
