@@ -15,7 +15,9 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.chain import
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
     FormatError, ImageError, ImageInUseError, ImageNotFoundError, InvalidOptionError, PolicyError,
     UnsupportedOperation)
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import MAX_IO
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import DRIVERS
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import MAX_IO, Driver
 
 MIB = 1024 * 1024
 QCOW2_BACKING_FORMAT_EXTENSION = b"\xe2\x79\x2a\xca"
@@ -282,3 +284,39 @@ def test_data_file_goes_through_the_policy_and_follows_writability(tmp_path, rea
     assert open_fds() == before
     with open_driver(str(top), readonly=readonly, allow_dirs=[str(tmp_path)]) as driver:
         assert driver.read(0, 1) == b"\x44"
+
+
+class LeakyDriver(Driver):
+    """A driver that opens its backing file, then fails without closing it: the
+    chain must close what its openers handed out."""
+    format_name = "leaky"
+    # Keeps what it opened alive, so that garbage collection cannot hide a missing close.
+    kept = []
+
+    @classmethod
+    def probe(cls, header, filename):
+        return 100 if header.startswith(b"LEAKY\n") else 0
+
+    @classmethod
+    def open(cls, path, readonly=True, opener=None, force_share=False):
+        with ImageFile(path, writable=not readonly, force_share=force_share) as own:
+            names = own.pread(0, 4096).decode().split("\n")
+        cls.kept.append(opener(path, names[1], "raw"))
+        cls.kept.append(opener.data_file(path, names[2]))
+        raise FormatError("leaky header: broken on purpose", path)
+
+
+def test_failed_open_closes_what_the_openers_opened(tmp_path, monkeypatch):
+    monkeypatch.setitem(DRIVERS, "leaky", LeakyDriver)
+    base = create(tmp_path / "base.raw", "raw", "1M")
+    top = tmp_path / "top.leaky"
+    data = create(tmp_path / "data.raw", "raw", "1M")
+    top.write_bytes(b"LEAKY\nbase.raw\ndata.raw\n")
+    before = open_fds()
+    for readonly in (True, False):
+        with pytest.raises(FormatError, match="broken on purpose"):
+            open_driver(str(top), readonly=readonly)
+        assert open_fds() == before
+        assert lock_bytes(base) == set() and lock_bytes(data) == set()
+    assert len(LeakyDriver.kept) == 4
+    del LeakyDriver.kept[:]

@@ -49,7 +49,7 @@ def test_relative_names_resolve_in_the_referrers_directory(layout, no_open):
 @pytest.mark.parametrize("name,reason", [
     ("", "empty"),
     ("base\0.raw", "NUL"),
-    ("json:{\"file.filename\": \"/etc/passwd\"}", "json:"),
+    ("json:{\"file.filename\": \"/etc/passwd\"}", "json: descriptions are not allowed"),
     ("nbd://127.0.0.1:10809/export", "protocol prefix 'nbd:'"),
     ("nbd:localhost:10809", "protocol prefix 'nbd:'"),
     ("http://example.invalid/disk.raw", "protocol prefix 'http:'"),
