@@ -19,7 +19,7 @@ description:
   - An existing image whose format, backing file, backing format or reported creation options differ from the request
     is never silently accepted; the task fails unless O(force=true), which recreates it.
 author:
-  - kvm.storage contributors
+  - kvm.storage contributors (@kvm-storage)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups

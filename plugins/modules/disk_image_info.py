@@ -15,7 +15,7 @@ description:
     and the result of a consistency check (C(qemu-img check)), without needing qemu-img on the host.
   - Never writes to the images.
 author:
-  - kvm.storage contributors
+  - kvm.storage contributors (@kvm-storage)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
