@@ -41,7 +41,7 @@ def make_source(path, size, data_fraction, seed):
     1-8 MiB runs of mixed content, the rest holes."""
     rng = random.Random(seed)
     words = [b"kernel", b"initrd", b"vmlinuz", b"systemd", b"qemu", b"libvirt", b"\n", b" ", b"/usr/lib/"]
-    text_block = b"".join(rng.choice(words) for _ in range(200000))[:MIB]
+    text_block = b"".join(rng.choice(words) for _word in range(200000))[:MIB]
     random_block = os.urandom(MIB)
     zero_block = bytes(MIB)
     with open(path, "wb") as image:
@@ -67,7 +67,7 @@ def make_source(path, size, data_fraction, seed):
 
 def timed(function, repeat):
     best = None
-    for _ in range(repeat):
+    for _attempt in range(repeat):
         started = time.monotonic()
         function()
         elapsed = time.monotonic() - started
@@ -85,7 +85,7 @@ def remove(path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--size", default="1G", help="source image size (qemu-img size syntax, default 1G)")
     parser.add_argument("--data-fraction", type=float, default=0.5,
                         help="share of the image written with data (default 0.5)")

@@ -10,11 +10,12 @@ import os
 
 from ..errors import InvalidOptionError, UnsupportedOperation
 from ..formats.base import Driver
-from .image import open_driver
+from .image import open_driver, translate_os_errors
 
 REPAIR_MODES = (None, "leaks", "all")
 
 
+@translate_os_errors("cannot check image")
 def check(path, fmt=None, repair=None, allow_dirs=None, force_share=False):
     """Check the consistency of the image at ``path``; with ``repair``
     ("leaks" or "all") fix what can be fixed, as qemu-img check -r does.

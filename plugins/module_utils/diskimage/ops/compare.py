@@ -14,7 +14,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ..formats.base import MAX_IO
-from .image import chain_block_status, open_driver, reads_zero
+from .image import chain_block_status, open_driver, reads_zero, translate_os_errors
 from .create import close_quietly
 
 SECTOR_SIZE = 512
@@ -146,6 +146,7 @@ def align_window(offset):
     return offset // STATUS_WINDOW * STATUS_WINDOW
 
 
+@translate_os_errors("cannot compare images")
 def compare_detail(a, b, fmt_a=None, fmt_b=None, strict=False, allow_dirs=None, force_share=False):
     """The first offset (sector-aligned, as qemu-img reports it) where the
     images ``a`` and ``b`` differ, or None when they compare equal.  In strict

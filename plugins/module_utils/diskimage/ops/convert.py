@@ -21,19 +21,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import ImageError, InvalidOptionError
-from ..formats.base import DATA, ZERO, UNALLOCATED, MAX_IO
+from ..formats.base import DATA, MAX_IO
 from .create import (build_image, close_quietly, creatable_driver_class, destination_path,
                      discard, open_backing, publish, split_backing_options, sync_file,
                      temporary_path)
-from .image import chain_block_status, open_driver, os_error, reads_zero
+from .image import chain_block_status, open_driver, os_error, reads_zero, translate_os_errors
 from .sizes import normalize_options, round_up, SECTOR_SIZE
 
 # Smallest run of zeroes inside read data that is left as a hole (qemu-img -S default).
 MIN_SPARSE = 4096
 # Guest bytes whose block status is asked for at once (bounds the extent lists).
 STATUS_WINDOW = 64 * MAX_IO
-# Compressed clusters in flight per worker thread.
+# Compressed clusters in flight per worker thread, and the bytes they may hold at most.
 IN_FLIGHT_PER_WORKER = 4
+IN_FLIGHT_BYTES = 8 * MAX_IO
 
 _ZEROES = bytes(MAX_IO)
 
@@ -134,8 +135,7 @@ class _Converter:
         """Chain block status of the source (above ``base``), window by window."""
         for window in range(0, self.size, STATUS_WINDOW):
             length = min(STATUS_WINDOW, self.size - window)
-            for run in chain_block_status(self.source, window, length, self.base):
-                yield run
+            yield from chain_block_status(self.source, window, length, self.base)
 
     def report(self, done):
         if self.progress is not None:
@@ -198,7 +198,7 @@ class _Converter:
                                      % (MAX_IO, cluster), self.target.path)
         chunk = align_down(MAX_IO, cluster)
         in_flight = collections.deque()
-        limit = workers * IN_FLIGHT_PER_WORKER
+        limit = max(workers, min(workers * IN_FLIGHT_PER_WORKER, IN_FLIGHT_BYTES // cluster))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             try:
                 for window in range(0, self.size, STATUS_WINDOW):
@@ -257,6 +257,7 @@ def _worker_count():
     return max(1, min(8, os.cpu_count() or 1))
 
 
+@translate_os_errors("cannot convert image")
 def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progress=None,
             allow_dirs=None, target_is_zero=False, force_share=False):
     """Convert the image ``src`` (with its backing chain) into a new image

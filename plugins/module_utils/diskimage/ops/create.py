@@ -15,7 +15,7 @@ import os
 from ..errors import ImageError, InvalidOptionError, UnsupportedOperation
 from ..formats import driver_class
 from .. import policy
-from .image import open_driver, os_error
+from .image import open_driver, os_error, translate_os_errors
 from .sizes import normalize_options, parse_size, round_up, SECTOR_SIZE
 
 # errno values of link(2) on file systems without hard links.
@@ -163,6 +163,7 @@ def creatable_driver_class(fmt, path):
 
 
 # ---------------------------------------------------------------------- create
+@translate_os_errors("cannot create image")
 def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=None,
            allow_dirs=None):
     """Create a new image of format ``fmt`` at ``path`` (never overwriting).

@@ -9,10 +9,11 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import functools
 import os
 
 from ..errors import ImageError, ImageNotFoundError, InvalidOptionError
-from ..formats.base import DATA, ZERO, UNALLOCATED, Extent
+from ..formats.base import ZERO, UNALLOCATED, Extent
 from .. import chain
 
 
@@ -24,6 +25,32 @@ def os_error(exc, path, action):
     if exc.errno == errno.ENOENT:
         return ImageNotFoundError("%s: %s" % (action, reason), path)
     return ImageError("%s: %s" % (action, reason), path)
+
+
+def _subject_path(args):
+    """The path an operation works on: its first argument, or an Image's path."""
+    if not args:
+        return None
+    subject = args[0]
+    if isinstance(subject, (str, bytes, os.PathLike)):
+        return os.fsdecode(subject)
+    return getattr(subject, "path", None)
+
+
+def translate_os_errors(action):
+    """Decorator: OSError escaping ``function`` becomes an ImageError naming the
+    file (the one in the error, else the function's first argument)."""
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except ImageError:
+                raise
+            except OSError as exc:
+                raise os_error(exc, exc.filename or _subject_path(args), action)
+        return wrapper
+    return decorate
 
 
 def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False):
@@ -119,14 +146,17 @@ class Image:
             raise InvalidOptionError("range %d+%d is outside the image (virtual size %d)"
                                      % (offset, length, self._driver.virtual_size), self.path)
 
+    @translate_os_errors("read failed")
     def read(self, offset, length):
         self._check_range(offset, length)
         return self._driver.read(offset, length)
 
+    @translate_os_errors("write failed")
     def write(self, offset, data):
         self._check_range(offset, len(data))
         self._driver.write(offset, data)
 
+    @translate_os_errors("write failed")
     def write_zeroes(self, offset, length, may_unmap=False):
         self._check_range(offset, length)
         self._driver.write_zeroes(offset, length, may_unmap=may_unmap)
@@ -138,6 +168,7 @@ class Image:
         self._check_range(offset, length)
         return chain_block_status(self._driver, offset, length)
 
+    @translate_os_errors("flush failed")
     def flush(self):
         self._driver.flush()
 
@@ -158,6 +189,7 @@ class Image:
         return False
 
 
+@translate_os_errors("cannot open image")
 def open_image(path, fmt=None, readonly=True, allow_dirs=None, force_share=False):
     """Open ``path`` (format probed when ``fmt`` is None; a probed raw image
     refuses writes to sector 0) with its backing chain, under the path policy."""

@@ -13,7 +13,7 @@ from ..errors import ImageError
 from ..formats import driver_class
 from ..policy import resolve_reference
 from ..probe import probe_format
-from .image import open_driver, os_error
+from .image import open_driver, os_error, translate_os_errors
 
 
 class _TopOnlyOpener:
@@ -90,6 +90,7 @@ def layer_info(driver, filename):
     return result
 
 
+@translate_os_errors("cannot read image information")
 def info(path, fmt=None, backing_chain=False, allow_dirs=None, force_share=False):
     """``qemu-img info --output=json [--backing-chain]`` of ``path``.
 

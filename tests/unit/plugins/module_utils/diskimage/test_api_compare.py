@@ -19,7 +19,7 @@ KIB = 1 << 10
 def qemu_compare(a, b, strict=False):
     """(identical, mismatch offset or None) as qemu-img compare reports them."""
     args = ["qemu-img", "compare"] + (["-s"] if strict else []) + [str(a), str(b)]
-    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     assert proc.returncode in (0, 1), proc.stderr
     match = re.search(r"(?:mismatch at offset|Offset) (\d+)", proc.stdout)
     return proc.returncode == 0, int(match.group(1)) if match else None

@@ -20,13 +20,13 @@ MIB = 1 << 20
 KIB = 1 << 10
 
 # Data pattern written into sources: (offset, length, byte); byte 0 writes zeroes as data.
-PATTERN = [
+PATTERN = (
     (0, 64 * KIB, 0x11),
     (192 * KIB, 4 * KIB, 0x22),          # 4 KiB inside a 64 KiB cluster
     (1 * MIB, 1 * MIB, 0),               # allocated, but zero bytes
     (2 * MIB + 512, 300 * KIB, 0x33),    # unaligned run over several clusters
     (5 * MIB - 8 * KIB, 8 * KIB, 0x44),  # last clusters
-]
+)
 SIZE = 5 * MIB
 # Bytes of PATTERN that are not zero.
 NONZERO = sum(length for _offset, length, byte in PATTERN if byte)
@@ -179,7 +179,7 @@ def test_compressed_output_through_chain(tmp_path):
 
 
 def test_compress_needs_qcow2(tmp_path):
-    source = make_source(tmp_path, "raw", size=MIB, pattern=[])
+    source = make_source(tmp_path, "raw", size=MIB, pattern=())
     with pytest.raises(InvalidOptionError):
         diskimage.convert(str(source), str(tmp_path / "out.raw"), "raw", compress=True)
     assert sorted(os.listdir(str(tmp_path))) == ["source.raw"]

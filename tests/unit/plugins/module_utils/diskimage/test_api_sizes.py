@@ -16,7 +16,7 @@ def qemu_img_size(tmp_path, text):
     # --help style parse only: -o size=... would be parsed differently; use the SIZE argument.
     target = tmp_path / "size-probe.raw"
     proc = subprocess.run(["qemu-img", "create", "-f", "raw", str(target), "--", text],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if target.exists():
         target.unlink()
     match = re.search(r"size=(\d+)", proc.stdout)
