@@ -8,7 +8,7 @@ from qemu_tools import qemu_img, qemu_img_json, qemu_io
 
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
-    ImageError, ReadOnlyImageError, UnsupportedOperation,
+    ImageError, ImageInUseError, ReadOnlyImageError, UnsupportedOperation,
 )
 
 KIB = 1 << 10
@@ -91,3 +91,25 @@ def test_out_of_range(tmp_path):
     with diskimage.open_image(str(top)) as image:
         with pytest.raises(ImageError):
             image.read(2 << 20, 1)
+
+
+def test_image_in_use_needs_force_share(tmp_path):
+    image = tmp_path / "busy.qcow2"
+    qemu_img("create", "-f", "qcow2", image, "1M")
+    path = str(image)
+    with diskimage.open_image(path, readonly=False) as writer:
+        writer.write(0, b"\x07" * 4096)
+        for operation in (lambda **kw: diskimage.info(path, **kw),
+                          lambda **kw: diskimage.check(path, **kw),
+                          lambda **kw: diskimage.compare(path, path, **kw),
+                          lambda **kw: diskimage.convert(path, str(tmp_path / "copy.raw"), "raw", **kw)):
+            with pytest.raises(ImageInUseError):
+                operation()
+        # A read-only look that shares every permission (qemu-img -U) is allowed.
+        assert diskimage.info(path, force_share=True)["virtual-size"] == 1 << 20
+        assert diskimage.compare(path, path, force_share=True)
+        with diskimage.open_image(path, force_share=True) as reader:
+            assert reader.virtual_size == 1 << 20
+        with pytest.raises(ImageInUseError):
+            diskimage.open_image(path, readonly=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy.qcow2"]
