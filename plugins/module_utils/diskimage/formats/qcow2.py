@@ -172,6 +172,7 @@ class Qcow2Driver(Driver):
         self._refblock_cache = collections.OrderedDict()
         self._refblock_cache_max = 1
         self._next_free = 0
+        self._refcounted_end = 0
         self._compressed_end = 0
         self._l2_set = set()
         self._refblock_set = set()
@@ -660,9 +661,22 @@ class Qcow2Driver(Driver):
             if l2_offset:
                 self._l2_set.add(l2_offset)
         self._next_free = L.align_up(self._file_size, self._cs)
+        self._refcounted_end = self._find_refcounted_end()
         self._compressed_end = 0
         self._write_ready = True
         self._clear_autoclear()
+
+    def _find_refcounted_end(self):
+        """Offset just past the last cluster with a non-zero refcount."""
+        for block_index in range(len(self._reftable) - 1, -1, -1):
+            offset = self._reftable[block_index]
+            if not offset:
+                continue
+            used = len(bytes(self._load_refblock(offset)).rstrip(b"\0"))
+            if used:
+                index = (used * 8 - 1) // self._rc_bits
+                return (block_index * self._rbe + index + 1) << self._cb
+        return 0
 
     def _metadata_ranges(self):
         h = self.header
@@ -893,6 +907,14 @@ class Qcow2Driver(Driver):
                                         % (cluster << cb), self.path)
             block_offset, block = self._refblock(block_index)
             count = min(last + 1 - cluster, self._rbe - index)
+            lo, hi = self._rc_byte_range(index, count)
+            if delta == 1 and self._rc_bits >= 8 and not any(block[lo:hi]):
+                # fresh allocation (the common case): no per-cluster arithmetic
+                width = self._rc_bits >> 3
+                block[lo:hi] = (bytes(width - 1) + b"\x01") * count
+                self._file.pwrite(block_offset + lo, bytes(block[lo:hi]))
+                cluster += count
+                continue
             for i in range(index, index + count):
                 value = self._rc_get(block, i) + delta
                 if value < 0 or value > self._rc_max:
@@ -900,7 +922,6 @@ class Qcow2Driver(Driver):
                                             % ((block_index * self._rbe + i) << cb, value, self._rc_bits),
                                             self.path)
                 self._rc_set(block, i, value)
-            lo, hi = self._rc_byte_range(index, count)
             self._file.pwrite(block_offset + lo, bytes(block[lo:hi]))
             cluster += count
 
@@ -920,7 +941,7 @@ class Qcow2Driver(Driver):
     def _alloc(self, clusters):
         """Allocate ``clusters`` contiguous free clusters; refcounts set first (leak on crash)."""
         start = self._next_free
-        while True:
+        while start < self._refcounted_end:
             busy = None
             for c in range(clusters):
                 if self._refcount(start + c * self._cs):
@@ -993,6 +1014,7 @@ class Qcow2Driver(Driver):
         step = 2 if self._ext else 1
         lo, hi = first * step, (last + 1) * step
         self._file.pwrite(l2_offset + lo * 8, _be_bytes(table[lo:hi]))
+        self._l2_cache[l2_offset] = table
 
     # ==================================================================== writes
     def write(self, offset, data):
@@ -1080,7 +1102,8 @@ class Qcow2Driver(Driver):
                 piece += self._read(hi, whi - hi)
             buffers.append(piece)
         # allocate (refcounts first) and write data in contiguous host runs
-        new_count = sum(1 for plan in plans if plan[3] is None)
+        in_place = [plan[3] is not None for plan in plans]
+        new_count = in_place.count(False)
         if new_count:
             l2_offset, table = self._l2_for_write(l1_index)
             host = self._alloc(new_count)
@@ -1090,18 +1113,21 @@ class Qcow2Driver(Driver):
                     host += cs
         elif not l2_offset or not self._l1[l1_index] & L.OFLAG_COPIED:
             l2_offset, table = self._l2_for_write(l1_index)
-        run_host = None
+        run_host = run_length = None
         run_parts = []
-        for plan, buf in zip(plans, buffers):
+        for plan, buf, existing in zip(plans, buffers, in_place):
             where = plan[3] + (plan[1] - plan[0])
-            if not has_data_file and plan[6] is None:
+            if existing and not has_data_file:
+                # a host offset read from an L2 table: it must not hit metadata
                 self._overlap_check(where, plan[2] - plan[1], "guest data")
-            if run_parts and where == run_host + sum(len(p) for p in run_parts):
+            if run_parts and where == run_host + run_length:
                 run_parts.append(buf)
+                run_length += len(buf)
                 continue
             if run_parts:
                 self._data_write(run_host, run_parts)
             run_host = where
+            run_length = len(buf)
             run_parts = [buf]
         if run_parts:
             self._data_write(run_host, run_parts)
