@@ -227,3 +227,49 @@ def test_locks_conflict_between_our_own_opens(tmp_path):
     readers = [ImageFile(path), ImageFile(path)]
     for reader in readers:
         reader.close()
+
+
+# ------------------------------------------------------------- a real guest
+@pytest.fixture
+def paused_guest(request):
+    """A paused QEMU machine (no guest code runs) with ``path`` as its virtio disk."""
+    procs = []
+
+    def start(path, fmt):
+        args = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-S", "-display", "none",
+                "-nodefaults", "-drive", "file=%s,format=%s,if=none,id=disk0" % (path, fmt),
+                "-device", "virtio-blk-pci,drive=disk0"]
+        try:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError:
+            pytest.skip("qemu-system-x86_64 is not installed")
+        procs.append(proc)
+        deadline = time.time() + 30
+        while 101 not in lock_bytes(path):
+            if proc.poll() is not None:
+                raise AssertionError("qemu-system-x86_64 exited: %r" % (proc.communicate(),))
+            assert time.time() < deadline, "the guest never locked %s" % path
+            time.sleep(0.05)
+        return proc
+
+    def stop():
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+
+    request.addfinalizer(stop)
+    return start
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_image_of_a_running_guest_is_never_opened_for_writing(tmp_path, paused_guest, fmt):
+    path = make_image(tmp_path, fmt)
+    paused_guest(path, fmt)
+    with pytest.raises(ImageInUseError, match=r"in use by another process \(QEMU lock on byte 201\): "
+                                              r"it does not share the \"write\""):
+        ImageFile(path, writable=True)
+    with pytest.raises(ImageInUseError, match="byte 101"):
+        ImageFile(path)
+    assert run("qemu-img", "info", "-U", path)[0] == 0
+    with ImageFile(path, force_share=True) as image:
+        assert image.size() == os.path.getsize(str(path))
