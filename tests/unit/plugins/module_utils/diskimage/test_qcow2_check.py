@@ -242,13 +242,21 @@ def _backing_overlay(path):
     return write(path, "write -P 0x99 4k 4k", "write -P 0x9a 5M 128k")
 
 
+def _create_with_data_file(path, *options):
+    # qemu-img creates a relative data file name in its working directory
+    qemu_tools.run("qemu-img", "create", "-f", "qcow2", "-o", ",".join(("data_file=data.raw",) + options),
+                   path.name, "8M", cwd=str(path.parent))
+    assert path.with_name("data.raw").exists()
+    return path
+
+
 def _external_data_file(path):
-    create(path, "8M", "data_file=%s" % path.with_name("data.raw").name)
+    _create_with_data_file(path)
     return write(path, "write -P 0x11 0 128k", "write -z 1M 64k", "write -P 0x22 3M 4k")
 
 
 def _external_data_file_raw(path):
-    create(path, "8M", "data_file=%s" % path.with_name("data.raw").name, "data_file_raw=on")
+    _create_with_data_file(path, "data_file_raw=on")
     return write(path, "write -P 0x11 0 128k")
 
 
