@@ -165,3 +165,17 @@ def test_built_under_temporary_name(tmp_path, monkeypatch):
     assert os.path.dirname(path) == str(tmp_path)
     assert name.startswith(".disk.qcow2.") and name.endswith(".tmp") and len(name) == len(".disk.qcow2.XXXXXX.tmp")
     assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_empty_image(tmp_path, fmt):
+    ours, theirs = tmp_path / ("ours." + fmt), tmp_path / ("theirs." + fmt)
+    diskimage.create(str(ours), fmt, 0)
+    qemu_img("create", "-f", fmt, theirs, "0")
+    assert info_without_names(ours) == info_without_names(theirs)
+    if fmt == "qcow2":
+        assert_clean(ours)
+    copy = tmp_path / "copy.qcow2"
+    result = diskimage.convert(str(ours), str(copy), "qcow2", compress=True)
+    assert result["virtual_size"] == 0 and result["bytes_read"] == 0
+    qemu_img("compare", ours, copy)
