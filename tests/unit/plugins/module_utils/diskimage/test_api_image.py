@@ -2,6 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """open_image(): guest reads and writes through the chain, as QEMU sees them."""
 
+import json
+
 import pytest
 
 from qemu_tools import qemu_img, qemu_img_json, qemu_io
@@ -113,3 +115,35 @@ def test_image_in_use_needs_force_share(tmp_path):
         with pytest.raises(ImageInUseError):
             diskimage.open_image(path, readonly=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy.qcow2"]
+
+
+def qemu_map_kinds(path):
+    """qemu-img map of the chain as (start, length, kind) runs, adjacent kinds merged."""
+    runs = []
+    for entry in json.loads(qemu_img("map", "--output=json", path)):
+        if entry["data"]:
+            kind = "data"
+        elif entry["present"]:
+            kind = "zero"
+        else:
+            kind = "unallocated"
+        if runs and runs[-1][2] == kind:
+            runs[-1] = (runs[-1][0], runs[-1][1] + entry["length"], kind)
+        else:
+            runs.append((entry["start"], entry["length"], kind))
+    return runs
+
+
+def test_block_status_like_qemu_map(tmp_path):
+    base = tmp_path / "base.raw"
+    qemu_img("create", "-f", "raw", base, "1M")
+    qemu_io(base, "write -P 1 0 256k", "write -P 2 768k 64k", fmt="raw")
+    mid = tmp_path / "mid.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", mid, "2M")
+    qemu_io(mid, "write -z 64k 64k", "write -P 3 1088k 64k", fmt="qcow2")
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4k", "-b", "mid.qcow2", "-F", "qcow2", top, "3M")
+    qemu_io(top, "write -P 4 4k 4k", "write -z 800k 4k", "write -P 5 2100k 8k", fmt="qcow2")
+    with diskimage.open_image(str(top)) as image:
+        ours = [(run.start, run.length, run.kind) for run in image.block_status()]
+    assert ours == qemu_map_kinds(top)
