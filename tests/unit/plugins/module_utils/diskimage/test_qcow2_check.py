@@ -243,10 +243,10 @@ def _backing_overlay(path):
 
 
 def _create_with_data_file(path, *options):
-    # qemu-img creates a relative data file name in its working directory
-    qemu_tools.run("qemu-img", "create", "-f", "qcow2", "-o", ",".join(("data_file=data.raw",) + options),
-                   path.name, "8M", cwd=str(path.parent))
-    assert path.with_name("data.raw").exists()
+    # absolute: QEMU resolves a relative data file name against its working directory
+    data_file = path.with_name("data.raw")
+    create(path, "8M", "data_file=%s" % data_file, *options)
+    assert data_file.exists()
     return path
 
 
