@@ -82,31 +82,36 @@ def _merge(extents):
 def chain_block_status(layer, offset, length, base=None):
     """Block status of the chain from ``layer`` down to (not including) ``base``.
 
-    Kinds: DATA (some layer holds bytes), ZERO (some layer says zeroes: allocated
-    as zero), UNALLOCATED (no layer above ``base`` allocates the range: it
-    reads from ``base``, or as zeroes when ``base`` is None or past a backing
-    file's end).  Adjacent runs of one kind are merged.
+    Kinds: DATA (some layer holds bytes), ZERO (reads as zeroes: some layer
+    says so, or, when ``base`` is given, the range lies past the end of a
+    backing file), UNALLOCATED (no layer above ``base`` allocates the range:
+    it reads from ``base``, or as zeroes when ``base`` is None).  Adjacent
+    runs of one kind are merged.
     """
     end = min(offset + length, layer.virtual_size)
     if offset >= end:
         return []
+    # Past a backing file's end the guest reads zeroes; above a base that must be
+    # said explicitly (the base may be longer), without one it is just unallocated.
+    past_end_kind = UNALLOCATED if base is None else ZERO
     runs = []
     for extent in layer.block_status(offset, end - offset):
         if extent.kind != UNALLOCATED:
             runs.append(extent)
             continue
         backing = layer.backing
-        if backing is None or backing is base:
-            runs.append(extent)
+        if backing is None:
+            runs.append(Extent(extent.start, extent.length, past_end_kind, None))
             continue
         ext_end = extent.start + extent.length
-        inside_end = min(ext_end, backing.virtual_size)
+        inside_end = max(extent.start, min(ext_end, backing.virtual_size))
         if extent.start < inside_end:
-            runs.extend(chain_block_status(backing, extent.start, inside_end - extent.start, base))
+            if backing is base:
+                runs.append(Extent(extent.start, inside_end - extent.start, UNALLOCATED, None))
+            else:
+                runs.extend(chain_block_status(backing, extent.start, inside_end - extent.start, base))
         if inside_end < ext_end:
-            # Past the backing file's end the guest reads zeroes.
-            start = max(extent.start, inside_end)
-            runs.append(Extent(start, ext_end - start, UNALLOCATED, None))
+            runs.append(Extent(inside_end, ext_end - inside_end, past_end_kind, None))
     return _merge(runs)
 
 
