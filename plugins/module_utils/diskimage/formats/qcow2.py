@@ -1483,9 +1483,11 @@ class Qcow2Driver(Driver):
         if l1_size * 8 > L.MAX_L1_BYTES:
             raise InvalidOptionError("qcow2 create: size %d needs an L1 table larger than the %d-byte cap"
                                      % (size, L.MAX_L1_BYTES), self.path)
-        clusters = max(1, -(-l1_size * 8 // cs))
-        offset = self._alloc(clusters)
-        self._file.pwrite(offset, bytes(clusters * cs))
+        clusters = -(-l1_size * 8 // cs)
+        offset = 0
+        if clusters:   # an empty disk has no L1 table at all, as with qemu-img
+            offset = self._alloc(clusters)
+            self._file.pwrite(offset, bytes(clusters * cs))
         self._file.pwrite(L.OFF_SIZE, HEADER_SIZE_TO_L1.pack(size, 0, l1_size, offset))
         h.size = size
         h.l1_size = l1_size

@@ -221,3 +221,14 @@ def test_large_virtual_size_small_file(tmp_path):
     assert_check_clean(path)
     assert os.path.getsize(str(path)) < M
     assert_like_qemu(tmp_path, path, 64 * 1024 * M, {})
+
+
+def test_empty_disk(tmp_path):
+    path = tmp_path / "empty.qcow2"
+    Qcow2Driver.create(str(path), 0, {})
+    assert_check_clean(path)
+    assert_like_qemu(tmp_path, path, 0, {})
+    assert os.path.getsize(str(path)) == 3 * 65536
+    with Qcow2Driver.open(str(path), True) as drv:
+        assert drv.virtual_size == 0 and drv.read(0, 0) == b""
+        assert drv.block_status(0, 0) == []
