@@ -335,11 +335,36 @@ class _Walker:
         refcount_max = self.refcount_max
         extended = bitmaps is not None
         has_data_file = self.has_data_file
+        # Entries without any of these bits are plain allocated data clusters
+        # (or unallocated ones when the offset is 0): the fast path below.
+        special = OFLAG_COMPRESSED | L2E_RESERVED_MASK | OFLAG_ZERO | (misaligned & L2E_OFFSET_MASK)
+        plain_table = not extended and not has_data_file
+        allocated = fragmented = compressed = 0
         next_contiguous = 0
         for index, l2_entry in enumerate(entries):
-            bitmap = bitmaps[index] if extended else 0
-            if not l2_entry and not bitmap:
-                continue
+            if plain_table:
+                if not l2_entry:
+                    continue
+                if not l2_entry & special:
+                    offset = l2_entry & L2E_OFFSET_MASK
+                    if not offset:
+                        continue
+                    if active:
+                        allocated += 1
+                        if next_contiguous and offset != next_contiguous:
+                            fragmented += 1
+                        next_contiguous = offset + cluster_size
+                    cluster = offset >> cluster_bits
+                    if offset < file_size and counts[cluster] < refcount_max:
+                        counts[cluster] += 1
+                    else:
+                        self.inc(offset, cluster_size)      # reports and grows
+                    continue
+                bitmap = 0
+            else:
+                bitmap = bitmaps[index] if extended else 0
+                if not l2_entry and not bitmap:
+                    continue
             if l2_entry & OFLAG_COMPRESSED:
                 if l2_entry & OFLAG_COPIED:
                     findings.corruption("ERROR: coffset=0x%x: copied flag must never be set for compressed clusters"
@@ -356,10 +381,10 @@ class _Walker:
                 sectors = ((l2_entry >> self.csize_shift) & self.csize_mask) + 1
                 self.inc(coffset, sectors * COMPRESSED_SECTOR_SIZE - (coffset & (COMPRESSED_SECTOR_SIZE - 1)))
                 if active:
-                    findings.allocated_clusters += 1
-                    findings.compressed_clusters += 1
+                    allocated += 1
+                    compressed += 1
                     # Compressed clusters are fragmented by nature (QEMU counts them so).
-                    findings.fragmented_clusters += 1
+                    fragmented += 1
                 continue
             if l2_entry & L2E_RESERVED_MASK:
                 findings.corruption("ERROR found l2 entry with reserved bits set: %x" % l2_entry)
@@ -387,18 +412,15 @@ class _Walker:
                     findings.corruption("ERROR offset=%x: Preallocated cluster is not properly aligned; "
                                         "L2 entry corrupted." % offset)
             if active:
-                findings.allocated_clusters += 1
+                allocated += 1
                 if next_contiguous and offset != next_contiguous:
-                    findings.fragmented_clusters += 1
+                    fragmented += 1
                 next_contiguous = offset + cluster_size
-            if has_data_file:
-                continue
-            cluster = offset >> cluster_bits
-            if offset & misaligned or offset >= file_size or cluster >= len(counts) \
-                    or counts[cluster] >= refcount_max:
-                self.inc(offset, cluster_size)      # the slow path reports and grows
-            else:
-                counts[cluster] += 1
+            if not has_data_file:
+                self.inc(offset, cluster_size)
+        findings.allocated_clusters += allocated
+        findings.fragmented_clusters += fragmented
+        findings.compressed_clusters += compressed
 
     # ------------------------------------------------------------ snapshots
     def read_snapshot_table(self):
@@ -666,6 +688,7 @@ def _check_oflag_copied(walker, stored):
     cluster_bits = walker.cluster_bits
     extended = walker.extended_l2
     has_data_file = walker.has_data_file
+    per_block = stored.entries_per_block
     for l1_index, l1_entry in enumerate(_be64_array(data)):
         l2_offset = l1_entry & L1E_OFFSET_MASK
         if not l2_offset:
@@ -679,6 +702,8 @@ def _check_oflag_copied(walker, stored):
         entries, _bitmaps = walker.read_l2(l2_offset)
         if entries is None:
             continue
+        block_index = -1
+        block = None
         for l2_entry in entries:
             if not l2_entry or l2_entry & OFLAG_COMPRESSED:
                 continue
@@ -691,9 +716,16 @@ def _check_oflag_copied(walker, stored):
             if has_data_file:
                 refcount = 1
             else:
-                refcount = stored.get(offset >> cluster_bits)
-                if refcount is None:
-                    continue
+                cluster = offset >> cluster_bits
+                if cluster // per_block != block_index:
+                    block_index = cluster // per_block
+                    block = stored.block(block_index)
+                if block is None:
+                    refcount = 0
+                elif block is False:
+                    continue            # unreadable refcount: QEMU skips silently
+                else:
+                    refcount = block[cluster - block_index * per_block]
             if (refcount == 1) != bool(l2_entry & OFLAG_COPIED):
                 findings.corruption("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d"
                                     % (l2_entry, refcount))
