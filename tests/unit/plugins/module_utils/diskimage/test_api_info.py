@@ -141,3 +141,25 @@ def test_info_leaves_image_untouched(tmp_path):
     before = (qemu_tools.file_digest(image), os.stat(str(image)).st_mtime_ns)
     diskimage.info(str(image), backing_chain=True)
     assert (qemu_tools.file_digest(image), os.stat(str(image)).st_mtime_ns) == before
+
+
+def test_external_data_file(tmp_path, monkeypatch):
+    # qemu-img creates the data file relative to the working directory.
+    monkeypatch.chdir(tmp_path)
+    image = tmp_path / "meta.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "data_file=guest.data", image, "2M")
+    qemu_io(image, "write -P 8 0 256k", fmt="qcow2")
+    result = same_as_qemu(image)
+    assert result["format-specific"]["data"]["data-file"] == "guest.data"
+    same_as_qemu(image, backing_chain=True)
+
+
+def test_bitmaps_and_compressed_clusters(tmp_path):
+    source = tmp_path / "source.raw"
+    qemu_img("create", "-f", "raw", source, "1M")
+    qemu_io(source, "write -P 9 0 512k", fmt="raw")
+    image = tmp_path / "packed.qcow2"
+    qemu_img("convert", "-c", "-O", "qcow2", source, image)
+    qemu_img("bitmap", "--add", image, "changes")
+    result = same_as_qemu(image)
+    assert result["format-specific"]["data"]["bitmaps"][0]["name"] == "changes"
