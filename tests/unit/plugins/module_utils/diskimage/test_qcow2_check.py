@@ -316,8 +316,8 @@ def test_cluster_sizes_match_qemu(tmp_path, cluster_size):
 
 def test_luks_crypto_header_is_counted(tmp_path):
     path = tmp_path / "image.qcow2"
-    qemu_tools.qemu_img(*(["create"] + SECRET + ["-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=sec0",
-                                                   path, "4M"]))
+    luks = ["-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=sec0", path, "4M"]
+    qemu_tools.qemu_img(*(["create"] + SECRET + luks))
     image_opts = "driver=qcow2,encrypt.key-secret=sec0,file.filename=%s" % path
     qemu_tools.run(*(["qemu-io"] + SECRET + ["--image-opts", image_opts, "-c", "write -P 1 0 128k"]))
     assert_same_as_qemu(path, image_opts)
@@ -594,7 +594,6 @@ def test_public_check_uses_this_checker(tmp_path):
     assert result.pop("filename") == str(path) and result.pop("format") == "qcow2"
     assert result.pop("messages")
     assert result == qemu_check(path)
-
 
 
 def test_repair_is_refused_for_now(tmp_path):
