@@ -125,57 +125,64 @@ class Image:
 
     def __init__(self, driver):
         self._driver = driver
+        self._path = driver.path
 
     @property
     def driver(self):
+        """The top layer's Driver (its ``backing`` attribute leads down the chain)."""
+        return self._open_driver()
+
+    def _open_driver(self):
+        if self._driver is None:
+            raise ImageError("the image is closed", self._path)
         return self._driver
 
     @property
     def virtual_size(self):
-        return self._driver.virtual_size
+        return self._open_driver().virtual_size
 
     @property
     def format(self):
-        return self._driver.format_name
+        return self._open_driver().format_name
 
     @property
     def path(self):
-        return self._driver.path
+        return self._path
 
     @property
     def readonly(self):
-        return self._driver.readonly
+        return self._open_driver().readonly
 
     def _check_range(self, offset, length):
-        if offset < 0 or length < 0 or offset + length > self._driver.virtual_size:
+        if offset < 0 or length < 0 or offset + length > self._open_driver().virtual_size:
             raise InvalidOptionError("range %d+%d is outside the image (virtual size %d)"
-                                     % (offset, length, self._driver.virtual_size), self.path)
+                                     % (offset, length, self._open_driver().virtual_size), self.path)
 
     @translate_os_errors("read failed")
     def read(self, offset, length):
         self._check_range(offset, length)
-        return self._driver.read(offset, length)
+        return self._open_driver().read(offset, length)
 
     @translate_os_errors("write failed")
     def write(self, offset, data):
         self._check_range(offset, len(data))
-        self._driver.write(offset, data)
+        self._open_driver().write(offset, data)
 
     @translate_os_errors("write failed")
     def write_zeroes(self, offset, length, may_unmap=False):
         self._check_range(offset, length)
-        self._driver.write_zeroes(offset, length, may_unmap=may_unmap)
+        self._open_driver().write_zeroes(offset, length, may_unmap=may_unmap)
 
     def block_status(self, offset=0, length=None):
         """Chain-wide block status (see chain_block_status)."""
         if length is None:
-            length = self._driver.virtual_size - offset
+            length = self._open_driver().virtual_size - offset
         self._check_range(offset, length)
         return chain_block_status(self._driver, offset, length)
 
     @translate_os_errors("flush failed")
     def flush(self):
-        self._driver.flush()
+        self._open_driver().flush()
 
     def close(self):
         driver, self._driver = self._driver, None

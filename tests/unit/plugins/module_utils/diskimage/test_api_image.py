@@ -72,6 +72,8 @@ def test_read_only_by_default_and_closed_after_use(tmp_path):
         with pytest.raises(ReadOnlyImageError):
             image.write(0, b"x" * 512)
     assert image.closed
+    with pytest.raises(ImageError):
+        image.read(0, 512)
     # Locks are released: QEMU can write the image now.
     qemu_io(top, "write -P 1 0 512", fmt="qcow2")
 
