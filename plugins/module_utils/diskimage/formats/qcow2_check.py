@@ -749,7 +749,8 @@ def check_image(image_file, header, path=None, repair=None):
     walker = _Walker(image_file, header, path)
     walker.compute()
     findings = walker.findings
-    findings.total_clusters = -(-(-(-header.size // 512) * 512) // walker.cluster_size)
+    # QEMU keeps the virtual size in whole 512-byte sectors, rounded down
+    findings.total_clusters = -(-(header.size // 512 * 512) // walker.cluster_size)
     stored = _StoredRefcounts(walker)
     highest = _compare_refcounts(walker, stored)
     _check_oflag_copied(walker, stored)

@@ -562,6 +562,13 @@ def test_damaged_image_matches_qemu(tmp_path, damage):
     assert_same_as_qemu(path)
 
 
+@pytest.mark.parametrize("virtual_size", [3 * 65536 + 100, 3 * 65536 + 600])
+def test_virtual_size_not_a_multiple_of_512(tmp_path, virtual_size):
+    path = create(tmp_path / "image.qcow2", "1M")
+    Qcow2Editor(path)._write(qcow2_layout.OFF_SIZE, struct.pack(">Q", virtual_size))    # header "size"
+    assert_same_as_qemu(path)
+
+
 def test_compressed_image_truncated_inside_last_cluster(tmp_path):
     path = _compressed(tmp_path / "image.qcow2")
     os.truncate(str(path), os.path.getsize(str(path)) - 100)
