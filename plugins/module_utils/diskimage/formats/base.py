@@ -107,6 +107,13 @@ class Driver:
         """List of Extent covering [offset, offset+length) exactly, for this layer only."""
         return [Extent(offset, length, DATA, None)]
 
+    def resize(self, new_size, preallocation=None):
+        """Change the virtual size.  Growing adds a range that reads as zeroes
+        (``preallocation`` as the format's creation option allows); shrinking
+        drops everything past ``new_size``.  ops/resize.py decides whether a
+        shrink is allowed; drivers refuse sizes their format cannot represent."""
+        raise UnsupportedOperation("resizing %s images is not supported" % self.format_name, self.path)
+
     def flush(self):
         pass
 

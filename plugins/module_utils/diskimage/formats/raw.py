@@ -168,6 +168,28 @@ class RawDriver(Driver):
                 extents.append(Extent(start, count, ZERO, None))
         return extents
 
+    def resize(self, new_size, preallocation=None):
+        """Truncate or extend the file; the new area is a hole unless
+        ``preallocation`` is falloc or full (qemu-img resize --preallocation)."""
+        if self.readonly:
+            raise ReadOnlyImageError("image is opened read-only", self.path)
+        if preallocation in (None, False):
+            preallocation = "off"
+        if preallocation not in PREALLOCATION_MODES:
+            raise InvalidOptionError("unsupported preallocation mode %r for raw images (expected one of: %s)"
+                                     % (preallocation, ", ".join(PREALLOCATION_MODES)), self.path)
+        if self.image_file.is_block_device:
+            raise UnsupportedOperation("cannot resize a block device (size %d) to %d bytes: resize the "
+                                       "device itself" % (self.virtual_size, new_size), self.path)
+        old_size = self.virtual_size
+        self.image_file.truncate(new_size)
+        self.virtual_size = new_size
+        if new_size > old_size:
+            if preallocation == "falloc":
+                self.image_file.allocate(old_size, new_size - old_size)
+            elif preallocation == "full":
+                self.write_zeroes(old_size, new_size - old_size)
+
     def flush(self):
         if self.image_file is not None:
             self.image_file.flush()

@@ -1,0 +1,45 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""resize(): change an image's virtual size, as ``qemu-img resize`` does.
+
+Growing is always allowed; shrinking only with ``shrink=True`` (qemu-img's
+``--shrink``), because everything past the new end is lost.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+from ..errors import InvalidOptionError
+from .image import open_driver
+from .sizes import parse_size
+
+
+def resize(path, size, fmt=None, shrink=False, preallocation=None, allow_dirs=None):
+    """Set the virtual size of ``path`` to ``size`` (bytes or a size string;
+    a leading ``+``/``-`` is relative to the current size, as in qemu-img)."""
+    relative = None
+    if isinstance(size, str) and size.strip()[:1] in ("+", "-"):
+        relative = size.strip()[0]
+        size = size.strip()[1:]
+    new_size = parse_size(size)
+    driver = open_driver(path, fmt=fmt, readonly=False, allow_dirs=allow_dirs)
+    try:
+        current = driver.virtual_size
+        if relative == "+":
+            new_size = current + new_size
+        elif relative == "-":
+            new_size = current - new_size
+            if new_size < 0:
+                raise InvalidOptionError("cannot shrink by more than the current size %d" % current, path)
+        if new_size == current:
+            return {"old-size": current, "new-size": current}
+        if new_size < current and not shrink:
+            raise InvalidOptionError(
+                "shrinking from %d to %d bytes deletes the data past the new end; "
+                "pass shrink=True to do it" % (current, new_size), path)
+        driver.resize(new_size, preallocation=preallocation)
+        driver.flush()
+        return {"old-size": current, "new-size": driver.virtual_size}
+    finally:
+        driver.close()
