@@ -22,7 +22,7 @@ import zlib
 
 from .._io import ImageFile
 from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError,
-                      PolicyError, UnsupportedFeature)
+                      PolicyError, UnsupportedFeature, UnsupportedOperation)
 from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
 from . import qcow2_layout as L
 
@@ -1476,57 +1476,177 @@ class Qcow2Driver(Driver):
         return None
 
     def _grow_l1(self, size):
-        """Give the new image its virtual size and L1 table (create only)."""
+        """Set the virtual size to ``size`` (growing), with an L1 table big enough:
+        a bigger table is written at the end of the file, then the header points
+        to it, then the old one is freed."""
         cs = self._cs
         h = self.header
-        l1_size = -(-size // (cs * self._l2e)) if size else 0
+        l1_size = max(len(self._l1), -(-size // (cs * self._l2e)) if size else 0)
         if l1_size * 8 > L.MAX_L1_BYTES:
-            raise InvalidOptionError("qcow2 create: size %d needs an L1 table larger than the %d-byte cap"
+            raise InvalidOptionError("qcow2: size %d needs an L1 table larger than the %d-byte cap"
                                      % (size, L.MAX_L1_BYTES), self.path)
-        clusters = -(-l1_size * 8 // cs)
-        offset = 0
-        if clusters:   # an empty disk has no L1 table at all, as with qemu-img
-            offset = self._alloc(clusters)
-            self._file.pwrite(offset, bytes(clusters * cs))
-        self._file.pwrite(L.OFF_SIZE, HEADER_SIZE_TO_L1.pack(size, 0, l1_size, offset))
+        old_offset, old_size = h.l1_table_offset, len(self._l1)
+        old_clusters = -(-old_size * 8 // cs)
+        offset = old_offset
+        if l1_size > old_size:
+            new_l1 = array.array("Q", self._l1)
+            new_l1.extend([0] * (l1_size - old_size))
+            clusters = -(-l1_size * 8 // cs)
+            if clusters > old_clusters or not old_offset:
+                offset = self._alloc(clusters)
+                self._file.pwrite(offset, _be_bytes(new_l1) + bytes(clusters * cs - l1_size * 8))
+            else:
+                self._file.pwrite(old_offset + old_size * 8, bytes((l1_size - old_size) * 8))
+            self._l1 = new_l1
+        self._file.pwrite(L.OFF_SIZE, HEADER_SIZE_TO_L1.pack(size, h.crypt_method, l1_size, offset))
         h.size = size
         h.l1_size = l1_size
         h.l1_table_offset = offset
-        self._l1 = array.array("Q", [0] * l1_size)
         self.virtual_size = size
+        if offset != old_offset and old_clusters:
+            self._refcount_update(old_offset, old_clusters * cs, -1)
 
-    def _preallocate(self, mode):
+    def _preallocate(self, mode, first_cluster=0):
+        """Allocate host clusters for the unallocated guest clusters from
+        ``first_cluster`` on (create and resize): L2 tables followed by their data
+        (metadata), or all L2 tables then one contiguous data area (falloc/full)."""
         cs = self._cs
         h = self.header
         total = -(-self.virtual_size // cs)
-        tables = -(-total // self._l2e)
-        if mode in ("falloc", "full"):
-            l2_base = self._alloc(tables)
-            data_base = self._alloc(total)
-        for l1_index in range(tables):
-            first = l1_index * self._l2e
-            count = min(self._l2e, total - first)
-            if mode in ("falloc", "full"):
-                l2_offset = l2_base + l1_index * cs
-                data = data_base + first * cs
+        if first_cluster >= total:
+            return
+        first_table = first_cluster // self._l2e
+        last_table = (total - 1) // self._l2e
+        step = 2 if self._ext else 1
+        # like QEMU: plain allocated entries over the fresh (sparse, zero) file area;
+        # extended L2 keeps the subclusters unallocated (backing or zeroes show through)
+        zero_flag = L.OFLAG_ZERO if (self._file.is_block_device and mode == "metadata"
+                                     and h.version >= 3 and not self._ext) else 0
+        # guest clusters still unallocated, per L2 table
+        plan = []
+        for l1_index in range(first_table, last_table + 1):
+            start = max(first_cluster, l1_index * self._l2e) - l1_index * self._l2e
+            stop = min(total, (l1_index + 1) * self._l2e) - l1_index * self._l2e
+            l2_offset = self._l1_entry_l2_offset(l1_index)
+            if l2_offset:
+                table = self._load_l2(l2_offset)
+                indices = [i for i in range(start, stop) if not table[step * i]]
             else:
-                base = self._alloc(1 + count)
-                l2_offset, data = base, base + cs
-            entries = array.array("Q", [0] * (self._cs // 8))
-            # like QEMU: plain allocated entries over the fresh (sparse, zero) file area;
-            # extended L2 keeps the subclusters unallocated (backing or zeroes show through)
-            zero_flag = L.OFLAG_ZERO if (self._file.is_block_device and mode == "metadata"
-                                         and h.version >= 3 and not self._ext) else 0
-            step = 2 if self._ext else 1
-            for i in range(count):
-                entries[step * i] = (data + i * cs) | L.OFLAG_COPIED | zero_flag
+                indices = list(range(start, stop))
+            if indices:
+                plan.append((l1_index, bool(l2_offset), indices))
+        new_tables = {}
+        data_base = None
+        if mode in ("falloc", "full"):
+            missing = [item[0] for item in plan if not item[1]]
+            if missing:
+                base = self._alloc(len(missing))
+                new_tables = dict((index, base + n * cs) for n, index in enumerate(missing))
+            data_base = self._alloc(sum(len(item[2]) for item in plan))
+        for l1_index, existing, indices in plan:
+            count = len(indices)
+            if existing:
+                l2_offset, table = self._l2_for_write(l1_index)
+            else:
+                table = array.array("Q", [0] * (cs // 8))
+                l2_offset = new_tables[l1_index] if data_base is not None else self._alloc(1 + count)
+            if data_base is not None:
+                data = data_base
+                data_base += count * cs
+            elif existing:
+                data = self._alloc(count)
+            else:
+                data = l2_offset + cs
+            for n, i in enumerate(indices):
+                table[step * i] = (data + n * cs) | L.OFLAG_COPIED | zero_flag
             if mode == "falloc":
                 self._file.allocate(data, count * cs)
             elif mode == "full":
                 self._file.write_zeroes(data, count * cs)
-            self._file.pwrite(l2_offset, _be_bytes(entries))
-            self._l2_set.add(l2_offset)
-            self._write_l1_entry(l1_index, l2_offset | L.OFLAG_COPIED)
+            if existing:
+                self._write_l2_entries(l2_offset, table, indices[0], indices[-1])
+            else:
+                self._file.pwrite(l2_offset, _be_bytes(table))
+                self._l2_set.add(l2_offset)
+                self._l2_cache[l2_offset] = table
+                self._write_l1_entry(l1_index, l2_offset | L.OFLAG_COPIED)
+
+    # ================================================================= resize
+    def resize(self, new_size, preallocation=None):
+        """Grow (new range reads zeroes, even where a longer backing file lies
+        beneath) or shrink (clusters past the end freed) the virtual disk."""
+        self._prepare_write()
+        h = self.header
+        if isinstance(new_size, bool) or not isinstance(new_size, int) or new_size < 0:
+            raise InvalidOptionError("qcow2 resize: invalid size %r" % (new_size,), self.path)
+        if new_size % 512:
+            raise InvalidOptionError("qcow2 resize: the image size must be a multiple of 512 bytes (found %d)"
+                                     % new_size, self.path)
+        mode = preallocation or "off"
+        if mode not in ("off", "metadata", "falloc", "full"):
+            raise InvalidOptionError("qcow2 resize: preallocation must be off, metadata, falloc or full "
+                                     "(found %r)" % mode, self.path)
+        if self._snapshots:
+            raise UnsupportedOperation("qcow2 resize: an image with internal snapshots cannot be resized", self.path)
+        old_size = self.virtual_size
+        if new_size == old_size:
+            return
+        if new_size < old_size:
+            if mode != "off":
+                raise InvalidOptionError("qcow2 resize: preallocation applies only when growing", self.path)
+            self._discard_beyond(new_size, old_size)
+            self._file.pwrite(L.OFF_SIZE, struct.pack(">Q", new_size))
+            h.size = new_size
+            self.virtual_size = new_size
+            return
+        raw_data_file = self._data_file is not self._file and h.autoclear_features & L.AUTOCLEAR_DATA_FILE_RAW
+        self._grow_l1(new_size)
+        if raw_data_file and self._data_file.size() < new_size:
+            self._data_file.truncate(new_size)
+        # stale bytes past the old end of its last cluster, or a longer backing file,
+        # must not show through the new range
+        zero_end = min(new_size, L.align_up(old_size, self._cs))
+        if self.backing is not None:
+            zero_end = max(zero_end, min(new_size, self.backing.virtual_size))
+        if zero_end > old_size:
+            self.write_zeroes(old_size, zero_end - old_size)
+        if mode != "off":
+            self._preallocate(mode, -(-old_size // self._cs))
+
+    def _discard_beyond(self, new_size, old_size):
+        """Drop every cluster wholly past ``new_size`` (shrink)."""
+        cs = self._cs
+        first = -(-new_size // cs)
+        total = -(-old_size // cs)
+        step = 2 if self._ext else 1
+        for l1_index in range(first // self._l2e, min(len(self._l1), -(-total // self._l2e))):
+            l2_offset = self._l1_entry_l2_offset(l1_index)
+            if not l2_offset:
+                continue
+            start = max(first, l1_index * self._l2e) - l1_index * self._l2e
+            if start == 0 and self._l1[l1_index] & L.OFLAG_COPIED:
+                # whole table past the end: unhook it, then drop its clusters
+                table = self._load_l2(l2_offset)
+                self._write_l1_entry(l1_index, 0)
+                self._l2_set.discard(l2_offset)
+                self._l2_cache.pop(l2_offset, None)
+                for i in range(0, len(table), step):
+                    if table[i] & (L.L2E_OFFSET_MASK | L.OFLAG_COMPRESSED):
+                        self._free_entry(table[i])
+                self._refcount_update(l2_offset, 1, -1)
+                continue
+            l2_offset, table = self._l2_for_write(l1_index)
+            freed = []
+            for i in range(start, self._l2e):
+                entry = table[step * i]
+                if entry & (L.L2E_OFFSET_MASK | L.OFLAG_COMPRESSED):
+                    freed.append(entry)
+                table[step * i] = 0
+                if self._ext:
+                    table[step * i + 1] = 0
+            self._write_l2_entries(l2_offset, table, start, self._l2e - 1)
+            for entry in freed:
+                self._free_entry(entry)
 
 
 def _serialize_extensions(exts):

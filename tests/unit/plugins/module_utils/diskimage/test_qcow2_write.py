@@ -334,3 +334,74 @@ def test_external_data_file_writes(tmp_path, raw_mode):
     if raw_mode == "on":
         with open(str(tmp_path / "ext.data"), "rb") as f:
             assert f.read() == bytes(model)
+
+
+def _resize_both(tmp_path, source, steps, options_for_qemu=()):
+    """Apply ``steps`` [(size, preallocation)] with our driver to one copy and
+    qemu-img resize to another; return both paths."""
+    import shutil
+    ours = tmp_path / "ours.qcow2"
+    theirs = tmp_path / "theirs.qcow2"
+    shutil.copy(str(source), str(ours))
+    shutil.copy(str(source), str(theirs))
+    for size, prealloc in steps:
+        with Qcow2Driver.open(str(ours), False, DirOpener()) as drv:
+            drv.resize(size, preallocation=prealloc)
+        args = ["resize", "-f", "qcow2"]
+        if prealloc:
+            args.append("--preallocation=%s" % prealloc)
+        current = qemu_img_json("info", theirs)["virtual-size"]
+        if size < current:
+            args.append("--shrink")
+        qemu_img(*(args + [theirs, str(size)]))
+    return ours, theirs
+
+
+@pytest.mark.parametrize("options", ["cluster_size=512", "cluster_size=4096,refcount_bits=1",
+                                     "compat=0.10", "extended_l2=on,cluster_size=16k"])
+def test_resize_like_qemu(tmp_path, options):
+    src = tmp_path / "src.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", options, src, "1M")
+    qemu_io(src, "write -P 0x61 0 300k", "write -P 0x62 1000k 24k", fmt="qcow2")
+    # grow past the L1 table's first cluster, shrink to an odd size, grow again
+    steps = [(9 * M, None), (700 * 1024 + 512, None), (3 * M, None), (5 * M, "metadata")]
+    ours, theirs = _resize_both(tmp_path, src, steps)
+    assert_check_clean(ours)
+    assert qemu_img_json("info", ours)["virtual-size"] == 5 * M
+    assert guest_view(ours, tmp_path) == guest_view(theirs, tmp_path)
+
+
+def test_resize_hides_longer_backing(tmp_path):
+    base = tmp_path / "base.raw"
+    with open(str(base), "wb") as f:
+        f.write(os.urandom(4 * M))
+    src = tmp_path / "top.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", src, "2M")
+    ours, theirs = _resize_both(tmp_path, src, [(6 * M, None)])
+    assert_check_clean(ours)
+    view = guest_view(ours, tmp_path)
+    assert view == guest_view(theirs, tmp_path)
+    assert view[2 * M:] == bytes(4 * M)
+
+
+@pytest.mark.parametrize("mode", ["falloc", "full"])
+def test_resize_preallocation(tmp_path, mode):
+    src = tmp_path / "src.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", src, "1M")
+    qemu_io(src, "write -P 0x61 0 100k", fmt="qcow2")
+    ours, theirs = _resize_both(tmp_path, src, [(3 * M, mode)])
+    assert_check_clean(ours)
+    assert guest_view(ours, tmp_path) == guest_view(theirs, tmp_path)
+    grown = [e for e in qemu_img_json("map", ours) if e["start"] + e["length"] > M]
+    assert grown and all(e["data"] and "offset" in e for e in grown)
+    with open(str(ours), "rb") as f:
+        assert os.fstat(f.fileno()).st_blocks * 512 >= 2 * M
+
+
+def test_resize_refuses_snapshots(tmp_path):
+    path = tmp_path / "s.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", path, "1M")
+    qemu_img("snapshot", "-c", "s", path)
+    with Qcow2Driver.open(str(path), False) as drv:
+        with pytest.raises(ImageError, match="snapshots"):
+            drv.resize(2 * M)
