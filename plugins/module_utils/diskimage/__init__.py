@@ -9,7 +9,7 @@ images takes ``allow_dirs`` (more directories whose files an image may name,
 e.g. as its backing file); read-only ones take ``force_share`` (qemu-img -U).
 Errors are ImageError subclasses from ``errors``.
 
-Operations not implemented yet (resize, rebase, commit, amend, snapshots,
+Operations not implemented yet (rebase, commit, amend, snapshots,
 map, measure) are deliberately absent rather than stubbed.
 """
 
@@ -27,10 +27,11 @@ from .ops.convert import convert  # noqa: F401
 from .ops.check import check  # noqa: F401
 from .ops.compare import compare, compare_detail  # noqa: F401
 from .ops.image import Image, open_image  # noqa: F401
+from .ops.resize import resize  # noqa: F401
 from .ops.sizes import parse_size, normalize_options  # noqa: F401
 
 __all__ = [
-    "info", "create", "convert", "check", "compare", "compare_detail", "open_image", "Image",
+    "info", "create", "convert", "check", "compare", "compare_detail", "open_image", "Image", "resize",
     "parse_size", "normalize_options",
     "ImageError", "ImageNotFoundError", "FormatError", "CorruptImageError", "UnsupportedFeature",
     "UnsupportedOperation", "InvalidOptionError", "PolicyError", "ProbeError", "ImageInUseError",
