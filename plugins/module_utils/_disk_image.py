@@ -417,9 +417,15 @@ def run_disk_image(module):
         if conversion:
             result['conversion'] = conversion
 
-    if request.state == 'present' and (not module.check_mode or not plan.replaces_file):
+    if request.state == 'present':
         file_args = module.load_file_common_arguments(module.params)
-        if module.set_fs_attributes_if_different(file_args, False, diff=diff):
+        if plan.replaces_file:
+            # A new file: the diff shows the requested attributes, the same in check mode and for real.
+            diff['after'].update((name, module.params[name]) for name in ('mode', 'owner', 'group')
+                                 if module.params.get(name) is not None)
+            if not module.check_mode:
+                module.set_fs_attributes_if_different(file_args, True)
+        elif module.set_fs_attributes_if_different(file_args, False, diff=diff):
             result['changed'] = True
             if not plan.actions:
                 result['actions'].append('set file attributes of %s' % request.path)
