@@ -430,3 +430,25 @@ def test_absolute_data_file_refused_without_opening(tmp_path):
     with pytest.raises(PolicyError):
         Qcow2Driver.open(str(path), True, opener)
     assert opener.opened == []
+
+
+def test_absolute_data_file_refused_by_default_policy(tmp_path, monkeypatch):
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage import chain
+    decoy = tmp_path / "decoy.data"
+    path = tmp_path / "abs.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "data_file=%s" % decoy, path, "1M")
+    with open(str(decoy), "wb") as f:
+        f.write(b"decoy")
+    opened = []
+    real_open = os.open
+
+    def recording_open(name, *args, **kwargs):
+        opened.append(os.fspath(name))
+        return real_open(name, *args, **kwargs)
+    monkeypatch.setattr(os, "open", recording_open)
+    with pytest.raises(PolicyError):
+        chain.open_driver(str(path), "qcow2")
+    monkeypatch.undo()
+    assert str(decoy) not in opened and str(path) in opened
+    with open(str(decoy), "rb") as f:
+        assert f.read() == b"decoy"
