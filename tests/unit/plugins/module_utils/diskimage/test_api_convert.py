@@ -305,3 +305,18 @@ def test_backing_output_hides_a_longer_backing_file(tmp_path):
                  for entry in allocation_map(ours, "qcow2") if entry["depth"] == 0]
     assert top_layer == [(1 * MIB, 512 * KIB, True, False), (1536 * KIB, 64 * KIB, False, True),
                          (1600 * KIB, 3 * MIB - 1600 * KIB, True, False)]
+
+
+@pytest.mark.parametrize("out_fmt", ["raw", "qcow2"])
+def test_compressed_source(tmp_path, out_fmt):
+    plain = make_source(tmp_path, "raw")
+    packed = tmp_path / "packed.qcow2"
+    qemu_img("convert", "-c", "-O", "qcow2", "-o", "cluster_size=16k", plain, packed)
+    target = tmp_path / ("out." + out_fmt)
+    diskimage.convert(str(packed), str(target), out_fmt)
+    assert_same_content(plain, target, tmp_path)
+    theirs = tmp_path / ("theirs." + out_fmt)
+    qemu_img("convert", "-O", out_fmt, packed, theirs)
+    assert allocation_map(target, out_fmt) == allocation_map(theirs, out_fmt)
+    if out_fmt == "qcow2":
+        assert assert_clean(target).get("compressed-clusters", 0) == 0
