@@ -1215,7 +1215,7 @@ class Qcow2Driver(Driver):
 
     def _zero_in_table(self, offset, end, may_unmap, can_flag):
         """Zero whole clusters (whole subclusters with extended L2) in one L2 table."""
-        cs, cb, sc = self._cs, self._cb, self._sc
+        cs, cb = self._cs, self._cb
         ext = self._ext
         has_data_file = self._data_file is not self._file
         l1_index = (offset >> cb) // self._l2e
@@ -1253,12 +1253,11 @@ class Qcow2Driver(Driver):
                 alloc_bits = (bitmap & 0xffffffff) & ~touched
                 zero_bits = ((bitmap >> 32) | touched) & 0xffffffff
                 keep_host = owned and not (whole and may_unmap)
+                new_entry = entry
                 if whole and not keep_host:
                     new_entry = 0
                     if entry:
                         freed.append(entry)
-                else:
-                    new_entry = entry if keep_host or not entry else entry
                 new_pair = (new_entry, alloc_bits | zero_bits << 32)
                 if (table[2 * index], table[2 * index + 1]) != new_pair:
                     table[2 * index], table[2 * index + 1] = new_pair
