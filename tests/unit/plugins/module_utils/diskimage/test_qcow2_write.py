@@ -405,3 +405,23 @@ def test_resize_refuses_snapshots(tmp_path):
     with Qcow2Driver.open(str(path), False) as drv:
         with pytest.raises(ImageError, match="snapshots"):
             drv.resize(2 * M)
+
+
+def test_extended_l2_partial_zero_of_compressed_cluster(tmp_path):
+    path = tmp_path / "xc.qcow2"
+    Qcow2Driver.create(str(path), 2 * M, {"extended_l2": True})
+    cs = 65536
+    data = (b"subcluster text " * (cs // 16))[:cs]
+    model = bytearray(2 * M)
+    with Qcow2Driver.open(str(path), False) as drv:
+        for cluster in (0, cs, 2 * cs):
+            drv.write_compressed(cluster, drv.compress_cluster(data))
+            model[cluster:cluster + cs] = data
+        # whole subclusters inside compressed clusters, across a cluster boundary
+        drv.write_zeroes(cs - 4096, 8192, may_unmap=True)
+        model[cs - 4096:cs + 4096] = bytes(8192)
+        drv.write_zeroes(2 * cs + 2048, 2048)
+        model[2 * cs + 2048:2 * cs + 4096] = bytes(2048)
+        assert drv.read(0, 3 * cs) == bytes(model[:3 * cs])
+    assert_check_clean(path)
+    assert guest_view(path, tmp_path) == bytes(model)
