@@ -19,7 +19,7 @@ from .create import close_quietly
 
 SECTOR_SIZE = 512
 # Guest bytes whose block status is asked for at once (bounds the extent lists).
-STATUS_WINDOW = 64 * MAX_IO
+STATUS_WINDOW = 16 * MAX_IO
 _COMPARE_BLOCK = 64 * 1024
 _ZERO_GRANULE = 4096
 _ZEROES = bytes(MAX_IO)

@@ -31,7 +31,7 @@ from .sizes import normalize_options, round_up, SECTOR_SIZE
 # Smallest run of zeroes inside read data that is left as a hole (qemu-img -S default).
 MIN_SPARSE = 4096
 # Guest bytes whose block status is asked for at once (bounds the extent lists).
-STATUS_WINDOW = 64 * MAX_IO
+STATUS_WINDOW = 16 * MAX_IO
 # Compressed clusters in flight per worker thread, and the bytes they may hold at most.
 IN_FLIGHT_PER_WORKER = 4
 IN_FLIGHT_BYTES = 8 * MAX_IO
