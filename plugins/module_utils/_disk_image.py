@@ -327,6 +327,10 @@ def read_state(request):
             current_info = {'filename': request.path}
     if request.state != 'present':
         return current_info, None, None
+    if current_info is None and not os.path.isdir(os.path.dirname(os.path.abspath(request.path))):
+        # Refused in check mode too, as the real run would be.
+        raise DiskImageError('cannot create %s: directory %s does not exist'
+                             % (request.path, os.path.dirname(os.path.abspath(request.path))))
     src_info = None
     if request.src is not None:
         src_info = image_info(request.src, fmt=request.src_format, allow_dirs=request.allow_dirs)

@@ -206,6 +206,29 @@ def test_convert_then_grow_and_existing_conversion_is_kept(tmp_path):
     qemu_img('compare', '-f', 'raw', '-F', 'qcow2', src, path)
 
 
+def test_missing_directory_is_refused_when_planning(tmp_path):
+    with pytest.raises(DiskImageError, match='does not exist'):
+        plan_for(path=str(tmp_path / 'no' / 'a.raw'), fmt='raw', size=MIB)
+
+
+def test_convert_onto_a_backing_file_keeps_only_the_difference(tmp_path):
+    base = make_image(tmp_path / 'base.qcow2', 'qcow2', MIB)
+    qemu_img('create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', str(tmp_path / 'top.qcow2'))
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x11 0 64k', base], check=True, stdout=subprocess.PIPE)
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x22 128k 64k', str(tmp_path / 'top.qcow2')],
+                   check=True, stdout=subprocess.PIPE)
+    path = str(tmp_path / 'copy.qcow2')
+    request, plan = plan_for(path=path, fmt='qcow2', src=str(tmp_path / 'top.qcow2'), backing_file='base.qcow2')
+    assert request.backing_format == 'qcow2' and kinds(plan) == ['convert']
+    apply_plan(plan, request)
+    described = qemu_info(path)
+    assert (described['backing-filename'], described['backing-filename-format']) == ('base.qcow2', 'qcow2')
+    qemu_img('compare', str(tmp_path / 'top.qcow2'), path)
+    allocated = json.loads(qemu_img('map', '--output=json', path))
+    assert [(m['start'], m['length']) for m in allocated if m['data'] and m['depth'] == 0] == [(128 * 1024, 64 * 1024)]
+    assert not plan_for(path=path, fmt='qcow2', src=str(tmp_path / 'top.qcow2'), backing_file='base.qcow2')[1].changed
+
+
 def test_absent_removes_only_an_existing_image(tmp_path):
     path = make_image(tmp_path / 'a.raw', 'raw', MIB)
     request, plan = plan_for(path=path, state='absent')
@@ -242,7 +265,7 @@ def run_module(capsys, check_mode=False, **args):
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize('case', ['create', 'overlay', 'convert', 'grow', 'mode', 'recreate'])
+@pytest.mark.parametrize('case', ['create', 'create-mode', 'overlay', 'convert', 'grow', 'mode', 'recreate'])
 def test_check_mode_predicts_the_real_run(tmp_path, capsys, case):
     base = make_image(tmp_path / 'base.qcow2', 'qcow2', MIB)
     path = str(tmp_path / 'image')
@@ -251,6 +274,8 @@ def test_check_mode_predicts_the_real_run(tmp_path, capsys, case):
         args = dict(path=path, format='qcow2', backing_file='base.qcow2')
     elif case == 'convert':
         args = dict(path=path, format='raw', src=base, src_format='qcow2')
+    elif case == 'create-mode':
+        args['mode'] = '0640'
     elif case == 'grow':
         make_image(path, 'qcow2', MIB)
         args['size'] = '3M'
@@ -266,12 +291,15 @@ def test_check_mode_predicts_the_real_run(tmp_path, capsys, case):
         assert 'failed' not in run, run
     assert [run['changed'] for run in runs] == [True, True, False, False]
     assert runs[0]['actions'] == runs[1]['actions']
-    assert runs[0]['diff']['after'] == runs[1]['diff']['after'] or case == 'recreate'
+    assert runs[0]['diff'] == runs[1]['diff']
     assert runs[2]['diff']['before'] == runs[2]['diff']['after']
     assert runs[1]['image']['format'] == args['format']
     if case == 'mode':
         assert runs[1]['actions'] == ['set file attributes of %s' % path]
         assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
+    if case == 'create-mode':
+        assert runs[1]['diff']['after']['mode'] == '0640'
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o640)
 
 
 def test_module_failure_is_a_message_without_traceback(tmp_path, capsys):
