@@ -61,7 +61,7 @@ from .qcow2_layout import (
     AUTOCLEAR_BITMAPS, INCOMPAT_DATA_FILE, L1E_OFFSET_MASK, L1E_RESERVED_MASK,
     L2E_OFFSET_MASK, L2E_RESERVED_MASK, MAX_L1_BYTES, MAX_SNAPSHOT_TABLE_BYTES,
     OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
-    SNAPSHOT_EXTRA_MIN, SNAPSHOT_HEADER, pad8,
+    SNAPSHOT_EXTRA_MIN, SNAPSHOT_HEADER, align_up, pad8,
 )
 
 # Refcount table entry bits 0-8 are reserved ("Host cluster management").
@@ -106,6 +106,24 @@ def _be64_array(data):
     if _LITTLE_ENDIAN:
         table.byteswap()
     return table
+
+
+_ENTRIES_PER_SLICE = 4096
+_ZERO_SLICE = bytes(8 * _ENTRIES_PER_SLICE)
+
+
+def _nonzero_entries(data):
+    """(index, value) of the non-zero big-endian 64-bit entries of a table,
+    skipping all-zero stretches without looking at their entries."""
+    step = len(_ZERO_SLICE)
+    for start in range(0, len(data), step):
+        piece = data[start:start + step]
+        if piece == _ZERO_SLICE[:len(piece)]:
+            continue
+        first = start // 8
+        for index, value in enumerate(_be64_array(piece)):
+            if value:
+                yield first + index, value
 
 
 def _last_nonzero(counts):
@@ -247,6 +265,7 @@ class _Walker:
         counts = array.array(typecode, bytes(nb_clusters * array.array(typecode).itemsize))
         self.refcount_max = min((1 << refcount_bits) - 1, (1 << (8 * counts.itemsize)) - 1)
         self.findings = Findings()
+        self.zero_cluster = bytes(self.cluster_size)
         self.refs = References(counts, self.cluster_bits, refcount_bits, self.findings)
         # Compressed cluster descriptor: host offset in the low bits, then the
         # number of additional 512-byte sectors.
@@ -296,13 +315,11 @@ class _Walker:
         if not l1_size:
             return
         self.inc(l1_offset, l1_size * 8)
-        data = self.read(l1_offset, l1_size * 8, "L1 table")
+        data = self.read_table(l1_offset, l1_size * 8, "L1 table")
         if data is None:
             return
         cluster_size = self.cluster_size
-        for l1_entry in _be64_array(data):
-            if not l1_entry:
-                continue
+        for _index, l1_entry in _nonzero_entries(data):
             if l1_entry & L1E_RESERVED_MASK:
                 self.findings.corruption("ERROR found L1 entry with reserved bits set: %x" % l1_entry)
             l2_offset = l1_entry & L1E_OFFSET_MASK
@@ -312,10 +329,18 @@ class _Walker:
                                          % l2_offset)
             self.walk_l2(l2_offset, active)
 
+    def read_table(self, offset, length, what):
+        """Like read(), but only the part inside the file is read: a table's
+        entries past the end of the file are zero (unused) anyway."""
+        # whole 16-byte units, so that extended L2 entries stay paired
+        in_file = min(length, align_up(max(0, self.file_size - offset), 16))
+        return self.read(offset, in_file, what)
+
     def read_l2(self, l2_offset):
-        """(standard entries, subcluster bitmaps or None) of the L2 table at l2_offset."""
-        data = self.read(l2_offset, self.cluster_size, "L2 table")
-        if data is None:
+        """(standard entries, subcluster bitmaps or None) of the L2 table at
+        l2_offset; (None, None) when it cannot be read or holds only zeroes."""
+        data = self.read_table(l2_offset, self.cluster_size, "L2 table")
+        if data is None or data == self.zero_cluster[:len(data)]:
             return None, None
         table = _be64_array(data)
         if self.extended_l2:
@@ -682,14 +707,14 @@ def _check_oflag_copied(walker, stored):
     findings = walker.findings
     if not header.l1_size:
         return
-    data = walker.read(header.l1_table_offset, header.l1_size * 8, "L1 table")
+    data = walker.read_table(header.l1_table_offset, header.l1_size * 8, "L1 table")
     if data is None:
         return
     cluster_bits = walker.cluster_bits
     extended = walker.extended_l2
     has_data_file = walker.has_data_file
     per_block = stored.entries_per_block
-    for l1_index, l1_entry in enumerate(_be64_array(data)):
+    for l1_index, l1_entry in _nonzero_entries(data):
         l2_offset = l1_entry & L1E_OFFSET_MASK
         if not l2_offset:
             continue

@@ -506,6 +506,19 @@ def test_extended_l2_subcluster_bitmaps(tmp_path):
     assert "ERROR: Unallocated cluster has non-zero subcluster allocation map" in messages
 
 
+@pytest.mark.parametrize("options", [(), ("extended_l2=on",)], ids=["standard", "extended-l2"])
+def test_l2_table_cut_by_end_of_file(tmp_path, options):
+    """An L2 table whose first entry is the last 8 bytes of the file."""
+    path = create(tmp_path / "image.qcow2", "4M", *options)
+    write(path, "write -P 1 0 64k", "write -P 2 1M 64k")
+    editor = Qcow2Editor(path)
+    size = os.path.getsize(str(path))
+    assert size % editor.cluster_size == 0
+    editor._write(size, struct.pack(">Q", editor.l2_entry(0)))         # L2 entry 0, and EOF
+    editor.set_l1_entry(0, qcow2_layout.OFLAG_COPIED | size)
+    assert_same_as_qemu(path)
+
+
 def test_refcount_overflow_with_one_bit_refcounts(tmp_path):
     path = create(tmp_path / "image.qcow2", "4M", "refcount_bits=1")
     write(path, "write -P 1 0 128k")
