@@ -48,8 +48,12 @@ def test_repair_of_clean_image_changes_nothing(tmp_path):
     qemu_img("create", "-f", "qcow2", image, "1M")
     qemu_io(image, "write -P 1 0 64k", fmt="qcow2")
     before = image.read_bytes()
+    twin = tmp_path / "twin.qcow2"
+    twin.write_bytes(before)
     result = diskimage.check(str(image), repair="leaks")
-    assert result["check-errors"] == 0 and "leaks" not in result
+    expected = qemu_img_json("check", "-r", "leaks", str(twin))
+    expected["filename"] = str(image)
+    assert qemu_keys(result) == expected
     assert image.read_bytes() == before
     assert result["filename"] == str(image) and result["format"] == "qcow2"
 
