@@ -73,3 +73,32 @@ def test_bad_arguments(tmp_path):
         diskimage.check(str(image), repair="everything")
     with pytest.raises(ImageNotFoundError):
         diskimage.check(str(tmp_path / "absent.qcow2"))
+
+
+def leak_one_cluster(image):
+    """Give the cluster just past the end of a default qcow2 image (64 KiB
+    clusters, 16-bit refcounts, refcount block at 128 KiB) a refcount of 1."""
+    data = bytearray(image.read_bytes())
+    cluster = len(data) // 65536
+    refblock = 2 * 65536
+    data[refblock + 2 * cluster:refblock + 2 * cluster + 2] = (1).to_bytes(2, "big")
+    data += bytes(65536)
+    image.write_bytes(bytes(data))
+
+
+def test_leaks_found_and_repaired_like_qemu_img(tmp_path):
+    image = tmp_path / "leaky.qcow2"
+    qemu_img("create", "-f", "qcow2", image, "1M")
+    qemu_io(image, "write -P 1 0 64k", fmt="qcow2")
+    leak_one_cluster(image)
+    found = diskimage.check(str(image))
+    assert qemu_keys(found) == qemu_img_json("check", str(image))
+    assert found["leaks"] == 1
+    twin = tmp_path / "twin.qcow2"
+    twin.write_bytes(image.read_bytes())
+    repaired = diskimage.check(str(image), repair="leaks")
+    expected = qemu_img_json("check", "-r", "leaks", str(twin))
+    expected["filename"] = str(image)
+    assert qemu_keys(repaired) == expected
+    after = qemu_img_json("check", str(image))
+    assert after["check-errors"] == 0 and "leaks" not in after
