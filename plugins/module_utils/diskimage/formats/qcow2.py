@@ -22,7 +22,7 @@ import zlib
 
 from .._io import ImageFile
 from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError,
-                      PolicyError, UnsupportedFeature, UnsupportedOperation)
+                      PolicyError, UnsupportedFeature)
 from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
 from . import qcow2_layout as L
 
@@ -1585,8 +1585,6 @@ class Qcow2Driver(Driver):
         if mode not in ("off", "metadata", "falloc", "full"):
             raise InvalidOptionError("qcow2 resize: preallocation must be off, metadata, falloc or full "
                                      "(found %r)" % mode, self.path)
-        if self._snapshots:
-            raise UnsupportedOperation("qcow2 resize: an image with internal snapshots cannot be resized", self.path)
         old_size = self.virtual_size
         if new_size == old_size:
             return
@@ -1623,8 +1621,9 @@ class Qcow2Driver(Driver):
             if not l2_offset:
                 continue
             start = max(first, l1_index * self._l2e) - l1_index * self._l2e
-            if start == 0 and self._l1[l1_index] & L.OFLAG_COPIED:
-                # whole table past the end: unhook it, then drop its clusters
+            if start == 0:
+                # whole table past the end: unhook it, then drop the references this
+                # path held (refcounts count paths from every L1 table, snapshots too)
                 table = self._load_l2(l2_offset)
                 self._write_l1_entry(l1_index, 0)
                 self._l2_set.discard(l2_offset)

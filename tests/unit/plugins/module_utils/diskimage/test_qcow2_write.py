@@ -398,13 +398,21 @@ def test_resize_preallocation(tmp_path, mode):
         assert os.fstat(f.fileno()).st_blocks * 512 >= 2 * M
 
 
-def test_resize_refuses_snapshots(tmp_path):
-    path = tmp_path / "s.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", path, "1M")
-    qemu_img("snapshot", "-c", "s", path)
-    with Qcow2Driver.open(str(path), False) as drv:
-        with pytest.raises(ImageError, match="snapshots"):
-            drv.resize(2 * M)
+@pytest.mark.parametrize("cluster_size", ["4096", "65536"])
+def test_resize_keeps_snapshots(tmp_path, cluster_size):
+    src = tmp_path / "s.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=%s" % cluster_size, src, "4M")
+    qemu_io(src, "write -P 0x31 0 4M", fmt="qcow2")
+    qemu_img("snapshot", "-c", "before", src)
+    qemu_io(src, "write -P 0x32 1M 1M", fmt="qcow2")
+    ours, theirs = _resize_both(tmp_path, src, [(1536 * 1024, None), (6 * M, None)])
+    assert_check_clean(ours)
+    assert guest_view(ours, tmp_path) == guest_view(theirs, tmp_path)
+    for image in (ours, theirs):
+        out = tmp_path / "snap.raw"
+        qemu_img("convert", "-l", "snapshot.name=before", "-O", "raw", image, out)
+        with open(str(out), "rb") as f:
+            assert f.read(4 * M) == b"\x31" * (4 * M)
 
 
 def test_extended_l2_partial_zero_of_compressed_cluster(tmp_path):
