@@ -34,26 +34,38 @@ def ours(path):
         return qcow2_check.check_image(image_file, header, str(path))
 
 
-def qemu_check(path, image_opts=None):
-    """qemu-img check --output=json, without filename and format."""
-    if image_opts:
-        result = qemu_tools.qemu_img_json("check", *(SECRET + ["--image-opts", image_opts]))
-    else:
-        result = qemu_tools.qemu_img_json("check", path)
+# Findings worded exactly as qemu-img prints them on stderr.
+EXACT_MESSAGE_PREFIXES = ("Leaked cluster ", "ERROR")
+
+
+def qemu_check_with_stderr(path, image_opts=None):
+    """qemu-img check --output=json, without filename and format, and its stderr lines."""
+    args = ["qemu-img", "check", "--output=json"]
+    args += SECRET + ["--image-opts", image_opts] if image_opts else [str(path)]
+    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert proc.stdout.strip(), "qemu-img check failed (%d): %s" % (proc.returncode, proc.stderr)
+    result = json.loads(proc.stdout)
     del result["filename"], result["format"]
-    return result
+    return result, proc.stderr.splitlines()
+
+
+def qemu_check(path, image_opts=None):
+    return qemu_check_with_stderr(path, image_opts)[0]
 
 
 def assert_same_as_qemu(path, image_opts=None):
-    """Our result equals qemu-img's on every key; returns our messages."""
+    """Our result equals qemu-img's on every key, and the findings qemu-img
+    words in a fixed way are the same lines; returns our messages."""
     result = ours(path)
     messages = result.pop("messages")
-    expected = qemu_check(path, image_opts)
+    expected, stderr = qemu_check_with_stderr(path, image_opts)
     assert result == expected, "\n".join(messages[:40])
     if expected.get("leaks") or expected.get("corruptions"):
         assert messages, "findings without messages"
     else:
         assert messages == []
+    assert ([m for m in messages if m.startswith(EXACT_MESSAGE_PREFIXES)]
+            == [line for line in stderr if line.startswith(EXACT_MESSAGE_PREFIXES)])
     return messages
 
 
@@ -672,8 +684,10 @@ def test_random_metadata_damage_matches_qemu(tmp_path, cluster_size, options):
         expected = json.loads(proc.stdout)
         del expected["filename"], expected["format"]
         result = ours(path)
-        result.pop("messages")
+        messages = result.pop("messages")
         assert result == expected, "case %d: %s" % (_case, proc.stderr[:2000])
+        assert ([m for m in messages if m.startswith(EXACT_MESSAGE_PREFIXES)]
+                == [line for line in proc.stderr.splitlines() if line.startswith(EXACT_MESSAGE_PREFIXES)])
         compared += 1
     assert compared >= 30
 
