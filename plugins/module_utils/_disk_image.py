@@ -24,6 +24,8 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     convert as image_convert,
     create as image_create,
     info as image_info,
+    normalize_options,
+    parse_size as library_parse_size,
     resize as image_resize,
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
@@ -31,10 +33,6 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors impor
     ImageInUseError,
     UnsupportedFeature,
     UnsupportedOperation,
-)
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage.ops.sizes import (
-    normalize_options,
-    parse_size as library_parse_size,
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy import resolve_reference
 
