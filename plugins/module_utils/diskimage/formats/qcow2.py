@@ -141,11 +141,15 @@ def _int_option(name, value, path):
 class Qcow2Driver(Driver):
     """One qcow2 layer.
 
-    Attributes for ops and the checker (read-only use):
-      header      qcow2_layout.Header as parsed at open (kept up to date by writes)
-      _file       ImageFile of the qcow2 file
-      _data_file  ImageFile holding guest data (``_file`` unless an external data file)
-      encrypted   bool
+    For ops and the checker (read-only use unless stated):
+      header        qcow2_layout.Header parsed at open, kept up to date by writes
+      _file         ImageFile of the qcow2 file
+      _data_file    ImageFile holding guest data (``_file`` unless an external data file)
+      encrypted     bool (reads and writes raise UnsupportedFeature)
+      _l1           array('Q') of the active L1 entries; ``_load_l2(offset)`` -> array('Q')
+      _snapshots    parsed snapshot table (qcow2_layout.parse_snapshot_table dicts)
+      bitmaps()     persistent bitmaps (name, granularity, flags, table_offset, table_size)
+      resize(), compress_cluster(), write_compressed() as in the Driver interface
     """
 
     format_name = "qcow2"
