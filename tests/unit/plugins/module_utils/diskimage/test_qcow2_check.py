@@ -643,7 +643,7 @@ def _metadata_offsets(path):
 
 def _fuzz_base(path, cluster_size, *options):
     create(path, "4M", "cluster_size=%d" % cluster_size, *options)
-    write(path, "write -P 1 0 100k", "write -P 2 1M 64k", "write -z 2M 8k")
+    write(path, "write -P 1 0 100k", "write -P 2 1M 64k", "write -z 2M 8k", "write -c -P 5 2560k 128k")
     qemu_tools.qemu_img("snapshot", "-c", "s1", path)
     write(path, "write -P 3 4k 16k", "discard 64k 16k")
     qemu_tools.qemu_img("bitmap", "--add", "-f", "qcow2", path, "b0")
@@ -657,6 +657,8 @@ def test_random_metadata_damage_matches_qemu(tmp_path, cluster_size, options):
     """Flip bits, zero or scramble words inside the metadata; wherever qemu-img
     check gives a result, ours is the same."""
     base = _fuzz_base(tmp_path / "base.qcow2", cluster_size, *options)
+    clean = assert_same_as_qemu(base) == [] and ours(base)
+    assert clean["compressed-clusters"] and clean["fragmented-clusters"]
     with open(str(base), "rb") as f:
         pristine = f.read()
     targets = _metadata_offsets(base)
