@@ -72,7 +72,9 @@ FEATURE_NAMES = (
 
 CREATE_OPTIONS = ("cluster_size", "compat", "lazy_refcounts", "refcount_bits", "preallocation",
                   "backing_file", "backing_fmt", "extended_l2", "compression_type", "size",
-                  "encryption", "encrypt.format", "data_file", "data_file_raw")
+                  "encryption", "encrypt.format", "data_file", "data_file_raw",
+                  # file protocol options qemu-img also takes; hints only, ignored here
+                  "nocow", "extent_size_hint")
 
 
 def _be_array(buf):
@@ -1368,12 +1370,12 @@ class Qcow2Driver(Driver):
     def create(cls, path, size, options=None, backing=None):
         opts = dict(options or {})
         path = os.path.abspath(os.fspath(path))
+        if any(k.startswith("encrypt.") for k in opts) or opts.get("encryption") not in (None, False, "off"):
+            raise UnsupportedFeature("creating encrypted qcow2 images is not supported", path)
         unknown = sorted(k for k in opts if k not in CREATE_OPTIONS)
         if unknown:
             raise InvalidOptionError("qcow2 does not support the creation option(s) %s (supported: %s)"
                                      % (", ".join(unknown), ", ".join(CREATE_OPTIONS)), path)
-        if opts.get("encryption") not in (None, False, "off") or opts.get("encrypt.format"):
-            raise UnsupportedFeature("creating encrypted qcow2 images is not supported", path)
         if opts.get("data_file") or opts.get("data_file_raw") not in (None, False, "off"):
             raise UnsupportedFeature("creating qcow2 images with an external data file is not supported", path)
         if size is None:

@@ -232,3 +232,17 @@ def test_empty_disk(tmp_path):
     with Qcow2Driver.open(str(path), True) as drv:
         assert drv.virtual_size == 0 and drv.read(0, 0) == b""
         assert drv.block_status(0, 0) == []
+
+
+@pytest.mark.parametrize("options", [{"encrypt.format": "luks"}, {"encryption": True},
+                                     {"data_file": "x.data"}])
+def test_unsupported_creation_features(tmp_path, options):
+    with pytest.raises(UnsupportedFeature):
+        Qcow2Driver.create(str(tmp_path / "u.qcow2"), M, options)
+    assert not (tmp_path / "x.data").exists()
+
+
+def test_protocol_hints_accepted(tmp_path):
+    path = tmp_path / "hint.qcow2"
+    Qcow2Driver.create(str(path), M, {"nocow": False, "extent_size_hint": 1048576})
+    assert_check_clean(path)
