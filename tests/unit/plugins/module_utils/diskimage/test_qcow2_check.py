@@ -20,7 +20,7 @@ import qemu_tools
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import qcow2_check, qcow2_layout
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
-    InvalidOptionError, UnsupportedOperation,
+    CorruptImageError, InvalidOptionError, UnsupportedOperation,
 )
 
 MiB = 1024 * 1024
@@ -692,6 +692,33 @@ def test_random_metadata_damage_matches_qemu(tmp_path, cluster_size, options):
                 == [line for line in proc.stderr.splitlines() if line.startswith(EXACT_MESSAGE_PREFIXES)])
         compared += 1
     assert compared >= 30
+
+
+def _qemu_img_check_fails(path):
+    proc = subprocess.run(["qemu-img", "check", "--output=json", str(path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    return proc.returncode == 1 and proc.stderr
+
+
+def test_snapshot_extra_data_too_large_fails_the_check(tmp_path):
+    path = _written(tmp_path / "image.qcow2")
+    qemu_tools.qemu_img("snapshot", "-c", "only", path)
+    editor = Qcow2Editor(path)
+    # snapshot table entry: extra_data_size, the last field of the fixed part
+    editor._write(editor.header.snapshots_offset + qcow2_layout.SNAPSHOT_HEADER.size - 4, struct.pack(">I", 2048))
+    assert "Too much extra metadata" in _qemu_img_check_fails(path)
+    with pytest.raises(CorruptImageError, match="snapshot table entry 0: extra data"):
+        ours(path)
+
+
+def test_invalid_bitmap_directory_entry_fails_the_check(tmp_path):
+    path = _bitmaps(tmp_path / "image.qcow2")
+    editor = Qcow2Editor(path)
+    _nb_bitmaps, _size, directory = editor.header.bitmaps
+    editor._write(directory + 16, b"\x07")        # bitmap directory entry 0: type
+    assert _qemu_img_check_fails(path)
+    with pytest.raises(CorruptImageError, match="bitmap directory: entry 0 is invalid"):
+        ours(path)
 
 
 # ---------------------------------------------------------------- interface
