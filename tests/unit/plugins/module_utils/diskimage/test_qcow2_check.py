@@ -767,6 +767,18 @@ def test_absurd_file_size_is_refused(tmp_path, monkeypatch):
         ours(path)
 
 
+def test_messages_are_capped(tmp_path, monkeypatch):
+    path = create(tmp_path / "image.qcow2", "16M", "lazy_refcounts=on")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 1 0 1M", "-c", "abort", str(path)],
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    findings = len(ours(path)["messages"])
+    assert findings > 5
+    monkeypatch.setattr(qcow2_check, "MAX_MESSAGES", 3)
+    result = ours(path)
+    assert result["messages"][3] == "... and %d more findings not listed" % (findings - 3)
+    assert len(result["messages"]) == 4 and result["corruptions"] == findings
+
+
 def test_messages_are_json_serialisable(tmp_path):
     path = _written(tmp_path / "image.qcow2")
     Qcow2Editor(path).set_refcount(host_offset(path, 0) // 65536, 0)
