@@ -182,6 +182,7 @@ class Qcow2Driver(Driver):
         self._compressed_end = 0
         self._l2_set = set()
         self._refblock_set = set()
+        self._verified_targets = set()
 
     # ================================================================== opening
     @classmethod
@@ -701,6 +702,7 @@ class Qcow2Driver(Driver):
         return ranges
 
     def _overlap_check(self, host, length, what, allowed=None):
+        # ``allowed``: ("l2" or "refblock", offset) -- the structure being updated itself
         """Refuse a write of ``what`` to [host, host+length) that would hit metadata
         (DESIGN.md rule 6): the image is marked corrupt and CorruptImageError raised."""
         end = host + length
@@ -712,18 +714,26 @@ class Qcow2Driver(Driver):
         if hit is None:
             cluster = host - host % self._cs
             while cluster < end:
-                if cluster != allowed:
-                    if cluster in self._l2_set:
-                        hit = "active L2 table at 0x%x" % cluster
-                        break
-                    if cluster in self._refblock_set:
-                        hit = "refcount block at 0x%x" % cluster
-                        break
+                if cluster in self._l2_set and allowed != ("l2", cluster):
+                    hit = "active L2 table at 0x%x" % cluster
+                    break
+                if cluster in self._refblock_set and allowed != ("refblock", cluster):
+                    hit = "refcount block at 0x%x" % cluster
+                    break
                 cluster += self._cs
         if hit is not None:
             self._mark_corrupt()
             raise CorruptImageError("qcow2 metadata overlap: writing %s at 0x%x (%d bytes) would overwrite the %s; "
                                     "the image is now marked corrupt" % (what, host, length, hit), self.path)
+
+    def _check_metadata_target(self, offset, kind):
+        """Before the first update of an existing L2 table (kind "l2") or refcount
+        block ("refblock"): it must not share its cluster with other metadata."""
+        if (kind, offset) in self._verified_targets:
+            return
+        what = "L2 table" if kind == "l2" else "refcount block"
+        self._overlap_check(offset, self._cs, what, allowed=(kind, offset))
+        self._verified_targets.add((kind, offset))
 
     def _mark_corrupt(self):
         h = self.header
@@ -849,6 +859,7 @@ class Qcow2Driver(Driver):
             self._grow_reftable(block_index)
         offset = self._reftable[block_index]
         if offset:
+            self._check_metadata_target(offset, "refblock")
             return offset, self._load_refblock(offset)
         new = self._next_free
         self._reserve(new, 1)
@@ -980,6 +991,7 @@ class Qcow2Driver(Driver):
         entry = self._l1[l1_index]
         old = self._l1_entry_l2_offset(l1_index)
         if old and entry & L.OFLAG_COPIED:
+            self._check_metadata_target(old, "l2")
             table = self._load_l2(old)
             return old, table
         if old:

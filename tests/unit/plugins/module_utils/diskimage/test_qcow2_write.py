@@ -433,3 +433,33 @@ def test_extended_l2_partial_zero_of_compressed_cluster(tmp_path):
         assert drv.read(0, 3 * cs) == bytes(model[:3 * cs])
     assert_check_clean(path)
     assert guest_view(path, tmp_path) == bytes(model)
+
+
+@pytest.mark.parametrize("target", ["refcount block", "refcount table", "L1 table"])
+def test_overlap_check_on_metadata_writes(tmp_path, target):
+    path = tmp_path / "ovm.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "1M")
+    qemu_io(path, "write -P 9 0 8k", fmt="qcow2")
+    with Qcow2Driver.open(str(path), False) as drv:
+        drv._prepare_write()
+        l1_offset = drv.header.l1_table_offset
+        offsets = {"refcount block": drv._reftable[0], "refcount table": drv.header.refcount_table_offset,
+                   "L1 table": l1_offset}
+    with open(str(path), "rb") as f:
+        f.seek(offsets[target])
+        before = f.read(4096)
+    # the active L1 entry now claims that cluster as its L2 table
+    with open(str(path), "r+b") as f:
+        f.seek(l1_offset)
+        f.write(struct.pack(">Q", (1 << 63) | offsets[target]))
+    with pytest.raises(CorruptImageError, match="overlap"):
+        with Qcow2Driver.open(str(path), False) as drv:
+            drv.write(0, b"\x01" * 512)
+    with open(str(path), "rb") as f:
+        f.seek(offsets[target])
+        after = f.read(4096)
+        f.seek(72)
+        incompatible = struct.unpack(">Q", f.read(8))[0]
+    assert incompatible & 2
+    if target != "L1 table":
+        assert after == before
