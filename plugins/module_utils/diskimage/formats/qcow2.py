@@ -667,6 +667,13 @@ class Qcow2Driver(Driver):
             l2_offset = self._l1[i] & L.L1E_OFFSET_MASK
             if l2_offset:
                 self._l2_set.add(l2_offset)
+        ranges = sorted((start, stop, name) for start, stop, name in self._metadata_ranges() if stop > start)
+        for (start_a, stop_a, name_a), (start_b, stop_b, name_b) in zip(ranges, ranges[1:]):
+            if start_b < stop_a:
+                self._mark_corrupt()
+                raise CorruptImageError("qcow2 metadata overlap: the %s (0x%x-0x%x) overlaps the %s (0x%x-0x%x); "
+                                        "the image is now marked corrupt"
+                                        % (name_a, start_a, stop_a, name_b, start_b, stop_b), self.path)
         self._next_free = L.align_up(self._file_size, self._cs)
         self._refcounted_end = self._find_refcounted_end()
         self._compressed_end = 0

@@ -463,3 +463,18 @@ def test_overlap_check_on_metadata_writes(tmp_path, target):
     assert incompatible & 2
     if target != "L1 table":
         assert after == before
+
+
+def test_overlapping_tables_refused_before_writing(tmp_path):
+    path = tmp_path / "ovt.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "1M")
+    qemu_io(path, "write -P 9 0 8k", fmt="qcow2")
+    with Qcow2Driver.open(str(path), True) as drv:
+        reftable = drv.header.refcount_table_offset
+    with open(str(path), "r+b") as f:      # the L1 table moved onto the refcount table
+        f.seek(40)
+        f.write(struct.pack(">Q", reftable))
+    with Qcow2Driver.open(str(path), False) as drv:
+        with pytest.raises(CorruptImageError, match="overlaps"):
+            drv.write(0, b"\x01")
+    assert qemu_img_json("info", path)["format-specific"]["data"]["corrupt"] is True
