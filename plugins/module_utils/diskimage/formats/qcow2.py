@@ -674,8 +674,12 @@ class Qcow2Driver(Driver):
                 raise CorruptImageError("qcow2 metadata overlap: the %s (0x%x-0x%x) overlaps the %s (0x%x-0x%x); "
                                         "the image is now marked corrupt"
                                         % (name_a, start_a, stop_a, name_b, start_b, stop_b), self.path)
-        self._next_free = L.align_up(self._file_size, self._cs)
         self._refcounted_end = self._find_refcounted_end()
+        if self._file.is_block_device:
+            # the device size says nothing about use: allocate past the last refcounted cluster
+            self._next_free = L.align_up(self._refcounted_end, self._cs)
+        else:
+            self._next_free = L.align_up(self._file_size, self._cs)
         self._compressed_end = 0
         self._write_ready = True
         self._clear_autoclear()
@@ -1468,7 +1472,7 @@ class Qcow2Driver(Driver):
         exists = os.path.exists(path)
         image_file = ImageFile(path, writable=True, create=not exists)
         try:
-            if exists:
+            if exists and not image_file.is_block_device:
                 image_file.truncate(0)
             # header, refcount table (1 cluster), refcount block (1 cluster) covering the first clusters
             image = bytearray(3 * cluster_size)
