@@ -1587,10 +1587,11 @@ class Qcow2Driver(Driver):
                 data = l2_offset + cs
             for n, i in enumerate(indices):
                 table[step * i] = (data + n * cs) | L.OFLAG_COPIED | zero_flag
-            if mode == "falloc":
-                self._file.allocate(data, count * cs)
-            elif mode == "full":
+            if mode == "full" or (self._file.is_block_device and not zero_flag and not self._ext):
+                # a device has no holes: what the entries expose must really be zero
                 self._file.write_zeroes(data, count * cs)
+            elif mode == "falloc":
+                self._file.allocate(data, count * cs)
             if existing:
                 self._write_l2_entries(l2_offset, table, indices[0], indices[-1])
             else:

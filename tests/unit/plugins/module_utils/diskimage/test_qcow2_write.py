@@ -512,3 +512,13 @@ def test_block_device(tmp_path, loop_device, creator):
         random_writes(drv, model, 21, count=25)
     assert_check_clean(loop_device)
     assert guest_view(loop_device, tmp_path) == bytes(model)
+
+
+@pytest.mark.parametrize("options", [{"preallocation": "metadata"}, {"preallocation": "falloc"},
+                                     {"preallocation": "metadata", "compat": "0.10"}])
+def test_block_device_preallocation_reads_zero(tmp_path, loop_device, options):
+    with open(loop_device, "r+b") as f:
+        f.write(b"\xaa" * 16 * M)
+    Qcow2Driver.create(loop_device, 4 * M, dict(options, cluster_size=65536))
+    assert_check_clean(loop_device)
+    assert guest_view(loop_device, tmp_path) == bytes(4 * M)
