@@ -115,6 +115,7 @@ def test_compressed_clusters(tmp_path, cluster_size):
     dst = tmp_path / "comp.qcow2"
     qemu_img("convert", "-c", "-O", "qcow2", "-o", "cluster_size=%s" % cluster_size, src, dst)
     assert our_digest(dst) == qemu_tools.raw_digest(dst, tmp_path)
+    assert_info_matches(dst)
     with Qcow2Driver.open(str(dst), True, DirOpener()) as drv:
         kinds = {(e.kind, e.offset is None) for e in drv.block_status(0, drv.virtual_size)}
     assert (DATA, True) in kinds        # compressed clusters: DATA without host offset
@@ -235,6 +236,8 @@ def test_three_deep_mixed_chain(tmp_path):
     opener = DirOpener()
     assert our_digest(top, opener) == qemu_tools.raw_digest(top, tmp_path)
     assert [os.path.basename(p) for p in opener.opened] == ["mid.qcow2", "base.raw"]
+    assert_info_matches(top)
+    assert_info_matches(mid)
     with Qcow2Driver.open(str(top), True, DirOpener()) as drv:
         assert drv.backing_filename == "mid.qcow2"
         assert drv.backing_format == "qcow2"
@@ -259,6 +262,7 @@ def test_virtual_size_not_cluster_aligned(tmp_path):
     qemu_img("create", "-q", "-f", "qcow2", path, str(size))
     qemu_io(path, "write -P 0x77 %d 1536" % (5 * M), "write -P 0x78 4M 512", fmt="qcow2")
     assert our_digest(path) == qemu_tools.raw_digest(path, tmp_path)
+    assert_info_matches(path)
     with Qcow2Driver.open(str(path), True, DirOpener()) as drv:
         assert drv.virtual_size == size
         assert drv.read(size - 512, 512) == b"\x77" * 512
