@@ -208,11 +208,21 @@ conversion:
       type: float
       returned: always
       sample: 1.25
-    bytes_written:
-      description: Bytes the conversion wrote to the new image (its allocated size when the library does not count them).
+    bytes_read:
+      description: Bytes of guest data read from O(src) (holes and zeroes are not read).
       type: int
       returned: always
       sample: 1048576
+    bytes_written:
+      description: Bytes of guest data written to the new image (zeroes are not written).
+      type: int
+      returned: always
+      sample: 1048576
+    compressed_clusters:
+      description: Clusters written compressed (with O(compress=true)).
+      type: int
+      returned: always
+      sample: 16
 '''
 
 from ansible.module_utils.basic import AnsibleModule
