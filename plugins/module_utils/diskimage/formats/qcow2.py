@@ -53,6 +53,16 @@ BITMAP_FLAG_AUTO = 1 << 1
 BITMAP_TABLE_OFFSET_MASK = 0x00fffffffffffe00
 MAX_BITMAP_TABLE_ENTRIES = 0x8000000
 
+# LUKS1 partition header inside the qcow2 "Full disk encryption header" (cryptsetup
+# docs/on-disk-format.pdf): magic, version, cipher_name, cipher_mode, hash_spec,
+# payload_offset, key_bytes, mk_digest, mk_digest_salt, mk_digest_iterations, uuid;
+# then 8 key slots: active, iterations, salt, key_material_offset, stripes.
+LUKS_MAGIC = b"LUKS\xba\xbe"
+LUKS_HEADER = struct.Struct(">6sH32s32s32sII20s32sI40s")
+LUKS_KEY_SLOT = struct.Struct(">II32sII")
+LUKS_SLOTS = 8
+LUKS_SLOT_ACTIVE = 0x00AC71F3
+
 # Header fields rewritten together: size, crypt_method, l1_size, l1_table_offset.
 HEADER_SIZE_TO_L1 = struct.Struct(">QIIQ")
 # refcount_table_offset, refcount_table_clusters
@@ -348,6 +358,8 @@ class Qcow2Driver(Driver):
             if h.data_file is not None:
                 data["data-file"] = h.data_file
             data["data-file-raw"] = bool(h.autoclear_features & L.AUTOCLEAR_DATA_FILE_RAW)
+        if self.encrypted:
+            data["encrypt"] = self._encrypt_info()
         bitmaps = self.bitmaps()
         if bitmaps:
             data["bitmaps"] = [{"name": b["name"], "granularity": b["granularity"], "flags": b["flags"]}
@@ -379,6 +391,54 @@ class Qcow2Driver(Driver):
             if snap["icount"] is not None and snap["icount"] != 0xffffffffffffffff:
                 item["icount"] = snap["icount"]
             result.append(item)
+        return result
+
+    def _encrypt_info(self):
+        """The "encrypt" part of qemu-img info (LUKS header fields, never secrets)."""
+        h = self.header
+        if h.crypt_method == L.CRYPT_AES:
+            return {"format": "aes"}
+        if h.crypt_method != L.CRYPT_LUKS:
+            return {"format": "unknown"}
+        if not h.crypto_header:
+            raise FormatError("qcow2 LUKS image without a full disk encryption header extension", self.path)
+        offset, length = h.crypto_header
+        size = LUKS_HEADER.size + LUKS_SLOTS * LUKS_KEY_SLOT.size
+        if length < size or offset + size > self._file_size:
+            raise FormatError("qcow2 LUKS header at 0x%x (%d bytes) is too short or past the end of the file"
+                              % (offset, length), self.path)
+        raw = self._file.pread_exact(offset, size, "qcow2 LUKS header")
+        (magic, _version, cipher_name, cipher_mode, hash_spec, payload_offset, key_bytes, _digest, _salt,
+         mk_iterations, uuid) = LUKS_HEADER.unpack_from(raw, 0)
+        if magic != LUKS_MAGIC:
+            raise FormatError("qcow2 LUKS header: magic expected %r, found %r" % (LUKS_MAGIC, magic), self.path)
+
+        def text(field):
+            return field.split(b"\0", 1)[0].decode("ascii", "replace")
+        mode, _sep, ivgen = text(cipher_mode).partition("-")
+        ivgen_alg, _sep, ivgen_hash = ivgen.partition(":")
+        key_bits = (key_bytes // 2 if mode == "xts" else key_bytes) * 8
+        result = {
+            "format": "luks",
+            "cipher-alg": "%s-%d" % (text(cipher_name), key_bits),
+            "cipher-mode": mode,
+            "ivgen-alg": ivgen_alg,
+            "hash-alg": text(hash_spec),
+            "payload-offset": payload_offset * 512,
+            "master-key-iters": mk_iterations,
+            "uuid": text(uuid),
+            "slots": [],
+        }
+        if ivgen_hash:
+            result["ivgen-hash-alg"] = ivgen_hash
+        for index in range(LUKS_SLOTS):
+            active, iterations, _salt, key_offset, stripes = LUKS_KEY_SLOT.unpack_from(
+                raw, LUKS_HEADER.size + index * LUKS_KEY_SLOT.size)
+            slot = {"active": active == LUKS_SLOT_ACTIVE, "key-offset": key_offset * 512}
+            if slot["active"]:
+                slot["iters"] = iterations
+                slot["stripes"] = stripes
+            result["slots"].append(slot)
         return result
 
     def bitmaps(self):

@@ -349,11 +349,12 @@ def test_dirty_image_reads_but_refuses_writable_open(tmp_path):
 def test_encrypted_image_refused_on_read(tmp_path):
     path = tmp_path / "enc.qcow2"
     qemu_img("create", "-q", "--object", "secret,id=sec0,data=123456", "-f", "qcow2",
-             "-o", "encrypt.format=luks,encrypt.key-secret=sec0", path, "1M")
+             "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", path, "1M")
     with Qcow2Driver.open(str(path), True, DirOpener()) as drv:
         assert drv.info()["encrypted"] is True
         with pytest.raises(UnsupportedFeature, match="encryption"):
             drv.read(0, 512)
+    assert_info_matches(path)     # the LUKS header described as qemu-img does
 
 
 def test_entry_past_eof_is_corrupt(tmp_path):
