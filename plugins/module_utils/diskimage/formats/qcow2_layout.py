@@ -192,6 +192,46 @@ class Header:
         """Number of low bits holding the host offset in a compressed L2 entry."""
         return 62 - (self.cluster_bits - 8)
 
+    def parse_extensions(self, buf, path=None):
+        """Parse the header extensions that follow the header in ``buf``."""
+        off = self.header_length if self.version == 3 else HEADER_V2_LENGTH
+        limit = len(buf)
+        if self.backing_file_offset and self.backing_file_offset > off:
+            limit = min(limit, self.backing_file_offset)
+        while True:
+            if off + HEADER_EXTENSION.size > limit:
+                # QEMU tolerates a missing end marker when the area is exhausted.
+                break
+            ext_type, ext_len = HEADER_EXTENSION.unpack_from(buf, off)
+            off += HEADER_EXTENSION.size
+            if ext_type == EXT_END:
+                break
+            if ext_len > MAX_HEADER_EXTENSION_BYTES or off + ext_len > limit:
+                raise FormatError("qcow2 header extension 0x%08x: length %d runs past the header area (ends at %d)"
+                                  % (ext_type, ext_len, limit), path)
+            data = bytes(buf[off:off + ext_len])
+            if ext_type == EXT_BACKING_FORMAT:
+                self.backing_format = data.decode("utf-8", "surrogateescape")
+            elif ext_type == EXT_DATA_FILE:
+                self.data_file = data.decode("utf-8", "surrogateescape")
+            elif ext_type == EXT_FEATURE_NAME_TABLE:
+                for i in range(ext_len // FEATURE_NAME_ENTRY.size):
+                    ftype, bit, name = FEATURE_NAME_ENTRY.unpack_from(data, i * FEATURE_NAME_ENTRY.size)
+                    self.feature_names[(ftype, bit)] = name.rstrip(b"\0").decode("ascii", "replace")
+            elif ext_type == EXT_BITMAPS:
+                if ext_len < BITMAPS_EXTENSION.size:
+                    raise FormatError("qcow2 bitmaps extension: expected %d bytes, found %d"
+                                      % (BITMAPS_EXTENSION.size, ext_len), path)
+                nb, _reserved, dsize, doff = BITMAPS_EXTENSION.unpack_from(data, 0)
+                self.bitmaps = (nb, dsize, doff)
+            elif ext_type == EXT_CRYPTO_HEADER:
+                if ext_len >= 16:
+                    self.crypto_header = struct.unpack_from(">QQ", data, 0)
+            else:
+                self.unknown_extensions.append((ext_type, data))
+            off += pad8(ext_len)
+        self.extensions_end = off
+
 
 def parse_header(buf, path=None, file_size=None):
     """Parse the header and its extensions from ``buf`` (the first cluster of the
@@ -280,7 +320,7 @@ def parse_header(buf, path=None, file_size=None):
     if h.compression_type != COMPRESSION_ZLIB and not h.incompatible_features & INCOMPAT_COMPRESSION:
         raise FormatError("qcow2 header: compression type %d without the compression incompatible bit"
                           % h.compression_type, path)
-    _parse_extensions(h, buf, path)
+    h.parse_extensions(buf, path)
     if backing_file_offset:
         if backing_file_size > MAX_BACKING_FILE_NAME:
             raise FormatError("qcow2 header: backing file name length expected <= %d, found %d"
@@ -291,46 +331,6 @@ def parse_header(buf, path=None, file_size=None):
                               % (backing_file_offset, backing_file_size), path)
         h.backing_file = buf[backing_file_offset:end].decode("utf-8", "surrogateescape")
     return h
-
-
-def _parse_extensions(h, buf, path):
-    off = h.header_length if h.version == 3 else HEADER_V2_LENGTH
-    limit = len(buf)
-    if h.backing_file_offset and h.backing_file_offset > off:
-        limit = min(limit, h.backing_file_offset)
-    while True:
-        if off + HEADER_EXTENSION.size > limit:
-            # QEMU tolerates a missing end marker when the area is exhausted.
-            break
-        ext_type, ext_len = HEADER_EXTENSION.unpack_from(buf, off)
-        off += HEADER_EXTENSION.size
-        if ext_type == EXT_END:
-            break
-        if ext_len > MAX_HEADER_EXTENSION_BYTES or off + ext_len > limit:
-            raise FormatError("qcow2 header extension 0x%08x: length %d runs past the header area (ends at %d)"
-                              % (ext_type, ext_len, limit), path)
-        data = bytes(buf[off:off + ext_len])
-        if ext_type == EXT_BACKING_FORMAT:
-            h.backing_format = data.decode("utf-8", "surrogateescape")
-        elif ext_type == EXT_DATA_FILE:
-            h.data_file = data.decode("utf-8", "surrogateescape")
-        elif ext_type == EXT_FEATURE_NAME_TABLE:
-            for i in range(ext_len // FEATURE_NAME_ENTRY.size):
-                ftype, bit, name = FEATURE_NAME_ENTRY.unpack_from(data, i * FEATURE_NAME_ENTRY.size)
-                h.feature_names[(ftype, bit)] = name.rstrip(b"\0").decode("ascii", "replace")
-        elif ext_type == EXT_BITMAPS:
-            if ext_len < BITMAPS_EXTENSION.size:
-                raise FormatError("qcow2 bitmaps extension: expected %d bytes, found %d"
-                                  % (BITMAPS_EXTENSION.size, ext_len), path)
-            nb, _reserved, dsize, doff = BITMAPS_EXTENSION.unpack_from(data, 0)
-            h.bitmaps = (nb, dsize, doff)
-        elif ext_type == EXT_CRYPTO_HEADER:
-            if ext_len >= 16:
-                h.crypto_header = struct.unpack_from(">QQ", data, 0)
-        else:
-            h.unknown_extensions.append((ext_type, data))
-        off += pad8(ext_len)
-    h.extensions_end = off
 
 
 def parse_snapshot_table(buf, nb_snapshots, path=None):

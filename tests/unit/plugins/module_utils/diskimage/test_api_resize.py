@@ -70,7 +70,7 @@ def test_raw_shrink_needs_shrink_and_then_truncates(tmp_path):
     ("cluster_size=64k", "3G"),                      # L1 grows inside its own cluster
     ("cluster_size=512", "64M"),                     # L1 outgrows its cluster: moved
     ("cluster_size=512,refcount_bits=1", "40M"),
-    ("cluster_size=4k,extended_l2=on", "2G"),
+    ("cluster_size=16k,extended_l2=on", "2G"),
     ("compat=0.10", "1G"),
 ])
 def test_qcow2_grow_like_qemu_img(tmp_path, create_options, new_size):
@@ -98,7 +98,7 @@ def test_qcow2_grow_hides_a_longer_backing_file(tmp_path):
     qemu_io(overlay, "read -P 0xaa 0 1M", "read -P 0 1M 3M", fmt="qcow2")
 
 
-@pytest.mark.parametrize("create_options", ["cluster_size=64k", "cluster_size=512", "cluster_size=4k,extended_l2=on"])
+@pytest.mark.parametrize("create_options", ["cluster_size=64k", "cluster_size=512", "cluster_size=16k,extended_l2=on"])
 def test_qcow2_shrink_frees_clusters_like_qemu_img(tmp_path, create_options):
     path = tmp_path / "disk.qcow2"
     qemu_img("create", "-f", "qcow2", "-o", create_options, path, "8M")
@@ -143,7 +143,7 @@ def test_resize_refuses_an_image_in_use(tmp_path):
     holder = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 20000", str(path)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        for _ in range(100):
+        for dummy in range(100):
             try:
                 with open("/proc/locks") as locks:
                     if str(os.stat(str(path)).st_ino) in locks.read():

@@ -35,9 +35,9 @@ def qemu_data_ranges(path):
 def test_data_extents_match_qemu_img_map(sparse_raw):
     with ImageFile(sparse_raw) as image:
         extents = image.data_extents(0, image.size())
-    assert sum(length for _, length, _ in extents) == 8 * MIB
+    assert sum(extent[1] for extent in extents) == 8 * MIB
     position = 0
-    for start, length, _ in extents:
+    for start, length, dummy in extents:
         assert start == position
         position += length
     assert [(s, n) for s, n, data in extents if data] == qemu_data_ranges(sparse_raw)
@@ -50,7 +50,7 @@ def test_data_extents_clipped_to_the_range(sparse_raw, offset, length):
         whole = image.data_extents(0, 10 * MIB)
         part = image.data_extents(offset, length)
     assert part[0][0] == offset
-    assert sum(n for _, n, _ in part) == length
+    assert sum(extent[1] for extent in part) == length
     for start, n, data in part:
         # Every byte of the piece has the state the whole-file query gave it.
         for w_start, w_n, w_data in whole:
@@ -148,12 +148,12 @@ def loop_device(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("loop devices need root")
     proc = subprocess.run(["losetup", "-f", "--show", str(backing)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True)
+                          stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if proc.returncode != 0:
         pytest.skip("no loop device: %s" % proc.stderr)
     device = proc.stdout.strip()
     yield device
-    subprocess.run(["losetup", "-d", device])
+    subprocess.run(["losetup", "-d", device], check=False)
 
 
 def test_block_device(loop_device):
@@ -169,6 +169,6 @@ def test_block_device(loop_device):
         with pytest.raises(ImageError, match="block device"):
             image.truncate(2 * MIB)
         rc = subprocess.run(["qemu-io", "-f", "raw", "-c", "write 0 512", loop_device],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE).returncode
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False).returncode
         assert rc != 0  # our lock holds qemu off the device too
     qemu_tools.qemu_io(loop_device, "read -P 0x77 1M 512", "read -P 0 0 4096", fmt="raw")
