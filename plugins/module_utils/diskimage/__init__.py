@@ -29,6 +29,8 @@ from .ops.compare import compare, compare_detail  # noqa: F401
 from .ops.image import Image, open_image  # noqa: F401
 from .ops.resize import resize  # noqa: F401
 from .ops.sizes import parse_size, normalize_options  # noqa: F401
+from .ops.map import map  # noqa: F401  pylint: disable=redefined-builtin
+from .ops.measure import measure  # noqa: F401
 
 __all__ = [
     "info", "create", "convert", "check", "compare", "compare_detail", "open_image", "Image", "resize",
