@@ -56,12 +56,13 @@ import array
 import struct
 import sys
 
-from ..errors import CorruptImageError, InvalidOptionError, UnsupportedOperation
+from ..errors import CorruptImageError, ImageError, InvalidOptionError, UnsupportedOperation
 from .qcow2_layout import (
-    AUTOCLEAR_BITMAPS, INCOMPAT_DATA_FILE, L1E_OFFSET_MASK, L1E_RESERVED_MASK,
-    L2E_OFFSET_MASK, L2E_RESERVED_MASK, MAX_L1_BYTES, MAX_SNAPSHOT_TABLE_BYTES,
-    OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
-    SNAPSHOT_EXTRA_MIN, SNAPSHOT_HEADER, align_up, pad8,
+    AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, L1E_OFFSET_MASK,
+    L1E_RESERVED_MASK, L2E_OFFSET_MASK, L2E_RESERVED_MASK, MAX_CLUSTER_BITS, MAX_L1_BYTES,
+    MAX_REFTABLE_BYTES, MAX_SNAPSHOT_TABLE_BYTES, MIN_CLUSTER_BITS, OFF_INCOMPATIBLE_FEATURES,
+    OFF_REFCOUNT_TABLE_OFFSET, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
+    SNAPSHOT_EXTRA_MIN, SNAPSHOT_HEADER, align_up, pad8, parse_header,
 )
 
 # Refcount table entry bits 0-8 are reserved ("Host cluster management").
@@ -180,6 +181,16 @@ class Findings:
         self.messages = []
         self._unlisted = 0
 
+    _COUNTERS = ("check_errors", "corruptions", "leaks", "corruptions_fixed", "leaks_fixed")
+
+    def counters(self):
+        """The error and repair counters, to be put back with restore()."""
+        return dict((name, getattr(self, name)) for name in self._COUNTERS)
+
+    def restore(self, counters):
+        for name, value in counters.items():
+            setattr(self, name, value)
+
     def say(self, message):
         if len(self.messages) < MAX_MESSAGES:
             self.messages.append(message)
@@ -239,8 +250,9 @@ class References:
 class _Walker:
     """Walks the metadata of one image and fills a References."""
 
-    def __init__(self, image_file, header, path):
+    def __init__(self, image_file, header, path, fix=0, findings=None):
         self.image_file = image_file
+        self.fix = fix
         self.header = header
         self.path = path if path is not None else getattr(image_file, "path", None)
         self.cluster_bits = header.cluster_bits
@@ -264,7 +276,7 @@ class _Walker:
             typecode = _U32
         counts = array.array(typecode, bytes(nb_clusters * array.array(typecode).itemsize))
         self.refcount_max = min((1 << refcount_bits) - 1, (1 << (8 * counts.itemsize)) - 1)
-        self.findings = Findings()
+        self.findings = findings if findings is not None else Findings()
         self.zero_cluster = bytes(self.cluster_size)
         self.refs = References(counts, self.cluster_bits, refcount_bits, self.findings)
         # Compressed cluster descriptor: host offset in the low bits, then the
@@ -285,6 +297,10 @@ class _Walker:
         if len(data) < length:
             data = bytes(data) + bytes(length - len(data))
         return data
+
+    def write(self, offset, data):
+        """Repairs only: write metadata in place."""
+        self.image_file.pwrite(offset, data)
 
     # ------------------------------------------------------------ counting
     def inc(self, offset, size):
@@ -591,12 +607,41 @@ class _Walker:
                 continue
             cluster = offset >> self.cluster_bits
             if cluster >= len(counts):
-                findings.corruption("ERROR refcount block %d is outside image" % index)
+                findings.corruptions += 1
+                if self.fix & FIX_ERRORS:
+                    findings.say("Repairing refcount block %d is outside image" % index)
+                    if self.grow_file_for_refcount_block(offset):
+                        findings.corruptions -= 1
+                        findings.corruptions_fixed += 1
+                        self.inc(offset, self.cluster_size)
+                    else:
+                        self.refs.rebuild_needed = True
+                else:
+                    findings.say("ERROR refcount block %d is outside image" % index)
                 continue
             self.inc(offset, self.cluster_size)
             if counts[cluster] != 1:
                 findings.corruption("ERROR refcount block %d refcount=%d" % (index, counts[cluster]))
                 self.refs.rebuild_needed = True
+
+    def grow_file_for_refcount_block(self, offset):
+        """Extend the file to cover a refcount block lying past its end (the
+        block then reads as zeroes), as qemu-img check -r all does."""
+        new_size = offset + self.cluster_size
+        if -(-new_size // self.cluster_size) > MAX_CHECK_CLUSTERS:
+            self.findings.say("ERROR could not resize image: File too large")
+            return False
+        try:
+            self.image_file.truncate(new_size)
+            self.file_size = self.image_file.size()
+        except (OSError, ImageError) as exc:
+            self.findings.say("ERROR could not resize image: %s" % exc)
+            return False
+        counts = self.refs.counts
+        missing = -(-self.file_size // self.cluster_size) - len(counts)
+        if missing > 0:
+            counts.extend(array.array(counts.typecode, bytes(missing * counts.itemsize)))
+        return True
 
     def compute(self):
         header = self.header
@@ -649,6 +694,12 @@ class _StoredRefcounts:
         self._cache[table_index] = entries
         return entries
 
+    def write_block(self, table_index, entries):
+        """Write refcount block ``table_index`` (which exists) with new entries."""
+        offset = self.refcount_table[table_index] & REFT_OFFSET_MASK
+        self.walker.write(offset, _encode_refcount_block(entries, self.refcount_bits, self.cluster_size))
+        self._cache[table_index] = entries
+
     def get(self, cluster):
         """Stored refcount of one cluster, or None when it cannot be read."""
         entries = self.block(cluster // self.entries_per_block)
@@ -659,14 +710,47 @@ class _StoredRefcounts:
         return entries[cluster % self.entries_per_block]
 
 
-def _compare_refcounts(walker, stored):
-    """Compare computed references with stored refcounts; returns the highest
-    cluster in use by either."""
+def _encode_refcount_block(entries, refcount_bits, cluster_size):
+    """Entries of one refcount block (any array, at most one block's worth) →
+    the block's on-disk bytes, zero-padded to the cluster size."""
+    per_block = cluster_size * 8 // refcount_bits
+    if refcount_bits < 8:
+        per_byte = 8 // refcount_bits
+        values = bytes(entries) + bytes(per_block - len(entries))
+        # the entries of one byte occupy disjoint bits: adding the shifted
+        # streams as big integers ORs them byte by byte
+        packed = 0
+        for position in range(per_byte):
+            packed += int.from_bytes(values[position::per_byte].translate(_SUBBYTE_SHIFTS[refcount_bits][position]),
+                                     "big")
+        return packed.to_bytes(cluster_size, "big")
+    if refcount_bits == 8:
+        return bytes(entries) + bytes(per_block - len(entries))
+    typecode = {16: "H", 32: _U32, 64: "Q"}[refcount_bits]
+    block = array.array(typecode, entries.tobytes() if entries.typecode == typecode else entries.tolist())
+    block.extend(array.array(typecode, bytes((per_block - len(block)) * block.itemsize)))
+    if _LITTLE_ENDIAN:
+        block.byteswap()
+    return block.tobytes()
+
+
+# value → value shifted to its position inside the byte, for each sub-byte width
+_SUBBYTE_SHIFTS = dict(
+    (width, [bytes(((value << (position * width)) & 0xff) if value < (1 << width) else 0 for value in range(256))
+             for position in range(8 // width)])
+    for width in (1, 2, 4))
+
+
+def _compare_refcounts(walker, stored, fix=0):
+    """Compare computed references with stored refcounts, fixing what ``fix``
+    allows (leaks: lower refcounts; errors: raise refcounts that are not 0).
+    Returns (highest cluster in use by either, refcount structure rebuild needed)."""
     findings = walker.findings
     counts = walker.refs.counts
     nb_clusters = len(counts)
     per_block = stored.entries_per_block
     highest = 0
+    rebuild = False
     for table_index in range(-(-nb_clusters // per_block)):
         first = table_index * per_block
         last = min(first + per_block, nb_clusters)
@@ -685,26 +769,49 @@ def _compare_refcounts(walker, stored):
             highest = first + top
         if on_disk == computed:
             continue
+        repaired = None
         for position in range(last - first):
             refcount = on_disk[position]
             reference = computed[position]
             if refcount == reference:
                 continue
-            if refcount < reference:
-                findings.corruption("ERROR cluster %d refcount=%d reference=%d"
-                                    % (first + position, refcount, reference))
+            fixed = None
+            if refcount == 0:
+                rebuild = True
+            elif refcount > reference and fix & FIX_LEAKS:
+                fixed = "leaks_fixed"
+            elif refcount < reference and fix & FIX_ERRORS:
+                fixed = "corruptions_fixed"
+            findings.say("%s cluster %d refcount=%d reference=%d"
+                         % ("Repairing" if fixed else "ERROR" if refcount < reference else "Leaked",
+                            first + position, refcount, reference))
+            if fixed:
+                if repaired is None:
+                    repaired = array.array(entries.typecode, entries)
+                repaired[position] = reference
+                setattr(findings, fixed, getattr(findings, fixed) + 1)
+            elif refcount < reference:
+                findings.corruptions += 1
             else:
                 findings.leaks += 1
-                findings.say("Leaked cluster %d refcount=%d reference=%d"
-                             % (first + position, refcount, reference))
-    return highest
+        if repaired is not None:
+            stored.write_block(table_index, repaired)
+    return highest, rebuild
 
 
-def _check_oflag_copied(walker, stored):
+def _check_oflag_copied(walker, stored, fix=0):
     """OFLAG_COPIED must be set exactly on the active L1/L2 entries whose stored
-    refcount is 1."""
+    refcount is 1; repaired with FIX_ERRORS, or with FIX_LEAKS when the
+    refcounts are otherwise right (then they can be trusted)."""
     header = walker.header
     findings = walker.findings
+    if fix & FIX_ERRORS:
+        repair = True
+    elif fix & FIX_LEAKS:
+        repair = not (findings.check_errors or findings.corruptions or findings.leaks)
+    else:
+        repair = False
+    prefix = "Repairing" if repair else "ERROR"
     if not header.l1_size:
         return
     data = walker.read_table(header.l1_table_offset, header.l1_size * 8, "L1 table")
@@ -722,14 +829,28 @@ def _check_oflag_copied(walker, stored):
         if refcount is None:
             continue
         if (refcount == 1) != bool(l1_entry & OFLAG_COPIED):
-            findings.corruption("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d"
-                                % (l1_index, l1_entry, refcount))
-        entries, _bitmaps = walker.read_l2(l2_offset)
-        if entries is None:
-            continue
+            findings.say("%s OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d"
+                         % (prefix, l1_index, l1_entry, refcount))
+            if repair:
+                l1_entry = l1_entry | OFLAG_COPIED if refcount == 1 else l1_entry & ~OFLAG_COPIED
+                walker.write(header.l1_table_offset + 8 * l1_index, struct.pack(">Q", l1_entry))
+                findings.corruptions_fixed += 1
+            else:
+                findings.corruptions += 1
+        if repair:
+            raw_table = walker.read_table(l2_offset, walker.cluster_size, "L2 table")
+            if raw_table is None or raw_table == walker.zero_cluster[:len(raw_table)]:
+                continue
+            table = _be64_array(raw_table)
+            entries = table[0::2] if extended else table
+        else:
+            entries, _bitmaps = walker.read_l2(l2_offset)
+            if entries is None:
+                continue
         block_index = -1
         block = None
-        for l2_entry in entries:
+        changed = 0
+        for index, l2_entry in enumerate(entries):
             if not l2_entry or l2_entry & OFLAG_COMPRESSED:
                 continue
             offset = l2_entry & L2E_OFFSET_MASK
@@ -752,8 +873,237 @@ def _check_oflag_copied(walker, stored):
                 else:
                     refcount = block[cluster - block_index * per_block]
             if (refcount == 1) != bool(l2_entry & OFLAG_COPIED):
-                findings.corruption("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d"
-                                    % (l2_entry, refcount))
+                findings.say("%s OFLAG_COPIED data cluster: l2_entry=%x refcount=%d" % (prefix, l2_entry, refcount))
+                if repair:
+                    table[index * 2 if extended else index] = (l2_entry | OFLAG_COPIED if refcount == 1
+                                                               else l2_entry & ~OFLAG_COPIED)
+                    changed += 1
+                else:
+                    findings.corruptions += 1
+        if changed:
+            if _LITTLE_ENDIAN:
+                table.byteswap()
+            walker.write(l2_offset, table.tobytes())
+            findings.corruptions_fixed += changed
+
+
+# --- repair ------------------------------------------------------------------------
+FIX_LEAKS = 1
+FIX_ERRORS = 2
+REPAIR_MODES = {"leaks": FIX_LEAKS, "all": FIX_LEAKS | FIX_ERRORS}
+
+
+def _alloc_clusters(counts, count, first_free, avoid):
+    """First run of ``count`` clusters with no reference at or after cluster
+    ``first_free[0]`` (the array grows past the end of the file when needed),
+    none of them in ``avoid``; marks them used.  ``first_free[0]`` moves to
+    the first free cluster seen."""
+    itemsize = counts.itemsize
+    raw = counts.tobytes()
+    free_run = bytes(count * itemsize)
+    position = first_free[0] * itemsize
+    first_gap = raw.find(bytes(itemsize), position)
+    while first_gap >= 0 and first_gap % itemsize:
+        first_gap = raw.find(bytes(itemsize), first_gap + 1)
+    if first_gap >= 0:
+        first_free[0] = first_gap // itemsize
+    while True:
+        found = raw.find(free_run, position)
+        if found < 0:
+            break
+        if found % itemsize:
+            position = found + 1
+            continue
+        blocked = [cluster for cluster in avoid if found // itemsize <= cluster < found // itemsize + count]
+        if not blocked:
+            break
+        position = (max(blocked) + 1) * itemsize
+    if found >= 0:
+        cluster = found // itemsize
+    else:
+        # a free run touching the end of the array is extended past it
+        trailing = (len(raw) - len(raw.rstrip(b"\0"))) // itemsize
+        cluster = max([len(counts) - trailing, first_free[0]] + [blocked + 1 for blocked in avoid
+                                                                  if blocked < len(counts)])
+    missing = cluster + count - len(counts)
+    if missing > 0:
+        counts.extend(array.array(counts.typecode, bytes(missing * itemsize)))
+    for index in range(cluster, cluster + count):
+        counts[index] = 1
+    return cluster
+
+
+def _write_refblocks(walker, reftable, first_cluster, end_cluster, avoid):
+    """Write the refcount blocks covering the used clusters of [first_cluster,
+    end_cluster) from the computed counts, allocating the missing ones among
+    the free clusters.  Returns whether the refcount table had to grow."""
+    counts = walker.refs.counts
+    cluster_size = walker.cluster_size
+    per_block = cluster_size * 8 // walker.refs.refcount_bits
+    entries_per_table_cluster = cluster_size // 8
+    first_free = [0]
+    grown = False
+    cluster = first_cluster
+    while cluster < end_cluster:
+        block_index = cluster // per_block
+        block_start = block_index * per_block
+        block_end = block_start + per_block
+        if _last_nonzero(counts[cluster:min(end_cluster, block_end)]) < 0:
+            cluster = block_end
+            continue
+        if block_index < len(reftable) and reftable[block_index]:
+            block_offset = reftable[block_index]
+        else:
+            # never place a block inside a range whose block is already written
+            first_free[0] = max(first_free[0], block_start)
+            block_cluster = _alloc_clusters(counts, 1, first_free, avoid)
+            block_offset = block_cluster * cluster_size
+            end_cluster = max(end_cluster, block_cluster + 1)
+            if block_index >= len(reftable):
+                size = -(-(block_index + 1) // entries_per_table_cluster) * entries_per_table_cluster
+                if size * 8 > MAX_REFTABLE_BYTES:
+                    raise UnsupportedOperation("qcow2 repair: the rebuilt refcount table would need %d bytes, more "
+                                               "than the %d-byte cap" % (size * 8, MAX_REFTABLE_BYTES), walker.path)
+                reftable.extend([0] * (size - len(reftable)))
+                grown = True
+            reftable[block_index] = block_offset
+        if block_offset < cluster_size:
+            raise CorruptImageError("qcow2 repair: refusing to write a refcount block over the header", walker.path)
+        walker.write(block_offset, _encode_refcount_block(counts[block_start:block_end], walker.refs.refcount_bits,
+                                                          cluster_size))
+        cluster = block_end
+    return grown
+
+
+def _rebuild_refcount_structure(walker):
+    """Write a new refcount table and blocks built from the computed counts
+    only (placed in clusters nothing references, as QEMU places them), flush,
+    then point the header at them.  The old structures become leaks."""
+    cluster_size = walker.cluster_size
+    counts = walker.refs.counts
+    # Unlike QEMU (whose overlap check then fails the repair), never write over
+    # the clusters of the old table and blocks, even unreferenced ones: they
+    # stay in use until the header points at the new structures.
+    header = walker.header
+    first_table_cluster = header.refcount_table_offset // cluster_size
+    avoid = set(range(first_table_cluster, first_table_cluster + header.refcount_table_clusters))
+    avoid.update((entry & REFT_OFFSET_MASK) // cluster_size for entry in walker.refs.refcount_table
+                 if entry & REFT_OFFSET_MASK and (entry & REFT_OFFSET_MASK) // cluster_size < len(counts))
+    reftable = []
+    _write_refblocks(walker, reftable, 0, len(counts), avoid)
+    while True:
+        table_clusters = -(-len(reftable) * 8 // cluster_size)
+        table_cluster = _alloc_clusters(counts, table_clusters, [0], avoid)
+        # the table's own clusters need refcounts too, which may grow the table
+        if not _write_refblocks(walker, reftable, table_cluster, table_cluster + table_clusters, avoid):
+            break
+    table = array.array("Q", reftable)
+    if _LITTLE_ENDIAN:
+        table.byteswap()
+    table_offset = table_cluster * cluster_size
+    walker.write(table_offset, table.tobytes())
+    # new structures on stable storage before the header points at them
+    walker.image_file.flush()
+    walker.write(OFF_REFCOUNT_TABLE_OFFSET, struct.pack(">QI", table_offset, table_clusters))
+    walker.image_file.flush()
+
+
+def _read_header(image_file, path):
+    """Parse the header again after a repair changed it."""
+    first = image_file.pread(0, 4096)
+    if len(first) >= 24:
+        cluster_bits = struct.unpack_from(">I", first, 20)[0]
+        if MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS and (1 << cluster_bits) > len(first):
+            first = image_file.pread(0, 1 << cluster_bits)
+    return parse_header(first, path, image_file.size())
+
+
+def _check_pass(image_file, header, path, fix=0):
+    """One run of the check, repairing what ``fix`` allows, as QEMU's
+    qcow2_check_refcounts.  Returns the Findings."""
+    walker = _Walker(image_file, header, path, fix)
+    walker.compute()
+    findings = walker.findings
+    # QEMU keeps the virtual size in whole 512-byte sectors, rounded down
+    findings.total_clusters = -(-(header.size // 512 * 512) // walker.cluster_size)
+    rebuild = walker.refs.rebuild_needed
+    before_compare = findings.counters()
+    highest, needs_rebuild = _compare_refcounts(walker, _StoredRefcounts(walker))
+    rebuild = rebuild or needs_rebuild
+    if rebuild and fix & FIX_ERRORS:
+        before_rebuild = findings.counters()
+        findings.say("Rebuilding refcount structure")
+        _rebuild_refcount_structure(walker)
+        findings.corruptions = 0
+        findings.leaks = 0
+        # references again, now that the old refcount structures are unreferenced
+        walker = _Walker(image_file, _read_header(image_file, path), path, findings=findings)
+        walker.compute()
+        rebuilt = findings.counters()
+        findings.restore(dict.fromkeys(rebuilt, 0))
+        # the old structures are leaks now; freeing them is not counted as a fix
+        highest, still_broken = _compare_refcounts(walker, _StoredRefcounts(walker), FIX_LEAKS)
+        if still_broken:
+            findings.say("ERROR rebuilt refcount structure is still broken")
+        fresh_leaks = findings.leaks
+        findings.restore(rebuilt)
+        if findings.corruptions < before_rebuild["corruptions"]:
+            findings.corruptions_fixed += before_rebuild["corruptions"] - findings.corruptions
+        if findings.leaks < before_rebuild["leaks"]:
+            findings.leaks_fixed += before_rebuild["leaks"] - findings.leaks
+        findings.leaks += fresh_leaks
+    elif fix:
+        if rebuild:
+            findings.check_error("ERROR need to rebuild refcount structures")
+            raise CorruptImageError("qcow2 check: the refcount structures need to be rebuilt (repair 'all'), "
+                                    "found %d corruptions and %d check errors"
+                                    % (findings.corruptions, findings.check_errors), walker.path)
+        if findings.leaks or findings.corruptions:
+            findings.restore(before_compare)
+            highest, _rebuild = _compare_refcounts(walker, _StoredRefcounts(walker), fix)
+    _check_oflag_copied(walker, _StoredRefcounts(walker), fix)
+    findings.image_end_offset = (highest + 1) * walker.cluster_size
+    if fix and not findings.check_errors and not findings.corruptions:
+        _mark_clean(walker)
+    return findings
+
+
+def _mark_clean(walker):
+    """Clear the dirty and corrupt bits once the refcounts are right."""
+    header = _read_header(walker.image_file, walker.path)
+    features = header.incompatible_features & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT)
+    if features != header.incompatible_features:
+        # refcount updates reach the disk before the header says they are valid
+        walker.image_file.flush()
+        walker.write(OFF_INCOMPATIBLE_FEATURES, struct.pack(">Q", features))
+        walker.image_file.flush()
+
+
+def _repair(image_file, header, path, fix):
+    """qemu-img check -r: repair, then (when something was fixed) check again;
+    the result has the counts of the second check and the fixed counts."""
+    repaired = _check_pass(image_file, header, path, fix)
+    image_file.flush()
+    if not (repaired.leaks_fixed or repaired.corruptions_fixed):
+        return repaired
+    final = _check_pass(image_file, _read_header(image_file, path), path)
+    final.leaks_fixed = repaired.leaks_fixed
+    final.corruptions_fixed = repaired.corruptions_fixed
+    final.messages[:0] = repaired.messages
+    return final
+
+
+def repair_dirty(image_file, header, path=None):
+    """Repair an image whose dirty bit is set (lazy refcounts left stale by a
+    crash), as QEMU does when it opens such an image for writing: full repair,
+    then the dirty bit is cleared.  ``image_file`` must be writable.  Returns
+    (the new Header, the check dictionary of the repair)."""
+    findings = _repair(image_file, header, path, FIX_LEAKS | FIX_ERRORS)
+    header = _read_header(image_file, path)
+    if findings.check_errors or header.dirty:
+        raise CorruptImageError("qcow2: could not repair the dirty image (%d check errors, %d corruptions left)"
+                                % (findings.check_errors, findings.corruptions), path)
+    return header, findings.as_dict()
 
 
 def compute_references(image_file, header, path=None):
@@ -766,18 +1116,13 @@ def compute_references(image_file, header, path=None):
 def check_image(image_file, header, path=None, repair=None):
     """``qemu-img check`` of a qcow2 image: see the module docstring for the
     returned dictionary.  ``image_file`` offers ``pread(offset, length)`` and
-    ``size()``; ``header`` is the parsed qcow2_layout.Header."""
-    if repair in ("leaks", "all"):
-        raise UnsupportedOperation("qcow2 check: repair %r not implemented yet" % repair, path)
-    if repair is not None:
+    ``size()`` (and ``pwrite``, ``truncate``, ``flush`` when repairing:
+    ``repair`` "leaks" or "all" as qemu-img check -r); ``header`` is the
+    parsed qcow2_layout.Header."""
+    if repair is not None and repair not in REPAIR_MODES:
         raise InvalidOptionError("qcow2 check: repair expected None, 'leaks' or 'all', found %r" % (repair,), path)
-    walker = _Walker(image_file, header, path)
-    walker.compute()
-    findings = walker.findings
-    # QEMU keeps the virtual size in whole 512-byte sectors, rounded down
-    findings.total_clusters = -(-(header.size // 512 * 512) // walker.cluster_size)
-    stored = _StoredRefcounts(walker)
-    highest = _compare_refcounts(walker, stored)
-    _check_oflag_copied(walker, stored)
-    findings.image_end_offset = (highest + 1) * walker.cluster_size
-    return findings.as_dict()
+    if repair is None:
+        return _check_pass(image_file, header, path).as_dict()
+    if not getattr(image_file, "writable", False):
+        raise InvalidOptionError("qcow2 check: repair %r needs the image opened for writing" % repair, path)
+    return _repair(image_file, header, path, REPAIR_MODES[repair]).as_dict()

@@ -17,10 +17,11 @@ import subprocess
 import pytest
 
 import qemu_tools
+from qcow2_editing import Qcow2Editor
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import qcow2_check, qcow2_layout
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
-    CorruptImageError, InvalidOptionError, UnsupportedOperation,
+    CorruptImageError, UnsupportedOperation,
 )
 
 MiB = 1024 * 1024
@@ -88,97 +89,6 @@ def host_offset(path, guest_offset):
         if extent["start"] <= guest_offset < extent["start"] + extent["length"] and "offset" in extent:
             return extent["offset"] + guest_offset - extent["start"]
     raise AssertionError("guest offset %d is not allocated in %s" % (guest_offset, path))
-
-
-# ------------------------------------------------------------------ editing
-class Qcow2Editor:
-    """Reads and rewrites single metadata entries of a qcow2 file in place."""
-
-    def __init__(self, path):
-        self.path = str(path)
-        with open(self.path, "rb") as f:
-            self.header = qcow2_layout.parse_header(f.read(2 * MiB), self.path, os.path.getsize(self.path))
-        self.cluster_size = self.header.cluster_size
-        self.refcount_bits = self.header.refcount_bits
-
-    def _read_u64(self, offset):
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            return struct.unpack(">Q", f.read(8))[0]
-
-    def _write(self, offset, data):
-        with open(self.path, "r+b") as f:
-            f.seek(offset)
-            f.write(data)
-
-    def _write_u64(self, offset, value):
-        self._write(offset, struct.pack(">Q", value))
-
-    # refcount table / refcount blocks ("Host cluster management")
-    def refcount_table_entry(self, index):
-        return self._read_u64(self.header.refcount_table_offset + 8 * index)
-
-    def set_refcount_table_entry(self, index, value):
-        self._write_u64(self.header.refcount_table_offset + 8 * index, value)
-
-    def _refcount_location(self, cluster):
-        per_block = self.cluster_size * 8 // self.refcount_bits
-        block = self.refcount_table_entry(cluster // per_block) & qcow2_layout.REFT_OFFSET_MASK
-        assert block, "cluster %d has no refcount block" % cluster
-        bit = (cluster % per_block) * self.refcount_bits
-        return block + bit // 8, bit % 8
-
-    def refcount(self, cluster):
-        byte_offset, shift = self._refcount_location(cluster)
-        width = max(self.refcount_bits // 8, 1)
-        with open(self.path, "rb") as f:
-            f.seek(byte_offset)
-            value = int.from_bytes(f.read(width), "big")
-        if self.refcount_bits < 8:
-            value = (value >> shift) & ((1 << self.refcount_bits) - 1)
-        return value
-
-    def set_refcount(self, cluster, value):
-        byte_offset, shift = self._refcount_location(cluster)
-        if self.refcount_bits >= 8:
-            self._write(byte_offset, value.to_bytes(self.refcount_bits // 8, "big"))
-            return
-        with open(self.path, "rb") as f:
-            f.seek(byte_offset)
-            old = f.read(1)[0]
-        mask = ((1 << self.refcount_bits) - 1) << shift
-        self._write(byte_offset, bytes([(old & ~mask) | (value << shift)]))
-
-    # L1 / L2 tables ("Cluster mapping")
-    def l1_index(self, guest_offset):
-        return guest_offset // (self.cluster_size * self.header.l2_entries)
-
-    def l1_entry(self, index):
-        return self._read_u64(self.header.l1_table_offset + 8 * index)
-
-    def set_l1_entry(self, index, value):
-        self._write_u64(self.header.l1_table_offset + 8 * index, value)
-
-    def l2_entry_offset(self, guest_offset):
-        l2_table = self.l1_entry(self.l1_index(guest_offset)) & qcow2_layout.L1E_OFFSET_MASK
-        assert l2_table, "guest offset %d has no L2 table" % guest_offset
-        index = (guest_offset // self.cluster_size) % self.header.l2_entries
-        return l2_table + index * self.header.l2_entry_size
-
-    def l2_entry(self, guest_offset):
-        return self._read_u64(self.l2_entry_offset(guest_offset))
-
-    def set_l2_entry(self, guest_offset, value):
-        self._write_u64(self.l2_entry_offset(guest_offset), value)
-
-    # file end
-    def append_cluster(self):
-        """Grow the file by one cluster; returns its cluster index."""
-        size = os.path.getsize(self.path)
-        cluster = -(-size // self.cluster_size)
-        with open(self.path, "r+b") as f:
-            f.truncate((cluster + 1) * self.cluster_size)
-        return cluster
 
 
 # ------------------------------------------------------------- clean images
@@ -733,17 +643,6 @@ def test_public_check_uses_this_checker(tmp_path):
     assert result.pop("filename") == str(path) and result.pop("format") == "qcow2"
     assert result.pop("messages")
     assert result == qemu_check(path)
-
-
-def test_repair_is_refused_for_now(tmp_path):
-    path = create(tmp_path / "image.qcow2")
-    with ImageFile(str(path)) as image_file:
-        header = qcow2_layout.parse_header(image_file.pread(0, 65536), str(path), image_file.size())
-        for mode in ("leaks", "all"):
-            with pytest.raises(UnsupportedOperation, match="not implemented yet"):
-                qcow2_check.check_image(image_file, header, str(path), repair=mode)
-        with pytest.raises(InvalidOptionError):
-            qcow2_check.check_image(image_file, header, str(path), repair="everything")
 
 
 def test_compute_references_counts_shared_clusters(tmp_path):

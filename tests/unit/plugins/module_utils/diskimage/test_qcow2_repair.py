@@ -1,0 +1,338 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""qcow2 repair (check -r leaks|all, dirty images) against qemu-img check -r.
+
+Every case damages an image made by qemu-img/qemu-io, repairs one copy with
+qemu-img check -r and another with our checker, and asserts that the JSON is
+the same (fixed counts and the counts of the double check after repair), that
+qemu-img check finds our repaired image clean, and that qemu-img compare finds
+both repaired copies identical to the guest.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+import qemu_tools
+from qcow2_editing import Qcow2Editor
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import qcow2_check, qcow2_layout
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
+    CorruptImageError, InvalidOptionError,
+)
+
+MiB = 1024 * 1024
+
+
+def create(path, size="4M", *options):
+    args = ["create", "-f", "qcow2"]
+    if options:
+        args += ["-o", ",".join(options)]
+    qemu_tools.qemu_img(*(args + [path, size]))
+    return path
+
+
+def write(path, *commands):
+    qemu_tools.qemu_io(path, *commands, fmt="qcow2")
+    return path
+
+
+def qemu_check(path, *options):
+    """qemu-img check [-r ...] --output=json without filename and format."""
+    proc = subprocess.run(["qemu-img", "check", "--output=json"] + list(options) + [str(path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert proc.stdout.strip(), "qemu-img check failed (%d): %s" % (proc.returncode, proc.stderr)
+    result = json.loads(proc.stdout)
+    del result["filename"], result["format"]
+    return result
+
+
+def header_of(image_file, path):
+    return qcow2_layout.parse_header(image_file.pread(0, 2 * MiB), str(path), image_file.size())
+
+
+def our_repair(path, mode):
+    with ImageFile(str(path), writable=True) as image_file:
+        return qcow2_check.check_image(image_file, header_of(image_file, path), str(path), repair=mode)
+
+
+def guest_view_equal(a, b):
+    proc = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(a), str(b)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    return proc.returncode == 0
+
+
+def assert_repaired_like_qemu(path, mode, clean=True, qemu_fails=False):
+    """Repair ``path`` with us and a copy with qemu-img; same JSON, same guest
+    view (and the same as before the repair); qemu-img check clean afterwards.
+    With ``qemu_fails``, qemu-img 7.2 cannot repair the damage (its overlap
+    check stops the rebuild): we must, and leave a clean image."""
+    path = str(path)
+    before = path + ".before"
+    twin = path + ".qemu"
+    shutil.copyfile(path, before)
+    shutil.copyfile(path, twin)
+    if qemu_fails:
+        proc = subprocess.run(["qemu-img", "check", "-r", mode, twin], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True)
+        assert proc.returncode == 1 and "ERROR writing refblock" in proc.stderr, proc.stderr
+        result = our_repair(path, mode)
+        messages = result.pop("messages")
+        assert result["corruptions-fixed"] and "corruptions" not in result and not result["check-errors"]
+    else:
+        expected = qemu_check(twin, "-r", mode)
+        result = our_repair(path, mode)
+        messages = result.pop("messages")
+        assert result == expected, "\n".join(messages[:60])
+        assert guest_view_equal(twin, path)
+    if clean:
+        after = qemu_check(path)
+        assert after["check-errors"] == 0 and "leaks" not in after and "corruptions" not in after, after
+        assert guest_view_equal(before, path)
+        assert our_repair(path, mode) == dict(after, messages=[])       # nothing left to repair
+    return result, messages
+
+
+def _written(path, *options):
+    create(path, "4M", *options)
+    return write(path, "write -P 0x11 0 300k", "write -P 0x22 1M 64k", "write -P 0x33 3M 4k")
+
+
+def _with_snapshot(path, *options):
+    _written(path, *options)
+    qemu_tools.qemu_img("snapshot", "-c", "s1", path)
+    return write(path, "write -P 0x44 64k 64k")
+
+
+def cluster_of(path, guest_offset):
+    for extent in qemu_tools.qemu_img_json("map", "-f", "qcow2", path):
+        if extent["start"] <= guest_offset < extent["start"] + extent["length"] and "offset" in extent:
+            return (extent["offset"] + guest_offset - extent["start"]) // Qcow2Editor(path).cluster_size
+    raise AssertionError("guest offset %d is not allocated" % guest_offset)
+
+
+# -------------------------------------------------------------------- leaks
+@pytest.mark.parametrize("mode", ["leaks", "all"])
+@pytest.mark.parametrize("refcount_bits", [1, 2, 4, 8, 16, 32, 64])
+def test_leaked_clusters_freed(tmp_path, refcount_bits, mode):
+    path = _written(tmp_path / "image.qcow2", "refcount_bits=%d" % refcount_bits)
+    editor = Qcow2Editor(path)
+    for _ in range(3):
+        editor.set_refcount(editor.append_cluster(), 1)
+    result, messages = assert_repaired_like_qemu(path, mode)
+    assert result["leaks-fixed"] == 3 and "leaks" not in result
+    assert sum(m.startswith("Repairing cluster ") for m in messages) == 3
+
+
+@pytest.mark.parametrize("refcount_bits", [2, 16, 64])
+def test_refcount_too_high_on_shared_cluster(tmp_path, refcount_bits):
+    path = _with_snapshot(tmp_path / "image.qcow2", "refcount_bits=%d" % refcount_bits)
+    editor = Qcow2Editor(path)
+    cluster = cluster_of(path, 2 * 65536)       # shared by the snapshot and the active L1
+    assert editor.refcount(cluster) == 2
+    editor.set_refcount(cluster, 3)
+    result, _messages = assert_repaired_like_qemu(path, "leaks")
+    assert result["leaks-fixed"] == 1
+    assert Qcow2Editor(path).refcount(cluster) == 2
+
+
+def test_leak_and_copied_flag_repaired_in_leaks_mode(tmp_path):
+    """Once the refcount is right again, OFLAG_COPIED is right too."""
+    path = _written(tmp_path / "image.qcow2")
+    editor = Qcow2Editor(path)
+    editor.set_refcount(cluster_of(path, 1 * MiB), 2)
+    result, _messages = assert_repaired_like_qemu(path, "leaks")
+    assert result["leaks-fixed"] == 1
+
+
+# -------------------------------------------------------------- corruptions
+@pytest.mark.parametrize("refcount_bits", [2, 8, 32])
+def test_refcount_too_low_raised(tmp_path, refcount_bits):
+    path = _with_snapshot(tmp_path / "image.qcow2", "refcount_bits=%d" % refcount_bits)
+    editor = Qcow2Editor(path)
+    cluster = cluster_of(path, 2 * 65536)
+    editor.set_refcount(cluster, 1)
+    result, messages = assert_repaired_like_qemu(path, "all")
+    assert result["corruptions-fixed"] >= 1
+    assert "Repairing cluster %d refcount=1 reference=2" % cluster in messages
+    assert Qcow2Editor(path).refcount(cluster) == 2
+
+
+def test_refcount_too_low_is_left_by_leaks_mode(tmp_path):
+    path = _with_snapshot(tmp_path / "image.qcow2")
+    editor = Qcow2Editor(path)
+    editor.set_refcount(cluster_of(path, 2 * 65536), 1)
+    result, _messages = assert_repaired_like_qemu(path, "leaks", clean=False)
+    assert result["corruptions"] >= 1 and "corruptions-fixed" not in result
+
+
+@pytest.mark.parametrize("mode", ["leaks", "all"])
+@pytest.mark.parametrize("table", ["l1", "l2"])
+def test_oflag_copied_fixed(tmp_path, table, mode):
+    path = _with_snapshot(tmp_path / "image.qcow2")
+    editor = Qcow2Editor(path)
+    if table == "l2":
+        # unshared cluster loses the flag, shared one gains it
+        editor.set_l2_entry(65536, editor.l2_entry(65536) & ~qcow2_layout.OFLAG_COPIED)
+        editor.set_l2_entry(2 * 65536, editor.l2_entry(2 * 65536) | qcow2_layout.OFLAG_COPIED)
+        fixed = 2
+    else:
+        editor.set_l1_entry(0, editor.l1_entry(0) ^ qcow2_layout.OFLAG_COPIED)
+        fixed = 1
+    result, messages = assert_repaired_like_qemu(path, mode)
+    assert result["corruptions-fixed"] == fixed
+    assert sum(m.startswith("Repairing OFLAG_COPIED") for m in messages) == fixed
+
+
+def test_oflag_copied_fixed_in_extended_l2(tmp_path):
+    path = create(tmp_path / "image.qcow2", "4M", "extended_l2=on")
+    write(path, "write -P 1 0 200k", "write -P 2 2M 64k")
+    editor = Qcow2Editor(path)
+    editor.set_l2_entry(2 * MiB, editor.l2_entry(2 * MiB) & ~qcow2_layout.OFLAG_COPIED)
+    result, _messages = assert_repaired_like_qemu(path, "all")
+    assert result["corruptions-fixed"] == 1
+
+
+# --------------------------------------------------------------- rebuilds
+def _misaligned_refcount_block(editor):
+    editor.set_refcount_table_entry(0, editor.refcount_table_entry(0) + 512)
+
+
+def _reserved_bits_in_refcount_table(editor):
+    editor.set_refcount_table_entry(0, editor.refcount_table_entry(0) | 1)
+
+
+def _refcount_block_referenced_twice(editor):
+    editor.set_refcount_table_entry(1, editor.refcount_table_entry(0))
+
+
+def _used_cluster_with_refcount_zero(editor):
+    editor.set_refcount(cluster_of(editor.path, 1 * MiB), 0)
+
+
+def _refcount_block_outside_image(editor):
+    editor.set_refcount_table_entry(1, 64 * MiB)
+
+
+# damage → whether qemu-img 7.2 fails to repair it
+REBUILDS = {
+    "misaligned-refcount-block": (_misaligned_refcount_block, True),
+    "reserved-bits-in-refcount-table": (_reserved_bits_in_refcount_table, True),
+    "refcount-block-referenced-twice": (_refcount_block_referenced_twice, False),
+    "used-cluster-with-refcount-zero": (_used_cluster_with_refcount_zero, False),
+    "refcount-block-outside-image": (_refcount_block_outside_image, False),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(REBUILDS))
+def test_refcount_structure_rebuilt(tmp_path, damage):
+    path = _with_snapshot(tmp_path / "image.qcow2")
+    damage_function, qemu_fails = REBUILDS[damage]
+    damage_function(Qcow2Editor(path))
+    result, messages = assert_repaired_like_qemu(path, "all", qemu_fails=qemu_fails)
+    assert result["corruptions-fixed"] >= 1
+    if damage != "refcount-block-outside-image":
+        assert "Rebuilding refcount structure" in messages
+
+
+@pytest.mark.parametrize("damage", ["used-cluster-with-refcount-zero", "reserved-bits-in-refcount-table"])
+@pytest.mark.parametrize("options", [("cluster_size=512", "refcount_bits=1"), ("cluster_size=4096", "refcount_bits=64"),
+                                     ("cluster_size=512", "refcount_bits=4"), ("cluster_size=1024", "refcount_bits=16")],
+                         ids=["512-refcount1", "4k-refcount64", "512-refcount4", "1k-refcount16"])
+def test_rebuild_with_several_refcount_blocks(tmp_path, options, damage):
+    """Small clusters: the rebuilt table spans several refcount blocks."""
+    path = create(tmp_path / "image.qcow2", "2M", *options)
+    write(path, "write -P 1 0 1M", "write -P 2 1536k 100k")
+    editor = Qcow2Editor(path)
+    damage_function, qemu_fails = REBUILDS[damage]
+    if damage == "used-cluster-with-refcount-zero":
+        editor.set_refcount(cluster_of(path, 1536 * 1024), 0)
+    else:
+        damage_function(editor)
+    _result, messages = assert_repaired_like_qemu(path, "all", qemu_fails=qemu_fails)
+    assert "Rebuilding refcount structure" in messages
+
+
+def test_rebuild_is_refused_in_leaks_mode(tmp_path):
+    path = _written(tmp_path / "image.qcow2")
+    _misaligned_refcount_block(Qcow2Editor(path))
+    proc = subprocess.run(["qemu-img", "check", "-r", "leaks", str(path) + ""], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    assert proc.returncode == 1 and "need to rebuild" in proc.stderr
+    before = open(str(path), "rb").read()
+    with pytest.raises(CorruptImageError, match="need to be rebuilt"):
+        our_repair(path, "leaks")
+    assert open(str(path), "rb").read() == before
+
+
+# ------------------------------------------------------------ dirty images
+def _dirty(path):
+    """A lazy-refcounts image left dirty by a crash of qemu-io."""
+    create(path, "16M", "lazy_refcounts=on")
+    write(path, "write -P 0x11 4M 128k")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x55 0 1M", "-c", "write -P 0x66 8M 64k",
+                    "-c", "abort", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert Qcow2Editor(path).header.dirty
+    return path
+
+
+def _expected_dirty_content(tmp_path):
+    """The guest view qemu-io wrote, as a raw image."""
+    raw = tmp_path / "expected.raw"
+    qemu_tools.qemu_img("create", "-f", "raw", raw, "16M")
+    qemu_tools.qemu_io(raw, "write -P 0x11 4M 128k", "write -P 0x55 0 1M", "write -P 0x66 8M 64k", fmt="raw")
+    return raw
+
+
+def _same_guest_view(image, raw):
+    proc = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(image), str(raw)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    return proc.returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["all"])
+def test_dirty_image_repaired_like_qemu(tmp_path, mode):
+    path = _dirty(tmp_path / "image.qcow2")
+    result, _messages = assert_repaired_like_qemu(path, mode)
+    assert result["corruptions-fixed"] > 0
+    assert not Qcow2Editor(path).header.dirty
+    assert _same_guest_view(path, _expected_dirty_content(tmp_path))
+
+
+def test_repair_dirty(tmp_path):
+    path = _dirty(tmp_path / "image.qcow2")
+    twin = tmp_path / "twin.qcow2"
+    shutil.copyfile(str(path), str(twin))
+    # qemu-io opening the image for writing repairs it the same way
+    qemu_tools.qemu_io(twin, "read -P 0x55 0 1M", fmt="qcow2")
+    with ImageFile(str(path), writable=True) as image_file:
+        header, result = qcow2_check.repair_dirty(image_file, header_of(image_file, path), str(path))
+    assert not header.dirty and header.refcount_table_offset == Qcow2Editor(path).header.refcount_table_offset
+    assert result["corruptions-fixed"] > 0
+    after = qemu_check(path)
+    assert after == qemu_check(twin)
+    assert after["check-errors"] == 0 and "leaks" not in after and "corruptions" not in after
+    assert _same_guest_view(path, _expected_dirty_content(tmp_path))
+
+
+# ---------------------------------------------------------------- interface
+def test_repair_needs_a_writable_file(tmp_path):
+    path = _written(tmp_path / "image.qcow2")
+    with ImageFile(str(path)) as image_file:
+        header = header_of(image_file, path)
+        for mode in ("leaks", "all"):
+            with pytest.raises(InvalidOptionError, match="opened for writing"):
+                qcow2_check.check_image(image_file, header, str(path), repair=mode)
+        with pytest.raises(InvalidOptionError):
+            qcow2_check.check_image(image_file, header, str(path), repair="everything")
+
+
+def test_clean_image_is_not_written(tmp_path):
+    path = _with_snapshot(tmp_path / "image.qcow2")
+    before = open(str(path), "rb").read()
+    mtime = os.stat(str(path)).st_mtime_ns
+    assert_repaired_like_qemu(path, "all")
+    assert open(str(path), "rb").read() == before and os.stat(str(path)).st_mtime_ns == mtime
