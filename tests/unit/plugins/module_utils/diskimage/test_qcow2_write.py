@@ -523,3 +523,70 @@ def test_block_device_preallocation_reads_zero(tmp_path, loop_device, options):
     Qcow2Driver.create(loop_device, 4 * M, dict(options, cluster_size=65536))
     assert_check_clean(loop_device)
     assert guest_view(loop_device, tmp_path) == bytes(4 * M)
+
+
+def _snapshot_view(path, tmp_path, name):
+    out = tmp_path / "snapview.raw"
+    qemu_img("convert", "-l", "snapshot.name=%s" % name, "-O", "raw", path, out)
+    with open(str(out), "rb") as f:
+        data = f.read()
+    out.unlink()
+    return data
+
+
+@pytest.mark.parametrize("options", ["cluster_size=4096", "compat=0.10,cluster_size=512",
+                                     "extended_l2=on,cluster_size=16k", "refcount_bits=4,cluster_size=4096"])
+def test_internal_snapshots_create_apply_delete(tmp_path, options):
+    path = tmp_path / "snaps.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", options, path, "2M")
+    qemu_io(path, "write -P 0x11 0 1M", "write -z 1M 64k", fmt="qcow2")
+    first = guest_view(path, tmp_path)
+    with Qcow2Driver.open(str(path), False) as drv:
+        drv.snapshot_create("first")
+        cs = drv.header.cluster_size
+        drv.write_compressed(1536 * 1024, drv.compress_cluster((b"c" * cs)))
+        drv.write(100, b"\x22" * 70000)
+    assert_check_clean(path)
+    second = guest_view(path, tmp_path)
+    qemu_img("snapshot", "-c", "second", path)          # qemu adds one on top of ours
+    with Qcow2Driver.open(str(path), False) as drv:
+        drv.write_zeroes(0, 512 * 1024, may_unmap=True)
+        drv.snapshot_create("third")
+        assert [s["name"] for s in drv.snapshots()] == ["first", "second", "third"]
+        assert [s["id"] for s in drv.snapshots()] == ["1", "2", "3"]
+    assert_check_clean(path)
+    listed = qemu_img_json("info", path)["snapshots"]
+    assert [(s["id"], s["name"]) for s in listed] == [("1", "first"), ("2", "second"), ("3", "third")]
+    assert _snapshot_view(path, tmp_path, "first") == first
+    assert _snapshot_view(path, tmp_path, "second") == second
+    with Qcow2Driver.open(str(path), False) as drv:
+        drv.snapshot_apply("first")
+        assert drv.read(0, len(first)) == first
+    assert_check_clean(path)
+    assert guest_view(path, tmp_path) == first
+    with Qcow2Driver.open(str(path), False) as drv:
+        drv.snapshot_delete("second")
+        drv.snapshot_delete("1")          # by ID
+        drv.write(4096, b"\x33" * 8192)   # the active disk owns its clusters again
+    assert_check_clean(path)
+    assert [s["name"] for s in qemu_img_json("info", path)["snapshots"]] == ["third"]
+    expected = bytearray(first)
+    expected[4096:12288] = b"\x33" * 8192
+    assert guest_view(path, tmp_path) == bytes(expected)
+    qemu_img("snapshot", "-a", "third", path)
+    assert_check_clean(path)
+    qemu_img("snapshot", "-d", "third", path)
+    assert_check_clean(path)
+
+
+def test_snapshot_refused_when_refcounts_would_overflow(tmp_path):
+    path = tmp_path / "rc1.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "refcount_bits=1,cluster_size=4096", path, "1M")
+    qemu_io(path, "write -P 1 0 64k", fmt="qcow2")
+    with open(str(path), "rb") as f:
+        before = f.read()
+    with Qcow2Driver.open(str(path), False) as drv:
+        with pytest.raises(ImageError, match="refcount"):
+            drv.snapshot_create("s")
+    with open(str(path), "rb") as f:
+        assert f.read() == before
