@@ -333,7 +333,7 @@ def test_corrupt_flag_read_only(tmp_path):
         Qcow2Driver.open(str(path), False, DirOpener())
 
 
-def test_dirty_image_reads_but_refuses_writable_open(tmp_path):
+def test_dirty_image_reads_and_is_repaired_on_writable_open(tmp_path):
     path = tmp_path / "dirty.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", path, "1M")
     qemu_io(path, "write -P 9 0 4k", fmt="qcow2")
@@ -342,8 +342,9 @@ def test_dirty_image_reads_but_refuses_writable_open(tmp_path):
     with Qcow2Driver.open(str(path), True, DirOpener()) as drv:
         assert drv.read(0, 4096) == b"\x09" * 4096
         assert drv.info()["dirty-flag"] is True
-    with pytest.raises(ImageError, match="check with repair"):
-        Qcow2Driver.open(str(path), False, DirOpener())
+    with Qcow2Driver.open(str(path), False, DirOpener()) as drv:      # repaired as QEMU does
+        assert drv.info()["dirty-flag"] is False
+    assert qemu_img_json("info", path)["dirty-flag"] is False
 
 
 def test_encrypted_image_refused_on_read(tmp_path):
