@@ -9,8 +9,8 @@ images takes ``allow_dirs`` (more directories whose files an image may name,
 e.g. as its backing file); read-only ones take ``force_share`` (qemu-img -U).
 Errors are ImageError subclasses from ``errors``.
 
-Operations not implemented yet (rebase, commit, amend, snapshots,
-map, measure) are deliberately absent rather than stubbed.
+Operations not implemented yet (rebase, commit, amend, snapshots) are
+deliberately absent rather than stubbed.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -34,7 +34,7 @@ from .ops.measure import measure  # noqa: F401
 
 __all__ = [
     "info", "create", "convert", "check", "compare", "compare_detail", "open_image", "Image", "resize",
-    "parse_size", "normalize_options",
+    "map", "measure", "parse_size", "normalize_options",
     "ImageError", "ImageNotFoundError", "FormatError", "CorruptImageError", "UnsupportedFeature",
     "UnsupportedOperation", "InvalidOptionError", "PolicyError", "ProbeError", "ImageInUseError",
     "ReadOnlyImageError",
