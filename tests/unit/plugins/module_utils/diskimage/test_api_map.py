@@ -63,6 +63,13 @@ def test_qcow2_cluster_kinds(tmp_path):
     assert entry_at(entries, 512 << 10)["data"] is True
 
 
+def test_qcow2_compat_0_10(tmp_path):
+    image = tmp_path / "old.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "compat=0.10,cluster_size=4k", image, "1M")
+    qemu_io(image, "write -P 1 0 6k", "write -z 64k 64k", "write -c -P 2 512k 4k", fmt="qcow2")
+    same_as_qemu(image)
+
+
 def test_qcow2_empty_and_unaligned_size(tmp_path):
     image = tmp_path / "odd.qcow2"
     qemu_img("create", "-f", "qcow2", image, "1000")
@@ -85,10 +92,14 @@ def test_extended_l2_subclusters(tmp_path, cluster_size):
     same_as_qemu(top)
 
 
-@pytest.mark.parametrize("preallocation", ["metadata", "falloc", "full"])
-def test_preallocation(tmp_path, preallocation):
+@pytest.mark.parametrize("preallocation,refcount_bits", [
+    ("metadata", 16), ("metadata", 1), ("metadata", 4), ("metadata", 8), ("metadata", 64),
+    ("falloc", 16), ("full", 2),
+])
+def test_preallocation(tmp_path, preallocation, refcount_bits):
     image = tmp_path / ("%s.qcow2" % preallocation)
-    qemu_img("create", "-f", "qcow2", "-o", "preallocation=%s" % preallocation, image, "1M")
+    qemu_img("create", "-f", "qcow2", "-o", "preallocation=%s,refcount_bits=%d,cluster_size=4k"
+             % (preallocation, refcount_bits), image, "1M")
     same_as_qemu(image)
     qemu_io(image, "write -P 9 64k 4k", "write -z 512k 64k", fmt="qcow2")
     entries = same_as_qemu(image)
