@@ -182,3 +182,43 @@ def test_image_written_by_the_library(tmp_path, options):
         opened.write_zeroes(1 << 20, 65536)
         opened.write(1536 << 10, b"\x02" * 512)
     same_as_qemu(image)
+
+
+def test_qcow2_header_size_not_whole_sectors(tmp_path):
+    image = tmp_path / "odd-header.qcow2"
+    qemu_img("create", "-f", "qcow2", image, "1024")
+    with open(str(image), "r+b") as f:
+        f.seek(24)      # header field "size"
+        f.write((1000).to_bytes(8, "big"))
+    entries = same_as_qemu(image)
+    # QEMU sees whole sectors only: 512 bytes here.
+    assert sum(e["length"] for e in entries) == 512
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_operations(tmp_path, seed):
+    import random
+    rng = random.Random(seed)
+    cluster = rng.choice([4096, 16384, 65536])
+    extended = cluster >= 16384 and rng.random() < 0.5
+    options = "cluster_size=%d,extended_l2=%s" % (cluster, "on" if extended else "off")
+    base = tmp_path / "base.qcow2"
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", options, base, "2M")
+    qemu_img("create", "-f", "qcow2", "-o", options, "-b", "base.qcow2", "-F", "qcow2", top, "3M")
+    for image, size in ((base, 2 << 20), (top, 3 << 20)):
+        # Compressed writes need unallocated clusters: they come first.
+        commands = ["write -c -P 9 %d %d" % (index * cluster, cluster)
+                    for index in rng.sample(range(size // cluster), 3)]
+        for _ in range(12):
+            length = rng.choice([512, 2048, 4096, cluster, 3 * cluster])
+            offset = rng.randrange(0, size - length, 512)
+            kind = rng.choice(["write -P 7", "write -z", "write -z -u", "discard"])
+            commands.append("%s %d %d" % (kind, offset, length))
+        qemu_io(image, *commands, fmt="qcow2")
+    same_as_qemu(base)
+    same_as_qemu(top)
+    # measure walks the same chain status.
+    for out_options in ("cluster_size=4k", "cluster_size=64k", "cluster_size=2M"):
+        assert diskimage.measure(src=str(top), options=dict([out_options.split("=")])) == \
+            qemu_img_json("measure", "-O", "qcow2", "-o", out_options, top)
