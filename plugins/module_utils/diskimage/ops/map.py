@@ -79,7 +79,8 @@ def layer_status(layer, offset, end, l1_table=None, cache=None):
     (start, length, flags, host offset or None).  ``l1_table`` replaces a
     qcow2 layer's active L1 table (a snapshot's); ``cache`` (a dict) keeps
     per-layer facts between calls."""
-    end = min(end, qemu_length(layer) if l1_table is None else end)
+    # A snapshot's L1 table leaves the length alone (as QEMU's temporary snapshot load).
+    end = min(end, qemu_length(layer))
     if offset >= end:
         return []
     if cache is None:
