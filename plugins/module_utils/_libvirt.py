@@ -1,0 +1,164 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared libvirt plumbing of the kvm.storage modules.
+
+Private to this collection (the leading underscore): no compatibility promise.
+
+- libvirt-python is optional: it is imported here, guarded, and ``HAS_LIBVIRT`` /
+  ``LIBVIRT_IMPORT_ERROR`` tell a module whether to fail with ``missing_required_lib``.
+  No ``libvirt.*`` name is touched at import time.
+- ``LibvirtConnection`` opens (and closes) one connection to a URI.
+- ``libvirt_call`` turns a ``libvirtError`` into a ``LibvirtModuleError`` whose message
+  says what was being done to which object, and libvirt's own explanation.
+- XML helpers for idempotent comparison: parse, canonicalise (attributes sorted, whitespace
+  dropped, children in a stable order) and render back to text.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import traceback
+from xml.etree import ElementTree
+
+try:
+    import libvirt
+except ImportError:
+    libvirt = None
+    HAS_LIBVIRT = False
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+else:
+    HAS_LIBVIRT = True
+    LIBVIRT_IMPORT_ERROR = None
+
+DEFAULT_URI = 'qemu:///system'
+
+
+class LibvirtModuleError(Exception):
+    """A libvirt failure or a refused request, with a message meant for the user."""
+
+
+def libvirt_argument_spec():
+    """Options of the doc fragment kvm.storage.libvirt."""
+    return dict(uri=dict(type='str', default=DEFAULT_URI))
+
+
+# --------------------------------------------------------------------------- errors
+def error_message(exc):
+    """libvirt's own text of an error (without the python wrapper's decoration)."""
+    getter = getattr(exc, 'get_error_message', None)
+    message = getter() if getter is not None else None
+    return message or str(exc) or exc.__class__.__name__
+
+
+def error_is(exc, *code_names):
+    """Whether a libvirtError has one of the error codes named (``'VIR_ERR_NO_STORAGE_POOL'``...).
+
+    Codes are looked up by name when asked, so that nothing touches libvirt at import time
+    and a code unknown to an older libvirt-python simply does not match.
+    """
+    getter = getattr(exc, 'get_error_code', None)
+    if getter is None or libvirt is None:
+        return False
+    code = getter()
+    return any(code == getattr(libvirt, name, object()) for name in code_names)
+
+
+def libvirt_call(what, function, *args):
+    """Call a libvirt function; a libvirtError becomes LibvirtModuleError('<what>: <libvirt message>')."""
+    try:
+        return function(*args)
+    except libvirt.libvirtError as exc:
+        raise LibvirtModuleError('%s: %s' % (what, error_message(exc)))
+
+
+def _ignore_libvirt_error(context, error):
+    """libvirt's default handler prints every error on stderr; the module reports them itself."""
+
+
+class LibvirtConnection(object):
+    """A connection to ``uri`` (read-only when asked); a context manager that closes it."""
+
+    def __init__(self, uri=DEFAULT_URI, readonly=False):
+        if not HAS_LIBVIRT:
+            raise LibvirtModuleError('libvirt-python is not installed')
+        self.uri = uri
+        self.readonly = readonly
+        self.conn = None
+
+    def open(self):
+        libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+        opener = libvirt.openReadOnly if self.readonly else libvirt.open
+        try:
+            conn = opener(self.uri)
+        except libvirt.libvirtError as exc:
+            raise LibvirtModuleError('cannot connect to libvirt at %s: %s' % (self.uri, error_message(exc)))
+        if conn is None:
+            raise LibvirtModuleError('cannot connect to libvirt at %s' % self.uri)
+        self.conn = conn
+        return conn
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except libvirt.libvirtError:
+                pass
+            self.conn = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, exc_type, exc_value, tb):
+        self.close()
+        return False
+
+
+# --------------------------------------------------------------------------- XML
+def parse_xml(text, what='XML'):
+    """An Element from XML text; a LibvirtModuleError naming ``what`` when it is not well-formed."""
+    if not isinstance(text, str) or not text.strip():
+        raise LibvirtModuleError('%s: expected an XML document, found %r' % (what, text))
+    try:
+        return ElementTree.fromstring(text)
+    except ElementTree.ParseError as exc:
+        raise LibvirtModuleError('%s is not well-formed XML: %s' % (what, exc))
+
+
+def canonical_element(element):
+    """A copy of ``element`` in canonical form: attributes sorted, surrounding whitespace dropped,
+    comments gone, children ordered by their own canonical text (libvirt does not give their order
+    a meaning in the documents compared here)."""
+    copy = ElementTree.Element(element.tag, dict(sorted(element.attrib.items())))
+    text = (element.text or '').strip()
+    copy.text = text or None
+    children = [canonical_element(child) for child in element if isinstance(child.tag, str)]
+    children.sort(key=lambda child: (child.tag, ElementTree.tostring(child, encoding='unicode')))
+    copy.extend(children)
+    return copy
+
+
+def canonical_xml(element):
+    """The canonical text of an element, indented two spaces per level: equal texts mean equal documents
+    for our comparisons, and the text reads well in a diff."""
+    copy = canonical_element(element)
+    ElementTree.indent(copy, space='  ')
+    return ElementTree.tostring(copy, encoding='unicode')
+
+
+def child_text(element, path, default=None):
+    """Stripped text of the first element at ``path`` under ``element`` (``default`` when absent or empty)."""
+    found = element.find(path)
+    if found is None or found.text is None or not found.text.strip():
+        return default
+    return found.text.strip()
+
+
+def sanitize_path(path):
+    """A path as libvirt stores it (virFileSanitizePath): repeated slashes collapsed, no trailing slash."""
+    if not path:
+        return path
+    leading = '//' if path.startswith('//') and not path.startswith('///') else ('/' if path.startswith('/') else '')
+    parts = [part for part in path.split('/') if part]
+    sanitized = leading + '/'.join(parts)
+    return sanitized or '/'
