@@ -285,20 +285,33 @@ def _metadata_preallocated(layer, cache):
     per_block = cluster_size * 8 // refcount_bits
     table_bytes = min(header.refcount_table_clusters * cluster_size, L.MAX_REFTABLE_BYTES)
     reftable = image_file.pread(header.refcount_table_offset, table_bytes)
+    file_size = image_file.size()
     counted = 0
     block_index = 0
-    while block_index * per_block < end_cluster and counted < threshold:
+    # Refcount blocks seen before (a hostile table may name one block many times).
+    counts_by_block = {}
+    preallocated = False
+    while block_index * per_block < end_cluster:
         if (block_index + 1) * 8 > len(reftable):
             break
         block_offset = int.from_bytes(reftable[block_index * 8:block_index * 8 + 8], "big") & L.REFT_OFFSET_MASK
         if block_offset:
+            if block_offset % cluster_size or block_offset + cluster_size > file_size:
+                # QEMU's guess fails on a damaged table, and then says "not preallocated".
+                break
             entries = min(per_block, end_cluster - block_index * per_block)
-            block = image_file.pread(block_offset, cluster_size)
-            if len(block) == cluster_size:
-                counted += _count_nonzero_refcounts(block, entries, refcount_bits)
+            count = counts_by_block.get((block_offset, entries))
+            if count is None:
+                block = image_file.pread_exact(block_offset, cluster_size, "qcow2 refcount block")
+                count = counts_by_block[(block_offset, entries)] = \
+                    _count_nonzero_refcounts(block, entries, refcount_bits)
+            counted += count
+            if counted >= threshold:
+                preallocated = True
+                break
         block_index += 1
-    cache[key] = counted >= threshold
-    return cache[key]
+    cache[key] = preallocated
+    return preallocated
 
 
 # --------------------------------------------------------------------- map
