@@ -3,6 +3,7 @@
 """map() lists what qemu-img map --output=json lists, entry for entry and field for field."""
 
 import os
+import random
 
 import pytest
 
@@ -197,7 +198,6 @@ def test_qcow2_header_size_not_whole_sectors(tmp_path):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_random_operations(tmp_path, seed):
-    import random
     rng = random.Random(seed)
     cluster = rng.choice([4096, 16384, 65536])
     extended = cluster >= 16384 and rng.random() < 0.5
@@ -210,7 +210,7 @@ def test_random_operations(tmp_path, seed):
         # Compressed writes need unallocated clusters: they come first.
         commands = ["write -c -P 9 %d %d" % (index * cluster, cluster)
                     for index in rng.sample(range(size // cluster), 3)]
-        for _ in range(12):
+        for dummy_step in range(12):
             length = rng.choice([512, 2048, 4096, cluster, 3 * cluster])
             offset = rng.randrange(0, size - length, 512)
             kind = rng.choice(["write -P 7", "write -z", "write -z -u", "discard"])
