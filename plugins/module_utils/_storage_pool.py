@@ -41,6 +41,8 @@ POOL_STATES = ('present', 'absent', 'active', 'inactive', 'deleted')
 
 # Pool types whose storage is a directory on this host: built by creating it, deleted by removing it.
 TARGET_DIRECTORY_TYPES = ('dir', 'fs', 'netfs')
+# Pool types libvirt defines without a target path (logical pools default to /dev/<volume group>).
+TARGETLESS_TYPES = ('logical', 'rbd')
 # Pool types whose storage libvirt can delete (virStoragePoolDelete) and whose existence we can observe.
 DELETABLE_TYPES = ('dir', 'fs', 'netfs', 'logical')
 
@@ -218,6 +220,9 @@ def build_pool_element(name, pool_type, target=None, source=None, uuid=None, mod
     if not target:
         if pool_type in TARGET_DIRECTORY_TYPES:
             raise LibvirtModuleError('%s pools need target (the directory that holds the volumes)' % pool_type)
+        if pool_type not in TARGETLESS_TYPES:
+            raise LibvirtModuleError('%s pools need target (where the device nodes of their volumes appear, for example %s)'
+                                     % (pool_type, '/dev' if pool_type == 'disk' else '/dev/disk/by-path'))
         if permissions:
             raise LibvirtModuleError('mode, owner and group are permissions of target: give target too')
         return pool
@@ -263,10 +268,19 @@ def normalise_pool_element(element, reference=None, permissions=True):
         for empty in source.findall('name'):
             source.remove(empty)
         _sub(source, 'name', child_text(pool, 'name'))
+    for directory in source.findall('dir'):
+        if directory.get('path'):
+            directory.set('path', sanitize_path(directory.get('path')))
     if not len(source) and not source.attrib and not (source.text or '').strip():
         pool.remove(source)
 
     target = pool.find('target')
+    if pool_type == 'logical' and (target is None or child_text(target, 'path') is None):
+        if target is None:
+            target = ElementTree.SubElement(pool, 'target')
+        for empty in target.findall('path'):
+            target.remove(empty)
+        _sub(target, 'path', '/dev/' + child_text(source, 'name'))
     if target is not None:
         for path in target.findall('path'):
             path.text = sanitize_path((path.text or '').strip())
@@ -623,6 +637,9 @@ def plan_storage_pool(request, state, directory=None):
     elif request.state == 'inactive' and was_active:
         actions.append(Action('stop', 'stop storage pool %s' % name))
         after['state'] = 'inactive'
+        after['restart_pending'] = False
+    elif was_active and redefined and normalised_xml(state.live_element, definition, not on_directory) == after['xml']:
+        # The new definition is the one the pool runs with (it undoes a change made behind our back).
         after['restart_pending'] = False
     elif was_active and (redefined or before['restart_pending']):
         if request.restart:
