@@ -1763,8 +1763,13 @@ class Qcow2Driver(Driver):
         """The current snapshot table entries, byte for byte (unknown extra data kept)."""
         if not self._snapshots:
             return []
-        raw = self._file.pread_exact(self.header.snapshots_offset, self._snapshot_table_bytes,
-                                     "qcow2 snapshot table")
+        # QEMU does not pad the last entry to 8 bytes in the file: read up to that padding and add it.
+        unpadded = self._snapshot_table_bytes - 7
+        raw = self._file.pread(self.header.snapshots_offset, self._snapshot_table_bytes)
+        if len(raw) < unpadded:
+            raw = self._file.pread_exact(self.header.snapshots_offset, self._snapshot_table_bytes,
+                                         "qcow2 snapshot table")
+        raw = raw + bytes(self._snapshot_table_bytes - len(raw))
         return [raw[s["entry_offset"]:s["entry_offset"] + s["entry_length"]] for s in self._snapshots]
 
     def _write_snapshot_table(self, entries):
