@@ -137,3 +137,15 @@ class Driver:
     def snapshots(self):
         """Internal snapshots as ``qemu-img info`` lists them (empty when none)."""
         return []
+
+    def snapshot_create(self, name):
+        """Create internal snapshot ``name`` of the current disk."""
+        raise UnsupportedOperation("%s images have no internal snapshots" % self.format_name, self.path)
+
+    def snapshot_apply(self, name):
+        """Make internal snapshot ``name`` the current disk."""
+        raise UnsupportedOperation("%s images have no internal snapshots" % self.format_name, self.path)
+
+    def snapshot_delete(self, name):
+        """Delete internal snapshot ``name``."""
+        raise UnsupportedOperation("%s images have no internal snapshots" % self.format_name, self.path)
