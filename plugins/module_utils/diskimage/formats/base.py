@@ -114,6 +114,24 @@ class Driver:
         shrink is allowed; drivers refuse sizes their format cannot represent."""
         raise UnsupportedOperation("resizing %s images is not supported" % self.format_name, self.path)
 
+    # ------------------------------------------- in-place changes (rebase, commit, amend)
+    def set_backing(self, backing_file, backing_fmt):
+        """Record ``backing_file`` (None: no backing file) and its format in the
+        image's metadata; guest data untouched (qemu-img rebase -u)."""
+        raise UnsupportedOperation("%s images cannot have a backing file recorded" % self.format_name, self.path)
+
+    def make_empty(self):
+        """Deallocate everything this layer holds (reads fall through to the backing)."""
+        raise UnsupportedOperation("emptying %s images is not supported" % self.format_name, self.path)
+
+    def amend(self, options):
+        """Change format options in place (qemu-img amend -o)."""
+        raise UnsupportedOperation("amending %s images is not supported" % self.format_name, self.path)
+
+    def select_snapshot(self, name):
+        """Read-only drivers: show internal snapshot ``name`` instead of the current disk."""
+        raise UnsupportedOperation("%s images have no internal snapshots" % self.format_name, self.path)
+
     def flush(self):
         pass
 

@@ -1938,6 +1938,290 @@ class Qcow2Driver(Driver):
             for entry in freed:
                 self._free_entry(entry)
 
+    # ============================================= header edits, emptying, amend
+    # (used by ops/rebase.py, ops/commit.py, ops/amend.py and convert -l)
+    def _compose_header(self, version=None, backing=None, compatible=None, refcount_order=None,
+                        reftable=None):
+        """The whole header cluster with the given changes (None: keep).  ``backing``
+        is (name or None, format or None); ``reftable`` is (offset, clusters)."""
+        h = self.header
+        cs = self._cs
+        raw = bytes(self._file.pread_exact(0, cs, "qcow2 header"))
+        version = h.version if version is None else version
+        start = h.header_length if h.version >= 3 else L.HEADER_V2_LENGTH
+        limit = h.backing_file_offset if h.backing_file_offset > start else cs
+        exts = []
+        off = start
+        while off + 8 <= limit:
+            ext_type, ext_len = L.HEADER_EXTENSION.unpack_from(raw, off)
+            if ext_type == L.EXT_END or off + 8 + ext_len > limit:
+                break
+            exts.append((ext_type, raw[off + 8:off + 8 + ext_len]))
+            off += 8 + L.pad8(ext_len)
+        if backing is None:
+            backing = (h.backing_file, h.backing_format)
+        name, fmt = backing
+        drop = [L.EXT_BACKING_FORMAT]
+        if version < 3:
+            drop += [L.EXT_FEATURE_NAME_TABLE, L.EXT_BITMAPS]
+        exts = [item for item in exts if item[0] not in drop]
+        if fmt:
+            exts.insert(0, (L.EXT_BACKING_FORMAT, fmt.encode("utf-8")))
+        fixed = bytearray(raw[:L.HEADER_V2_LENGTH])
+        if version >= 3:
+            if h.version >= 3:
+                fixed += raw[L.HEADER_V2_LENGTH:start]
+            else:
+                fixed += L.HEADER_V3_EXTRA.pack(0, 0, 0, 4, L.HEADER_V3_LENGTH_COMPRESSION) + bytes(8)
+                table = b"".join(L.FEATURE_NAME_ENTRY.pack(t, bit, label) for t, bit, label in FEATURE_NAMES)
+                exts.append((L.EXT_FEATURE_NAME_TABLE, table))
+            if compatible is not None:
+                struct.pack_into(">Q", fixed, L.OFF_COMPATIBLE_FEATURES, compatible)
+            if refcount_order is not None:
+                struct.pack_into(">I", fixed, L.OFF_AUTOCLEAR_FEATURES + 8, refcount_order)
+        struct.pack_into(">I", fixed, 4, version)
+        if reftable is not None:
+            struct.pack_into(">QI", fixed, L.OFF_REFCOUNT_TABLE_OFFSET, reftable[0], reftable[1])
+        new = fixed + _serialize_extensions(exts)
+        name_bytes = name.encode("utf-8", "surrogateescape") if name else b""
+        struct.pack_into(">QI", new, L.OFF_BACKING_FILE_OFFSET, len(new) if name_bytes else 0, len(name_bytes))
+        new += name_bytes
+        if len(new) > cs:
+            raise InvalidOptionError("qcow2 header: the new header (%d bytes, backing file name included) does "
+                                     "not fit in one %d-byte cluster" % (len(new), cs), self.path)
+        return bytes(new + bytes(cs - len(new)))
+
+    def _install_header(self, new):
+        """Write the header cluster ``new`` in one pwrite (crash-safe) and adopt it."""
+        self._file.flush()
+        self._file.pwrite(0, new)
+        self._file.flush()
+        h = L.parse_header(new, self.path, self._file_size)
+        self.header = h
+        self._header_cluster = new
+        self.backing_filename = h.backing_file
+        self.backing_format = h.backing_format
+
+    def set_backing(self, backing_file, backing_fmt):
+        """Record ``backing_file`` (None or "": no backing file) and its format in
+        the header; nothing else changes (qemu-img rebase -u)."""
+        self._check_writable()
+        backing_file = backing_file or None
+        backing_fmt = backing_fmt or None
+        if backing_file is None and backing_fmt is not None:
+            raise InvalidOptionError("qcow2: backing_fmt %r given without a backing file" % backing_fmt, self.path)
+        if backing_file is not None:
+            if backing_fmt is None:
+                raise InvalidOptionError("qcow2: the backing file format is required (never guessed)", self.path)
+            if len(backing_file.encode("utf-8", "surrogateescape")) > L.MAX_BACKING_FILE_NAME:
+                raise InvalidOptionError("qcow2: backing file name longer than %d bytes"
+                                         % L.MAX_BACKING_FILE_NAME, self.path)
+            if self.header.autoclear_features & L.AUTOCLEAR_DATA_FILE_RAW:
+                raise InvalidOptionError("qcow2: an image with a raw external data file cannot have a backing file",
+                                         self.path)
+        self._install_header(self._compose_header(backing=(backing_file, backing_fmt)))
+
+    def make_empty(self):
+        """Drop every cluster of the active layer (qemu-img commit empties the
+        overlay): the L1 table is cleared first, then the references it held are
+        dropped (a crash leaves leaks only); snapshots keep theirs."""
+        self._prepare_write()
+        old = array.array("Q", self._l1)
+        if not any(entry & L.L1E_OFFSET_MASK for entry in old):
+            return
+        self._file.flush()
+        self._file.pwrite(self.header.l1_table_offset, bytes(len(old) * 8))
+        self._file.flush()
+        self._l1 = array.array("Q", bytes(len(old) * 8))
+        if self._data_file is self._file:
+            self._tree_refcounts(old, -1)
+        else:
+            for l2_offset, _table in self._tree(old):
+                self._refcount_update(l2_offset, 1, -1)
+        self._l2_cache.clear()
+        self._l2_set = set()
+        self._verified_targets = set()
+        self._decompressed = (None, None)
+
+    def select_snapshot(self, name):
+        """Show internal snapshot ``name`` (name, else ID) instead of the active
+        layer: read-only drivers only (qemu-img convert -l)."""
+        if not self.readonly:
+            raise ImageError("qcow2: a snapshot can only be selected on a read-only image", self.path)
+        snap = self._find_snapshot(name)
+        self._l1 = self._read_l1(snap["l1_table_offset"], snap["l1_size"], "snapshot L1 table")
+        if snap["disk_size"] is not None:
+            self.virtual_size = snap["disk_size"]
+        self._l2_cache.clear()
+        self._decompressed = (None, None)
+
+    AMEND_OPTIONS = ("compat", "lazy_refcounts", "refcount_bits", "backing_file", "backing_fmt")
+
+    def amend(self, options):
+        """Change options in place as ``qemu-img amend -o`` does: compat (0.10 <->
+        1.1), lazy_refcounts, refcount_bits, backing_file/backing_fmt (header only)."""
+        self._check_writable()
+        opts = dict(options or {})
+        h = self.header
+        for key in sorted(opts):
+            if key not in self.AMEND_OPTIONS:
+                if key in CREATE_OPTIONS:
+                    raise InvalidOptionError("qcow2 amend: option %s cannot be changed (creation only)" % key,
+                                             self.path)
+                raise InvalidOptionError("qcow2 amend: unknown option %s (supported: %s)"
+                                         % (key, ", ".join(self.AMEND_OPTIONS)), self.path)
+        version = h.version
+        if "compat" in opts:
+            versions = {"0.10": 2, "v2": 2, "1.1": 3, "v3": 3}
+            if str(opts["compat"]) not in versions:
+                raise InvalidOptionError("qcow2 amend: compat must be 0.10, v2, 1.1 or v3 (found %r)"
+                                         % (opts["compat"],), self.path)
+            version = versions[str(opts["compat"])]
+        lazy = _bool_option("lazy_refcounts", opts["lazy_refcounts"], self.path) \
+            if "lazy_refcounts" in opts else None
+        bits = h.refcount_bits
+        if "refcount_bits" in opts:
+            bits = _int_option("refcount_bits", opts["refcount_bits"], self.path)
+            if bits not in (1, 2, 4, 8, 16, 32, 64):
+                raise InvalidOptionError("qcow2 amend: refcount_bits must be a power of two up to 64 (found %d)"
+                                         % bits, self.path)
+        if version < 3 and lazy:
+            raise InvalidOptionError("qcow2 amend: lazy refcounts need compat 1.1 or above", self.path)
+        if version < 3 and bits != 16:
+            raise InvalidOptionError("qcow2 amend: refcount widths other than 16 bits need compat 1.1 or above "
+                                     "(compat=0.10 requires refcount_bits=16)", self.path)
+        if version < h.version and h.incompatible_features & ~L.INCOMPAT_DIRTY:
+            raise UnsupportedFeature("qcow2 amend: cannot downgrade an image with incompatible features 0x%x "
+                                     "(external data file, compression type or extended L2)"
+                                     % (h.incompatible_features & ~L.INCOMPAT_DIRTY), self.path)
+        if version < h.version and h.crypt_method == L.CRYPT_LUKS:
+            raise UnsupportedFeature("qcow2 amend: cannot downgrade a LUKS-encrypted image", self.path)
+        backing = None
+        if "backing_file" in opts or "backing_fmt" in opts:
+            name = opts.get("backing_file", h.backing_file) or None
+            fmt = opts.get("backing_fmt", h.backing_format if "backing_file" not in opts else None) or None
+            if name is None and fmt is not None:
+                raise InvalidOptionError("qcow2 amend: backing_fmt given without a backing file", self.path)
+            if name is not None and fmt is None:
+                raise InvalidOptionError("qcow2 amend: backing_fmt is required with backing_file (never guessed)",
+                                         self.path)
+            backing = (name, fmt)
+        if version > h.version:
+            self._install_header(self._compose_header(version=version, compatible=0))
+        if bits != h.refcount_bits:
+            self._change_refcount_width(bits)
+        if version < h.version:
+            self._prepare_write()       # clears the autoclear bits (bitmaps freed)
+            self._expand_zero_clusters()
+            self._install_header(self._compose_header(version=version))
+        if backing is not None:
+            self.set_backing(backing[0], backing[1])
+        if lazy is not None and self.header.version >= 3 and lazy != self.header.lazy_refcounts:
+            compatible = self.header.compatible_features & ~L.COMPAT_LAZY_REFCOUNTS
+            self._install_header(self._compose_header(
+                compatible=compatible | (L.COMPAT_LAZY_REFCOUNTS if lazy else 0)))
+
+    def _expand_zero_clusters(self):
+        """Make every zero cluster (active layer and snapshots) an ordinary one, as
+        compat 0.10 has no zero flag: unallocated when nothing shows through,
+        else a cluster of zeroes (refcount = the references its L2 table has)."""
+        cs = self._cs
+        zeroes = bytes(cs)
+        seen = set()
+        tables = [self._l1] + [self._read_l1(s["l1_table_offset"], s["l1_size"], "snapshot L1 table")
+                               for s in self._snapshots]
+        for l1_entries in tables:
+            for l2_offset, table in self._tree(l1_entries):
+                if l2_offset in seen:
+                    continue
+                seen.add(l2_offset)
+                if not any(entry & L.OFLAG_ZERO and not entry & L.OFLAG_COMPRESSED for entry in table):
+                    continue
+                self._check_metadata_target(l2_offset, "l2")
+                table = array.array("Q", table)
+                l2_refs = self._refcount(l2_offset)
+                for index, entry in enumerate(table):
+                    if entry & L.OFLAG_COMPRESSED or not entry & L.OFLAG_ZERO:
+                        continue
+                    host = entry & L.L2E_OFFSET_MASK
+                    if host:
+                        self._data_file.pwrite(host, zeroes)
+                        table[index] = entry & ~L.OFLAG_ZERO
+                    elif not self.backing_filename:
+                        table[index] = 0
+                    else:
+                        host = self._alloc(1)
+                        if l2_refs > 1:
+                            self._refcount_update(host, cs, l2_refs - 1)
+                        self._data_file.pwrite(host, zeroes)
+                        table[index] = host | (L.OFLAG_COPIED if l2_refs == 1 else 0)
+                self._file.flush()
+                self._file.pwrite(l2_offset, _be_bytes(table))
+                self._l2_cache[l2_offset] = table
+
+    def _change_refcount_width(self, bits):
+        """Rewrite the refcount table and blocks with ``bits``-wide entries: the new
+        structures go past the end of the file, the header switches to them in
+        one write, the old ones are then free clusters."""
+        self._prepare_write()
+        cs, cb = self._cs, self._cb
+        total = -(-max(self._file_size, self._refcounted_end) // cs)
+        counts = array.array("Q", bytes(8 * total))
+        old_rbe = self._rbe
+        for block_index, block_offset in enumerate(self._reftable):
+            if not block_offset:
+                continue
+            first = block_index * old_rbe
+            if first >= total:
+                continue
+            values = _decode_refblock(self._load_refblock(block_offset), self._rc_bits)
+            count = min(old_rbe, total - first)
+            counts[first:first + count] = array.array("Q", values[:count])
+        h = self.header
+        old = [(h.refcount_table_offset, h.refcount_table_clusters)] + [(o, 1) for o in self._reftable if o]
+        for offset, clusters in old:
+            for cluster in range(offset >> cb, (offset >> cb) + clusters):
+                counts[cluster] -= 1
+        new_max = (1 << bits) - 1
+        for cluster, value in enumerate(counts if counts and max(counts) > new_max else ()):
+            if value > new_max:
+                raise InvalidOptionError("qcow2 amend: cannot decrease refcount entry width to %d bits: cluster "
+                                         "at 0x%x has a refcount of %d" % (bits, cluster << cb, value), self.path)
+        rbe = cs * 8 // bits
+        start = L.align_up(max(self._file_size, self._next_free, self._refcounted_end), cs) >> cb
+        table_clusters = blocks = 1
+        while True:
+            end = start + table_clusters + blocks
+            need_blocks = -(-end // rbe)
+            need_table = -(-need_blocks * 8 // cs)
+            if need_blocks == blocks and need_table == table_clusters:
+                break
+            blocks, table_clusters = need_blocks, need_table
+        if table_clusters * cs > L.MAX_REFTABLE_BYTES:
+            raise ImageError("qcow2 amend: the refcount table would exceed the %d-byte cap"
+                             % L.MAX_REFTABLE_BYTES, self.path)
+        counts.extend([0] * max(0, end - len(counts)))
+        for cluster in range(start, end):
+            counts[cluster] = 1
+        self._reserve(start << cb, end - start)
+        blocks_start = start + table_clusters
+        for block_index in range(blocks):
+            block = _encode_refblock(counts[block_index * rbe:(block_index + 1) * rbe], bits, cs)
+            self._file.pwrite((blocks_start + block_index) << cb, block)
+        reftable = [(blocks_start + i) << cb for i in range(blocks)]
+        reftable += [0] * (table_clusters * cs // 8 - blocks)
+        self._file.pwrite(start << cb, _be_bytes(reftable))
+        self._install_header(self._compose_header(refcount_order=bits.bit_length() - 1,
+                                                  reftable=(start << cb, table_clusters)))
+        self._rc_bits = bits
+        self._rc_max = new_max
+        self._rbe = rbe
+        self._reftable = None
+        self._refblock_cache.clear()
+        self._refblock_set = set()
+        self._verified_targets = set()
+        self._write_ready = False
+
 
 def _serialize_extensions(exts):
     out = bytearray()
@@ -1980,3 +2264,44 @@ def _build_new_header(version, cluster_size, refcount_bits, lazy, extended_l2, c
         raise InvalidOptionError("qcow2 create: the header with the backing file name (%d bytes) does not fit "
                                  "in one %d-byte cluster" % (len(out), cluster_size))
     return bytes(out)
+
+
+_REFCOUNT_ARRAY_CODES = {8: "B", 16: "H", 32: "I", 64: "Q"}
+
+
+def _decode_refblock(block, bits):
+    """Refcount block bytes -> array of ints (``bits``-wide big-endian entries)."""
+    if bits >= 8:
+        code = _REFCOUNT_ARRAY_CODES[bits]
+        if array.array(code).itemsize == bits // 8:
+            values = array.array(code)
+            values.frombytes(bytes(block))
+            if _LITTLE_ENDIAN and bits > 8:
+                values.byteswap()
+            return array.array("Q", values)
+        width = bits // 8
+        return array.array("Q", (int.from_bytes(block[i:i + width], "big") for i in range(0, len(block), width)))
+    mask = (1 << bits) - 1
+    return array.array("Q", ((block[(i * bits) >> 3] >> ((i * bits) & 7)) & mask
+                             for i in range(len(block) * 8 // bits)))
+
+
+def _encode_refblock(values, bits, cluster_size):
+    """Inverse of _decode_refblock, padded to a whole cluster."""
+    if bits >= 8:
+        code = _REFCOUNT_ARRAY_CODES[bits]
+        if array.array(code).itemsize == bits // 8:
+            packed = array.array(code, values)
+            if _LITTLE_ENDIAN and bits > 8:
+                packed.byteswap()
+            raw = packed.tobytes()
+        else:
+            raw = b"".join(value.to_bytes(bits // 8, "big") for value in values)
+    else:
+        block = bytearray(cluster_size)
+        for index, value in enumerate(values):
+            if value:
+                bit = index * bits
+                block[bit >> 3] |= value << (bit & 7)
+        raw = bytes(block)
+    return raw + bytes(cluster_size - len(raw))
