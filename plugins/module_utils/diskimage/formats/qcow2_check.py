@@ -28,7 +28,30 @@ and the image file's ``pread``/``size`` are used.
   corruptions          everything else found wrong: refcount lower than the
                        references, misaligned or out-of-file tables, reserved
                        bits, OFLAG_COPIED mismatches, ...
-  leaks-fixed, corruptions-fixed   (repair only; not implemented yet)
+  leaks-fixed, corruptions-fixed   (repair only) what the repair fixed
+
+Repair (``repair="leaks"`` or ``"all"``, the image file opened writable)
+follows ``qemu-img check -r``: "leaks" lowers refcounts that are too high;
+"all" also raises refcounts that are too low, fixes OFLAG_COPIED in the
+active tables, turns misaligned preallocated clusters into zero clusters,
+extends the file over a refcount block past its end, and rebuilds the
+refcount table and blocks from the computed references when the refcount
+structure itself is broken (refcount 0 on a used cluster, bad refcount table
+entries, shared refcount blocks).  A rebuild writes the new blocks and table
+in unreferenced clusters (QEMU's placement, but never over the old
+structures), flushes, then points the header at them; the old structures are
+then freed as leaks.  When something was fixed the image is checked again and
+the result has that second check's counts plus the fixed counts, as qemu-img
+prints them.  A rebuild needed in "leaks" mode raises CorruptImageError, as
+qemu-img check -r leaks fails.  A repair without corruptions or check errors
+left clears the dirty and corrupt bits.  ``repair_dirty`` is the repair QEMU
+does when it opens a dirty (lazy refcounts) image for writing.
+
+Known differences: snapshot table entries are not repaired; persistent
+bitmaps are kept as they are (qemu-img check -r releases them on its
+read-write open, reporting their clusters as fixed leaks, and stores them
+again on close); a refcount block past the end of the file is not reached by
+extending the file beyond MAX_CHECK_CLUSTERS clusters (a rebuild is done).
 
 Where qemu-img refuses to open an image (e.g. an invalid bitmap table entry
 makes QEMU fail to load the bitmap), the check still reports what it finds
@@ -45,8 +68,8 @@ One key qemu-img does not print is added:
                        MAX_MESSAGES are kept; the last one then says how many
                        more were found.
 
-``compute_references`` returns the computed reference counts alone; a later
-repair (refcount rebuild) starts from them.
+``compute_references`` returns the computed reference counts alone (what a
+refcount rebuild stores).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -59,8 +82,9 @@ import sys
 from ..errors import CorruptImageError, ImageError, InvalidOptionError, UnsupportedOperation
 from .qcow2_layout import (
     AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, L1E_OFFSET_MASK,
-    L1E_RESERVED_MASK, L2E_OFFSET_MASK, L2E_RESERVED_MASK, MAX_CLUSTER_BITS, MAX_L1_BYTES,
-    MAX_REFTABLE_BYTES, MAX_SNAPSHOT_TABLE_BYTES, MIN_CLUSTER_BITS, OFF_INCOMPATIBLE_FEATURES,
+    L1E_RESERVED_MASK, L2_ENTRY, L2_ENTRY_EXTENDED, L2E_OFFSET_MASK, L2E_RESERVED_MASK,
+    MAX_CLUSTER_BITS, MAX_L1_BYTES, MAX_REFTABLE_BYTES, MAX_SNAPSHOT_TABLE_BYTES, MIN_CLUSTER_BITS,
+    OFF_INCOMPATIBLE_FEATURES,
     OFF_REFCOUNT_TABLE_OFFSET, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO, REFT_OFFSET_MASK,
     SNAPSHOT_EXTRA_MIN, SNAPSHOT_HEADER, align_up, pad8, parse_header,
 )
@@ -449,6 +473,14 @@ class _Walker:
                 if contains_data:
                     findings.corruption("ERROR offset=%x: Data cluster is not properly aligned; L2 entry corrupted."
                                         % offset)
+                elif self.fix & FIX_ERRORS:
+                    findings.corruptions += 1
+                    findings.say("Repairing offset=%x: Preallocated cluster is not properly aligned; "
+                                 "L2 entry corrupted." % offset)
+                    self.zero_l2_entry(l2_offset, index, bitmap)
+                    findings.corruptions -= 1
+                    findings.corruptions_fixed += 1
+                    continue            # the cluster is unused now
                 else:
                     findings.corruption("ERROR offset=%x: Preallocated cluster is not properly aligned; "
                                         "L2 entry corrupted." % offset)
@@ -462,6 +494,15 @@ class _Walker:
         findings.allocated_clusters += allocated
         findings.fragmented_clusters += fragmented
         findings.compressed_clusters += compressed
+
+    def zero_l2_entry(self, l2_offset, index, bitmap):
+        """Repair: a preallocated cluster at a misaligned offset becomes a zero
+        cluster without host cluster (its allocated subclusters read as zero)."""
+        if self.extended_l2:
+            bitmap = ((bitmap | bitmap << 32) & ~SUBCLUSTER_ALLOC_MASK) & 0xffffffffffffffff
+            self.write(l2_offset + 16 * index, L2_ENTRY_EXTENDED.pack(0, bitmap))
+        else:
+            self.write(l2_offset + 8 * index, L2_ENTRY.pack(OFLAG_ZERO))
 
     # ------------------------------------------------------------ snapshots
     def read_snapshot_table(self):
