@@ -9,8 +9,7 @@ images takes ``allow_dirs`` (more directories whose files an image may name,
 e.g. as its backing file); read-only ones take ``force_share`` (qemu-img -U).
 Errors are ImageError subclasses from ``errors``.
 
-Operations not implemented yet (rebase, commit, amend) are
-deliberately absent rather than stubbed.
+Operations not implemented yet are deliberately absent rather than stubbed.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -31,11 +30,14 @@ from .ops.resize import resize  # noqa: F401
 from .ops.sizes import parse_size, normalize_options  # noqa: F401
 from .ops.map import map  # noqa: F401  pylint: disable=redefined-builtin
 from .ops.measure import measure  # noqa: F401
+from .ops.rebase import rebase  # noqa: F401
+from .ops.commit import commit  # noqa: F401
+from .ops.amend import amend  # noqa: F401
 from .ops.snapshot import snapshot_list, snapshot_create, snapshot_apply, snapshot_delete  # noqa: F401
 
 __all__ = [
     "info", "create", "convert", "check", "compare", "compare_detail", "open_image", "Image", "resize",
-    "map", "measure", "parse_size", "normalize_options",
+    "map", "measure", "parse_size", "normalize_options", "rebase", "commit", "amend",
     "snapshot_list", "snapshot_create", "snapshot_apply", "snapshot_delete",
     "ImageError", "ImageNotFoundError", "FormatError", "CorruptImageError", "UnsupportedFeature",
     "UnsupportedOperation", "InvalidOptionError", "PolicyError", "ProbeError", "ImageInUseError",
