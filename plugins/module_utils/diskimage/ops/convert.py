@@ -259,7 +259,8 @@ def _worker_count():
 
 @translate_os_errors("cannot convert image")
 def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progress=None,
-            allow_dirs=None, target_is_zero=False, force_share=False):
+            allow_dirs=None, target_is_zero=False, force_share=False, target_exists=False,
+            snapshot=None):
     """Convert the image ``src`` (with its backing chain) into a new image
     ``dst`` of format ``out_fmt`` (never overwriting ``dst``).
 
@@ -267,12 +268,25 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
     ``backing_fmt`` among them give the output a backing file (qemu-img
     convert -B -F): only what the source's top layer allocates is copied.
     ``compress`` writes compressed clusters (qcow2 only).
-    ``progress(done_bytes, total_bytes)`` is called as the copy advances.
+    ``progress(done_bytes, total_bytes)`` is called as the copy advances
+    (at least once per MAX_IO chunk).
+    ``target_exists`` (qemu-img convert -n): ``dst`` is an existing image of
+    format ``out_fmt``, at least as large as the source, written in place
+    (opened writable, locked; no -o options); ranges that read as zeroes in
+    the source are written as zeroes unless ``target_is_zero``.
+    ``snapshot`` (qemu-img convert -l snapshot.name=NAME): convert the
+    source's internal snapshot NAME (name, else ID) instead of its current
+    content.
 
     Returns {"bytes_read", "bytes_written", "compressed_clusters",
     "virtual_size", "duration"} (bytes of guest data; duration in seconds).
     """
     started = time.monotonic()
+    if progress is not None and not callable(progress):
+        raise InvalidOptionError("progress must be callable, found %r" % (progress,), dst)
+    if target_exists:
+        return _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
+                                      target_is_zero, force_share, snapshot, started)
     destination = destination_path(dst)
     cls = creatable_driver_class(out_fmt, destination)
     options = normalize_options(options)
@@ -286,13 +300,10 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
     if target_is_zero and backing_file is not None:
         raise InvalidOptionError("target_is_zero cannot be used with a backing file (zeroes must "
                                  "hide the backing file)", destination)
-    if progress is not None and not callable(progress):
-        raise InvalidOptionError("progress must be callable, found %r" % (progress,), destination)
 
     source = target_backing = target = temporary = None
     try:
-        source = open_driver(src, fmt=src_fmt, readonly=True, allow_dirs=allow_dirs,
-                             force_share=force_share)
+        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot)
         if backing_file is not None:
             target_backing = open_backing(destination, backing_file, backing_fmt, allow_dirs)
             options["backing_file"] = backing_file
@@ -333,4 +344,62 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         if temporary is not None:
             discard(temporary)
         close_quietly(target_backing)
+        close_quietly(source)
+
+
+def _open_source(src, src_fmt, allow_dirs, force_share, snapshot):
+    """The source chain, read-only; showing internal snapshot ``snapshot`` when given."""
+    source = open_driver(src, fmt=src_fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share)
+    if snapshot is not None:
+        try:
+            source.select_snapshot(str(snapshot))
+        except BaseException:
+            close_quietly(source)
+            raise
+    return source
+
+
+def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
+                           target_is_zero, force_share, snapshot, started):
+    """convert(target_exists=True): qemu-img convert -n."""
+    target_path = os.path.abspath(os.fspath(dst))
+    if not out_fmt or not isinstance(out_fmt, str):
+        raise InvalidOptionError("the target format is required to write an image (never guessed)", target_path)
+    if normalize_options(options):
+        raise InvalidOptionError("options cannot be used with target_exists (the target image already exists)",
+                                 target_path)
+    source = target = None
+    try:
+        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot)
+        target = open_driver(target_path, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs)
+        if compress and not hasattr(target, "compress_cluster"):
+            raise InvalidOptionError("compressed output is not supported for format %s (qcow2 only)"
+                                     % out_fmt, target_path)
+        if os.path.realpath(source.path) == os.path.realpath(target.path):
+            raise InvalidOptionError("the source and the target are the same image", target_path)
+        size = source.virtual_size
+        if target.virtual_size < size:
+            raise InvalidOptionError("the target (%d bytes) is smaller than the source (%d bytes)"
+                                     % (target.virtual_size, size), target_path)
+        # Zeroes are written everywhere the source reads zero (they must hide old
+        # target content and the target's own backing file) unless target_is_zero.
+        converter = _Converter(source, target, None, size, bool(target_is_zero), progress)
+        if compress:
+            converter.copy_compressed(_worker_count())
+        else:
+            converter.copy()
+        target.flush()
+        return {
+            "bytes_read": converter.bytes_read,
+            "bytes_written": converter.bytes_written,
+            "compressed_clusters": converter.compressed_clusters,
+            "virtual_size": size,
+            "duration": time.monotonic() - started,
+        }
+    except ImageError:
+        raise
+    except OSError as exc:
+        raise os_error(exc, exc.filename or target_path, "cannot convert image")
+    finally:
+        close_quietly(target)
         close_quietly(source)
