@@ -12,10 +12,12 @@ __metaclass__ = type
 
 from .raw import RawDriver
 from .qcow2 import Qcow2Driver
+from .vdi import VdiDriver
 
 DRIVERS = {
     RawDriver.format_name: RawDriver,
     Qcow2Driver.format_name: Qcow2Driver,
+    VdiDriver.format_name: VdiDriver,
 }
 
 
