@@ -24,7 +24,7 @@ import os
 from ._io import ImageFile
 from .errors import FormatError, ImageError
 from .formats import driver_class
-from .policy import resolve_reference
+from .policy import resolve_found, resolve_reference, search_dirs
 from .probe import probe
 
 # Layers in one chain, the top image included.
@@ -95,6 +95,27 @@ class _Opener:
             if exc.path is None or exc.path == resolved:
                 # Say which image named the failing backing file.
                 raise type(exc)("%s (backing file %r of %s)" % (exc, name, referrer_path),
+                                exc.path) from exc
+            raise
+
+    @property
+    def allow_dirs(self):
+        """The caller's extra allowed directories (None when none)."""
+        return self._chain.allow_dirs
+
+    def search_dirs(self, referrer_path):
+        """Directories searched for a parent known only by UUID (policy.search_dirs)."""
+        return search_dirs(referrer_path, self._chain.allow_dirs)
+
+    def open_found(self, referrer_path, path, fmt=None):
+        """Open ``path``, found by a UUID search in search_dirs(referrer_path),
+        read-only as the next layer of the chain (VirtualBox differencing parents)."""
+        resolved = resolve_found(referrer_path, path, self.search_dirs(referrer_path))
+        try:
+            return self._chain.open_layer(resolved, fmt or None, True, self._trail)
+        except ImageError as exc:
+            if exc.path is None or exc.path == resolved:
+                raise type(exc)("%s (parent image %s of %s)" % (exc, resolved, referrer_path),
                                 exc.path) from exc
             raise
 

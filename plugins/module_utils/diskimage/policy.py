@@ -144,3 +144,77 @@ def resolve_reference(referrer_path, name, allow_dirs=None, kind="backing file")
             what = "not a regular file"
         raise refuse("%s is %s" % (real, what))
     return real
+
+
+# ------------------------------------------------ parents known only by UUID
+# Directory entries looked at per search (a hostile directory cannot make a lookup unbounded).
+MAX_UUID_CANDIDATES = 4096
+
+
+def _regular_inside(path, dirs):
+    """Real path of ``path`` when it is a regular file inside one of ``dirs``
+    (real paths), else None.  Decided from ``stat`` only: nothing is opened."""
+    real = os.path.realpath(path)
+    if not any(_is_inside(real, directory) for directory in _real_dirs(dirs)):
+        return None
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    return real if stat.S_ISREG(st.st_mode) else None
+
+
+def image_candidates(dirs, suffixes, exclude=None, limit=MAX_UUID_CANDIDATES):
+    """Real paths of the regular files named ``*<suffix>`` (case-insensitive)
+    directly in ``dirs`` (the list ``search_dirs`` returns), in directory order,
+    without ``exclude`` (a real path), device nodes, FIFOs or symbolic links
+    leading out of ``dirs``.  Looks at ``limit`` entries at most."""
+    suffixes = tuple(s.lower() for s in suffixes)
+    found = []
+    seen = 0
+    for directory in dirs:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            seen += 1
+            if seen > limit:
+                return found
+            if not name.lower().endswith(suffixes):
+                continue
+            real = _regular_inside(os.path.join(directory, name), dirs)
+            if real is not None and real != exclude and real not in found:
+                found.append(real)
+    return found
+
+
+def read_candidate_header(path, dirs, length):
+    """The first ``length`` bytes of candidate ``path`` (from image_candidates),
+    read only when it is still a regular file inside ``dirs``: the file is
+    opened without following a final symbolic link and without blocking, and
+    checked again with fstat before reading.  PolicyError otherwise."""
+    real = _regular_inside(path, dirs)
+    if real is None:
+        raise PolicyError("candidate image %s is refused: not a regular file inside %s"
+                          % (path, ", ".join(_real_dirs(dirs))), path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(real, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PolicyError("candidate image %s is refused: not a regular file" % real, real)
+        return os.pread(fd, length, 0)
+    finally:
+        os.close(fd)
+
+
+def resolve_found(referrer_path, path, dirs, kind="parent image"):
+    """Real path of ``path`` found by a UUID search for image ``referrer_path``
+    in ``dirs`` (search_dirs), or PolicyError when it is not a regular file
+    inside them (checked again right before the caller opens it)."""
+    real = _regular_inside(path, dirs)
+    if real is None:
+        raise PolicyError("%s %s of %s is refused: not a regular file inside the searched "
+                          "directories (%s)" % (kind, path, referrer_path, ", ".join(_real_dirs(dirs))),
+                          os.path.abspath(os.fspath(referrer_path)))
+    return real
