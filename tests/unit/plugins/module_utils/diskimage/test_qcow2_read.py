@@ -479,9 +479,9 @@ def test_damaged_metadata_raises_only_image_errors(tmp_path, options):
     for seed in range(120):
         rnd = random.Random(seed)
         damaged = bytearray(original)
-        for _ in range(rnd.randrange(1, 5)):
+        for dummy in range(rnd.randrange(1, 5)):
             pos = rnd.randrange(0, min(len(damaged), 6 * cs))
-            damaged[pos:pos + 8] = bytes(rnd.randrange(256) for _ in range(8))
+            damaged[pos:pos + 8] = bytes(rnd.randrange(256) for dummy in range(8))
         with open(str(path), "wb") as f:
             f.write(damaged)
         for readonly in (True, False):

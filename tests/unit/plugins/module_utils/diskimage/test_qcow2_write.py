@@ -49,7 +49,7 @@ def assert_check_clean(path, cwd=None):
     import json
     import subprocess
     proc = subprocess.run(["qemu-img", "check", "--output=json", str(path)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, cwd=cwd)
+                          stderr=subprocess.PIPE, universal_newlines=True, cwd=cwd, check=False)
     result = json.loads(proc.stdout)
     assert result.get("corruptions", 0) == 0, result
     assert result.get("leaks", 0) == 0, result
@@ -197,7 +197,7 @@ def test_compressed_writes(tmp_path, options):
         cs = drv.header.cluster_size
         for cluster in range(0, size, cs * 2):
             text = ("cluster %d " % cluster).encode() * (cs // 8)
-            data = text[:cs // 2] + bytes(rnd.randrange(256) for _ in range(min(64, cs // 4)))
+            data = text[:cs // 2] + bytes(rnd.randrange(256) for dummy in range(min(64, cs // 4)))
             data = (data + bytes(cs))[:cs]
             compressed = drv.compress_cluster(data)
             assert compressed is not None and len(compressed) < cs
@@ -489,14 +489,14 @@ def loop_device(tmp_path):
     with open(str(backing), "wb") as f:
         f.truncate(16 * M)
     proc = subprocess.run(["losetup", "-f", "--show", str(backing)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True)
+                          stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if proc.returncode != 0:
         pytest.skip("no loop device: %s" % proc.stderr.strip())
     device = proc.stdout.strip()
     try:
         yield device
     finally:
-        subprocess.run(["losetup", "-d", device])
+        subprocess.run(["losetup", "-d", device], check=False)
 
 
 @pytest.mark.parametrize("creator", ["qemu", "ours"])
