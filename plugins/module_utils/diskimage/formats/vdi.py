@@ -62,7 +62,7 @@ HEADER_V1_END = HEADER_V1_OFFSET + HEADER_V1.size  # 456
 LCHS_GEOMETRY = struct.Struct("<IIII")
 HEADER_V1PLUS_SIZE = HEADER_V1.size + LCHS_GEOMETRY.size
 # Byte offsets of the header fields we rewrite.
-BLOCKS_ALLOCATED_OFFSET = HEADER_V1_OFFSET + 312
+BLOCKS_ALLOCATED_OFFSET = HEADER_V1_OFFSET + 316
 UUID_MODIFY_OFFSET = HEADER_V1_OFFSET + 336
 
 # What QEMU writes: a 512-byte header area, header size 0x180, block map at 0x200.
