@@ -236,7 +236,8 @@ class Qcow2Driver(Driver):
         h = L.parse_header(first, path, self._file_size)
         self.header = h
         self._header_cluster = bytes(first[:h.cluster_size])
-        self.virtual_size = h.size
+        # QEMU counts whole sectors: a header size that is not a multiple of 512 is rounded down
+        self.virtual_size = h.size // 512 * 512
         self.backing_filename = h.backing_file
         self.backing_format = h.backing_format
         self.encrypted = h.crypt_method != L.CRYPT_NONE

@@ -3,6 +3,7 @@
 """info() reports what qemu-img info --output=json reports, field for field."""
 
 import os
+import struct
 
 import pytest
 
@@ -163,3 +164,14 @@ def test_bitmaps_and_compressed_clusters(tmp_path):
     qemu_img("bitmap", "--add", image, "changes")
     result = same_as_qemu(image)
     assert result["format-specific"]["data"]["bitmaps"][0]["name"] == "changes"
+
+
+def test_qcow2_header_size_not_sector_aligned_is_rounded_down_like_qemu(tmp_path):
+    """QEMU counts a qcow2 virtual size in whole sectors: header size 1000 is 512."""
+    path = tmp_path / "odd.qcow2"
+    qemu_img("create", "-f", "qcow2", path, "1M")
+    with open(str(path), "r+b") as image:
+        image.seek(24)  # "Header": size field
+        image.write(struct.pack(">Q", 1000))
+    ours = diskimage.info(str(path), fmt="qcow2")
+    assert ours["virtual-size"] == qemu_img_json("info", path)["virtual-size"] == 512
