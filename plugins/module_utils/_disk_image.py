@@ -20,13 +20,20 @@ import os
 import time
 
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
+    amend as image_amend,
     check as image_check,
+    commit as image_commit,
     convert as image_convert,
     create as image_create,
     info as image_info,
+    map as image_map,
+    measure as image_measure,
     normalize_options,
     parse_size as library_parse_size,
+    rebase as image_rebase,
     resize as image_resize,
+    snapshot_create,
+    snapshot_delete,
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
     ImageError,
@@ -34,6 +41,8 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors impor
     UnsupportedFeature,
     UnsupportedOperation,
 )
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import driver_class
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import Driver
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy import resolve_reference
 
 # qemu-img rounds every virtual size up to whole 512-byte sectors.
@@ -43,6 +52,10 @@ SECTOR_SIZE = 512
 # Creation options that ``info()`` reports back, so that an existing image can be compared with them.
 COMPARABLE_OPTIONS = ('cluster_size', 'compat', 'lazy_refcounts', 'refcount_bits', 'compression_type',
                       'extended_l2', 'data_file', 'data_file_raw')
+# Options an existing image can change in place (qemu-img amend) instead of being recreated.
+AMENDABLE_OPTIONS = ('compat', 'lazy_refcounts', 'refcount_bits')
+PREALLOCATION_MODES = ('off', 'metadata', 'falloc', 'full')
+REPAIR_MODES = ('none', 'leaks', 'all')
 _COMPAT_ALIASES = {'v2': '0.10', 'v3': '1.1', '0.10': '0.10', '1.1': '1.1'}
 
 
@@ -73,6 +86,14 @@ def disk_image_argument_spec():
         options=dict(type='dict', default={}),
         compress=dict(type='bool', default=False),
         force=dict(type='bool', default=False),
+        preallocation=dict(type='str', choices=list(PREALLOCATION_MODES)),
+        snapshots=dict(type='list', elements='dict', options=dict(
+            name=dict(type='str', required=True),
+            state=dict(type='str', default='present', choices=['present', 'absent']),
+        )),
+        rebase=dict(type='str', choices=['safe', 'unsafe']),
+        commit=dict(type='bool', default=False),
+        repair=dict(type='str', default='none', choices=list(REPAIR_MODES)),
     )
     spec.update(policy_argument_spec())
     return spec
@@ -83,6 +104,11 @@ def disk_image_info_argument_spec():
         path=dict(type='raw', required=True),
         backing_chain=dict(type='bool', default=False),
         check=dict(type='bool', default=False),
+        map=dict(type='bool', default=False),
+        measure=dict(type='dict', options=dict(
+            out_format=dict(type='str', default='qcow2'),
+            options=dict(type='dict', default={}),
+        )),
     )
     spec.update(policy_argument_spec(force_share=True))
     return spec
@@ -134,7 +160,21 @@ def image_view(path, info_dict):
         'backing_file': info_dict.get('backing-filename'),
         'backing_format': info_dict.get('backing-filename-format'),
         'options': image_options(info_dict),
+        'snapshots': [snapshot.get('name') for snapshot in info_dict.get('snapshots') or []],
     }
+
+
+def has_internal_snapshots(fmt):
+    """Whether images of format ``fmt`` can hold internal snapshots (their driver implements them)."""
+    try:
+        cls = driver_class(fmt)
+    except ImageError:
+        return False
+    return getattr(cls, 'snapshot_create', None) is not getattr(Driver, 'snapshot_create')
+
+
+def _count(result, key):
+    return int(result.get(key) or 0)
 
 
 # --------------------------------------------------------------------------- request and plan
@@ -142,7 +182,8 @@ class DiskImageRequest(object):
     """What the task asks for, validated and normalised (sizes in bytes, options normalised)."""
 
     def __init__(self, path, state='present', fmt=None, size=None, shrink=False, src=None, src_format=None,
-                 backing_file=None, backing_format=None, options=None, compress=False, force=False, allow_dirs=None):
+                 backing_file=None, backing_format=None, options=None, compress=False, force=False, allow_dirs=None,
+                 preallocation=None, snapshots=None, rebase=None, commit=False, repair=None):
         self.path = path
         self.state = state
         self.format = fmt
@@ -156,12 +197,48 @@ class DiskImageRequest(object):
         self.compress = compress
         self.force = force
         self.allow_dirs = list(allow_dirs or []) or None
+        self.preallocation = preallocation
+        self.snapshots = self._normalise_snapshots(snapshots)
+        self.rebase = rebase
+        self.commit = bool(commit)
+        self.repair = None if repair in (None, 'none') else repair
         self._validate()
+
+    @staticmethod
+    def _normalise_snapshots(snapshots):
+        """[(name, state)] in the order given; a name listed twice must ask for the same state."""
+        wanted = []
+        states = {}
+        for entry in snapshots or []:
+            if isinstance(entry, str):
+                entry = {'name': entry}
+            if not isinstance(entry, dict) or not isinstance(entry.get('name'), str) or not entry['name']:
+                raise DiskImageError('snapshots: each entry needs a non-empty name, found %r' % (entry,))
+            name, state = entry['name'], entry.get('state') or 'present'
+            if state not in ('present', 'absent'):
+                raise DiskImageError('snapshots: state of %r must be present or absent, found %r' % (name, state))
+            if name in states:
+                if states[name] != state:
+                    raise DiskImageError('snapshots: %r is listed both present and absent' % name)
+                continue
+            states[name] = state
+            wanted.append((name, state))
+        return wanted
+
+    @property
+    def backing_name(self):
+        """The backing file the image should have: None for none (backing_file '' with rebase) or unspecified."""
+        return self.backing_file or None
+
+    @property
+    def wants_no_backing(self):
+        return self.backing_file == ''
 
     @classmethod
     def from_params(cls, params):
         names = ('path', 'state', 'size', 'shrink', 'src', 'src_format', 'backing_file', 'backing_format',
-                 'options', 'compress', 'force', 'allow_dirs')
+                 'options', 'compress', 'force', 'allow_dirs', 'preallocation', 'snapshots', 'rebase', 'commit',
+                 'repair')
         return cls(fmt=params.get('format'), **dict((name, params.get(name)) for name in names))
 
     def _validate(self):
@@ -175,8 +252,32 @@ class DiskImageRequest(object):
             raise DiskImageError('src_format requires src')
         if self.backing_format and not self.backing_file:
             raise DiskImageError('backing_format requires backing_file')
-        if self.backing_file == '':
-            raise DiskImageError('backing_file must not be empty')
+        if self.backing_file == '' and not self.rebase:
+            raise DiskImageError('backing_file must not be empty (an empty backing_file removes the backing file '
+                                 'of an existing image only with rebase)')
+        if self.backing_file == '' and self.backing_format:
+            raise DiskImageError('backing_format requires a backing file (backing_file is empty)')
+        if self.rebase and self.backing_file is None:
+            raise DiskImageError('rebase requires backing_file (the new backing file, or an empty string for none)')
+        if self.rebase and self.src:
+            raise DiskImageError('rebase applies to an existing image: it cannot be combined with src')
+        if self.commit and self.src:
+            raise DiskImageError('commit applies to an existing overlay: it cannot be combined with src')
+        if self.preallocation is not None:
+            if self.preallocation not in PREALLOCATION_MODES:
+                raise DiskImageError('preallocation must be one of %s, found %r'
+                                     % (', '.join(PREALLOCATION_MODES), self.preallocation))
+            if self.options.get('preallocation', self.preallocation) != self.preallocation:
+                raise DiskImageError('preallocation is %r but options.preallocation is %r'
+                                     % (self.preallocation, self.options['preallocation']))
+            if self.preallocation != 'off' or 'preallocation' in self.options:
+                self.options['preallocation'] = self.preallocation
+        elif isinstance(self.options.get('preallocation'), str):
+            self.preallocation = self.options['preallocation']
+        if self.repair not in (None, 'leaks', 'all'):
+            raise DiskImageError('repair must be one of none, leaks, all, found %r' % (self.repair,))
+        if self.snapshots and not has_internal_snapshots(self.format):
+            raise DiskImageError('snapshots: %s images have no internal snapshots' % self.format)
         for name in ('backing_file', 'backing_fmt'):
             if name in self.options:
                 raise DiskImageError('options.%s: use the backing_file and backing_format options' % name)
@@ -219,13 +320,13 @@ def _same_size(a, b):
 
 
 def _image_differences(request, before, src_info):
-    """Differences that only recreating the image can resolve: list of (field, actual, requested)."""
+    """Differences between the image and the request: list of (field, actual, requested)."""
     differences = []
     if before['format'] != request.format:
         differences.append(('format', before['format'], request.format))
     if request.backing_file is not None:
-        if before['backing_file'] != request.backing_file:
-            differences.append(('backing_file', before['backing_file'], request.backing_file))
+        if before['backing_file'] != request.backing_name:
+            differences.append(('backing_file', before['backing_file'], request.backing_name))
         if before['backing_format'] != request.backing_format:
             differences.append(('backing_format', before['backing_format'], request.backing_format))
     for name in sorted(request.options):
@@ -236,17 +337,67 @@ def _image_differences(request, before, src_info):
     return differences
 
 
+def _resolvable_in_place(request, difference):
+    """Whether a difference is resolved without recreating: by a rebase or by amending an option."""
+    field = difference[0]
+    if field in ('backing_file', 'backing_format'):
+        return request.rebase is not None
+    return field.startswith('options.') and field[len('options.'):] in AMENDABLE_OPTIONS
+
+
 def _describe_differences(differences):
     return ', '.join('%s is %r, requested %r' % difference for difference in differences)
 
 
-def plan_disk_image(request, current_info, src_info=None, backing_info=None):
+def _plan_repair(request, facts, before, after):
+    """The repair action (or None) from the check result read before planning."""
+    check_result = facts.get('check')
+    if request.repair is None or check_result is None:
+        return None
+    leaks, corruptions = _count(check_result, 'leaks'), _count(check_result, 'corruptions')
+    before['consistency'] = {'leaks': leaks, 'corruptions': corruptions}
+    if corruptions and request.repair != 'all':
+        raise DiskImageError('%s has %d corruptions, which repair=leaks does not fix; set repair=all to rebuild '
+                             'its metadata' % (request.path, corruptions))
+    after['consistency'] = {'leaks': 0, 'corruptions': 0}
+    if not leaks and not corruptions:
+        return None
+    found = []
+    if leaks:
+        found.append('%d leaked clusters' % leaks)
+    if corruptions:
+        found.append('%d corruptions' % corruptions)
+    return Action('repair', 'repair %s of %s image %s' % (' and '.join(found), before['format'], request.path),
+                  mode=request.repair)
+
+
+def _plan_snapshots(request, names_before, after):
+    """Delete the snapshots that must be absent (every one of that name), then create the missing ones."""
+    actions = []
+    names = list(names_before)
+    for name, state in request.snapshots:
+        if state == 'absent':
+            for _ in range(names.count(name)):
+                actions.append(Action('snapshot_delete', 'delete snapshot %r of %s' % (name, request.path), name=name))
+            names = [existing for existing in names if existing != name]
+    for name, state in request.snapshots:
+        if state == 'present' and name not in names:
+            actions.append(Action('snapshot_create', 'create snapshot %r of %s' % (name, request.path), name=name))
+            names.append(name)
+    after['snapshots'] = names
+    return actions
+
+
+def plan_disk_image(request, current_info, src_info=None, backing_info=None, facts=None):
     """Compare the actual image (``current_info``: info dict or None when there is no file) with the request.
 
     ``src_info`` is the info of ``request.src``, ``backing_info`` that of the requested backing file
-    (``request.backing_format`` already filled in).  Returns a Plan; raises DiskImageError when the
-    request cannot be met without a flag the task did not set (force, shrink).
+    (``request.backing_format`` already filled in); ``facts`` what else read_state read for the request
+    (``check``: the check result when repair is requested, ``uncommitted``: bytes the top layer holds when
+    commit is requested).  Returns a Plan; raises DiskImageError when the request cannot be met without a
+    flag the task did not set (force, shrink, rebase, repair=all).
     """
+    facts = facts or {}
     before = image_view(request.path, current_info)
     if request.state == 'absent':
         if current_info is None:
@@ -256,19 +407,34 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None):
 
     differences = []
     recreate = current_info is None
+    in_place = []
     if current_info is not None:
         differences = _image_differences(request, before, src_info)
-        if differences and not request.force:
+        blocking = [difference for difference in differences if not _resolvable_in_place(request, difference)]
+        if blocking and not request.force:
             raise DiskImageError('%s exists and differs from the request (%s); set force=true to recreate it, '
-                                 'which discards its content' % (request.path, _describe_differences(differences)))
-        recreate = bool(differences)
+                                 'which discards its content%s' % (
+                                     request.path, _describe_differences(blocking),
+                                     '' if request.rebase or not any(d[0].startswith('backing') for d in blocking)
+                                     else ', or rebase=safe to change its backing file and keep its content'))
+        recreate = bool(blocking)
+        if not recreate:
+            in_place = differences
 
     actions = []
+    after = None
+    if not recreate:
+        after = dict(before, options=dict(before['options']), snapshots=list(before['snapshots']))
+        repair = _plan_repair(request, facts, before, after)
+        if repair is not None:
+            actions.append(repair)
+
     replacing = '' if current_info is None else ', replacing the existing %s image' % before['format']
     if recreate:
         after = {'path': request.path, 'state': 'present', 'format': request.format,
-                 'backing_file': request.backing_file, 'backing_format': request.backing_format,
-                 'options': dict((name, value) for name, value in request.options.items() if name in COMPARABLE_OPTIONS)}
+                 'backing_file': request.backing_name, 'backing_format': request.backing_format,
+                 'options': dict((name, value) for name, value in request.options.items() if name in COMPARABLE_OPTIONS),
+                 'snapshots': []}
         if request.src is not None:
             actions.append(Action(
                 'convert', 'convert %s (%s) to %s image %s%s%s' % (
@@ -278,38 +444,80 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None):
             current_size = src_info['virtual-size']
         else:
             size = request.size
-            if size is None and request.backing_file is None and current_info is not None:
+            if size is None and request.backing_name is None and current_info is not None:
                 size = before['virtual_size']
-            if size is None and request.backing_file is None:
+            if size is None and request.backing_name is None:
                 raise DiskImageError('size is required to create %s (or give backing_file or src)' % request.path)
             created_size = size if size is not None else backing_info['virtual-size']
             actions.append(Action(
-                'create', 'create %s image %s of %d bytes%s%s' % (
+                'create', 'create %s image %s of %d bytes%s%s%s' % (
                     request.format, request.path, align_size(created_size),
-                    '' if request.backing_file is None else ' backed by %s (%s)' % (request.backing_file, request.backing_format),
+                    '' if request.backing_name is None else ' backed by %s (%s)' % (request.backing_name,
+                                                                                    request.backing_format),
+                    '' if request.preallocation in (None, 'off') else ' with preallocation=%s' % request.preallocation,
                     replacing),
                 size=size))
             current_size = created_size
         after['virtual_size'] = align_size(current_size)
     else:
-        after = dict(before, options=dict(before['options']))
         current_size = before['virtual_size']
+        if request.commit:
+            uncommitted = facts.get('uncommitted')
+            if uncommitted is None:
+                raise DiskImageError('commit: %s has no backing file to commit into' % request.path)
+            before['uncommitted_bytes'] = uncommitted
+            after['uncommitted_bytes'] = 0
+            if uncommitted:
+                actions.append(Action('commit', 'commit %d bytes of %s into its backing file %s' % (
+                    uncommitted, request.path, before['backing_file']), backing_file=before['backing_file']))
+        amended = dict((field[len('options.'):], requested) for field, _, requested in in_place
+                       if field.startswith('options.'))
+        if amended:
+            actions.append(Action('amend', 'amend options of %s image %s: %s' % (
+                before['format'], request.path, ', '.join('%s %r -> %r' % (name, before['options'][name], value)
+                                                           for name, value in sorted(amended.items()))),
+                options=amended))
+            after['options'].update(amended)
+        if any(field.startswith('backing') for field, _, _ in in_place):
+            if request.wants_no_backing:
+                description = 'remove the backing file %s of %s%s' % (
+                    before['backing_file'], request.path,
+                    ' (unsafe: its data is not copied into the image)' if request.rebase == 'unsafe'
+                    else ', copying its data into the image')
+            else:
+                description = '%srebase %s from %s onto %s (%s)' % (
+                    'unsafe ' if request.rebase == 'unsafe' else '', request.path, before['backing_file'],
+                    request.backing_name, request.backing_format)
+            actions.append(Action('rebase', description, backing_file=request.backing_name,
+                                  backing_format=request.backing_format, unsafe=request.rebase == 'unsafe'))
+            after['backing_file'] = request.backing_name
+            after['backing_format'] = request.backing_format
 
     if request.size is not None and not _same_size(current_size, request.size):
         new_size = align_size(request.size)
         if new_size < current_size and not request.shrink:
             raise DiskImageError('refusing to shrink %s from %d to %d bytes, which discards data at its end; '
                                  'set shrink=true to allow it' % (request.path, current_size, new_size))
-        actions.append(Action('resize', '%s %s image %s from %d to %d bytes' % (
-            'grow' if new_size > current_size else 'shrink', request.format, request.path, current_size, new_size),
-            size=new_size, shrink=new_size < current_size))
+        growing = new_size > current_size
+        actions.append(Action('resize', '%s %s image %s from %d to %d bytes%s' % (
+            'grow' if growing else 'shrink', request.format, request.path, current_size, new_size,
+            ' with preallocation=%s' % request.preallocation
+            if growing and request.preallocation not in (None, 'off') else ''),
+            size=new_size, shrink=new_size < current_size,
+            preallocation=request.preallocation if growing else None))
         after['virtual_size'] = new_size
+    actions.extend(_plan_snapshots(request, after['snapshots'], after))
     return Plan(actions, before, after, differences)
 
 
 # --------------------------------------------------------------------------- reading and applying
 def read_state(request):
-    """Read once what the plan needs: (current_info, src_info, backing_info); fills request.backing_format."""
+    """Read once what the plan needs: (current_info, src_info, backing_info, facts); fills request.backing_format.
+
+    ``facts`` holds what only some requests need: ``check`` (repair requested: the check result, None for a
+    format without checks) and ``uncommitted`` (commit requested: bytes the image's own layer holds, None
+    when it has no backing file).
+    """
     current_info = None
     if os.path.lexists(request.path):
         if not os.path.isfile(request.path):
@@ -324,7 +532,7 @@ def read_state(request):
             # An image that cannot be read (corrupt, missing backing file) can still be removed.
             current_info = {'filename': request.path}
     if request.state != 'present':
-        return current_info, None, None
+        return current_info, None, None, {}
     if current_info is None and not os.path.isdir(os.path.dirname(os.path.abspath(request.path))):
         # Refused in check mode too, as the real run would be.
         raise DiskImageError('cannot create %s: directory %s does not exist'
@@ -333,7 +541,7 @@ def read_state(request):
     if request.src is not None:
         src_info = image_info(request.src, fmt=request.src_format, allow_dirs=request.allow_dirs)
     backing_info = None
-    if request.backing_file is not None:
+    if request.backing_name is not None:
         # Resolved exactly as the image will resolve it: the policy decides before anything is opened.
         backing_path = resolve_reference(os.path.abspath(request.path), request.backing_file,
                                          allow_dirs=request.allow_dirs, kind='backing file')
@@ -341,13 +549,31 @@ def read_state(request):
         if request.backing_format is None:
             # Never leave the backing format to be probed later: record the detected one (security rule 2).
             request.backing_format = backing_info['format']
-    return current_info, src_info, backing_info
+    facts = {}
+    if current_info is not None and current_info.get('format') == request.format:
+        if request.repair is not None:
+            try:
+                facts['check'] = image_check(request.path, fmt=request.format, allow_dirs=request.allow_dirs)
+            except (UnsupportedOperation, UnsupportedFeature):
+                facts['check'] = None
+        if request.commit:
+            facts['uncommitted'] = uncommitted_bytes(request.path, current_info, request.allow_dirs)
+    return current_info, src_info, backing_info, facts
+
+
+def uncommitted_bytes(path, current_info, allow_dirs=None):
+    """Bytes of the guest view the image's own layer holds (data or zeroes: what a commit writes into the
+    backing file), from its allocation map; None when the image has no backing file."""
+    if not current_info.get('backing-filename'):
+        return None
+    return sum(entry['length'] for entry in image_map(path, fmt=current_info['format'], allow_dirs=allow_dirs)
+               if entry.get('depth') == 0 and entry.get('present'))
 
 
 def _backing_options(request):
     options = dict(request.options)
-    if request.backing_file is not None:
-        options['backing_file'] = request.backing_file
+    if request.backing_name is not None:
+        options['backing_file'] = request.backing_name
         options['backing_fmt'] = request.backing_format
     return options
 
@@ -362,7 +588,7 @@ def staging_path(path):
 def _build(request, action, target):
     """Create or convert into ``target``; returns the conversion statistics ({} for a creation)."""
     if action.kind == 'create':
-        image_create(target, request.format, size=action.args['size'], backing_file=request.backing_file,
+        image_create(target, request.format, size=action.args['size'], backing_file=request.backing_name,
                      backing_fmt=request.backing_format, options=request.options or None,
                      allow_dirs=request.allow_dirs)
         return {}
@@ -378,29 +604,85 @@ def _build(request, action, target):
     return stats
 
 
+def _allocated(path):
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def _run_in_place(action, request):
+    """One action on the existing image; returns what the library returned (a dict or None)."""
+    kind, args = action.kind, action.args
+    if kind == 'resize':
+        if args.get('preallocation') not in (None, 'off'):
+            return image_resize(request.path, args['size'], fmt=request.format, shrink=args['shrink'],
+                                preallocation=args['preallocation'], allow_dirs=request.allow_dirs)
+        return image_resize(request.path, args['size'], fmt=request.format, shrink=args['shrink'],
+                            allow_dirs=request.allow_dirs)
+    if kind == 'repair':
+        return image_check(request.path, fmt=request.format, repair=args['mode'], allow_dirs=request.allow_dirs)
+    if kind == 'snapshot_create':
+        return snapshot_create(request.path, args['name'], fmt=request.format, allow_dirs=request.allow_dirs)
+    if kind == 'snapshot_delete':
+        return snapshot_delete(request.path, args['name'], fmt=request.format, allow_dirs=request.allow_dirs)
+    if kind == 'commit':
+        return image_commit(request.path, fmt=request.format, allow_dirs=request.allow_dirs)
+    if kind == 'rebase':
+        return image_rebase(request.path, args['backing_file'], backing_fmt=args['backing_format'],
+                            unsafe=args['unsafe'], fmt=request.format, allow_dirs=request.allow_dirs)
+    if kind == 'amend':
+        return image_amend(request.path, args['options'], fmt=request.format, allow_dirs=request.allow_dirs)
+    raise DiskImageError('internal error: unknown action %r' % kind)
+
+
 def apply_plan(plan, request):
-    """Carry out the plan; returns statistics of a conversion ({} when none ran)."""
-    stats = {}
+    """Carry out the plan.  Returns the run's statistics: ``duration`` (seconds) and ``bytes_written`` in
+    total, ``conversion`` (statistics of a conversion), ``repair`` (the check result after a repair) and
+    ``operations`` (one entry per action: kind, duration, bytes_written)."""
+    outcome = {'operations': []}
     for action in plan.actions:
+        started = time.time()
+        allocated_before = _allocated(request.path)
+        written = None
         if action.kind == 'remove':
             os.unlink(request.path)
+            written = 0
         elif action.kind in ('create', 'convert'):
             if not os.path.lexists(request.path):
-                stats.update(_build(request, action, request.path))
-                continue
-            staging = staging_path(request.path)
-            try:
-                stats.update(_build(request, action, staging))
-                os.rename(staging, request.path)
-            finally:
-                if os.path.lexists(staging):
-                    os.unlink(staging)
-        elif action.kind == 'resize':
-            image_resize(request.path, action.args['size'], fmt=request.format, shrink=action.args['shrink'],
-                         allow_dirs=request.allow_dirs)
+                stats = _build(request, action, request.path)
+            else:
+                staging = staging_path(request.path)
+                try:
+                    stats = _build(request, action, staging)
+                    os.rename(staging, request.path)
+                finally:
+                    if os.path.lexists(staging):
+                        os.unlink(staging)
+            if stats:
+                outcome['conversion'] = stats
+                written = stats.get('bytes_written')
+            else:
+                written = _allocated(request.path)
         else:
-            raise DiskImageError('internal error: unknown action %r' % action.kind)
-    return stats
+            result = _run_in_place(action, request)
+            if action.kind == 'repair' and isinstance(result, dict):
+                outcome['repair'] = result
+            elif isinstance(result, dict) and isinstance(result.get('bytes_written'), int):
+                written = result['bytes_written']
+        if written is None:
+            # Operations that do not count their writes: what the image file grew by.
+            written = max(0, _allocated(request.path) - allocated_before)
+        outcome['operations'].append({'kind': action.kind, 'duration': round(time.time() - started, 3),
+                                      'bytes_written': written})
+    outcome['duration'] = round(sum(operation['duration'] for operation in outcome['operations']), 3)
+    outcome['bytes_written'] = sum(operation['bytes_written'] for operation in outcome['operations'])
+    return outcome
+
+
+def repaired_something(repair_result):
+    """Whether a repair fixed anything (qemu-img check -r: leaks-fixed, corruptions-fixed)."""
+    return bool(_count(repair_result, 'leaks-fixed') or _count(repair_result, 'corruptions-fixed'))
 
 
 def run_disk_image(module):
@@ -409,15 +691,21 @@ def run_disk_image(module):
     Raises ImageError (library) or DiskImageError (request); the module turns both into fail_json.
     """
     request = DiskImageRequest.from_params(module.params)
-    current_info, src_info, backing_info = read_state(request)
-    plan = plan_disk_image(request, current_info, src_info, backing_info)
+    state = read_state(request)
+    current_info = state[0]
+    plan = plan_disk_image(request, *state)
 
     result = dict(changed=plan.changed, actions=[action.description for action in plan.actions])
     diff = dict(before=plan.before, after=plan.after)
     if not module.check_mode and plan.changed:
-        conversion = apply_plan(plan, request)
-        if conversion:
-            result['conversion'] = conversion
+        outcome = apply_plan(plan, request)
+        for key in ('conversion', 'repair'):
+            if key in outcome:
+                result[key] = outcome[key]
+        result['stats'] = dict((key, outcome[key]) for key in ('duration', 'bytes_written', 'operations'))
+        if [action.kind for action in plan.actions] == ['repair'] and not repaired_something(outcome.get('repair') or {}):
+            # The check found something the repair then did not need to fix (qemu-img check -r fixed nothing).
+            result['changed'] = False
 
     if request.state == 'present':
         file_args = module.load_file_common_arguments(module.params)
@@ -454,8 +742,13 @@ def _paths(value):
     return [os.path.expanduser(os.path.expandvars(path)) for path in paths]
 
 
-def describe_image(path, backing_chain=False, check=False, allow_dirs=None, force_share=False):
-    """Info dict of one image for disk_image_info (``exists`` false when there is no file)."""
+def describe_image(path, backing_chain=False, check=False, allow_dirs=None, force_share=False, allocation_map=False,
+                   measure=None):
+    """Info dict of one image for disk_image_info (``exists`` false when there is no file).
+
+    ``allocation_map`` adds ``map`` (qemu-img map --output=json); ``measure`` ({out_format, options}) adds
+    ``measure`` (qemu-img measure --output=json of a conversion of the image to out_format).
+    """
     if not os.path.lexists(path):
         return {'filename': path, 'exists': False}
     if backing_chain:
@@ -470,12 +763,20 @@ def describe_image(path, backing_chain=False, check=False, allow_dirs=None, forc
             described['check'] = image_check(path, fmt=described['format'], allow_dirs=allow_dirs, force_share=force_share)
         except (UnsupportedOperation, UnsupportedFeature) as exc:
             described['check_note'] = str(exc)
+    if allocation_map:
+        described['map'] = image_map(path, fmt=described['format'], allow_dirs=allow_dirs, force_share=force_share)
+    if measure is not None:
+        described['measure'] = image_measure(src=path, src_fmt=described['format'],
+                                             out_fmt=measure.get('out_format') or 'qcow2',
+                                             options=measure.get('options') or None,
+                                             allow_dirs=allow_dirs, force_share=force_share)
     return described
 
 
 def run_disk_image_info(params):
     allow_dirs = list(params.get('allow_dirs') or []) or None
     images = [describe_image(path, backing_chain=params['backing_chain'], check=params['check'],
-                             allow_dirs=allow_dirs, force_share=params['force_share'])
+                             allow_dirs=allow_dirs, force_share=params['force_share'],
+                             allocation_map=params.get('map') or False, measure=params.get('measure'))
               for path in _paths(params['path'])]
     return dict(changed=False, images=images)

@@ -127,7 +127,7 @@ def test_shrink_is_refused_unless_asked(tmp_path):
         plan_for(path=path, fmt='raw', size='1M')
     assert os.path.getsize(path) == 2 * MIB
     request, plan = plan_for(path=path, fmt='raw', size='1M', shrink=True)
-    assert [(a.kind, a.args) for a in plan.actions] == [('resize', {'size': MIB, 'shrink': True})]
+    assert [(a.kind, a.args) for a in plan.actions] == [('resize', {'size': MIB, 'shrink': True, 'preallocation': None})]
 
 
 def test_format_difference_fails_without_force_and_recreates_with_it(tmp_path):
