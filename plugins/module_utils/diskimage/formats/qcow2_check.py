@@ -42,7 +42,9 @@ in unreferenced clusters (QEMU's placement, but never over the old
 structures), flushes, then points the header at them; the old structures are
 then freed as leaks.  When something was fixed the image is checked again and
 the result has that second check's counts plus the fixed counts, as qemu-img
-prints them.  A rebuild needed in "leaks" mode raises CorruptImageError, as
+prints them.  Every repair write is first checked against the metadata of
+other kinds (header, L1/L2 tables, refcount table and blocks, snapshot table,
+bitmap directory); a hit marks the image corrupt and stops the repair.  A rebuild needed in "leaks" mode raises CorruptImageError, as
 qemu-img check -r leaks fails.  A repair without corruptions or check errors
 left clears the dirty and corrupt bits.  ``repair_dirty`` is the repair QEMU
 does when it opens a dirty (lazy refcounts) image for writing.
@@ -301,6 +303,7 @@ class _Walker:
         counts = array.array(typecode, bytes(nb_clusters * array.array(typecode).itemsize))
         self.refcount_max = min((1 << refcount_bits) - 1, (1 << (8 * counts.itemsize)) - 1)
         self.findings = findings if findings is not None else Findings()
+        self._metadata = None
         self.zero_cluster = bytes(self.cluster_size)
         self.refs = References(counts, self.cluster_bits, refcount_bits, self.findings)
         # Compressed cluster descriptor: host offset in the low bits, then the
@@ -322,8 +325,16 @@ class _Walker:
             data = bytes(data) + bytes(length - len(data))
         return data
 
-    def write(self, offset, data):
-        """Repairs only: write metadata in place."""
+    def write(self, offset, data, ignore=()):
+        """Repairs only: write metadata in place, after checking that the
+        clusters written hold no metadata other than the kinds in ``ignore``
+        (DESIGN.md, security rule 6)."""
+        if self._metadata is None:
+            self._metadata = _MetadataRanges(self)
+        self._metadata.check(offset, len(data), ignore)
+        self.image_file.pwrite(offset, data)
+
+    def write_header(self, offset, data):
         self.image_file.pwrite(offset, data)
 
     # ------------------------------------------------------------ counting
@@ -477,7 +488,7 @@ class _Walker:
                     findings.corruptions += 1
                     findings.say("Repairing offset=%x: Preallocated cluster is not properly aligned; "
                                  "L2 entry corrupted." % offset)
-                    self.zero_l2_entry(l2_offset, index, bitmap)
+                    self.zero_l2_entry(l2_offset, index, bitmap, active)
                     findings.corruptions -= 1
                     findings.corruptions_fixed += 1
                     continue            # the cluster is unused now
@@ -495,14 +506,15 @@ class _Walker:
         findings.fragmented_clusters += fragmented
         findings.compressed_clusters += compressed
 
-    def zero_l2_entry(self, l2_offset, index, bitmap):
+    def zero_l2_entry(self, l2_offset, index, bitmap, active):
         """Repair: a preallocated cluster at a misaligned offset becomes a zero
         cluster without host cluster (its allocated subclusters read as zero)."""
+        ignore = (_ACTIVE_L2 if active else _INACTIVE_L2,)
         if self.extended_l2:
             bitmap = ((bitmap | bitmap << 32) & ~SUBCLUSTER_ALLOC_MASK) & 0xffffffffffffffff
-            self.write(l2_offset + 16 * index, L2_ENTRY_EXTENDED.pack(0, bitmap))
+            self.write(l2_offset + 16 * index, L2_ENTRY_EXTENDED.pack(0, bitmap), ignore)
         else:
-            self.write(l2_offset + 8 * index, L2_ENTRY.pack(OFLAG_ZERO))
+            self.write(l2_offset + 8 * index, L2_ENTRY.pack(OFLAG_ZERO), ignore)
 
     # ------------------------------------------------------------ snapshots
     def read_snapshot_table(self):
@@ -700,6 +712,70 @@ class _Walker:
         return self.refs
 
 
+# Metadata kinds of the overlap check, named as QEMU names them.
+_HEADER = "qcow2_header"
+_ACTIVE_L1 = "active L1 table"
+_ACTIVE_L2 = "active L2 table"
+_REFCOUNT_TABLE = "refcount table"
+_REFCOUNT_BLOCK = "refcount block"
+_SNAPSHOT_TABLE = "snapshot table"
+_INACTIVE_L1 = "inactive L1 table"
+_INACTIVE_L2 = "inactive L2 table"
+_BITMAP_DIRECTORY = "bitmap directory"
+
+
+class _MetadataRanges:
+    """Where the image's metadata lies, so that a repair never writes over
+    metadata of another kind (QEMU's overlap check; like QEMU's default
+    "cached" mode, inactive L2 tables are not looked up)."""
+
+    def __init__(self, walker):
+        header = walker.header
+        refs = walker.refs
+        cluster_size = walker.cluster_size
+        self.walker = walker
+        self.cluster_size = cluster_size
+        ranges = [(0, cluster_size, _HEADER),
+                  (header.refcount_table_offset, header.refcount_table_clusters * cluster_size, _REFCOUNT_TABLE)]
+        if header.l1_size:
+            ranges.append((header.l1_table_offset, header.l1_size * 8, _ACTIVE_L1))
+            l1_table = walker.read(header.l1_table_offset, header.l1_size * 8, "L1 table") or b""
+            ranges.extend((entry & L1E_OFFSET_MASK, cluster_size, _ACTIVE_L2)
+                          for _index, entry in _nonzero_entries(l1_table) if entry & L1E_OFFSET_MASK)
+        if refs.snapshots_size:
+            ranges.append((header.snapshots_offset, refs.snapshots_size, _SNAPSHOT_TABLE))
+        ranges.extend((l1_offset, l1_size * 8, _INACTIVE_L1) for _id, _name, l1_offset, l1_size in refs.snapshots
+                      if l1_size)
+        if refs.refcount_table is not None:
+            ranges.extend((entry & REFT_OFFSET_MASK, cluster_size, _REFCOUNT_BLOCK)
+                          for entry in refs.refcount_table if entry & REFT_OFFSET_MASK)
+        if header.bitmaps and header.autoclear_features & AUTOCLEAR_BITMAPS and header.bitmaps[1]:
+            ranges.append((header.bitmaps[2], header.bitmaps[1], _BITMAP_DIRECTORY))
+        self.ranges = ranges
+
+    def check(self, offset, length, ignore):
+        """Raise CorruptImageError (after marking the image corrupt) when the
+        clusters of [offset, offset+length) hold metadata not of a kind in ``ignore``."""
+        start = offset - offset % self.cluster_size
+        end = align_up(offset + length, self.cluster_size)
+        for range_start, range_length, kind in self.ranges:
+            if kind in ignore or not range_length:
+                continue
+            if range_start < end and start < range_start + range_length:
+                _mark_corrupt(self.walker)
+                raise CorruptImageError("qcow2 repair: preventing a write of %d bytes at 0x%x over the %s at 0x%x; "
+                                        "the image is now marked corrupt" % (length, offset, kind, range_start),
+                                        self.walker.path)
+
+
+def _mark_corrupt(walker):
+    header = walker.header
+    if header.version >= 3:
+        walker.write_header(OFF_INCOMPATIBLE_FEATURES,
+                            struct.pack(">Q", header.incompatible_features | INCOMPAT_CORRUPT))
+        walker.image_file.flush()
+
+
 class _StoredRefcounts:
     """Refcounts as stored in the image, one refcount block decoded at a time."""
 
@@ -738,7 +814,8 @@ class _StoredRefcounts:
     def write_block(self, table_index, entries):
         """Write refcount block ``table_index`` (which exists) with new entries."""
         offset = self.refcount_table[table_index] & REFT_OFFSET_MASK
-        self.walker.write(offset, _encode_refcount_block(entries, self.refcount_bits, self.cluster_size))
+        self.walker.write(offset, _encode_refcount_block(entries, self.refcount_bits, self.cluster_size),
+                          (_REFCOUNT_BLOCK,))
         self._cache[table_index] = entries
 
     def get(self, cluster):
@@ -874,7 +951,7 @@ def _check_oflag_copied(walker, stored, fix=0):
                          % (prefix, l1_index, l1_entry, refcount))
             if repair:
                 l1_entry = l1_entry | OFLAG_COPIED if refcount == 1 else l1_entry & ~OFLAG_COPIED
-                walker.write(header.l1_table_offset + 8 * l1_index, struct.pack(">Q", l1_entry))
+                walker.write(header.l1_table_offset + 8 * l1_index, struct.pack(">Q", l1_entry), (_ACTIVE_L1,))
                 findings.corruptions_fixed += 1
             else:
                 findings.corruptions += 1
@@ -924,7 +1001,7 @@ def _check_oflag_copied(walker, stored, fix=0):
         if changed:
             if _LITTLE_ENDIAN:
                 table.byteswap()
-            walker.write(l2_offset, table.tobytes())
+            walker.write(l2_offset, table.tobytes(), (_ACTIVE_L2,))
             findings.corruptions_fixed += changed
 
 
@@ -1045,7 +1122,7 @@ def _rebuild_refcount_structure(walker):
     walker.write(table_offset, table.tobytes())
     # new structures on stable storage before the header points at them
     walker.image_file.flush()
-    walker.write(OFF_REFCOUNT_TABLE_OFFSET, struct.pack(">QI", table_offset, table_clusters))
+    walker.write_header(OFF_REFCOUNT_TABLE_OFFSET, struct.pack(">QI", table_offset, table_clusters))
     walker.image_file.flush()
 
 
@@ -1116,7 +1193,7 @@ def _mark_clean(walker):
     if features != header.incompatible_features:
         # refcount updates reach the disk before the header says they are valid
         walker.image_file.flush()
-        walker.write(OFF_INCOMPATIBLE_FEATURES, struct.pack(">Q", features))
+        walker.write_header(OFF_INCOMPATIBLE_FEATURES, struct.pack(">Q", features))
         walker.image_file.flush()
 
 

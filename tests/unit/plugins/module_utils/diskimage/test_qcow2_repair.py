@@ -479,3 +479,23 @@ def test_random_damage_repaired_like_qemu(tmp_path, cluster_size, options, mode)
         assert compare.returncode != 1, "case %d: guest views differ" % case
         compared += 1
     assert compared >= 15
+
+
+def test_repair_writes_are_checked_for_metadata_overlap(tmp_path):
+    """A repair write landing on metadata of another kind marks the image
+    corrupt and stops (QEMU's overlap check)."""
+    path = _with_snapshot(tmp_path / "image.qcow2")
+    editor = Qcow2Editor(path)
+    l2_table = editor.l1_entry(0) & qcow2_layout.L1E_OFFSET_MASK
+    with ImageFile(str(path), writable=True) as image_file:
+        header = header_of(image_file, path)
+        walker = qcow2_check._Walker(image_file, header, str(path), qcow2_check.FIX_ERRORS)
+        walker.compute()
+        entry = image_file.pread(l2_table, 8)
+        walker.write(l2_table, entry, ("active L2 table",))          # allowed: its own kind
+        for offset, kind in ((header.refcount_table_offset + 8, "refcount table"), (100, "qcow2_header"),
+                             (header.l1_table_offset, "active L1 table"), (header.snapshots_offset, "snapshot table")):
+            with pytest.raises(CorruptImageError, match="over the %s" % kind):
+                walker.write(offset, bytes(8), ("active L2 table",))
+    assert Qcow2Editor(path).header.corrupt
+    assert qemu_check(path)["check-errors"] == 0      # nothing was written
