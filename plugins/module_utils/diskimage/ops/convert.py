@@ -310,7 +310,7 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
             options["backing_fmt"] = backing_fmt
         size = round_up(source.virtual_size, SECTOR_SIZE)
         temporary = temporary_path(destination)
-        build_image(cls, temporary, size, options, target_backing)
+        build_image(cls, temporary, size, options, target_backing, destination)
         target = open_driver(temporary, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs)
         if target_backing is not None:
             # Zeroes must be written so that the backing file does not show through.

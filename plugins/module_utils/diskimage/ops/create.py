@@ -146,9 +146,15 @@ def open_backing(destination, backing_file, backing_fmt, allow_dirs):
                        force_share=True)
 
 
-def build_image(cls, temporary, size, options, backing):
-    """Driver.create on ``temporary``; closes whatever it may return."""
-    created = cls.create(temporary, size, options=options, backing=backing)
+def build_image(cls, temporary, size, options, backing, destination):
+    """Driver.create on ``temporary``; closes whatever it may return.  Errors
+    name ``destination``, the file the caller asked for, not the temporary one."""
+    try:
+        created = cls.create(temporary, size, options=options, backing=backing)
+    except ImageError as exc:
+        if temporary not in str(exc):
+            raise
+        raise type(exc)(str(exc).replace(temporary, destination), destination)
     if created is not None and hasattr(created, "close"):
         created.close()
 
@@ -198,7 +204,7 @@ def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=No
             size = parse_size(size)
         size = round_up(size, SECTOR_SIZE)
         temporary = temporary_path(destination)
-        build_image(cls, temporary, size, options, backing)
+        build_image(cls, temporary, size, options, backing, destination)
         sync_file(temporary)
         publish(temporary, destination)
         temporary = None

@@ -179,3 +179,13 @@ def test_empty_image(tmp_path, fmt):
     result = diskimage.convert(str(ours), str(copy), "qcow2", compress=True)
     assert result["virtual_size"] == 0 and result["bytes_read"] == 0
     qemu_img("compare", ours, copy)
+
+
+def test_bad_option_error_names_the_destination_not_the_temporary_file(tmp_path):
+    path = tmp_path / "disk.qcow2"
+    with pytest.raises(InvalidOptionError) as raised:
+        diskimage.create(str(path), "qcow2", "1M", options={"cluster_size": 3000})
+    assert str(raised.value).startswith(str(path) + ":")
+    assert ".tmp" not in str(raised.value)
+    assert raised.value.path == str(path)
+    assert listing(tmp_path) == []
