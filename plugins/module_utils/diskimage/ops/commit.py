@@ -45,7 +45,7 @@ def _copy_top_layer(top, base, progress):
         for extent in top.block_status(window, min(STATUS_WINDOW, size - window)):
             start, end = extent.start, extent.start + extent.length
             if extent.kind == ZERO:
-                base.write_zeroes(start, end - start, may_unmap=False)
+                base.write_zeroes(start, end - start, may_unmap=True)
                 written += end - start
             elif extent.kind == DATA:
                 position = start
