@@ -151,6 +151,35 @@ def test_leak_and_copied_flag_repaired_in_leaks_mode(tmp_path):
     assert result["leaks-fixed"] == 1
 
 
+def _compat_010(path):
+    create(path, "4M", "compat=0.10")
+    write(path, "write -P 1 0 100k", "write -z 0 64k", "write -P 2 3M 64k")
+    qemu_tools.qemu_img("snapshot", "-c", "old", path)
+    return write(path, "write -P 3 0 64k")
+
+
+def _external_data_file(path):
+    create(path, "4M", "data_file=%s" % path.with_name("data.raw"))
+    return write(path, "write -P 1 0 128k", "write -z 1M 64k", "write -P 2 3M 4k")
+
+
+def _compressed(path):
+    source = _written(path.with_name("source.qcow2"))
+    qemu_tools.qemu_img("convert", "-c", "-O", "qcow2", source, path)
+    return write(path, "write -P 5 8k 8k")
+
+
+@pytest.mark.parametrize("make", [_compat_010, _external_data_file, _compressed],
+                         ids=["compat-0.10", "external-data-file", "compressed"])
+def test_leaks_and_copied_flags_in_other_layouts(tmp_path, make):
+    path = make(tmp_path / "image.qcow2")
+    editor = Qcow2Editor(path)
+    editor.set_refcount(editor.append_cluster(), 1)
+    editor.set_l1_entry(0, editor.l1_entry(0) ^ qcow2_layout.OFLAG_COPIED)
+    result, _messages = assert_repaired_like_qemu(path, "all")
+    assert result["leaks-fixed"] == 1 and result["corruptions-fixed"] == 1
+
+
 # -------------------------------------------------------------- corruptions
 @pytest.mark.parametrize("refcount_bits", [2, 8, 32])
 def test_refcount_too_low_raised(tmp_path, refcount_bits):
