@@ -8,16 +8,21 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 module: disk_image
-short_description: Create, convert, grow and remove QEMU disk image files
+short_description: Create, convert, resize, rebase, commit, repair, snapshot and remove QEMU disk image files
 version_added: 0.1.0
 description:
-  - Manages one disk image file (raw or qcow2) the way C(qemu-img create), C(qemu-img convert) and C(qemu-img resize) do,
+  - Manages one disk image file (raw or qcow2) the way C(qemu-img create), C(qemu-img convert), C(qemu-img resize),
+    C(qemu-img rebase), C(qemu-img commit), C(qemu-img amend), C(qemu-img check -r) and C(qemu-img snapshot) do,
     without needing qemu-img on the host; the image library travels inside the module.
   - The module reads the image once, compares it with the request, and acts only on a difference.
   - New images are built under a temporary name in the destination directory and renamed into place when complete,
     so a failed run never leaves a partial image at O(path).
   - An existing image whose format, backing file, backing format or reported creation options differ from the request
-    is never silently accepted; the task fails unless O(force=true), which recreates it.
+    is never silently accepted; the task fails unless O(force=true), which recreates it. Two differences are resolved in
+    place instead, keeping the content; a different backing file when O(rebase) is set, and different amendable options
+    (C(compat), C(lazy_refcounts), C(refcount_bits)), which are amended.
+  - On an existing image the steps run in this order; O(repair), O(commit), amending options, O(rebase), resizing to
+    O(size), then deleting and creating O(snapshots).
 author:
   - kvm.storage contributors (@kvm-storage)
 extends_documentation_fragment:
@@ -38,7 +43,8 @@ attributes:
     support: full
     details:
       - The diff shows the normalised image view used for the comparison (format, virtual size, backing file,
-        backing format, creation options) plus file attributes that change.
+        backing format, creation options, snapshot names; with O(repair) the leaks and corruptions found, with
+        O(commit) the bytes the image holds above its backing file) plus file attributes that change.
 options:
   path:
     description:
@@ -91,6 +97,11 @@ options:
       - Backing file of the image (an overlay), recorded in the image as written here.
       - A relative name is resolved in the directory of O(path). An absolute name must be inside one of O(allow_dirs).
       - With O(src), the converted image holds only what differs from the backing file (like C(qemu-img convert -B)).
+      - When an existing image has another backing file (or backing format), the task fails unless O(rebase) is set,
+        which changes it in place, or O(force=true), which recreates the image.
+      - With O(rebase), an empty string means no backing file; the image is flattened (its backing chain's data copied
+        into it, with O(rebase=safe)).
+      - When not given, the backing file of an existing image is not compared.
     type: str
   backing_format:
     description:
@@ -105,14 +116,84 @@ options:
       - Only C(cluster_size), C(compat), C(lazy_refcounts), C(refcount_bits), C(compression_type), C(extended_l2),
         C(data_file) and C(data_file_raw) are reported by an existing image and compared with it; the others only
         apply when the image is created.
+      - When an existing image differs in C(compat), C(lazy_refcounts) or C(refcount_bits), the image is amended in
+        place (like C(qemu-img amend)), keeping its content. A difference in another compared option needs
+        O(force=true).
     type: dict
     default: {}
   compress:
     description:
       - Compress the data written by a conversion (like C(qemu-img convert -c)). Requires O(src) and a format that
-        supports compression (qcow2).
+        supports compression (qcow2). Data clusters are compressed with deflate, in parallel.
     type: bool
     default: false
+  preallocation:
+    description:
+      - Preallocation of a created image (like C(qemu-img create -o preallocation=...)) and of the range an existing
+        image grows by (like C(qemu-img resize --preallocation)).
+      - V(off) allocates nothing, V(metadata) writes the qcow2 tables (qcow2 only), V(falloc) reserves the space
+        without writing it, V(full) writes zeroes.
+      - The preallocation of an existing image is not compared; it only applies when the image is created or grown.
+      - Same as C(preallocation) in O(options), which may be given instead; the two must agree.
+    type: str
+    choices: [off, metadata, falloc, full]
+  snapshots:
+    description:
+      - Internal snapshots that must be present in, or absent from, the image (like C(qemu-img snapshot -c) and
+        C(qemu-img snapshot -d)). qcow2 only.
+      - A snapshot that must be present and is missing is created from the image as the task leaves it (after any
+        other change the task makes). A snapshot that exists is left alone, whatever its content.
+      - A snapshot that must be absent is deleted, every snapshot of that name if there are several; its clusters are
+        freed.
+      - Snapshots not listed are left alone.
+      - Names are matched exactly; a snapshot name is never taken as a snapshot ID here.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description:
+          - The name of the snapshot.
+        type: str
+        required: true
+      state:
+        description:
+          - Whether the snapshot must exist.
+        type: str
+        choices: [present, absent]
+        default: present
+  rebase:
+    description:
+      - When an existing image records another backing file or backing format than O(backing_file) and
+        O(backing_format), change them in place (like C(qemu-img rebase)) instead of failing.
+      - V(safe) keeps what the guest sees; where the old and the new backing chains differ, the data of the old one
+        is copied into the image first. Both backing chains must be readable.
+      - V(unsafe) only rewrites the backing file name and format (like C(qemu-img rebase -u)), for a backing file that
+        was moved or renamed; with a backing file of other content, the guest sees other data.
+      - Requires O(backing_file); O(backing_file="") removes the backing file.
+    type: str
+    choices: [safe, unsafe]
+  commit:
+    description:
+      - Write the data the image holds above its backing file into the backing file, then empty the image (like
+        C(qemu-img commit)), so that the backing file holds the disk as the guest sees it.
+      - Nothing is done when the image holds nothing of its own (its allocation map shows no range at depth 0), which
+        makes the task idempotent.
+      - The image must have a backing file, and the backing file must be writable and not in use. Other overlays on
+        the same backing file then see the committed data.
+    type: bool
+    default: false
+  repair:
+    description:
+      - Check the consistency of an existing image and repair what the check finds (like C(qemu-img check -r)).
+      - V(none) does not check.
+      - V(leaks) frees leaked clusters (allocated but unused, harmless but wasted space). When the check finds
+        corruptions, the task fails and changes nothing; use V(all) for them.
+      - V(all) also repairs corruptions (refcounts too low, wrong copied flags) and rebuilds the refcount structure.
+      - The task reports a change only when the check finds something and the repair fixes it. Formats without a
+        consistency check (raw) are left alone.
+    type: str
+    choices: [none, leaks, all]
+    default: none
   force:
     description:
       - Recreate the image when its format, backing file, backing format, compared creation options or (with O(src))
@@ -123,6 +204,9 @@ options:
     default: false
 notes:
   - Images in use by a running guest (locked the way QEMU locks them) are not written; the task fails.
+  - Reverting an image to an internal snapshot (C(qemu-img snapshot -a)) is not offered; it cannot be made idempotent,
+    because whether the disk still equals the snapshot is not known without comparing their contents.
+  - Like QEMU, a qcow2 image left dirty by a crash with lazy refcounts is repaired when it is opened for writing.
   - The image at O(path) must be a regular file.
 seealso:
   - module: kvm.storage.disk_image_info
@@ -158,6 +242,69 @@ EXAMPLES = r'''
     path: /var/lib/libvirt/images/base.qcow2
     format: qcow2
     size: 40G
+
+- name: Grow an image, reserving the new space on disk
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/data.raw
+    format: raw
+    size: 100G
+    preallocation: falloc
+
+- name: Keep a snapshot named before-upgrade, drop the old one
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/vm1.qcow2
+    format: qcow2
+    snapshots:
+      - name: before-upgrade
+      - name: before-install
+        state: absent
+
+- name: Move an overlay onto a new base image, keeping what the guest sees
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/vm1.qcow2
+    format: qcow2
+    backing_file: base-2024.qcow2
+    rebase: safe
+
+- name: Record a new name for a backing file that was renamed (content unchanged)
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/vm1.qcow2
+    format: qcow2
+    backing_file: base-renamed.qcow2
+    backing_format: qcow2
+    rebase: unsafe
+
+- name: Make an overlay independent of its backing file (flatten it)
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/vm1.qcow2
+    format: qcow2
+    backing_file: ""
+    rebase: safe
+
+- name: Merge an overlay into its backing file
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/vm1.qcow2
+    format: qcow2
+    commit: true
+
+- name: Turn on lazy refcounts and 64-bit refcounts of an existing image (amended in place)
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/base.qcow2
+    format: qcow2
+    options:
+      lazy_refcounts: true
+      refcount_bits: 64
+
+- name: Free leaked clusters
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/base.qcow2
+    format: qcow2
+    repair: leaks
+  register: repaired
+
+- name: Show what the repair found
+  ansible.builtin.debug:
+    var: repaired.repair
 
 - name: Remove an image
   kvm.storage.disk_image:
@@ -223,6 +370,37 @@ conversion:
       type: int
       returned: always
       sample: 16
+repair:
+  description:
+    - The result of the repair, with the keys of C(qemu-img check -r --output=json) (C(leaks-fixed),
+      C(corruptions-fixed), what remains in C(leaks) and C(corruptions), C(messages)).
+  returned: when O(repair) found something to repair (not in check mode)
+  type: dict
+  sample: {"check-errors": 0, "leaks-fixed": 2, "image-end-offset": 458752, "total-clusters": 64}
+stats:
+  description:
+    - How long the changes took and how much they wrote (not in check mode).
+  returned: when something was changed
+  type: dict
+  contains:
+    duration:
+      description: Seconds all operations took.
+      type: float
+      returned: always
+      sample: 0.42
+    bytes_written:
+      description:
+        - Bytes written by all operations. Operations that copy guest data (conversion, commit, rebase) report the
+          guest data they wrote; for the others it is how much the image file's allocation grew.
+      type: int
+      returned: always
+      sample: 196608
+    operations:
+      description: One entry per action of RV(actions), in order.
+      type: list
+      elements: dict
+      returned: always
+      sample: [{"kind": "commit", "duration": 0.12, "bytes_written": 196608}]
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -11,8 +11,9 @@ module: disk_image_info
 short_description: Read information about QEMU disk image files
 version_added: 0.1.0
 description:
-  - Returns what C(qemu-img info --output=json) returns for one or more images, optionally with their backing chains
-    and the result of a consistency check (C(qemu-img check)), without needing qemu-img on the host.
+  - Returns what C(qemu-img info --output=json) returns for one or more images, including their internal snapshots,
+    optionally with their backing chains, the result of a consistency check (C(qemu-img check)), their allocation map
+    (C(qemu-img map)) and the size a conversion would need (C(qemu-img measure)), without needing qemu-img on the host.
   - Never writes to the images.
 author:
   - kvm.storage contributors (@kvm-storage)
@@ -49,6 +50,29 @@ options:
       - For a format that cannot be checked, RV(images[].check_note) says so instead; that is not a failure.
     type: bool
     default: false
+  map:
+    description:
+      - Also return the allocation map of each image and its backing chain (like C(qemu-img map --output=json)), in
+        RV(images[].map).
+    type: bool
+    default: false
+  measure:
+    description:
+      - Also return the size an image converted from each image would need (like
+        C(qemu-img measure --output=json -O out_format)), in RV(images[].measure).
+    type: dict
+    suboptions:
+      out_format:
+        description:
+          - Format of the converted image (V(qcow2) or V(raw)).
+        type: str
+        default: qcow2
+      options:
+        description:
+          - Creation options of the converted image, as for C(qemu-img measure -o) (for example C(cluster_size),
+            C(preallocation), C(refcount_bits), C(extended_l2)).
+        type: dict
+        default: {}
 seealso:
   - module: kvm.storage.disk_image
 '''
@@ -72,6 +96,32 @@ EXAMPLES = r'''
     check: true
     force_share: true
   register: checked
+
+- name: Allocation map and the size of a compressed copy
+  kvm.storage.disk_image_info:
+    path: /var/lib/libvirt/images/vm1.qcow2
+    map: true
+    measure:
+      out_format: qcow2
+      options:
+        cluster_size: 64K
+  register: vm1_usage
+
+- name: Show the bytes the overlay holds itself and the size a converted copy needs
+  ansible.builtin.debug:
+    msg: >-
+      {{ vm1_usage.images[0].map | selectattr('depth', 'equalto', 0) | selectattr('present')
+         | map(attribute='length') | sum }} bytes in the overlay,
+      {{ vm1_usage.images[0].measure.required }} bytes needed
+
+- name: List the internal snapshots of an image
+  kvm.storage.disk_image_info:
+    path: /var/lib/libvirt/images/base.qcow2
+  register: base_disk
+
+- name: Show the snapshot names
+  ansible.builtin.debug:
+    msg: "{{ base_disk.images[0].snapshots | default([]) | map(attribute='name') | list }}"
 
 - name: Fail when an image has errors
   ansible.builtin.assert:
@@ -158,6 +208,59 @@ images:
       description: Why the image was not checked (its format has no consistency check).
       type: str
       returned: when O(check=true) and the format cannot be checked
+    snapshots:
+      description:
+        - The internal snapshots of the image, as C(qemu-img snapshot -l) lists them, with the keys of
+          C(qemu-img info --output=json).
+      type: list
+      elements: dict
+      returned: when the image has internal snapshots
+      contains:
+        id:
+          description: The ID of the snapshot (a number, as a string).
+          type: str
+          sample: "1"
+        name:
+          description: The name of the snapshot.
+          type: str
+          sample: before-upgrade
+        vm-state-size:
+          description: Bytes of saved VM state (RAM and devices) in the snapshot; 0 for disk-only snapshots.
+          type: int
+          sample: 0
+        date-sec:
+          description: When the snapshot was taken, seconds since the epoch.
+          type: int
+          sample: 1700000000
+        date-nsec:
+          description: Nanoseconds part of RV(images[].snapshots[].date-sec).
+          type: int
+          sample: 123000000
+        vm-clock-sec:
+          description: Guest clock at the snapshot, seconds.
+          type: int
+          sample: 0
+        vm-clock-nsec:
+          description: Nanoseconds part of RV(images[].snapshots[].vm-clock-sec).
+          type: int
+          sample: 0
+    map:
+      description:
+        - The allocation map of the image and its backing chain, as C(qemu-img map --output=json) prints it.
+        - C(depth) is the layer the range is read from (0 for the image itself), C(present) whether a layer holds it,
+          C(zero) whether it reads as zeroes, C(data) whether data is stored for it, C(offset) where in the file.
+      type: list
+      elements: dict
+      returned: when O(map=true) and the image exists
+      sample: [{"start": 0, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true, "offset": 327680}]
+    measure:
+      description:
+        - What C(qemu-img measure --output=json) prints for a conversion of the image to O(measure.out_format).
+        - C(required) is the size the converted image needs as it is, C(fully-allocated) the size when every cluster
+          is allocated; C(bitmaps) the bytes persistent bitmaps need, when both formats support them.
+      type: dict
+      returned: when O(measure) is given and the image exists
+      sample: {"required": 393216, "fully-allocated": 21478375424}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -82,3 +82,29 @@ def test_backing_outside_the_policy_is_an_error_not_a_traceback(tmp_path, capsys
     assert result.get('failed') and 'exception' not in result, result
     result = run_module(capsys, path=top, backing_chain=True, allow_dirs=[str(tmp_path / 'a')])
     assert len(result['images'][0]['backing-chain']) == 2
+
+
+def test_map_measure_and_snapshots_as_qemu_img_reports_them(capsys, chain):
+    base, top = chain
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x11 64k 128k', '-c', 'write -z 512k 64k', top],
+                   check=True, stdout=subprocess.PIPE)
+    qemu_img('snapshot', '-c', 'first', top)
+    before = os.stat(top).st_mtime_ns
+    measure = {'out_format': 'qcow2', 'options': {'cluster_size': '128K'}}
+    images = run_module(capsys, path=[top, base], map=True, measure=measure)['images']
+    for image, path in zip(images, (top, base)):
+        assert image['map'] == json.loads(qemu_img('map', '--output=json', path))
+        assert image['measure'] == json.loads(qemu_img('measure', '--output=json', '-O', 'qcow2',
+                                                       '-o', 'cluster_size=131072', path))
+    assert images[0]['snapshots'] == json.loads(qemu_img('info', '--output=json', top))['snapshots']
+    assert [snapshot['name'] for snapshot in images[0]['snapshots']] == ['first']
+    assert 'snapshots' not in images[1]
+    raw_measure = run_module(capsys, path=top, measure={'out_format': 'raw'})['images'][0]['measure']
+    assert raw_measure == json.loads(qemu_img('measure', '--output=json', '-O', 'raw', top))
+    assert os.stat(top).st_mtime_ns == before
+
+
+def test_measure_of_an_unsupported_format_is_an_error(capsys, chain):
+    base, top = chain
+    result = run_module(capsys, path=top, measure={'out_format': 'vmdk'})
+    assert result.get('failed') and 'vmdk' in result['msg'] and 'exception' not in result
