@@ -12,11 +12,13 @@ __metaclass__ = type
 
 from .raw import RawDriver
 from .qcow2 import Qcow2Driver
+from .vmdk import VmdkDriver
 from .vdi import VdiDriver
 
 DRIVERS = {
     RawDriver.format_name: RawDriver,
     Qcow2Driver.format_name: Qcow2Driver,
+    VmdkDriver.format_name: VmdkDriver,
     VdiDriver.format_name: VdiDriver,
 }
 
