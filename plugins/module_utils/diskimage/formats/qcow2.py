@@ -2125,7 +2125,9 @@ class Qcow2Driver(Driver):
     def _expand_zero_clusters(self):
         """Make every zero cluster (active layer and snapshots) an ordinary one, as
         compat 0.10 has no zero flag: unallocated when nothing shows through,
-        else a cluster of zeroes (refcount = the references its L2 table has)."""
+        else a cluster of zeroes (refcount = the references its L2 table has).
+        Unlike qemu-img amend, a preallocated zero cluster whose host cluster is
+        shared with another table (a snapshot) is never overwritten."""
         cs = self._cs
         zeroes = bytes(cs)
         seen = set()
@@ -2141,15 +2143,25 @@ class Qcow2Driver(Driver):
                 self._check_metadata_target(l2_offset, "l2")
                 table = array.array("Q", table)
                 l2_refs = self._refcount(l2_offset)
+                own_data = self._data_file is self._file
+                released = []
                 for index, entry in enumerate(table):
                     if entry & L.OFLAG_COMPRESSED or not entry & L.OFLAG_ZERO:
                         continue
                     host = entry & L.L2E_OFFSET_MASK
-                    if host:
+                    if host and own_data and self._refcount(host) == l2_refs:
+                        # preallocated and referenced through this table only: zero it in place
                         self._data_file.pwrite(host, zeroes)
                         table[index] = entry & ~L.OFLAG_ZERO
-                    elif not self.backing_filename:
+                        continue
+                    if host and own_data:
+                        # shared with another table (a snapshot): never written, only released
+                        released.append(host)
+                    if not self.backing_filename:
                         table[index] = 0
+                    elif host and not own_data:
+                        self._data_file.pwrite(host, zeroes)
+                        table[index] = entry & ~L.OFLAG_ZERO
                     else:
                         host = self._alloc(1)
                         if l2_refs > 1:
@@ -2159,6 +2171,8 @@ class Qcow2Driver(Driver):
                 self._file.flush()
                 self._file.pwrite(l2_offset, _be_bytes(table))
                 self._l2_cache[l2_offset] = table
+                for host in released:
+                    self._refcount_update(host, cs, -l2_refs)
 
     def _change_refcount_width(self, bits):
         """Rewrite the refcount table and blocks with ``bits``-wide entries: the new
