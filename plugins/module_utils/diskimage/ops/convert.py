@@ -371,12 +371,12 @@ def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progre
     source = target = None
     try:
         source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot)
+        if os.path.realpath(source.path) == os.path.realpath(target_path):
+            raise InvalidOptionError("the source and the target are the same image", target_path)
         target = open_driver(target_path, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs)
         if compress and not hasattr(target, "compress_cluster"):
             raise InvalidOptionError("compressed output is not supported for format %s (qcow2 only)"
                                      % out_fmt, target_path)
-        if os.path.realpath(source.path) == os.path.realpath(target.path):
-            raise InvalidOptionError("the source and the target are the same image", target_path)
         size = source.virtual_size
         if target.virtual_size < size:
             raise InvalidOptionError("the target (%d bytes) is smaller than the source (%d bytes)"
