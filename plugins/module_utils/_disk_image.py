@@ -377,8 +377,8 @@ def _plan_snapshots(request, names_before, after):
     names = list(names_before)
     for name, state in request.snapshots:
         if state == 'absent':
-            for _ in range(names.count(name)):
-                actions.append(Action('snapshot_delete', 'delete snapshot %r of %s' % (name, request.path), name=name))
+            actions.extend(Action('snapshot_delete', 'delete snapshot %r of %s' % (name, request.path), name=name)
+                           for existing in names if existing == name)
             names = [existing for existing in names if existing != name]
     for name, state in request.snapshots:
         if state == 'present' and name not in names:
@@ -470,15 +470,15 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
             if uncommitted:
                 actions.append(Action('commit', 'commit %d bytes of %s into its backing file %s' % (
                     uncommitted, request.path, before['backing_file']), backing_file=before['backing_file']))
-        amended = dict((field[len('options.'):], requested) for field, _, requested in in_place
-                       if field.startswith('options.'))
+        amended = dict((difference[0][len('options.'):], difference[2]) for difference in in_place
+                       if difference[0].startswith('options.'))
         if amended:
-            actions.append(Action('amend', 'amend options of %s image %s: %s' % (
-                before['format'], request.path, ', '.join('%s %r -> %r' % (name, before['options'][name], value)
-                                                           for name, value in sorted(amended.items()))),
-                options=amended))
+            changes = ', '.join('%s %r -> %r' % (name, before['options'][name], value)
+                                for name, value in sorted(amended.items()))
+            actions.append(Action('amend', 'amend options of %s image %s: %s' % (before['format'], request.path, changes),
+                                  options=amended))
             after['options'].update(amended)
-        if any(field.startswith('backing') for field, _, _ in in_place):
+        if any(difference[0].startswith('backing') for difference in in_place):
             if request.wants_no_backing:
                 description = 'remove the backing file %s of %s%s' % (
                     before['backing_file'], request.path,

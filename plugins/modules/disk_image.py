@@ -136,7 +136,7 @@ options:
       - The preallocation of an existing image is not compared; it only applies when the image is created or grown.
       - Same as C(preallocation) in O(options), which may be given instead; the two must agree.
     type: str
-    choices: [off, metadata, falloc, full]
+    choices: ["off", metadata, falloc, full]
   snapshots:
     description:
       - Internal snapshots that must be present in, or absent from, the image (like C(qemu-img snapshot -c) and
