@@ -737,6 +737,15 @@ class VmdkDriver(Driver):
         self._uniform = same
 
     def close(self):
+        stream, self.stream = self.stream, None
+        try:
+            if stream is not None and self.image_file is not None:
+                # A stream is only readable once its tables, footer and end marker are written.
+                stream.finish()
+        finally:
+            self._close_files()
+
+    def _close_files(self):
         for extent_file in self._opened_files:
             try:
                 extent_file.close()
@@ -841,7 +850,7 @@ class VmdkDriver(Driver):
                                                          if inside else []):
                     guest = start + data_start - extent.base
                     kind = DATA if is_data else ZERO
-                    host = data_start if (is_data and extent.image_file is self.image_file) else None
+                    host = data_start if is_data else None
                     result.append(Extent(guest, data_length, kind, host))
                 if inside < count:
                     result.append(tail)
@@ -850,7 +859,6 @@ class VmdkDriver(Driver):
             for run_start, run_length, state, host in extent.runs(rel, count):
                 if state == _DATA:
                     kind = DATA
-                    host = host if extent.image_file is self.image_file else None
                 elif state == _COMPRESSED:
                     kind, host = DATA, None
                 elif state == _ZERO:
