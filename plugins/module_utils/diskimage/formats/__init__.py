@@ -14,12 +14,14 @@ from .raw import RawDriver
 from .qcow2 import Qcow2Driver
 from .vmdk import VmdkDriver
 from .vdi import VdiDriver
+from .vpc import VpcDriver
 
 DRIVERS = {
     RawDriver.format_name: RawDriver,
     Qcow2Driver.format_name: Qcow2Driver,
     VmdkDriver.format_name: VmdkDriver,
     VdiDriver.format_name: VdiDriver,
+    VpcDriver.format_name: VpcDriver,
 }
 
 
