@@ -782,9 +782,9 @@ def run_storage_pool(conn, params, check_mode):
         directory = read_directory(sanitize_path(child_text(request.definition, 'target/path')))
     plan = plan_storage_pool(request, state, directory)
     result = dict(changed=plan.changed, actions=[action.description for action in plan.actions if action.changes],
-                  restart_pending=plan.restart_pending, refreshed=False, warnings=list(plan.warnings))
+                  restart_pending=plan.restart_pending, refreshed=False, notes=list(plan.warnings))
     if not check_mode and plan.actions:
-        result['warnings'].extend(apply_plan(conn, plan, request, state))
+        result['notes'].extend(apply_plan(conn, plan, request, state))
         result['refreshed'] = 'refresh' in plan.kinds()
     result['diff'] = dict(before=render_view(plan.before), after=render_view(plan.after),
                           before_header='storage pool %s' % request.name, after_header='storage pool %s' % request.name)

@@ -354,6 +354,14 @@ restart_pending:
   returned: success
   type: bool
   sample: false
+notes:
+  description:
+    - The warnings of the task (also shown as warnings): a pending restart, a build that found the pool built already.
+  returned: success
+  type: list
+  elements: str
+  sample:
+    - storage pool 'images' is active and its new definition applies when it restarts; set restart=true to restart it now
 refreshed:
   description:
     - Whether the pool was refreshed (O(refresh=true); never in check mode).
@@ -392,7 +400,7 @@ def main():
             result = run_storage_pool(conn, module.params, module.check_mode)
     except LibvirtModuleError as exc:
         module.fail_json(msg=str(exc))
-    for warning in result.pop('warnings'):
+    for warning in result['notes']:
         module.warn(warning)
     if not module._diff:
         result.pop('diff')
