@@ -145,6 +145,9 @@ def image_options(info_dict):
         key = name.replace('_', '-')
         if key in specific:
             options[name] = specific[key]
+    if info_dict.get('format') == 'qcow2' and options.get('compat') == '0.10':
+        # Version 2 images have no lazy refcounts, and qemu-img does not report the option for them.
+        options.setdefault('lazy_refcounts', False)
     return options
 
 

@@ -295,6 +295,18 @@ def test_compat_downgrade_is_amended(tmp_path):
     assert_clean(path)
 
 
+def test_lazy_refcounts_of_a_compat_010_image_are_off_and_amended_with_compat(tmp_path):
+    path = make_qcow2(tmp_path / 'a.qcow2', '4M', '-o', 'compat=0.10')
+    wanted = {'compat': '1.1', 'lazy_refcounts': True}
+    request, plan = plan_for(path=path, fmt='qcow2', options=wanted)
+    assert plan.before['options']['lazy_refcounts'] is False
+    assert plan.actions[0].args['options'] == wanted
+    apply_plan(plan, request)
+    data = qemu_json('info', path)['format-specific']['data']
+    assert (data['compat'], data['lazy-refcounts']) == ('1.1', True)
+    assert not plan_for(path=path, fmt='qcow2', options=wanted)[1].changed
+
+
 def test_cluster_size_still_needs_force(tmp_path):
     path = make_qcow2(tmp_path / 'a.qcow2')
     with pytest.raises(DiskImageError, match='options.cluster_size') as raised:
