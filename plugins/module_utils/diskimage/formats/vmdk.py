@@ -495,6 +495,13 @@ class _SparseExtent:
                 self._add(result, position, table_end - position, _UNALLOC, None)
                 position = table_end
                 continue
+            first = (position // grain_size) % self.gtes_per_gt
+            last = ((table_end - 1) // grain_size) % self.gtes_per_gt
+            if not any(table[first:last + 1]):
+                # Nothing allocated in this stretch of the table (the common case of sparse images).
+                self._add(result, position, table_end - position, _UNALLOC, None)
+                position = table_end
+                continue
             while position < table_end:
                 grain_index = position // grain_size
                 in_grain = position - grain_index * grain_size

@@ -157,7 +157,9 @@ def test_native_sesparse_sample(tmp_path):
         assert opened.read(16 * MIB, MIB) == bytes(MIB)
     out = tmp_path / "ours.raw"
     diskimage.convert(str(descriptor), str(out), "raw")
-    assert qemu_tools.file_digest(out) == qemu_tools.raw_digest(descriptor, tmp_path)
+    # qemu-img compare skips what both sides leave unallocated: quicker than hashing 512 MiB twice.
+    qemu_tools.qemu_img("compare", "-f", "raw", "-F", "vmdk", out, descriptor)
+    assert prefix_digest(out, 16 * MIB) == hashlib.sha256(b"a" * (16 * MIB)).hexdigest()
     ours = diskimage.map(str(descriptor))
     assert ours == qemu_tools.qemu_img_json("map", descriptor)
 
