@@ -6,7 +6,9 @@
 Safe mode keeps the overlay's guest-visible content: wherever the overlay
 does not allocate a range and the old backing chain's bytes differ from the
 new one's, the old bytes are copied into the overlay first; only then is the
-header switched to the new backing file (one header write).  Unsafe mode
+header switched to the new backing file (one header write).  Ranges the old
+chain reads from the new backing file itself (rebasing onto an ancestor) or
+reads as zeroes when flattening are not even read.  Unsafe mode
 changes the header alone and never opens the old backing file (it may be
 gone).  An empty backing name flattens: everything the old chain shows
 through is copied, then the backing file is dropped.
@@ -24,11 +26,11 @@ import time
 from .._io import ImageFile
 from ..errors import ImageError, InvalidOptionError, UnsupportedOperation
 from ..formats import driver_class
-from ..formats.base import Driver, MAX_IO, UNALLOCATED
+from ..formats.base import Driver, MAX_IO, UNALLOCATED, ZERO
 from ..policy import resolve_reference
 from ..probe import probe_format
 from .create import close_quietly, open_backing
-from .image import open_driver, os_error, translate_os_errors
+from .image import chain_block_status, open_driver, os_error, reads_zero, translate_os_errors
 
 # Guest bytes whose block status is asked for at once.
 STATUS_WINDOW = 16 * MAX_IO
@@ -93,29 +95,77 @@ def _write_preserved(overlay, offset, data):
         overlay.write(offset, data)
 
 
+def _ancestor(overlay, new_backing):
+    """The layer of the overlay's current chain that is the new backing file
+    (same file, same format), or None.  Ranges the chain reads from it need no
+    comparison (qemu-img rebase onto an ancestor copies only what lies between)."""
+    if new_backing is None:
+        return None
+    target = os.path.realpath(new_backing.path)
+    layer = overlay.backing
+    while layer is not None:
+        if os.path.realpath(layer.path) == target and layer.format_name == new_backing.format_name \
+                and layer.virtual_size == new_backing.virtual_size:
+            return layer
+        layer = layer.backing
+    return None
+
+
+def _ranges_to_compare(overlay, ancestor, new_backing, start, end):
+    """Parts of [start, end) (unallocated in the overlay) whose old view may
+    differ from the new one: neither read from the common ancestor, nor zeroes
+    on both sides when there is no new backing file."""
+    old_chain = overlay.backing
+    if old_chain is None:
+        runs = [(start, end, ZERO)]
+    else:
+        runs = [(run.start, run.start + run.length, run.kind)
+                for run in chain_block_status(old_chain, start, end - start, base=ancestor)]
+        covered = min(end, max(start, old_chain.virtual_size))
+        if covered < end:
+            runs.append((covered, end, ZERO))   # past the old backing's end: zeroes
+    for run_start, run_end, kind in runs:
+        if ancestor is not None and kind == UNALLOCATED:
+            continue
+        if new_backing is None and reads_zero(kind, ancestor):
+            continue
+        yield run_start, run_end
+
+
 def _copy_differences(overlay, new_backing, progress):
     """Copy into the overlay every granule it does not allocate whose old view
     differs from the new backing's; returns the bytes written."""
     size = overlay.virtual_size
     granule = _granule(overlay)
+    ancestor = _ancestor(overlay, new_backing)
     written = 0
     for window in range(0, size, STATUS_WINDOW):
         for extent in overlay.block_status(window, min(STATUS_WINDOW, size - window)):
             if extent.kind != UNALLOCATED:
                 continue
-            position, end = extent.start, extent.start + extent.length
-            while position < end:
-                chunk_end = min(end, (position // MAX_IO + 1) * MAX_IO)
-                length = chunk_end - position
-                old = overlay.read(position, length)
-                new = _view(new_backing, position, length)
-                if old != new:
-                    written += _copy_differing_granules(overlay, position, old, new, granule)
-                position = chunk_end
-                if progress is not None:
-                    progress(position, size)
+            for start, end in _ranges_to_compare(overlay, ancestor, new_backing, extent.start,
+                                                 extent.start + extent.length):
+                written += _compare_and_copy(overlay, new_backing, start, end, granule, progress)
+        if progress is not None:
+            progress(min(size, window + STATUS_WINDOW), size)
     if progress is not None:
         progress(size, size)
+    return written
+
+
+def _compare_and_copy(overlay, new_backing, start, end, granule, progress):
+    written = 0
+    position = start
+    while position < end:
+        chunk_end = min(end, (position // MAX_IO + 1) * MAX_IO)
+        length = chunk_end - position
+        old = overlay.read(position, length)
+        new = _view(new_backing, position, length)
+        if old != new:
+            written += _copy_differing_granules(overlay, position, old, new, granule)
+        position = chunk_end
+        if progress is not None:
+            progress(position, overlay.virtual_size)
     return written
 
 

@@ -211,3 +211,24 @@ def test_rebase_allow_dirs_lets_a_backing_elsewhere_in(tmp_path):
     assert backing_of(top) == (str(other), "qcow2")
     qemu_img("compare", "-F", "raw", top, before)
     assert_clean(top)
+
+
+def test_rebase_onto_ancestor_below_a_shorter_layer(tmp_path):
+    """base (4M) <- mid (2M: base's tail hidden) <- top (4M): onto base, the tail
+    that read as zeroes must be kept as zeroes."""
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "4M")
+    qemu_io(base, "write -P 0x11 0 4M", fmt="qcow2")
+    mid = tmp_path / "mid.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", mid, "2M")
+    qemu_io(mid, "write -P 0x22 1M 64k", fmt="qcow2")
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", top, "4M")
+    qemu_io(top, "write -P 0x33 3M 64k", fmt="qcow2")
+    before = save_view(top, tmp_path / "before.raw")
+    theirs = rebased_by_qemu(top, tmp_path, ["-b", "base.qcow2", "-F", "qcow2"])
+    result = diskimage.rebase(str(top), "base.qcow2", backing_fmt="qcow2")
+    assert result["bytes_written"] == 64 * 1024 + 2 * 1024 * 1024 - 64 * 1024
+    qemu_img("compare", "-F", "raw", top, before)
+    qemu_img("compare", top, theirs)
+    assert_clean(top)
