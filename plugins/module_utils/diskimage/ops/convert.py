@@ -318,7 +318,8 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         else:
             base, target_backing_size, has_zero_init = None, size, True
         converter = _Converter(source, target, base, target_backing_size, has_zero_init, progress)
-        if compress:
+        # Formats that store every cluster compressed (streamOptimized VMDK) get the thread pool too.
+        if compress or getattr(target, "compresses_every_cluster", False):
             converter.copy_compressed(_worker_count())
         else:
             converter.copy()
