@@ -1066,6 +1066,12 @@ class VmdkDriver(Driver):
             extent_file.flush()
 
     # ---------------------------------------------------- compressed output
+    @property
+    def compresses_every_cluster(self):
+        """Whether every grain is stored compressed (a writable stream): convert then
+        compresses grains in its thread pool and appends them in guest order."""
+        return self.stream is not None
+
     def compress_cluster(self, data):
         """Deflate one whole grain (pure, thread-safe); None when this image
         does not store compressed grains (it is then written as is)."""
