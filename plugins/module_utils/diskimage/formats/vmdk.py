@@ -244,6 +244,7 @@ class _FlatExtent:
         self.size = sectors * SECTOR_SIZE
         self.base = base
         self.kind = kind
+        self.display_name = None
 
     def runs(self, offset, length):
         return [(offset, length, _DATA, self.base + offset)]
@@ -263,6 +264,8 @@ class _SparseExtent:
         self.image_file = image_file
         self.kind = kind
         self.path = path
+        self.display_name = None
+        self.gd_entries = 0
         self.sectors = 0
         self.size = 0
         self.grain_size = 0
@@ -656,6 +659,8 @@ class VmdkDriver(Driver):
                 # A sparse header only carrying a descriptor: the descriptor says everything.
                 text = _decode_descriptor(image_file.pread(desc_offset * SECTOR_SIZE, MAX_DESCRIPTOR_SIZE))
                 self._open_descriptor(text, opener)
+                self.descriptor_offset = desc_offset * SECTOR_SIZE
+                self.descriptor_room = desc_size * SECTOR_SIZE
             else:
                 extent = _SparseExtent.open_hosted(image_file, None, self.path, head, not self.readonly)
                 self._add_extent(extent)
@@ -728,7 +733,7 @@ class VmdkDriver(Driver):
             self._add_extent(extent)
 
     def _add_extent(self, extent):
-        if not hasattr(extent, "display_name"):
+        if extent.display_name is None:
             extent.display_name = self.path
         start = self.extent_starts[-1] + self.extents[-1].size if self.extents else 0
         self.extents.append(extent)
@@ -741,7 +746,6 @@ class VmdkDriver(Driver):
         same = all(e.flat == first.flat and e.compressed == first.compressed
                    and (e.flat or e.cluster_size == first.cluster_size) for e in self.extents)
         self.cluster_size = first.cluster_size if same and not first.flat else 0
-        self._uniform = same
 
     def close(self):
         stream, self.stream = self.stream, None
