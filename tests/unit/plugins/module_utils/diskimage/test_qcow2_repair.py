@@ -43,7 +43,7 @@ def write(path, *commands):
 def qemu_check(path, *options):
     """qemu-img check [-r ...] --output=json without filename and format."""
     proc = subprocess.run(["qemu-img", "check", "--output=json"] + list(options) + [str(path)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     assert proc.stdout.strip(), "qemu-img check failed (%d): %s" % (proc.returncode, proc.stderr)
     result = json.loads(proc.stdout)
     del result["filename"], result["format"]
@@ -61,7 +61,7 @@ def our_repair(path, mode):
 
 def guest_view_equal(a, b, a_may_be_unreadable=False):
     proc = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(a), str(b)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     # 3: block status failed, 4: read failed
     if a_may_be_unreadable and proc.returncode in (3, 4) and str(a) in proc.stderr:
         return True         # the damage made the original unreadable there
@@ -80,7 +80,7 @@ def assert_repaired_like_qemu(path, mode, clean=True, qemu_fails=False):
     shutil.copyfile(path, twin)
     if qemu_fails:
         proc = subprocess.run(["qemu-img", "check", "-r", mode, twin], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, universal_newlines=True)
+                              stderr=subprocess.PIPE, universal_newlines=True, check=False)
         assert proc.returncode == 1 and "ERROR writing refblock" in proc.stderr, proc.stderr
         result = our_repair(path, mode)
         messages = result.pop("messages")
@@ -123,7 +123,7 @@ def cluster_of(path, guest_offset):
 def test_leaked_clusters_freed(tmp_path, refcount_bits, mode):
     path = _written(tmp_path / "image.qcow2", "refcount_bits=%d" % refcount_bits)
     editor = Qcow2Editor(path)
-    for _ in range(3):
+    for dummy in range(3):
         editor.set_refcount(editor.append_cluster(), 1)
     result, messages = assert_repaired_like_qemu(path, mode)
     assert result["leaks-fixed"] == 3 and "leaks" not in result
@@ -307,7 +307,7 @@ def test_rebuild_is_refused_in_leaks_mode(tmp_path):
     path = _written(tmp_path / "image.qcow2")
     _misaligned_refcount_block(Qcow2Editor(path))
     proc = subprocess.run(["qemu-img", "check", "-r", "leaks", str(path) + ""], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True)
+                          stderr=subprocess.PIPE, universal_newlines=True, check=False)
     assert proc.returncode == 1 and "need to rebuild" in proc.stderr
     before = open(str(path), "rb").read()
     with pytest.raises(CorruptImageError, match="need to be rebuilt"):
@@ -321,7 +321,7 @@ def _dirty(path):
     create(path, "16M", "lazy_refcounts=on")
     write(path, "write -P 0x11 4M 128k")
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x55 0 1M", "-c", "write -P 0x66 8M 64k",
-                    "-c", "abort", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                    "-c", "abort", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     assert Qcow2Editor(path).header.dirty
     return path
 
@@ -336,7 +336,7 @@ def _expected_dirty_content(tmp_path):
 
 def _same_guest_view(image, raw):
     proc = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(image), str(raw)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     return proc.returncode == 0
 
 
@@ -490,12 +490,12 @@ def test_random_damage_repaired_like_qemu(tmp_path, cluster_size, options, mode)
             elif action < 0.8:
                 image[offset:offset + 8] = bytes(8)
             else:
-                image[offset:offset + 8] = bytes(rng.randrange(256) for _ in range(8))
+                image[offset:offset + 8] = bytes(rng.randrange(256) for dummy in range(8))
         for target in (ours_path, theirs_path):
             with open(str(target), "wb") as f:
                 f.write(image)
         proc = subprocess.run(["qemu-img", "check", "-r", mode, "--output=json", str(theirs_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
         if not proc.stdout.strip():
             continue            # qemu-img could not repair (or open) it
         expected = json.loads(proc.stdout)
@@ -504,7 +504,7 @@ def test_random_damage_repaired_like_qemu(tmp_path, cluster_size, options, mode)
         result.pop("messages")
         assert result == expected, "case %d: %s" % (case, proc.stderr[-3000:])
         compare = subprocess.run(["qemu-img", "compare", str(theirs_path), str(ours_path)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
         assert compare.returncode != 1, "case %d: guest views differ" % case
         compared += 1
     assert compared >= 15
