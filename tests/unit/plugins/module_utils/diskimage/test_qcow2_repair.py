@@ -528,3 +528,17 @@ def test_repair_writes_are_checked_for_metadata_overlap(tmp_path):
                 walker.write(offset, bytes(8), ("active L2 table",))
     assert Qcow2Editor(path).header.corrupt
     assert qemu_check(path)["check-errors"] == 0      # nothing was written
+
+
+@pytest.mark.parametrize("mode", ["leaks", "all"])
+def test_repair_clears_the_corrupt_bit(tmp_path, mode):
+    """As qemu-img check -r: a repair leaving no corruption marks the image consistent."""
+    path = _written(tmp_path / "image.qcow2")
+    editor = Qcow2Editor(path)
+    editor.set_refcount(editor.append_cluster(), 1)
+    features = editor.header.incompatible_features | qcow2_layout.INCOMPAT_CORRUPT
+    editor._write(qcow2_layout.OFF_INCOMPATIBLE_FEATURES, features.to_bytes(8, "big"))
+    assert Qcow2Editor(path).header.corrupt
+    assert_repaired_like_qemu(path, mode)
+    assert not Qcow2Editor(path).header.corrupt
+    assert not Qcow2Editor(str(path) + ".qemu").header.corrupt
