@@ -37,7 +37,7 @@ import uuid
 from .._io import ImageFile
 from ..errors import (CorruptImageError, FormatError, ImageError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, ReadOnlyImageError, UnsupportedFeature, UnsupportedOperation)
-from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
+from .base import DATA, UNALLOCATED, ZERO, Driver, Extent
 
 SECTOR_SIZE = 512
 
