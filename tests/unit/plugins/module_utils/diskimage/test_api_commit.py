@@ -199,3 +199,16 @@ def test_commit_into_unrecorded_but_probed_qcow2_backing(tmp_path):
     qemu_img("compare", "-F", "raw", base, view)
     assert_clean(base)
     assert_clean(top)
+
+
+def test_commit_reports_progress_up_to_the_virtual_size(tmp_path):
+    base, top = make_pair(tmp_path)
+    qemu_io(top, "write -P 0x44 0 3M", fmt="qcow2")
+    view = save_view(top, tmp_path / "view.raw")
+    calls = []
+    diskimage.commit(str(top), progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (4 << 20, 4 << 20)
+    assert all(b[0] >= a[0] for a, b in zip(calls, calls[1:]))
+    qemu_img("compare", "-F", "raw", base, view)
+    with pytest.raises(InvalidOptionError, match="callable"):
+        diskimage.commit(str(top), progress="yes")

@@ -232,3 +232,20 @@ def test_rebase_onto_ancestor_below_a_shorter_layer(tmp_path):
     qemu_img("compare", "-F", "raw", top, before)
     qemu_img("compare", top, theirs)
     assert_clean(top)
+
+
+def test_rebase_and_persistent_bitmaps(tmp_path):
+    """Unsafe rebase changes no data: bitmaps stay (as with qemu-img rebase -u);
+    a safe rebase that writes data drops the bitmaps it does not maintain."""
+    _base, _mid, top = make_chain(tmp_path)
+    qemu_img("bitmap", "--add", top, "bm0")
+    theirs = rebased_by_qemu(top, tmp_path, ["-u", "-b", "base.qcow2", "-F", "qcow2"])
+    diskimage.rebase(str(top), "base.qcow2", backing_fmt="qcow2", unsafe=True)
+    assert qemu_img_json("info", top)["format-specific"] == qemu_img_json("info", theirs)["format-specific"]
+    assert [b["name"] for b in qemu_img_json("info", top)["format-specific"]["data"]["bitmaps"]] == ["bm0"]
+    assert_clean(top)
+    before = save_view(top, tmp_path / "before.raw")
+    diskimage.rebase(str(top), "")
+    assert "bitmaps" not in qemu_img_json("info", top)["format-specific"]["data"]
+    qemu_img("compare", "-F", "raw", top, before)
+    assert_clean(top)
