@@ -894,11 +894,10 @@ class VmdkDriver(Driver):
         for extent in self.extents:
             if extent.flat:
                 continue
-            if extent.compressed:
-                if not extent.stream_at_end or len(self.extents) != 1:
-                    raise UnsupportedOperation("writing to this streamOptimized image is not supported (only "
-                                               "streams with the grain directory at the end are appended to)",
-                                               self.path)
+            if extent.compressed and extent.stream_at_end:
+                if len(self.extents) != 1:
+                    raise UnsupportedOperation("writing to a streamOptimized extent of a multi-extent image is "
+                                               "not supported", self.path)
                 self.stream = _StreamWriter(self, extent)
 
     def _check_write(self, offset, length, what):
@@ -953,6 +952,9 @@ class VmdkDriver(Driver):
     def _write_sparse(self, extent, start, rel, chunk):
         if extent.sesparse or extent.kind == "VMFSSPARSE":
             raise UnsupportedOperation("no write support for %s extents" % extent.kind, self.path)
+        if extent.compressed:
+            self._append_compressed(extent, rel, chunk)
+            return
         grain_size = extent.grain_size
         writes = []          # (host offset, bytes) in order
         updates = {}         # gd_index -> {table index: sector}
@@ -998,6 +1000,51 @@ class VmdkDriver(Driver):
         # Data first (contiguous new grains in one write), then grain tables.
         self._write_runs(extent.image_file, writes)
         extent.file_size = max(extent.file_size, extent.next_grain)
+        for gd_index, entries in sorted(updates.items()):
+            extent.set_entries(gd_index, entries)
+
+    def _append_compressed(self, extent, rel, chunk):
+        """qemu-img's streamOptimized layout (tables preallocated before the grains):
+        whole unallocated grains are compressed and appended, their table entries
+        updated in place; allocated grains are never rewritten (as QEMU refuses)."""
+        grain_size = extent.grain_size
+        updates = {}
+        position = 0
+        total = len(chunk)
+        while position < total:
+            guest_rel = rel + position
+            grain_index = guest_rel // grain_size
+            in_grain = guest_rel - grain_index * grain_size
+            grain_end = min(grain_size, extent.size - grain_index * grain_size)
+            count = min(total - position, grain_size - in_grain)
+            gd_index, table_index = divmod(grain_index, extent.gtes_per_gt)
+            table = extent.grain_table(gd_index)
+            if table is None:
+                raise UnsupportedOperation("VMDK grain table %d is not allocated; writing there is not supported"
+                                           % gd_index, self.path)
+            state = extent.classify(table[table_index], grain_index)[0]
+            if state in (_DATA, _COMPRESSED) or table_index in updates.get(gd_index, {}):
+                raise UnsupportedOperation("could not write to allocated grain %d of a streamOptimized image "
+                                           "(compressed grains are never rewritten)" % grain_index, self.path)
+            if in_grain or count < grain_end:
+                raise UnsupportedOperation("streamOptimized images are written in whole grains (%d bytes); "
+                                           "found a write of %d bytes at offset %d of grain %d"
+                                           % (grain_size, count, in_grain, grain_index), self.path)
+            grain = bytes(chunk[position:position + count])
+            if self.backing is None and state == _UNALLOC and not grain.strip(b"\x00"):
+                position += count
+                continue
+            compressed = zlib.compress(grain)
+            record = GRAIN_MARKER.pack(grain_index * grain_size // SECTOR_SIZE, len(compressed)) + compressed
+            host = extent.next_grain
+            if (host + len(record)) // SECTOR_SIZE >= MAX_EXTENT_SECTORS:
+                raise UnsupportedOperation("VMDK extent full: grains beyond 2 TiB of file cannot be addressed",
+                                           self.path)
+            extent.image_file.pwrite(host, _sector(record))
+            extent.next_grain = _round_up(host + len(record), SECTOR_SIZE)
+            extent.file_size = max(extent.file_size, extent.next_grain)
+            updates.setdefault(gd_index, {})[table_index] = host // SECTOR_SIZE
+            position += count
         for gd_index, entries in sorted(updates.items()):
             extent.set_entries(gd_index, entries)
 

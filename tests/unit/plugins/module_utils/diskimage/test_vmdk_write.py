@@ -214,11 +214,26 @@ def test_stream_optimized_appends_after_reopen(tmp_path):
     assert proc.returncode == 0 and "Pattern verification failed" not in proc.stdout, proc.stdout
 
 
-def test_qemu_stream_optimized_is_not_rewritten(tmp_path, source_raw):
+def test_qemu_stream_optimized_gets_whole_grains_appended(tmp_path, source_raw):
+    """qemu-img's own stream layout (tables before the grains): unallocated grains may be
+    written in any order, whole; allocated ones are never rewritten (as QEMU refuses)."""
     image = tmp_path / "qemu-stream.vmdk"
     qemu_tools.qemu_img("convert", "-O", "vmdk", "-o", "subformat=streamOptimized", source_raw, image)
-    with pytest.raises(UnsupportedOperation):
-        diskimage.open_image(str(image), fmt="vmdk", readonly=False)
+    mirror = tmp_path / "mirror.raw"
+    mirror.write_bytes(source_raw.read_bytes())
+    with diskimage.open_image(str(image), fmt="vmdk", readonly=False) as opened:
+        with pytest.raises(UnsupportedOperation, match="allocated"):
+            opened.write(0, b"\x01" * 65536)
+        with pytest.raises(UnsupportedOperation, match="whole grains"):
+            opened.write(2 * MIB + 512, b"\x01" * 512)
+        for offset, value in ((3 * MIB, 7), (2 * MIB, 8), (5 * MIB + 65536, 9)):
+            opened.write(offset, bytes([value]) * 65536)
+            with open(str(mirror), "r+b") as raw:
+                raw.seek(offset)
+                raw.write(bytes([value]) * 65536)
+        assert opened.read(2 * MIB, 4) == b"\x08" * 4
+    assert qemu_compare(mirror, image, "raw", "vmdk") == (0, "Images are identical.\n")
+    qemu_check_clean(image)
 
 
 def test_compressed_convert_to_stream(source_raw, tmp_path):
