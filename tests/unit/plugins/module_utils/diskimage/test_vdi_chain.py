@@ -277,7 +277,7 @@ def test_parent_loop_is_refused(tmp_path):
 
 
 def test_chain_depth_is_bounded(tmp_path):
-    uuids = [new_uuid() for _ in range(chain_mod.MAX_CHAIN_DEPTH + 2)]
+    uuids = [new_uuid() for level in range(chain_mod.MAX_CHAIN_DEPTH + 2)]
     build_vdi(tmp_path / "l0.vdi", M, 1, uuids[0], new_uuid())
     for level in range(1, len(uuids)):
         build_vdi(tmp_path / ("l%d.vdi" % level), M, 4, uuids[level], new_uuid(), uuids[level - 1])
