@@ -15,6 +15,7 @@ from .qcow2 import Qcow2Driver
 from .vmdk import VmdkDriver
 from .vdi import VdiDriver
 from .vpc import VpcDriver
+from .vhdx import VhdxDriver
 
 DRIVERS = {
     RawDriver.format_name: RawDriver,
@@ -22,6 +23,7 @@ DRIVERS = {
     VmdkDriver.format_name: VmdkDriver,
     VdiDriver.format_name: VdiDriver,
     VpcDriver.format_name: VpcDriver,
+    VhdxDriver.format_name: VhdxDriver,
 }
 
 
