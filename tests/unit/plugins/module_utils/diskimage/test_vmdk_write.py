@@ -289,3 +289,23 @@ def test_first_write_changes_cid(tmp_path):
     after = qemu_tools.qemu_img_json("info", image)["format-specific"]["data"]["cid"]
     assert before != after
     assert diskimage.info(str(image))["format-specific"]["data"]["cid"] == after
+
+
+@pytest.mark.parametrize("subformat", ("monolithicSparse", "streamOptimized"))
+def test_convert_onto_a_vmdk_backing_file(subformat, tmp_path):
+    """convert -B base.vmdk: only what differs from the base is stored, zeroes hide the base."""
+    base = tmp_path / "base.vmdk"
+    qemu_tools.qemu_img("create", "-q", "-f", "vmdk", base, "4M")
+    qemu_tools.qemu_io(base, "write -P 0x11 0 4M", fmt="vmdk")
+    child = tmp_path / "child.vmdk"
+    qemu_tools.qemu_img("create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", child)
+    qemu_tools.qemu_io(child, "write -P 0x22 64k 64k", "write -z 1M 128k", "write -P 0x33 3M 4k", fmt="vmdk")
+    out = tmp_path / "out.vmdk"
+    diskimage.convert(str(child), str(out), "vmdk",
+                      options={"subformat": subformat, "backing_file": "base.vmdk", "backing_fmt": "vmdk"})
+    assert qemu_compare(child, out, "vmdk", "vmdk") == (0, "Images are identical.\n")
+    qemu_check_clean(out)
+    info = qemu_tools.qemu_img_json("info", out)
+    assert info["backing-filename"] == "base.vmdk"
+    assert info["format-specific"]["data"]["parent-cid"] == qemu_tools.qemu_img_json(
+        "info", base)["format-specific"]["data"]["cid"]
