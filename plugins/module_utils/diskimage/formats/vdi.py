@@ -157,9 +157,11 @@ class VdiHeader:
         if not _is_power_of_two(self.block_size) or not MIN_BLOCK_SIZE <= self.block_size <= MAX_BLOCK_SIZE:
             raise UnsupportedFeature("unsupported VDI image (block size %d: expected a power of two from %d to %d)"
                                      % (self.block_size, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE), path)
-        if self.block_extra and (not _is_power_of_two(self.block_extra) or self.block_extra % SECTOR_SIZE):
+        if self.block_extra and (not _is_power_of_two(self.block_extra) or self.block_extra % SECTOR_SIZE
+                                 or self.block_extra > MAX_BLOCK_SIZE):
             raise UnsupportedFeature("unsupported VDI image (block extra size %d: expected 0 or a power of two "
-                                     "multiple of %d)" % (self.block_extra, SECTOR_SIZE), path)
+                                     "multiple of %d up to %d)" % (self.block_extra, SECTOR_SIZE, MAX_BLOCK_SIZE),
+                                     path)
         if self.blocks_in_image > MAX_BLOCKS:
             raise UnsupportedFeature("unsupported VDI image (too many blocks %d, max is %d)"
                                      % (self.blocks_in_image, MAX_BLOCKS), path)
@@ -468,15 +470,18 @@ class VdiDriver(Driver):
 
     def _allocate(self, index, within, data):
         """Give block ``index`` a new slot at the end of the data area holding
-        ``data`` at ``within`` (zeroes elsewhere).  Returns nothing; the block
-        map and header are written by the caller, after the data."""
+        ``data`` at ``within`` and zeroes elsewhere (a whole block on disk, as
+        QEMU and VirtualBox write it).  The block map and header are written
+        by the caller, after the data."""
         h = self.header
         slot = self._next_slot
-        host = h.offset_data + slot * h.slot_size
-        block = bytearray(h.slot_size)
-        block[h.block_extra + within:h.block_extra + within + len(data)] = data
-        for piece in range(0, len(block), MAX_IO):
-            self._file.pwrite(host + piece, bytes(block[piece:piece + MAX_IO]))
+        slot_start = h.offset_data + slot * h.slot_size
+        data_start = slot_start + h.block_extra + within
+        data_end = data_start + len(data)
+        self._file.write_zeroes(slot_start, data_start - slot_start)
+        for piece in range(0, len(data), MAX_IO):
+            self._file.pwrite(data_start + piece, bytes(data[piece:piece + MAX_IO]))
+        self._file.write_zeroes(data_end, slot_start + h.slot_size - data_end)
         self.block_map[index] = slot
         self._next_slot = slot + 1
         h.blocks_allocated += 1

@@ -378,3 +378,29 @@ def test_block_past_the_end_of_the_file(tmp_path):
     assert diskimage.check(str(path), fmt="vdi").get("corruptions") == 1
     with pytest.raises(ImageError):
         diskimage.convert(str(path), str(tmp_path / "out.raw"), "raw", src_fmt="vdi")
+
+
+def test_writes_to_a_virtualbox_image_with_block_extra(tmp_path):
+    """VirtualBox layouts qemu-img refuses (2 MiB blocks, 512 service bytes
+    before each block) are written slot by slot as VirtualBox reads them."""
+    path = tmp_path / "vbox.vdi"
+    big = 2 * M
+    blocks = {1: b"\x05" * big}
+    build_vdi(path, 6 * M, 1, new_uuid(), new_uuid(), blocks=blocks, block_size=big, block_extra=512)
+    model = bytearray(6 * M)
+    apply_layer(model, blocks, big)
+    with diskimage.open_image(str(path), fmt="vdi", readonly=False) as img:
+        img.write(5 * M - 3, b"\x06" * 6)
+        img.write(big + 10, b"\x07" * 5)
+    model[5 * M - 3:5 * M + 3] = b"\x06" * 6
+    model[big + 10:big + 15] = b"\x07" * 5
+    assert diskimage.check(str(path), fmt="vdi") == {"check-errors": 0, "filename": str(path), "format": "vdi"}
+    with diskimage.open_image(str(path), fmt="vdi") as img:
+        assert img.read(0, 6 * M) == bytes(model)
+    content = path.read_bytes()
+    offset_data = struct.unpack_from("<I", content, 0x158)[0]
+    # The new block took slot 1: its service bytes are zero, then the block.
+    slot = offset_data + (big + 512)
+    assert content[slot:slot + 512] == bytes(512)
+    assert content[slot + 512 + M - 3:slot + 512 + M + 3] == b"\x06" * 6
+    assert len(content) == offset_data + 2 * (big + 512)
