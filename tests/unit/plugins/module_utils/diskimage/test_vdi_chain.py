@@ -404,3 +404,31 @@ def test_writes_to_a_virtualbox_image_with_block_extra(tmp_path):
     assert content[slot:slot + 512] == bytes(512)
     assert content[slot + 512 + M - 3:slot + 512 + M + 3] == b"\x06" * 6
     assert len(content) == offset_data + 2 * (big + 512)
+
+
+# ------------------------------------------- policy helpers of the UUID search
+def test_policy_candidate_helpers(tmp_path):
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage import policy
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import PolicyError
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    (outside / "secret.vdi").write_bytes(b"s" * 600)
+    (inside / "a.vdi").write_bytes(b"a" * 600)
+    (inside / "B.VDI").write_bytes(b"b" * 600)
+    (inside / "notes.txt").write_bytes(b"n")
+    (inside / "link.vdi").symlink_to(outside / "secret.vdi")
+    (inside / "dir.vdi").mkdir()
+    os.mkfifo(str(inside / "pipe.vdi"))
+    dirs = [str(inside)]
+    found = policy.image_candidates(dirs, (".vdi",))
+    assert found == [str((inside / "B.VDI").resolve()), str((inside / "a.vdi").resolve())]
+    assert policy.image_candidates(dirs, (".vdi",), exclude=found[0]) == found[1:]
+    assert len(policy.image_candidates(dirs, (".vdi",), limit=1)) == 1
+    assert policy.read_candidate_header(found[1], dirs, 4) == b"aaaa"
+    for refused in (inside / "link.vdi", inside / "pipe.vdi", inside / "dir.vdi", outside / "secret.vdi"):
+        with pytest.raises(PolicyError):
+            policy.read_candidate_header(str(refused), dirs, 4)
+        with pytest.raises(PolicyError):
+            policy.resolve_found(str(inside / "child.vdi"), str(refused), dirs)
+    assert policy.resolve_found(str(inside / "child.vdi"), found[1], dirs) == found[1]
