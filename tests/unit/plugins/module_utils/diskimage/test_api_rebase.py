@@ -5,6 +5,7 @@ unsafe mode changes the header only, flatten drops the backing file; the
 recorded backing file and format equal qemu-img's, and qemu-img check is clean."""
 
 import os
+import random
 import shutil
 
 import pytest
@@ -247,5 +248,50 @@ def test_rebase_and_persistent_bitmaps(tmp_path):
     before = save_view(top, tmp_path / "before.raw")
     diskimage.rebase(str(top), "")
     assert "bitmaps" not in qemu_img_json("info", top)["format-specific"]["data"]
+    qemu_img("compare", "-F", "raw", top, before)
+    assert_clean(top)
+
+
+def random_writes(path, rng, count, size):
+    commands = []
+    for _index in range(count):
+        offset = rng.randrange(0, size // 512) * 512
+        length = min(size - offset, rng.choice([512, 4096, 65536, 200 * 1024]))
+        if rng.random() < 0.3:
+            commands.append("write -z %d %d" % (offset, length))
+        else:
+            commands.append("write -P 0x%02x %d %d" % (rng.randrange(1, 256), offset, length))
+    qemu_io(path, *commands, fmt="qcow2")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_chains_rebase_and_commit_keep_the_guest_view(tmp_path, seed):
+    rng = random.Random(seed)
+    size = 3 << 20
+    names = ["l0.qcow2", "l1.qcow2", "l2.qcow2", "l3.qcow2"]
+    for depth, name in enumerate(names):
+        args = ["create", "-q", "-f", "qcow2", "-o", "cluster_size=%d" % rng.choice([4096, 65536])]
+        if depth:
+            args += ["-b", names[depth - 1], "-F", "qcow2"]
+        qemu_img(*(args + [tmp_path / name, str(size - rng.choice([0, 1 << 20]) if depth == 1 else size)]))
+        random_writes(tmp_path / name, rng, 12, size if depth != 1 else qemu_img_json(
+            "info", tmp_path / name)["virtual-size"])
+    top = tmp_path / names[-1]
+    other = tmp_path / "other.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", other, str(size + rng.choice([-(1 << 20), 0, 1 << 20])))
+    random_writes(other, rng, 8, qemu_img_json("info", other)["virtual-size"])
+    before = save_view(top, tmp_path / "before.raw")
+    diskimage.rebase(str(top), rng.choice(["l0.qcow2", "l1.qcow2", "other.qcow2"]), backing_fmt="qcow2")
+    qemu_img("compare", "-F", "raw", top, before)
+    assert_clean(top)
+    committed = diskimage.commit(str(top))
+    qemu_img("compare", "-F", "raw", top, before)
+    # the backing file now shows the overlay's view (it may be longer: its tail is its own)
+    expected = before.read_bytes()
+    backing_view = save_view(committed["backing_file"], tmp_path / "backing.raw").read_bytes()
+    assert backing_view[:len(expected)] == expected
+    assert_clean(top)
+    assert_clean(committed["backing_file"])
+    diskimage.rebase(str(top), "")
     qemu_img("compare", "-F", "raw", top, before)
     assert_clean(top)
