@@ -92,8 +92,9 @@ def storage_pool_argument_spec():
             auth=dict(type='dict', options=dict(
                 type=dict(type='str', required=True, choices=['chap', 'ceph']),
                 username=dict(type='str', required=True),
-                secret_usage=dict(type='str'),
-                secret_uuid=dict(type='str'),
+                # Names of libvirt secret objects, not the secrets themselves.
+                secret_usage=dict(type='str', no_log=False),
+                secret_uuid=dict(type='str', no_log=False),
             ), mutually_exclusive=[('secret_usage', 'secret_uuid')], required_one_of=[('secret_usage', 'secret_uuid')]),
         )),
         xml=dict(type='str'),

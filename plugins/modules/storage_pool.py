@@ -101,7 +101,7 @@ options:
         type: str
       auth:
         description:
-          - Authentication with a libvirt secret (iscsi: V(chap); rbd: V(ceph)).
+          - "Authentication with a libvirt secret (iscsi: V(chap); rbd: V(ceph))."
         type: dict
         suboptions:
           type:
@@ -149,7 +149,7 @@ options:
         an inactive one stays inactive.
       - V(active) also starts it. V(inactive) also stops it.
       - V(absent) stops the pool when it is active and undefines it. Its storage is left alone.
-      - V(deleted) stops the pool when it is active and deletes its storage (virStoragePoolDelete: the target directory
+      - V(deleted) stops the pool when it is active and deletes its storage with virStoragePoolDelete (the target directory
         of dir, fs and netfs pools, which must be empty; the volume group of logical pools). The pool stays defined.
         A pool that is not defined is left alone. Other pool types are refused.
       - With V(absent) and V(deleted) only O(name) (or the name in O(xml)) is used.
@@ -356,7 +356,7 @@ restart_pending:
   sample: false
 notes:
   description:
-    - The warnings of the task (also shown as warnings): a pending restart, a build that found the pool built already.
+    - The warnings of the task, also shown as warnings, such as a pending restart or a build that found the pool built already.
   returned: success
   type: list
   elements: str

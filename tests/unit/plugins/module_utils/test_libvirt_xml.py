@@ -180,8 +180,8 @@ def _round_trip_cases(tmp_dir):
         ('dir', dict(target=os.path.join(tmp_dir, 'dir') + '//', mode='0700', owner='root', group='0')),
         ('fs', dict(target=os.path.join(tmp_dir, 'fs'), source=dict(device=['/dev/kvmstorage-test-none']))),
         ('fs', dict(target=os.path.join(tmp_dir, 'fs'), source=dict(device=['/dev/kvmstorage-test-none'], format='ext4'))),
-        ('netfs', dict(target=os.path.join(tmp_dir, 'nfs'), source=dict(host=['nfs.example.com'], port=2049, dir='/export/',
-                                                                       format='nfs'))),
+        ('netfs', dict(target=os.path.join(tmp_dir, 'nfs'),
+                       source=dict(host=['nfs.example.com'], port=2049, dir='/export/', format='nfs'))),
         ('logical', dict(source=dict(name='kvmstorage_test_vg', device=['/dev/kvmstorage-test-pv']))),
         ('disk', dict(target='/dev', source=dict(device=['/dev/kvmstorage-test-disk'], format='gpt'))),
         ('iscsi', dict(target='/dev/disk/by-path', source=dict(

@@ -56,9 +56,9 @@ def xml_of(element):
     ('disk', dict(target='/dev', source=dict(device=['/dev/sde'], format='gpt')),
      '<pool type="disk"><name>p</name><source><device path="/dev/sde" /><format type="gpt" /></source>'
      '<target><path>/dev</path></target></pool>'),
-    ('iscsi', dict(target='/dev/disk/by-path', source=dict(host=['san'], device=['iqn.2013-06.com.example:t'],
-                                                          initiator='iqn.2013-06.com.example:i',
-                                                          auth=dict(type='chap', username='u', secret_usage='iscsi'))),
+    ('iscsi', dict(target='/dev/disk/by-path',
+                   source=dict(host=['san'], device=['iqn.2013-06.com.example:t'], initiator='iqn.2013-06.com.example:i',
+                               auth=dict(type='chap', username='u', secret_usage='iscsi'))),
      '<pool type="iscsi"><name>p</name><source><auth type="chap" username="u"><secret usage="iscsi" /></auth>'
      '<device path="iqn.2013-06.com.example:t" /><host name="san" /><initiator><iqn name="iqn.2013-06.com.example:i" />'
      '</initiator></source><target><path>/dev/disk/by-path</path></target></pool>'),
