@@ -505,9 +505,14 @@ class VpcDriver(Driver):
         if self.disk_type == DISK_FIXED:
             data = self.image_file.pread(offset, length)
             return data if len(data) == length else data + bytes(length - len(data))
+        runs = self._map(offset, length)
+        if len(runs) == 1 and runs[0][2] == DATA:
+            # One contiguous run (the usual read inside a block): no extra copy.
+            data = self.image_file.pread(runs[0][3], length)
+            return data if len(data) == length else data + bytes(length - len(data))
         out = bytearray(length)
         view = memoryview(out)
-        for guest, count, kind, host in self._map(offset, length):
+        for guest, count, kind, host in runs:
             pos = guest - offset
             if kind == DATA:
                 chunk = self.image_file.pread(host, count)
