@@ -15,6 +15,7 @@ from .qcow2 import Qcow2Driver
 from .vmdk import VmdkDriver
 from .vdi import VdiDriver
 from .vpc import VpcDriver
+from .qed import QedDriver
 from .vhdx import VhdxDriver
 
 DRIVERS = {
@@ -23,6 +24,7 @@ DRIVERS = {
     VmdkDriver.format_name: VmdkDriver,
     VdiDriver.format_name: VdiDriver,
     VpcDriver.format_name: VpcDriver,
+    QedDriver.format_name: QedDriver,
     VhdxDriver.format_name: VhdxDriver,
 }
 
