@@ -1,0 +1,572 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""QEMU's original qcow format (version 1): read, write, compressed clusters, create.
+
+There is no published specification; the layout is the one QEMU's
+block/qcow.c reads and writes: a big-endian 48-byte header (magic
+``QFI\\xfb``, version 1, backing file name offset and size, mtime, virtual
+size, cluster bits, L2 bits, encryption method, L1 table offset), the backing
+file name, the L1 table (64-bit big-endian L2 table offsets), L2 tables of
+``1 << l2_bits`` 64-bit entries each and the data clusters.  An L2 entry 0 is
+unallocated (the backing file, or zeroes); bit 63 marks a compressed cluster
+whose raw deflate stream (window bits 12) of ``(entry >> (63 - cluster_bits))
+& (cluster_size - 1)`` bytes starts at ``entry & ((1 << (63 - cluster_bits)) -
+1)``.  qcow records no backing format (the backing file is probed; backing
+layers are only read) and qemu-img has no checks for it.
+
+Writes append clusters and L2 tables at the end of the file, rounded up to the
+cluster size, data before the L2 entry that maps it and L2 tables before the
+L1 entry; a partly written new cluster is completed from the backing file
+(QEMU leaves such sectors zero), a partly rewritten compressed cluster is
+decompressed into a new cluster.  AES-encrypted images are refused for data.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import array
+import os
+import struct
+import sys
+import zlib
+
+from .._io import ImageFile
+from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError, PolicyError,
+                      UnsupportedFeature)
+from .base import DATA, MAX_IO, UNALLOCATED, Driver, Extent
+
+# qcow header (block/qcow.c QCowHeader), big-endian, 48 bytes: magic, version,
+# backing file offset, backing file size, mtime, size, cluster bits, L2 bits,
+# padding, crypt method, L1 table offset.
+HEADER = struct.Struct(">4sIQIIQBBHIQ")
+MAGIC = b"QFI\xfb"
+VERSION = 1
+
+CRYPT_NONE = 0
+CRYPT_AES = 1
+
+MIN_CLUSTER_BITS = 9
+MAX_CLUSTER_BITS = 16
+MIN_L2_BITS = 6
+MAX_L2_BITS = 13
+MAX_BACKING_NAME = 1023
+
+OFLAG_COMPRESSED = 1 << 63
+
+# Header-derived allocation cap (DESIGN rule 5): the L1 table in memory.
+MAX_L1_BYTES = 32 * 1024 * 1024
+# L2 tables kept in memory.
+L2_CACHE_ENTRIES = 64
+
+# What qemu-img create writes: 4 KiB clusters and 512-entry L2 tables, or
+# 512-byte clusters and 4096-entry L2 tables for images with a backing file.
+CREATE_BITS = (12, 9)
+CREATE_BITS_BACKING = (9, 12)
+
+SECTOR_SIZE = 512
+_BIG = sys.byteorder == "big"
+
+
+def _be_array(raw):
+    table = array.array("Q")
+    table.frombytes(bytes(raw))
+    if not _BIG:
+        table.byteswap()
+    return table
+
+
+def _be_bytes(table):
+    if _BIG:
+        return table.tobytes()
+    copy = array.array("Q", table)
+    copy.byteswap()
+    return copy.tobytes()
+
+
+class Header:
+    """The qcow header's fields."""
+
+    def __init__(self, raw):
+        (self.magic, self.version, self.backing_file_offset, self.backing_file_size, self.mtime, self.size,
+         self.cluster_bits, self.l2_bits, self.padding, self.crypt_method,
+         self.l1_table_offset) = HEADER.unpack_from(raw)
+
+
+class QcowDriver(Driver):
+    format_name = "qcow"
+    can_create = True
+    can_write = True
+
+    def __init__(self):
+        super(QcowDriver, self).__init__()
+        self.image_file = None
+        self.header = None
+        self.cluster_size = 0
+        self._cb = 0
+        self._l2_entries = 0
+        self._l1 = None
+        self._l2_cache = {}
+        self._file_end = 0
+        self.encrypted = False
+        self._decompressed = (None, None)
+
+    # ------------------------------------------------------------------ probing
+    @classmethod
+    def probe(cls, header, filename):
+        if len(header) >= HEADER.size and header[:4] == MAGIC and struct.unpack_from(">I", header, 4)[0] == VERSION:
+            return 100
+        return 0
+
+    # --------------------------------------------------------------- lifecycle
+    @classmethod
+    def open(cls, path, readonly=True, opener=None, force_share=False):
+        driver = cls()
+        driver.image_file = ImageFile(path, writable=not readonly, force_share=force_share)
+        driver.path = driver.image_file.path
+        driver.readonly = bool(readonly)
+        try:
+            driver._open_structures(opener)
+        except BaseException:
+            driver._close_file()
+            Driver.close(driver)
+            raise
+        return driver
+
+    def _open_structures(self, opener):
+        path = self.path
+        file_size = self.image_file.size()
+        if file_size < HEADER.size:
+            raise FormatError("qcow header: the file has %d bytes, fewer than the %d of a header"
+                              % (file_size, HEADER.size), path)
+        header = Header(self.image_file.pread_exact(0, HEADER.size, "qcow header"))
+        if header.magic != MAGIC:
+            raise FormatError("qcow header: expected magic %r, found %r" % (MAGIC, header.magic), path)
+        if header.version != VERSION:
+            raise UnsupportedFeature("qcow header: version %d is not supported (expected %d)"
+                                     % (header.version, VERSION), path)
+        if header.size <= 1:
+            raise FormatError("qcow header: image size %d is too small (at least 2 bytes)" % header.size, path)
+        if not MIN_CLUSTER_BITS <= header.cluster_bits <= MAX_CLUSTER_BITS:
+            raise FormatError("qcow header: cluster bits %d outside [%d, %d] (clusters of 512 bytes to 64 KiB)"
+                              % (header.cluster_bits, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS), path)
+        if not MIN_L2_BITS <= header.l2_bits <= MAX_L2_BITS:
+            raise FormatError("qcow header: L2 bits %d outside [%d, %d] (L2 tables of 512 bytes to 64 KiB)"
+                              % (header.l2_bits, MIN_L2_BITS, MAX_L2_BITS), path)
+        if header.crypt_method not in (CRYPT_NONE, CRYPT_AES):
+            raise FormatError("qcow header: invalid encryption method %d (expected 0 or 1)"
+                              % header.crypt_method, path)
+        self.header = header
+        self.encrypted = header.crypt_method == CRYPT_AES
+        self._cb = header.cluster_bits
+        self.cluster_size = 1 << header.cluster_bits
+        self._l2_entries = 1 << header.l2_bits
+        self.virtual_size = header.size // SECTOR_SIZE * SECTOR_SIZE
+        shift = header.cluster_bits + header.l2_bits
+        l1_entries = -(-header.size // (1 << shift))
+        if l1_entries * 8 > MAX_L1_BYTES:
+            raise UnsupportedFeature("qcow header: an L1 table of %d entries (image size %d) exceeds the %d bytes "
+                                     "this library reads" % (l1_entries, header.size, MAX_L1_BYTES), path)
+        if header.l1_table_offset + l1_entries * 8 > file_size:
+            raise CorruptImageError("qcow L1 table at 0x%x (%d entries) runs past the end of the file (%d bytes)"
+                                    % (header.l1_table_offset, l1_entries, file_size), path)
+        self._l1 = _be_array(self.image_file.pread_exact(header.l1_table_offset, l1_entries * 8, "qcow L1 table"))
+        self._file_end = file_size
+        if header.backing_file_offset:
+            size = header.backing_file_size
+            if size > MAX_BACKING_NAME:
+                raise FormatError("qcow header: backing file name of %d bytes is too long (at most %d)"
+                                  % (size, MAX_BACKING_NAME), path)
+            if header.backing_file_offset + size > file_size:
+                raise CorruptImageError("qcow header: backing file name at %d (%d bytes) is past the end of the "
+                                        "file (%d bytes)" % (header.backing_file_offset, size, file_size), path)
+            raw = self.image_file.pread_exact(header.backing_file_offset, size, "qcow backing file name")
+            name = bytes(raw).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            if name:
+                self.backing_filename = name
+                if opener is None:
+                    raise PolicyError("qcow backing file %r: no opener allowed to open it" % name, path)
+                # qcow records no backing format: the backing layer is probed (read-only)
+                self.backing = opener(path, name, None)
+
+    def _close_file(self):
+        if self.image_file is not None:
+            self.image_file.close()
+            self.image_file = None
+
+    def close(self):
+        try:
+            if self.image_file is not None and not self.readonly:
+                self.flush()
+        finally:
+            self._close_file()
+            Driver.close(self)
+
+    def flush(self):
+        if self.image_file is not None and not self.readonly:
+            self.image_file.flush()
+
+    # ---------------------------------------------------------------- tables
+    def _l2_offset(self, l1_index):
+        l2_offset = self._l1[l1_index]
+        if l2_offset and (l2_offset + self._l2_entries * 8 > self._file_end or l2_offset & OFLAG_COMPRESSED):
+            raise CorruptImageError("qcow L1 table entry %d: L2 table offset 0x%x is past the end of the file "
+                                    "(%d bytes)" % (l1_index, l2_offset, self._file_end), self.path)
+        return l2_offset
+
+    def _load_l2(self, l2_offset):
+        table = self._l2_cache.get(l2_offset)
+        if table is None:
+            table = _be_array(self.image_file.pread_exact(l2_offset, self._l2_entries * 8, "qcow L2 table"))
+            if len(self._l2_cache) >= L2_CACHE_ENTRIES:
+                self._l2_cache.pop(next(iter(self._l2_cache)))
+            self._l2_cache[l2_offset] = table
+        return table
+
+    def _compressed_location(self, entry):
+        shift = 63 - self._cb
+        return entry & ((1 << shift) - 1), (entry >> shift) & (self.cluster_size - 1)
+
+    def _map(self, offset, length):
+        """(guest, count, kind, host) runs: kind DATA (host offset), "compressed"
+        (host = L2 entry) or UNALLOCATED."""
+        cs = self.cluster_size
+        span = self._l2_entries * cs
+        end = offset + length
+        runs = []
+        pos = offset
+        while pos < end:
+            l1_index = pos // span
+            table_end = min(end, (l1_index + 1) * span)
+            l2_offset = self._l2_offset(l1_index)
+            if not l2_offset:
+                self._add_run(runs, pos, table_end - pos, UNALLOCATED, None)
+                pos = table_end
+                continue
+            table = self._load_l2(l2_offset)
+            base = l1_index * span
+            while pos < table_end:
+                index = (pos - base) // cs
+                cluster_end = min(table_end, base + (index + 1) * cs)
+                entry = table[index]
+                if entry == 0:
+                    self._add_run(runs, pos, cluster_end - pos, UNALLOCATED, None)
+                elif entry & OFLAG_COMPRESSED:
+                    runs.append((pos, cluster_end - pos, "compressed", entry))
+                else:
+                    if entry + cs > self._file_end:
+                        raise CorruptImageError("qcow L2 table at 0x%x, entry %d (guest offset 0x%x): cluster offset "
+                                                "0x%x is past the end of the file (%d bytes)"
+                                                % (l2_offset, index, pos, entry, self._file_end), self.path)
+                    self._add_run(runs, pos, cluster_end - pos, DATA, entry + (pos - base) % cs)
+                pos = cluster_end
+        return runs
+
+    @staticmethod
+    def _add_run(runs, start, count, kind, host):
+        if runs:
+            prev_start, prev_count, prev_kind, prev_host = runs[-1]
+            if prev_kind == kind and prev_start + prev_count == start and (
+                    host is None or prev_host + prev_count == host):
+                runs[-1] = (prev_start, prev_count + count, kind, prev_host)
+                return
+        runs.append((start, count, kind, host))
+
+    def block_status(self, offset, length):
+        self._check_range(offset, length)
+        extents = []
+        for guest, count, kind, host in self._map(offset, length):
+            if kind == "compressed" or self.encrypted and kind == DATA:
+                kind, host = DATA, None
+            if extents:
+                prev = extents[-1]
+                if prev.kind == kind == DATA and prev.offset is None and host is None \
+                        and prev.start + prev.length == guest:
+                    extents[-1] = Extent(prev.start, prev.length + count, kind, None)
+                    continue
+            extents.append(Extent(guest, count, kind, host))
+        return extents
+
+    # ------------------------------------------------------------------ reads
+    def _check_range(self, offset, length):
+        if offset < 0 or length < 0 or offset + length > self.virtual_size:
+            raise ImageError("request [%d, +%d) outside the virtual disk (%d bytes)"
+                             % (offset, length, self.virtual_size), self.path)
+
+    def _check_not_encrypted(self):
+        if self.encrypted:
+            raise UnsupportedFeature("qcow AES encryption is not supported", self.path)
+
+    def read(self, offset, length):
+        self._check_range(offset, length)
+        self._check_not_encrypted()
+        return bytes(self._read(offset, length))
+
+    def _read(self, offset, length):
+        out = bytearray(length)
+        view = memoryview(out)
+        cs = self.cluster_size
+        for guest, count, kind, host in self._map(offset, length):
+            pos = guest - offset
+            if kind == DATA:
+                chunk = self.image_file.pread(host, count)
+                view[pos:pos + len(chunk)] = chunk
+            elif kind == "compressed":
+                cluster = self._decompress(host, guest - guest % cs)
+                start = guest % cs
+                view[pos:pos + count] = cluster[start:start + count]
+            else:
+                view[pos:pos + count] = self._backing_bytes(guest, count)
+        return out
+
+    def _backing_bytes(self, offset, length):
+        """What the backing file shows at [offset, offset+length): zeroes
+        without one and past its end."""
+        out = bytearray(length)
+        if self.backing is not None and offset < self.backing.virtual_size:
+            count = min(length, self.backing.virtual_size - offset)
+            out[:count] = self.backing.read(offset, count)
+        return out
+
+    def _decompress(self, entry, guest_cluster):
+        if self._decompressed[0] == entry:
+            return self._decompressed[1]
+        cs = self.cluster_size
+        coffset, csize = self._compressed_location(entry)
+        if coffset + csize > self._file_end:
+            raise CorruptImageError("qcow compressed cluster at guest offset 0x%x: %d bytes at 0x%x run past the end "
+                                    "of the file (%d bytes)" % (guest_cluster, csize, coffset, self._file_end),
+                                    self.path)
+        data = self.image_file.pread_exact(coffset, csize, "qcow compressed cluster")
+        try:
+            cluster = zlib.decompressobj(-12).decompress(data, cs)
+        except zlib.error as exc:
+            raise CorruptImageError("qcow compressed cluster at guest offset 0x%x (host 0x%x): deflate "
+                                    "decompression failed: %s" % (guest_cluster, coffset, exc), self.path)
+        if len(cluster) != cs:
+            raise CorruptImageError("qcow compressed cluster at guest offset 0x%x (host 0x%x): expected %d bytes "
+                                    "after decompression, found %d" % (guest_cluster, coffset, cs, len(cluster)),
+                                    self.path)
+        self._decompressed = (entry, cluster)
+        return cluster
+
+    # ----------------------------------------------------------------- writes
+    def _prepare_write(self):
+        self._check_writable()
+        self._check_not_encrypted()
+
+    def _allocate(self, length):
+        """File offset of ``length`` new bytes at the end of the file, cluster-aligned."""
+        cs = self.cluster_size
+        offset = -(-self._file_end // cs) * cs
+        self._file_end = offset + length
+        return offset
+
+    def write(self, offset, data):
+        self._check_range(offset, len(data))
+        self._prepare_write()
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        span = self._l2_entries * self.cluster_size
+        pos = offset
+        end = offset + len(view)
+        while pos < end:
+            table_end = min(end, (pos // span + 1) * span)
+            self._write_in_table(pos, view[pos - offset:table_end - offset])
+            pos = table_end
+
+    def _write_in_table(self, offset, data):
+        cs = self.cluster_size
+        span = self._l2_entries * cs
+        l1_index = offset // span
+        base = l1_index * span
+        end = offset + len(data)
+        l2_offset = self._l2_offset(l1_index)
+        table = self._load_l2(l2_offset) if l2_offset else None
+        first = (offset - base) // cs
+        last = (end - 1 - base) // cs
+
+        def plain(index):
+            entry = table[index] if table is not None else 0
+            return entry != 0 and not entry & OFLAG_COMPRESSED
+
+        changed = []
+        index = first
+        while index <= last:
+            in_place = plain(index)
+            stop = index + 1
+            while stop <= last and plain(stop) == in_place and (
+                    not in_place or table[stop] == table[stop - 1] + cs):
+                stop += 1
+            run_start = max(offset, base + index * cs)
+            run_end = min(end, base + stop * cs)
+            piece = data[run_start - offset:run_end - offset]
+            if in_place:
+                for checked in range(index, stop):
+                    if table[checked] + cs > self._file_end:
+                        raise CorruptImageError("qcow L2 table at 0x%x, entry %d: cluster offset 0x%x is past the end "
+                                                "of the file" % (l2_offset, checked, table[checked]),
+                                                self.path)
+                self.image_file.pwrite(table[index] + run_start - (base + index * cs), piece)
+            else:
+                cluster_start = base + index * cs
+                head = self._fill(cluster_start, run_start - cluster_start, table, index)
+                tail = self._fill(run_end, cluster_start + (stop - index) * cs - run_end, table, stop - 1)
+                host = self._allocate((stop - index) * cs)
+                self.image_file.pwrite(host, b"".join((bytes(head), bytes(piece), bytes(tail))))
+                changed.append((index, stop, host))
+            index = stop
+        if changed:
+            self._update_l2(l1_index, l2_offset, table, changed)
+
+    def _fill(self, offset, length, table, index):
+        """Bytes around a partial write in a newly allocated cluster: the old
+        content of a compressed cluster, else the backing file's."""
+        if length <= 0:
+            return b""
+        entry = table[index] if table is not None else 0
+        if entry & OFLAG_COMPRESSED:
+            cs = self.cluster_size
+            cluster = self._decompress(entry, offset - offset % cs)
+            return cluster[offset % cs:offset % cs + length]
+        return self._backing_bytes(offset, length)
+
+    def _update_l2(self, l1_index, l2_offset, table, changed):
+        cs = self.cluster_size
+        new_table = table is None
+        if new_table:
+            table = array.array("Q", bytes(self._l2_entries * 8))
+        for first, stop, host in changed:
+            for index in range(first, stop):
+                table[index] = host + (index - first) * cs
+        if new_table:
+            l2_offset = self._allocate(self._l2_entries * 8)
+            self.image_file.pwrite(l2_offset, _be_bytes(table))
+            if len(self._l2_cache) >= L2_CACHE_ENTRIES:
+                self._l2_cache.pop(next(iter(self._l2_cache)))
+            self._l2_cache[l2_offset] = table
+            self._l1[l1_index] = l2_offset
+            self.image_file.pwrite(self.header.l1_table_offset + l1_index * 8,
+                                   _be_bytes(self._l1[l1_index:l1_index + 1]))
+        else:
+            low = min(first for first, stop, host in changed)
+            high = max(stop for first, stop, host in changed)
+            self.image_file.pwrite(l2_offset + low * 8, _be_bytes(table[low:high]))
+
+    def write_zeroes(self, offset, length, may_unmap=False):
+        """qcow has no zero clusters: zeroes are written (clusters that are
+        unallocated and read as zeroes anyway are left alone)."""
+        self._check_range(offset, length)
+        self._prepare_write()
+        zeroes = bytes(min(length, MAX_IO))
+        for guest, count, kind, host in self._map(offset, length):
+            if kind == UNALLOCATED and (self.backing is None or guest >= self.backing.virtual_size):
+                continue
+            run_end = guest + count
+            while guest < run_end:
+                chunk = min(run_end - guest, len(zeroes))
+                self.write(guest, memoryview(zeroes)[:chunk])
+                guest += chunk
+
+    # ------------------------------------------------------- compressed writes
+    def compress_cluster(self, data):
+        """Raw deflate of one whole cluster, or None when it does not pay
+        (pure: safe from worker threads)."""
+        if len(data) != self.cluster_size:
+            raise ImageError("compress_cluster: expected %d bytes, got %d" % (self.cluster_size, len(data)),
+                             self.path)
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
+        compressed = compressor.compress(data) + compressor.flush()
+        if len(compressed) >= self.cluster_size:
+            return None
+        return compressed
+
+    def write_compressed(self, offset, compressed):
+        """Store ``compressed`` (from compress_cluster) as the cluster at guest ``offset``."""
+        self._prepare_write()
+        cs = self.cluster_size
+        if offset % cs or offset < 0 or offset >= self.virtual_size:
+            raise ImageError("write_compressed: guest offset %d is not a cluster start inside the disk" % offset,
+                             self.path)
+        if not compressed or len(compressed) >= cs:
+            raise ImageError("write_compressed: compressed data of %d bytes for %d-byte clusters"
+                             % (len(compressed or b""), cs), self.path)
+        span = self._l2_entries * cs
+        l1_index = offset // span
+        index = (offset - l1_index * span) // cs
+        l2_offset = self._l2_offset(l1_index)
+        table = self._load_l2(l2_offset) if l2_offset else None
+        if table is not None and table[index]:
+            # already allocated: store the data plainly
+            cluster = zlib.decompressobj(-12).decompress(bytes(compressed), cs)
+            self.write(offset, cluster[:min(cs, self.virtual_size - offset)])
+            return
+        # compressed data is packed unaligned after the end of the file, as QEMU does
+        host = self._file_end
+        self.image_file.pwrite(host, compressed)
+        self._file_end = host + len(compressed)
+        entry = OFLAG_COMPRESSED | (len(compressed) << (63 - self._cb)) | host
+        if table is None:
+            self._update_l2(l1_index, 0, None, [(index, index + 1, 0)])
+            table = self._l2_cache[self._l1[l1_index]]
+            l2_offset = self._l1[l1_index]
+        table[index] = entry
+        self.image_file.pwrite(l2_offset + index * 8, _be_bytes(table[index:index + 1]))
+
+    # ---------------------------------------------------------------- queries
+    def info(self):
+        result = {"cluster-size": self.cluster_size}
+        if self.encrypted:
+            result["encrypted"] = True
+        return result
+
+    # ----------------------------------------------------------------- create
+    @classmethod
+    def create(cls, path, size, options=None, backing=None):
+        options = dict(options or {})
+        backing_file = options.pop("backing_file", None)
+        options.pop("backing_fmt", None)
+        option_size = options.pop("size", None)
+        encryption = options.pop("encryption", None)
+        encrypt_format = options.pop("encrypt.format", None)
+        if encryption not in (None, False, "off") or encrypt_format is not None or any(
+                key.startswith("encrypt.") for key in options):
+            raise UnsupportedFeature("qcow create: AES encryption is not supported (and deprecated in QEMU)", path)
+        preallocation = options.pop("preallocation", None)
+        if preallocation not in (None, "off"):
+            raise InvalidOptionError("qcow create: preallocation %r is not supported (only off)" % (preallocation,),
+                                     path)
+        if options:
+            raise InvalidOptionError("invalid option(s) for qcow images: %s (supported: backing_file, backing_fmt)"
+                                     % ", ".join(sorted(options)), path)
+        if size is None:
+            size = option_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidOptionError("invalid image size %r (expected a non-negative number of bytes)" % (size,),
+                                     path)
+        size = -(-size // SECTOR_SIZE) * SECTOR_SIZE
+        if size == 0:
+            raise InvalidOptionError("qcow create: image size is too small, cannot be zero length", path)
+        name = os.fsencode(backing_file) if backing_file else b""
+        if len(name) > MAX_BACKING_NAME:
+            raise InvalidOptionError("qcow create: backing file name of %d bytes is too long (at most %d)"
+                                     % (len(name), MAX_BACKING_NAME), path)
+        cluster_bits, l2_bits = CREATE_BITS_BACKING if name else CREATE_BITS
+        l1_entries = -(-size // (1 << (cluster_bits + l2_bits)))
+        if l1_entries * 8 > MAX_L1_BYTES:
+            raise InvalidOptionError("qcow create: image size %d needs an L1 table larger than %d bytes"
+                                     % (size, MAX_L1_BYTES), path)
+        l1_offset = (HEADER.size + len(name) + 7) // 8 * 8
+        header = HEADER.pack(MAGIC, VERSION, HEADER.size if name else 0, len(name), 0, size, cluster_bits,
+                             l2_bits, 0, CRYPT_NONE, l1_offset)
+        l1_bytes = -(-l1_entries * 8 // SECTOR_SIZE) * SECTOR_SIZE
+        image_file = ImageFile(path, create=True)
+        try:
+            image_file.pwrite(0, header + name + bytes(l1_offset - HEADER.size - len(name) + l1_bytes))
+            image_file.flush()
+        except BaseException:
+            image_file.close()
+            os.unlink(image_file.path)
+            raise
+        image_file.close()
