@@ -16,6 +16,7 @@ from .vmdk import VmdkDriver
 from .vdi import VdiDriver
 from .vpc import VpcDriver
 from .qed import QedDriver
+from .qcow import QcowDriver
 from .vhdx import VhdxDriver
 
 DRIVERS = {
@@ -25,6 +26,7 @@ DRIVERS = {
     VdiDriver.format_name: VdiDriver,
     VpcDriver.format_name: VpcDriver,
     QedDriver.format_name: QedDriver,
+    QcowDriver.format_name: QcowDriver,
     VhdxDriver.format_name: VhdxDriver,
 }
 
