@@ -626,7 +626,8 @@ class VpcDriver(Driver):
                 self.image_file.write_zeroes(offset, length)
             return
         # Unallocated blocks and clear-bit sectors already read as zeroes.
-        for guest, count, kind, host in self._map(offset, length):
+        for run in self._map(offset, length):
+            count, kind, host = run[1:]
             if kind == DATA:
                 if may_unmap and not self.image_file.is_block_device:
                     self.image_file.punch_hole(host, count)

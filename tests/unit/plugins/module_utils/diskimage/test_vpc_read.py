@@ -133,8 +133,8 @@ def sample(tmp_path, name):
     return target
 
 
-@pytest.fixture(scope="module")
-def d2v_image(tmp_path_factory):
+@pytest.fixture(scope="module", name="d2v_image")
+def fixture_d2v_image(tmp_path_factory):
     """Disk2vhd's 264 MB sample, decompressed once for the module."""
     return sample(tmp_path_factory.mktemp("d2v"), "d2v-zerofilled.vhd.bz2")
 
