@@ -386,8 +386,13 @@ class VpcDriver(Driver):
         free = -(-table_end // SECTOR_SIZE) * SECTOR_SIZE
         if allocated:
             free = max(free, allocated[-1] * SECTOR_SIZE + span)
-        # New blocks replace the footer at the end of the file (and whatever lies past the last block).
-        self.next_block_offset = max(free, -(-(file_size - FOOTER_SIZE) // SECTOR_SIZE) * SECTOR_SIZE)
+        # New blocks replace the footer at the end of the file, never anything before it (blocks of
+        # BAT entries past the virtual size, which are not read, may lie there).
+        tail = file_size
+        if footer_offset == file_size - FOOTER_SIZE or \
+                self.image_file.pread(file_size - FOOTER_SIZE, 8) == FOOTER_COOKIE:
+            tail = file_size - FOOTER_SIZE
+        self.next_block_offset = max(free, -(-tail // SECTOR_SIZE) * SECTOR_SIZE)
 
     def _parent_locators(self):
         """[(platform code, Windows path)] of the W2ru then W2ku parent locators."""

@@ -141,3 +141,19 @@ def test_reads_beyond_the_virtual_size_are_refused(tmp_path):
             driver.read(driver.virtual_size - 1, 2)
         with pytest.raises(ImageError):
             driver.read(-1, 1)
+
+
+def test_new_blocks_never_overwrite_the_last_block_of_a_file_without_final_footer(tmp_path):
+    _path, data = qemu_dynamic(tmp_path)
+    path = tmp_path / "nofooter.vhd"
+    path.write_bytes(bytes(data[:len(data) - 512]))
+    with VpcDriver.open(str(path), readonly=False) as driver:
+        driver.write(4 * M, b"\x63" * 4096)
+    with VpcDriver.open(str(path)) as driver:
+        assert driver.read(0, 4096) == b"\x61" * 4096
+        assert driver.read(2 * M, 4096) == b"\x62" * 4096
+        assert driver.read(4 * M, 4096) == b"\x63" * 4096
+    out = tmp_path / "oracle.raw"
+    qemu_img("convert", "-f", "vpc", "-O", "raw", path, out)
+    oracle = out.read_bytes()
+    assert oracle[2 * M:2 * M + 4096] == b"\x62" * 4096 and oracle[4 * M:4 * M + 4096] == b"\x63" * 4096
