@@ -528,19 +528,26 @@ class QedDriver(Driver):
         return {"cluster-size": self.cluster_size}
 
     def check(self, repair=None):
-        if repair:
-            self._check_writable()
-        return self._check(fix=bool(repair))
+        if not repair:
+            return self._check(fix=False)
+        self._check_writable()
+        result = self._check(fix=True)
+        fixed = result.pop("corruptions-fixed", 0)
+        if fixed:
+            # as qemu-img check -r: report the state after the repair, and what was fixed
+            result = self._check(fix=False)
+            result["corruptions-fixed"] = fixed
+        return result
 
     def _check(self, fix):
         """qemu-img check of a QED image: every table and data cluster offset
         valid and referenced once, unreferenced clusters counted as leaks;
-        with ``fix`` invalid entries are dropped (and not counted)."""
+        with ``fix`` invalid entries are dropped (counted as fixed)."""
         cs = self.cluster_size
         header = self.header
         nclusters = self._file_size // cs
         used = bytearray(nclusters)
-        counts = {"corruptions": 0, "leaks": 0, "check_errors": 0, "allocated": 0, "fragmented": 0}
+        counts = {"corruptions": 0, "leaks": 0, "check_errors": 0, "allocated": 0, "fragmented": 0, "fixed": 0}
 
         def mark(offset, count):
             first = offset // cs
@@ -559,6 +566,7 @@ class QedDriver(Driver):
                 if fix:
                     self._l1[l1_index] = 0
                     l1_fixed = True
+                    counts["fixed"] += 1
                 else:
                     counts["corruptions"] += 1
                 continue
@@ -578,6 +586,7 @@ class QedDriver(Driver):
                     if fix:
                         table[index] = 0
                         l2_fixed = True
+                        counts["fixed"] += 1
                     else:
                         counts["corruptions"] += 1
                     continue
@@ -599,7 +608,8 @@ class QedDriver(Driver):
         if total:
             result["total-clusters"] = total
         for key, name in (("corruptions", "corruptions"), ("leaks", "leaks"),
-                          ("allocated", "allocated-clusters"), ("fragmented", "fragmented-clusters")):
+                          ("allocated", "allocated-clusters"), ("fragmented", "fragmented-clusters"),
+                          ("fixed", "corruptions-fixed")):
             if counts[key]:
                 result[name] = counts[key]
         return result
@@ -626,6 +636,9 @@ class QedDriver(Driver):
         if not _power_of_two(table_size) or not MIN_TABLE_SIZE <= table_size <= MAX_TABLE_SIZE:
             raise InvalidOptionError("QED table size must be within range [%d, %d] and power of 2, found %d"
                                      % (MIN_TABLE_SIZE, MAX_TABLE_SIZE, table_size), path)
+        if table_size == 1:
+            # QEMU accepts it at creation but cannot open the result ("QED table offset is invalid")
+            raise InvalidOptionError("qed create: table_size 1 makes an image QEMU cannot open; use 2 or more", path)
         if size is None:
             size = option_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
