@@ -1,0 +1,197 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""cloop (compressed loop) V2.0 images, read-only.
+
+Layout (cloop ``compressed_loop.h``): a 128-byte shell-script preamble
+starting ``#!/bin/sh`` / ``#V2.0 Format``, then big-endian ``block_size`` and
+``n_blocks``, then ``n_blocks + 1`` big-endian 64-bit file offsets: block
+``i`` is the zlib stream at [offsets[i], offsets[i+1]) and inflates to exactly
+``block_size`` bytes.
+
+Behaviour follows QEMU's block/cloop.c (probe score, header limits, virtual
+size, no block status: everything is reported as data).  Each block is
+inflated with the output bounded by ``block_size`` (DESIGN.md rule 5).  cloop
+images cannot be written or created (qemu-img cannot either).
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import array
+import struct
+import sys
+import zlib
+
+from .._io import ImageFile
+from ..errors import CorruptImageError, FormatError, UnsupportedFeature, UnsupportedOperation
+from .base import DATA, Driver, Extent
+
+SECTOR_SIZE = 512
+
+# --- compressed_loop.h: shell preamble, then the block header ---------------------------
+MAGIC_V2 = b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n"
+PREAMBLE_SIZE = 128
+BLOCK_HEADER = struct.Struct(">II")          # block_size, n_blocks
+OFFSETS_START = PREAMBLE_SIZE + BLOCK_HEADER.size
+
+# QEMU's limits: blocks of at most 64 MiB, compressed blocks at most twice that.
+MAX_BLOCK_SIZE = 64 * 1024 * 1024
+MAX_COMPRESSED_BLOCK = 2 * MAX_BLOCK_SIZE
+# Cap on the offsets table held in memory (DESIGN.md rule 5; QEMU allows 512 MiB).
+MAX_OFFSETS_BYTES = 64 * 1024 * 1024
+
+
+class CloopDriver(Driver):
+    format_name = "cloop"
+    can_create = False
+    can_write = False
+
+    def __init__(self):
+        super(CloopDriver, self).__init__()
+        self._file = None
+        self.block_size = 0
+        self.n_blocks = 0
+        self.offsets = None
+        self._cached_index = None
+        self._cached_block = None
+
+    @classmethod
+    def probe(cls, header, filename):
+        # QEMU scores the V2.0 shell preamble 2.
+        return 2 if bytes(header[:len(MAGIC_V2)]) == MAGIC_V2 else 0
+
+    @classmethod
+    def open(cls, path, readonly=True, opener=None, force_share=False):
+        if not readonly:
+            raise UnsupportedOperation("cloop images are read-only (qemu-img cannot write them either)", path)
+        image_file = ImageFile(path, writable=False, force_share=force_share)
+        self = cls()
+        self._file = image_file
+        self.path = image_file.path
+        try:
+            self._open_structures()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open_structures(self):
+        path = self.path
+        file_size = self._file.size()
+        head = self._file.pread(0, OFFSETS_START)
+        if len(head) < OFFSETS_START:
+            raise FormatError("cloop header: file too short (%d bytes, expected at least %d)"
+                              % (len(head), OFFSETS_START), path)
+        if not head.startswith(MAGIC_V2[:len("#!/bin/sh\n#V2.0 Format\n")]):
+            raise FormatError("Image not in cloop V2.0 format (preamble %r)" % head[:24], path)
+        block_size, n_blocks = BLOCK_HEADER.unpack_from(head, PREAMBLE_SIZE)
+        if block_size % SECTOR_SIZE:
+            raise FormatError("block_size %d must be a multiple of 512" % block_size, path)
+        if block_size == 0:
+            raise FormatError("block_size cannot be zero", path)
+        if block_size > MAX_BLOCK_SIZE:
+            raise UnsupportedFeature("block_size %d must be %d MB or less" % (block_size, MAX_BLOCK_SIZE >> 20), path)
+        offsets_bytes = (n_blocks + 1) * 8
+        if offsets_bytes > MAX_OFFSETS_BYTES:
+            raise UnsupportedFeature("image requires too many offsets (%d blocks: %d bytes of offsets, limit %d), "
+                                     "try increasing block size" % (n_blocks, offsets_bytes, MAX_OFFSETS_BYTES), path)
+        if OFFSETS_START + offsets_bytes > file_size:
+            raise CorruptImageError("cloop offsets table (%d entries at %d) runs past the end of the file (%d bytes)"
+                                    % (n_blocks + 1, OFFSETS_START, file_size), path)
+        offsets = array.array("Q")
+        offsets.frombytes(self._file.pread_exact(OFFSETS_START, offsets_bytes, "cloop offsets table"))
+        if sys.byteorder != "big":
+            offsets.byteswap()
+        for index in range(1, n_blocks + 1):
+            size = offsets[index] - offsets[index - 1]
+            if size < 0:
+                raise CorruptImageError("offsets not monotonically increasing at index %d, image file is corrupt"
+                                        % index, path)
+            if size > MAX_COMPRESSED_BLOCK:
+                raise CorruptImageError("invalid compressed block size at index %d (%d bytes), image file is corrupt"
+                                        % (index, size), path)
+        if offsets[n_blocks] > file_size:
+            raise CorruptImageError("cloop block %d ends at offset %d, past the end of the file (%d bytes)"
+                                    % (n_blocks - 1, offsets[n_blocks], file_size), path)
+        self.block_size = block_size
+        self.n_blocks = n_blocks
+        self.offsets = offsets
+        self.virtual_size = n_blocks * block_size
+
+    def close(self):
+        image_file, self._file = self._file, None
+        if image_file is not None:
+            image_file.close()
+        self._cached_block = None
+        super(CloopDriver, self).close()
+
+    @classmethod
+    def create(cls, path, size, options=None, backing=None):
+        raise UnsupportedOperation("creating cloop images is not supported (cloop is a read-only format, as in "
+                                   "qemu-img)", path)
+
+    def write(self, offset, data):
+        raise UnsupportedOperation("writing cloop images is not supported (cloop is a read-only format, as in "
+                                   "qemu-img)", self.path)
+
+    def write_zeroes(self, offset, length, may_unmap=False):
+        self.write(offset, b"")
+
+    def info(self):
+        # qemu-img 7.2 reports no cluster size, dirty flag or format-specific data for cloop.
+        return {"dirty-flag": None}
+
+    def _check_range(self, offset, length, what):
+        if offset < 0 or length < 0 or offset + length > self.virtual_size:
+            raise FormatError("%s at offset %d, length %d is outside the image (virtual size %d)"
+                              % (what, offset, length, self.virtual_size), self.path)
+
+    def block_status(self, offset, length):
+        # QEMU has no block status for cloop: everything is data, with no host offset.
+        if length <= 0:
+            return []
+        self._check_range(offset, length, "block status")
+        return [Extent(offset, length, DATA, None)]
+
+    def _block(self, index):
+        """Block ``index`` inflated, exactly ``block_size`` bytes."""
+        if index == self._cached_index:
+            return self._cached_block
+        start = self.offsets[index]
+        count = self.offsets[index + 1] - start
+        compressed = self._file.pread(start, count)
+        if len(compressed) < count:
+            raise CorruptImageError("cloop block %d at offset %d (%d bytes) lies past the end of the file"
+                                    % (index, start, count), self.path)
+        inflater = zlib.decompressobj()
+        try:
+            block = inflater.decompress(compressed, self.block_size)
+        except zlib.error as exc:
+            raise CorruptImageError("cloop block %d at offset %d: invalid zlib data (%s)" % (index, start, exc),
+                                    self.path)
+        if not inflater.eof:
+            if len(block) == self.block_size:
+                raise CorruptImageError("cloop block %d at offset %d inflates past the block size of %d bytes"
+                                        % (index, start, self.block_size), self.path)
+            raise CorruptImageError("cloop block %d at offset %d: truncated zlib stream (%d of %d bytes)"
+                                    % (index, start, len(block), self.block_size), self.path)
+        if len(block) != self.block_size:
+            raise CorruptImageError("cloop block %d at offset %d inflates to %d bytes, expected %d"
+                                    % (index, start, len(block), self.block_size), self.path)
+        self._cached_index = index
+        self._cached_block = block
+        return block
+
+    def read(self, offset, length):
+        self._check_range(offset, length, "read")
+        parts = []
+        position = offset
+        end = offset + length
+        while position < end:
+            index = position // self.block_size
+            within = position - index * self.block_size
+            count = min(self.block_size - within, end - position)
+            parts.append(self._block(index)[within:within + count])
+            position += count
+        return b"".join(parts)
