@@ -18,6 +18,10 @@ from .vpc import VpcDriver
 from .qed import QedDriver
 from .qcow import QcowDriver
 from .vhdx import VhdxDriver
+from .parallels import ParallelsDriver
+from .bochs import BochsDriver
+from .cloop import CloopDriver
+from .dmg import DmgDriver
 
 DRIVERS = {
     RawDriver.format_name: RawDriver,
@@ -28,6 +32,10 @@ DRIVERS = {
     QedDriver.format_name: QedDriver,
     QcowDriver.format_name: QcowDriver,
     VhdxDriver.format_name: VhdxDriver,
+    ParallelsDriver.format_name: ParallelsDriver,
+    BochsDriver.format_name: BochsDriver,
+    CloopDriver.format_name: CloopDriver,
+    DmgDriver.format_name: DmgDriver,
 }
 
 
