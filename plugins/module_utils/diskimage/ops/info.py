@@ -81,6 +81,8 @@ def layer_info(driver, filename):
         if driver.backing_format:
             result["backing-filename-format"] = driver.backing_format
     result.update(driver.info())
+    if result.get("dirty-flag", False) is None:
+        del result["dirty-flag"]     # formats qemu-img reports no dirty flag for (bochs, cloop, dmg, parallels)
     if not result.get("snapshots"):
         snapshots = driver.snapshots()
         if snapshots:
