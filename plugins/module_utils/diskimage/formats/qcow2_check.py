@@ -1041,8 +1041,8 @@ def _alloc_clusters(counts, count, first_free, avoid):
     else:
         # a free run touching the end of the array is extended past it
         trailing = (len(raw) - len(raw.rstrip(b"\0"))) // itemsize
-        cluster = max([len(counts) - trailing, first_free[0]] + [blocked + 1 for blocked in avoid
-                                                                  if blocked < len(counts)])
+        after_avoided = [blocked + 1 for blocked in avoid if blocked < len(counts)]
+        cluster = max([len(counts) - trailing, first_free[0]] + after_avoided)
     missing = cluster + count - len(counts)
     if missing > 0:
         counts.extend(array.array(counts.typecode, bytes(missing * itemsize)))

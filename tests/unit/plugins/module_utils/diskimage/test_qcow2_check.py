@@ -190,7 +190,7 @@ def _compressed_extended_l2(path):
 
 
 CLEAN_IMAGES = {
-    "empty": lambda path: create(path),
+    "empty": create,
     "written": _written,
     "compressed": _compressed,
     "compressed-then-written": _compressed_then_written,
