@@ -458,6 +458,11 @@ class _SparseExtent:
         self._gt_cache_bytes += length
         return table
 
+    def forget_tables(self):
+        """Drop cached grain tables (they were rewritten elsewhere)."""
+        self._gt_cache = {}
+        self._gt_cache_bytes = 0
+
     def classify(self, entry, grain_index):
         """(state, host offset) of one grain table entry."""
         if self.sesparse:
@@ -554,7 +559,7 @@ class _SparseExtent:
             grain = inflater.decompress(compressed, grain_size)
         except zlib.error as exc:
             raise CorruptImageError("VMDK compressed grain %d at offset %d cannot be inflated: %s"
-                                    % (grain_index, host, exc), self.path)
+                                    % (grain_index, host, exc), self.path) from exc
         if inflater.unconsumed_tail:
             raise CorruptImageError("VMDK compressed grain %d inflates to more than the grain size (%d bytes)"
                                     % (grain_index, grain_size), self.path)
@@ -573,7 +578,7 @@ class _SparseExtent:
                 grain_index = first + index
                 if grain_index * self.grain_size >= self.size:
                     break
-                state, host = self.classify(entry, grain_index)
+                host = self.classify(entry, grain_index)[1]
                 if host is not None and host >= self.file_size:
                     return "cluster offset for sector %d points after EOF" % (grain_index * self.grain_size // 512)
         return None
@@ -802,7 +807,8 @@ class VmdkDriver(Driver):
                                        "%08x" % parent_cid if parent_cid is not None else "none"), self.path)
         self._cid_checked = True
 
-    def _read_backing(self, offset, length):
+    def read_backing(self, offset, length):
+        """Bytes of the parent (delta disks), once its CID was found to match parentCID."""
         self._check_parent_cid()
         return self.backing.read(offset, length)
 
@@ -829,7 +835,7 @@ class VmdkDriver(Driver):
                     parts.append(bytes(run_length))
                 elif state == _UNALLOC:
                     if self.backing is not None:
-                        parts.append(self._read_backing(start + run_start, run_length))
+                        parts.append(self.read_backing(start + run_start, run_length))
                     else:
                         parts.append(bytes(run_length))
                 else:
@@ -985,7 +991,7 @@ class VmdkDriver(Driver):
                         grain += bytes(grain_size - count)
                 else:
                     if state == _UNALLOC and self.backing is not None:
-                        base = self._read_backing(start + grain_index * grain_size, grain_size)
+                        base = self.read_backing(start + grain_index * grain_size, grain_size)
                     else:
                         base = bytes(grain_size)
                     grain = base[:in_grain] + bytes(chunk[position:position + count]) + base[in_grain + count:]
@@ -1288,7 +1294,7 @@ class _StreamWriter:
         if self.pending is None or self.pending[0] != grain_index:
             length = self._grain_length(grain_index)
             if self.driver.backing is not None:
-                base = bytearray(self.driver._read_backing(grain_index * self.extent.grain_size, length))
+                base = bytearray(self.driver.read_backing(grain_index * self.extent.grain_size, length))
             else:
                 base = bytearray(length)
             self.pending = (grain_index, base)
@@ -1377,8 +1383,7 @@ class _StreamWriter:
         extent.file_size = self.append_at + len(metadata)
         extent.gd = directory
         extent.gd_offset = gd_offset
-        extent._gt_cache = {}
-        extent._gt_cache_bytes = 0
+        extent.forget_tables()
         self.finished = True
 
 
@@ -1391,7 +1396,7 @@ def _sector(raw):
 
 
 # ================================================================ creation
-def _option(options, name, default, path):
+def _option(options, name, default):
     value = options.pop(name, None)
     if value is None:
         return default
@@ -1407,12 +1412,12 @@ def _final_name(path):
 
 
 def _create(path, size, options, backing):
-    subformat = _option(options, "subformat", "monolithicSparse", path)
-    adapter_type = _option(options, "adapter_type", "ide", path)
-    hwversion = _option(options, "hwversion", None, path)
-    toolsversion = _option(options, "toolsversion", None, path)
-    compat6 = _option(options, "compat6", False, path)
-    zeroed_grain = _option(options, "zeroed_grain", False, path)
+    subformat = _option(options, "subformat", "monolithicSparse")
+    adapter_type = _option(options, "adapter_type", "ide")
+    hwversion = _option(options, "hwversion", None)
+    toolsversion = _option(options, "toolsversion", None)
+    compat6 = _option(options, "compat6", False)
+    zeroed_grain = _option(options, "zeroed_grain", False)
     backing_file = options.pop("backing_file", None)
     backing_fmt = options.pop("backing_fmt", None)
     option_size = options.pop("size", None)
