@@ -22,6 +22,8 @@ ignores sector bitmaps and parents: sectors whose bitmap bit is clear read as
 zeroes in a dynamic disk and come from the parent in a differencing disk; the
 parent is found through the W2ru then W2ku parent locators, opened only through
 the caller's path policy, and its unique id must match the child's record.
+Writes to a differencing disk allocate blocks with an empty bitmap and set the
+bits of the sectors written (partial sectors completed from the current view).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -37,7 +39,7 @@ import uuid
 from .._io import ImageFile
 from ..errors import (CorruptImageError, FormatError, ImageError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, ReadOnlyImageError, UnsupportedFeature, UnsupportedOperation)
-from .base import DATA, UNALLOCATED, ZERO, Driver, Extent
+from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
 
 SECTOR_SIZE = 512
 
@@ -558,17 +560,17 @@ class VpcDriver(Driver):
         if self.readonly:
             raise ReadOnlyImageError("image is opened read-only", self.path)
         self._check_range(offset, length, what)
-        if self.disk_type == DISK_DIFFERENCING:
-            raise UnsupportedOperation("writing differencing VHD images is not supported (qemu-img cannot either)",
-                                       self.path)
 
     def _allocate_block(self, index):
-        """Append block ``index`` (all-ones bitmap, zero data) where the footer was,
-        write the footer after it, then the BAT entry.  Returns the entry."""
+        """Append block ``index`` (zero data; all-ones bitmap as QEMU writes, or an
+        empty one in a differencing disk, whose unwritten sectors show the parent)
+        where the footer was, write the footer after it, then the BAT entry.
+        Returns the entry."""
         image_file = self.image_file
         start = self.next_block_offset
         file_size = image_file.size()
-        image_file.pwrite(start, b"\xff" * self.bitmap_size)
+        full = self.disk_type != DISK_DIFFERENCING
+        image_file.pwrite(start, (b"\xff" if full else b"\x00") * self.bitmap_size)
         data_start = start + self.bitmap_size
         if data_start < file_size:
             # Old footer or stray bytes would show through the new block's unwritten sectors.
@@ -579,8 +581,38 @@ class VpcDriver(Driver):
         image_file.pwrite(self.bat_offset + 4 * index, struct.pack(">I", entry))
         self.bat[index] = entry
         self.next_block_offset = end
-        self._bitmaps[index] = "1" * (self.block_size // SECTOR_SIZE)
+        self._bitmaps[index] = ("1" if full else "0") * (self.block_size // SECTOR_SIZE)
         return entry
+
+    def _write_differencing_block(self, index, offset, data):
+        """Write ``data`` at guest ``offset`` inside block ``index`` of a differencing
+        disk: whole sectors (partial ones completed from the current view, the
+        parent's where the bit is clear), then their bitmap bits."""
+        block_start = index * self.block_size
+        first = (offset - block_start) // SECTOR_SIZE
+        last = -(-(offset + len(data) - block_start) // SECTOR_SIZE)
+        sectors_start = block_start + first * SECTOR_SIZE
+        sectors_end = block_start + last * SECTOR_SIZE
+        head = offset - sectors_start
+        tail = sectors_end - (offset + len(data))
+        if head or tail:
+            buffer = bytearray(sectors_end - sectors_start)
+            if head:
+                buffer[:SECTOR_SIZE] = self.read(sectors_start, SECTOR_SIZE)
+            if tail:
+                buffer[-SECTOR_SIZE:] = self.read(sectors_end - SECTOR_SIZE, SECTOR_SIZE)
+            buffer[head:head + len(data)] = data
+            data = buffer
+        entry = self.bat[index]
+        if entry == BAT_UNUSED:
+            entry = self._allocate_block(index)
+        self.image_file.pwrite(entry * SECTOR_SIZE + self.bitmap_size + first * SECTOR_SIZE, data)
+        bits = self._bitmap_bits(index)
+        if "0" in bits[first:last]:
+            bits = bits[:first] + "1" * (last - first) + bits[last:]
+            padded = bits + "0" * (self.bitmap_size * 8 - len(bits))
+            self.image_file.pwrite(entry * SECTOR_SIZE, int(padded, 2).to_bytes(self.bitmap_size, "big"))
+            self._bitmaps[index] = bits
 
     def _make_bitmap_full(self, index, entry):
         """Before writing into an allocated block whose bitmap has clear bits,
@@ -610,12 +642,16 @@ class VpcDriver(Driver):
             index = offset // block_size
             block_start = index * block_size
             count = min(end, block_start + block_size) - offset
+            pos = length - (end - offset)
+            if self.disk_type == DISK_DIFFERENCING:
+                self._write_differencing_block(index, offset, view[pos:pos + count])
+                offset += count
+                continue
             entry = self.bat[index]
             if entry == BAT_UNUSED:
                 entry = self._allocate_block(index)
             else:
                 self._make_bitmap_full(index, entry)
-            pos = length - (end - offset)
             self.image_file.pwrite(entry * SECTOR_SIZE + self.bitmap_size + offset - block_start,
                                    view[pos:pos + count])
             offset += count
@@ -629,6 +665,14 @@ class VpcDriver(Driver):
                 self.image_file.punch_hole(offset, length)
             else:
                 self.image_file.write_zeroes(offset, length)
+            return
+        if self.disk_type == DISK_DIFFERENCING:
+            # The parent may show through anywhere: zeroes are written as data.
+            end = offset + length
+            while offset < end:
+                count = min(end - offset, MAX_IO)
+                self.write(offset, bytes(count))
+                offset += count
             return
         # Unallocated blocks and clear-bit sectors already read as zeroes.
         for run in self._map(offset, length):

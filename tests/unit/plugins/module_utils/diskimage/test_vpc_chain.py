@@ -18,7 +18,7 @@ import vhd_building as vhd
 
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
-    FormatError, ImageNotFoundError, PolicyError, UnsupportedOperation)
+    FormatError, ImageNotFoundError, PolicyError)
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import DATA, UNALLOCATED, ZERO
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.vpc import VpcDriver
 
@@ -212,13 +212,31 @@ def test_self_referencing_child_is_a_loop(tmp_path):
     assert "loop" in str(caught.value)
 
 
-def test_writes_to_differencing_images_are_refused(tmp_path):
-    rng = random.Random(13)
-    parent = make_parent(tmp_path, 4 * BLOCK, rng)
-    child, _expected = make_child(tmp_path, 4 * BLOCK, parent, rng, LOCATORS)
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_writes_to_a_differencing_child_keep_the_parent_showing_elsewhere(tmp_path, seed):
+    rng = random.Random(seed)
+    parent = make_parent(tmp_path, 10 * BLOCK, rng)
+    parent_file = (tmp_path / "parent.vhd").read_bytes()
+    child, expected = make_child(tmp_path, 10 * BLOCK, parent, rng, LOCATORS)
     with diskimage.open_image(child, fmt="vpc", readonly=False) as image:
-        with pytest.raises(UnsupportedOperation):
-            image.write(0, b"x")
+        for _round in range(30):
+            length = rng.choice([1, 100, 511, 512, 1000, BLOCK - 7, BLOCK + 513, 3 * BLOCK])
+            offset = rng.randrange(0, 10 * BLOCK - length)
+            if rng.random() < 0.25:
+                image.write_zeroes(offset, length, may_unmap=True)
+                expected[offset:offset + length] = bytes(length)
+            else:
+                data = bytes([rng.randrange(256)]) * length
+                image.write(offset, data)
+                expected[offset:offset + length] = data
+        assert image.read(0, 10 * BLOCK) == bytes(expected)
+    assert read_all(child) == bytes(expected)
+    # The parent is only ever read.
+    assert (tmp_path / "parent.vhd").read_bytes() == parent_file
+    # The footer moved to the new end of the child.
+    with open(child, "rb") as f:
+        f.seek(-512, os.SEEK_END)
+        assert f.read(8) == b"conectix"
 
 
 def test_dynamic_sectors_with_clear_bits_read_zero_and_stay_zero_after_a_write(tmp_path):
@@ -277,3 +295,19 @@ def test_windows_differencing_sample_over_a_constructed_parent(tmp_path):
         f.write(vhd.fixed_image(size, pattern, bytes(16)))
     with pytest.raises(FormatError):
         read_all(child)
+
+
+def test_one_byte_into_an_unallocated_child_block(tmp_path):
+    rng = random.Random(31)
+    parent = make_parent(tmp_path, 4 * BLOCK, rng)
+    child, expected = make_child(tmp_path, 4 * BLOCK, parent, rng, LOCATORS)
+    with diskimage.open_image(child, fmt="vpc", readonly=False) as image:
+        image.write(2 * BLOCK + 700, b"\x01")      # block 2 is unallocated in the child
+    expected[2 * BLOCK + 700] = 1
+    assert read_all(child) == bytes(expected)
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage import chain
+    with chain.open_driver(child, fmt="vpc") as driver:
+        # Only the written sector (the second of the block) is the child's now.
+        assert driver.block_status(2 * BLOCK, BLOCK)[:3] == [
+            (2 * BLOCK, 512, UNALLOCATED, None), (2 * BLOCK + 512, 512, DATA, driver.block_status(2 * BLOCK + 512, 1)[0].offset),
+            (2 * BLOCK + 1024, BLOCK - 1024, UNALLOCATED, None)]
