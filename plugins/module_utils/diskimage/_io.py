@@ -121,6 +121,14 @@ class ImageFile:
     only) shares every permission, like ``qemu-img -U``.
     """
 
+    def __new__(cls, path, *args, **kwargs):
+        # A path naming a member of an archive (ova.MemberPath) opens as its own
+        # read-only ImageFile subclass, so drivers read members unchanged.
+        file_class = getattr(path, "image_file_class", None)
+        if isinstance(file_class, type) and issubclass(file_class, cls):
+            return object.__new__(file_class)
+        return object.__new__(cls)
+
     def __init__(self, path, writable=False, create=False, lock=True, force_share=False):
         self.path = os.path.abspath(os.fspath(path))
         self.writable = bool(writable or create)

@@ -26,6 +26,7 @@ from .errors import FormatError, ImageError
 from .formats import driver_class
 from .policy import resolve_found, resolve_reference, search_dirs
 from .probe import probe
+from .ova import locate
 
 # Layers in one chain, the top image included.
 MAX_CHAIN_DEPTH = 64
@@ -131,11 +132,13 @@ class _Opener:
         return image_file
 
 
-def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False):
+def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None):
     """Open image ``path`` (format ``fmt``, probed when None) with its backing
     chain; backing layers and data files go through the path policy with
-    ``allow_dirs``.  Returns the top Driver; closing it closes the chain."""
-    path = os.path.abspath(os.fspath(path))
+    ``allow_dirs``.  Returns the top Driver; closing it closes the chain.
+    ``member`` selects a disk inside an OVA or Vagrant box (ova.locate: read
+    only; ``.ova``/``.box`` files open their first disk without it)."""
+    path = locate(path, fmt, member, readonly)
     chain = _Chain(allow_dirs, force_share)
     try:
         return chain.open_layer(path, fmt, readonly, [])

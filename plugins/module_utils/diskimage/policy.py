@@ -69,6 +69,8 @@ def search_dirs(referrer_path, allow_dirs=None):
     """Directories whose image files may be looked up by UUID for a parent
     (VirtualBox differencing images): the referrer's own directory, the one
     above it when the referrer sits in a ``Snapshots`` folder, then ``allow_dirs``."""
+    if getattr(referrer_path, "resolve_sibling", None) is not None:
+        return []  # an archive member (ova.MemberPath): nothing on disk is searched
     own = referrer_dir(referrer_path)
     dirs = [own]
     if os.path.basename(own) == "Snapshots":
@@ -83,6 +85,10 @@ def resolve_reference(referrer_path, name, allow_dirs=None, kind="backing file")
     """Absolute real path of file ``name`` recorded in image ``referrer_path``,
     or PolicyError saying why it may not be opened.  ImageNotFoundError when it
     is allowed but missing."""
+    resolve_sibling = getattr(referrer_path, "resolve_sibling", None)
+    if resolve_sibling is not None:
+        # An archive member (ova.MemberPath): names resolve to members of the same archive only.
+        return resolve_sibling(name, kind)
     referrer = os.path.abspath(os.fspath(referrer_path))
 
     def refuse(reason):

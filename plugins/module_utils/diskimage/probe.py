@@ -75,7 +75,9 @@ def probe(source, filename=None):
         header = bytes(source[:PROBE_SIZE])
         where = filename
     else:
-        where = os.path.abspath(os.fspath(source))
+        where = os.fspath(source)
+        if getattr(where, "image_file_class", None) is None:  # an ova.MemberPath stays one
+            where = os.path.abspath(where)
         filename = filename or where
         header = read_header(where)
 
