@@ -14,7 +14,7 @@ from qemu_tools import qemu_img, qemu_img_json, qemu_io, run
 
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
-    InvalidOptionError, ReadOnlyImageError)
+    ImageError, InvalidOptionError, ReadOnlyImageError)
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import vpc
 
 M = 1024 * 1024
@@ -188,3 +188,17 @@ def test_read_only_open_refuses_writes(tmp_path):
             opened.write(0, b"x")
         with pytest.raises(ReadOnlyImageError):
             opened.write_zeroes(0, 512)
+
+
+def test_api_compare_and_resize(tmp_path):
+    source = tmp_path / "source.raw"
+    qemu_img("create", "-f", "raw", source, "3M")
+    qemu_io(source, "write -P 0x7e 1M 4k", fmt="raw")
+    target = tmp_path / "out.vhd"
+    diskimage.convert(str(source), str(target), "vpc", src_fmt="raw")
+    assert diskimage.compare(str(source), str(target), fmt_a="raw", fmt_b="vpc")
+    qemu_io(target, "write -P 0x7f 1M 1", fmt="vpc")
+    assert not diskimage.compare(str(source), str(target), fmt_a="raw", fmt_b="vpc")
+    # qemu-img 7.2 cannot resize vpc images either.
+    with pytest.raises(ImageError):
+        diskimage.resize(str(target), 8 * M, fmt="vpc")
