@@ -133,8 +133,8 @@ class ParallelsDriver(Driver):
     @classmethod
     def open(cls, path, readonly=True, opener=None, force_share=False):
         if not readonly:
-            raise UnsupportedOperation("parallels images can only be opened read-only by this library (convert "
-                                       "to qcow2 for a writable copy)", path)
+            raise UnsupportedOperation("parallels images can only be opened read-only by this library: no writes "
+                                       "or repairs (convert to qcow2 for a writable copy)", path)
         image_file = ImageFile(path, writable=False, force_share=force_share)
         self = cls()
         self._file = image_file
