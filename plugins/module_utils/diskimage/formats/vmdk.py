@@ -638,10 +638,17 @@ class VmdkDriver(Driver):
     # ---------------------------------------------------------- lifecycle
     @classmethod
     def open(cls, path, readonly=True, opener=None, force_share=False):
+        return cls.open_file(ImageFile(path, writable=not readonly, force_share=force_share), readonly, opener)
+
+    @classmethod
+    def open_file(cls, image_file, readonly=True, opener=None):
+        """Open an already opened file object (``path``, ``size()``, ``pread()``,
+        ``pread_exact()``, ``close()``; the write methods of _io.ImageFile when
+        writable), e.g. a window on a VMDK inside an OVA; the driver closes it."""
         driver = cls()
         driver.readonly = bool(readonly)
-        driver.image_file = ImageFile(path, writable=not readonly, force_share=force_share)
-        driver.path = driver.image_file.path
+        driver.image_file = image_file
+        driver.path = image_file.path
         try:
             driver._open(opener)
         except BaseException:
@@ -816,7 +823,7 @@ class VmdkDriver(Driver):
     def read(self, offset, length):
         self._check_range(offset, length, "read")
         if self.stream is not None:
-            self.stream.flush_pending_for_read()
+            self.stream.prepare_read()
         parts = []
         for extent, start, rel, count in self._pieces(offset, length):
             if extent.flat:
@@ -851,6 +858,8 @@ class VmdkDriver(Driver):
         data = b"".join(parts)
         if len(data) < length:
             data += bytes(length - len(data))
+        if self.stream is not None:
+            data = self.stream.overlay_pending(offset, data)
         return data
 
     def block_status(self, offset, length):
@@ -1338,20 +1347,34 @@ class _StreamWriter:
         table[table_index] = host // SECTOR_SIZE
         self.next_grain = max(self.next_grain, grain_index + 1)
 
-    def flush_pending_for_read(self):
-        """Reads see what was written: the pending grain's data is only in memory."""
-        if self.pending is not None:
-            self._emit_pending()
+    def prepare_read(self):
+        """Make the grains appended so far readable (tables, footer written after
+        them); the pending grain stays open for writes, see overlay_pending."""
         if not self.finished:
-            self.finish()
+            self._write_metadata()
+
+    def overlay_pending(self, offset, data):
+        """``data`` read at ``offset`` with the pending grain's bytes (only in memory) laid over it."""
+        if self.pending is None:
+            return data
+        grain_index, buffer = self.pending
+        start = grain_index * self.extent.grain_size
+        low, high = max(offset, start), min(offset + len(data), start + len(buffer))
+        if low >= high:
+            return data
+        patched = bytearray(data)
+        patched[low - offset:high - offset] = buffer[low - start:high - start]
+        return bytes(patched)
 
     def finish(self):
         """Write pending grain, grain tables, grain directory, footer, end-of-stream marker."""
         if self.pending is not None:
             self._reopen()
             self._emit_pending()
-        if self.finished:
-            return
+        if not self.finished:
+            self._write_metadata()
+
+    def _write_metadata(self):
         extent = self.extent
         image_file = extent.image_file
         gt_sectors = _ceil_div(extent.gtes_per_gt * 4, SECTOR_SIZE)

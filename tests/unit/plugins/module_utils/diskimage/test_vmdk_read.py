@@ -284,3 +284,45 @@ def test_qemu_reads_json_of_check(source_raw, tmp_path):
     ours = diskimage.check(str(image))
     assert ours["check-errors"] == theirs["check-errors"] == 0
     assert json.dumps(ours)
+
+
+class _Window:
+    """A read-only view of part of a file (as a VMDK member inside an OVA tar)."""
+
+    def __init__(self, path, start, size):
+        self.path = str(path)
+        self._file = open(self.path, "rb")
+        self._start = start
+        self._size = size
+
+    def size(self):
+        return self._size
+
+    def pread(self, offset, length):
+        length = max(0, min(length, self._size - offset))
+        return os.pread(self._file.fileno(), length, self._start + offset)
+
+    def pread_exact(self, offset, length, what):
+        data = self.pread(offset, length)
+        if len(data) != length:
+            raise AssertionError("short read of %s" % what)
+        return data
+
+    def close(self):
+        self._file.close()
+
+
+def test_open_file_reads_a_stream_inside_a_container(source_raw, tmp_path):
+    stream = tmp_path / "disk.vmdk"
+    qemu_tools.qemu_img("convert", "-O", "vmdk", "-o", "subformat=streamOptimized", source_raw, stream)
+    container = tmp_path / "container.bin"
+    payload = stream.read_bytes()
+    container.write_bytes(b"\xee" * 1536 + payload + b"\xee" * 1024)
+    driver = VmdkDriver.open_file(_Window(container, 1536, len(payload)))
+    try:
+        digest = hashlib.sha256()
+        for offset in range(0, driver.virtual_size, MAX_IO):
+            digest.update(driver.read(offset, min(MAX_IO, driver.virtual_size - offset)))
+        assert digest.hexdigest() == qemu_tools.file_digest(source_raw)
+    finally:
+        driver.close()

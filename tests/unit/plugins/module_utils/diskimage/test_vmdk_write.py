@@ -189,9 +189,11 @@ def test_stream_optimized_refuses_random_writes(tmp_path):
             opened.write(MIB, b"\x01")
         assert opened.read(MIB, 3000) == b"\x42" * 1000 + bytes(1000) + b"\x43" * 1000
         opened.write(3 * MIB, b"\x45" * 512)            # appending after a read still works
+        assert opened.read(3 * MIB - 2, 4) == b"\x00\x00\x45\x45"   # the open grain, from memory
+        opened.write(3 * MIB + 512, b"\x46" * 512)      # and that grain stays open after a read
     qemu_check_clean(image)
     with diskimage.open_image(str(image)) as opened:
-        assert opened.read(3 * MIB, 1024) == b"\x45" * 512 + bytes(512)
+        assert opened.read(3 * MIB, 1536) == b"\x45" * 512 + b"\x46" * 512 + bytes(512)
     proc = subprocess.run(["qemu-io", "-f", "vmdk", "-r", "-c", "read -P 0x44 2M 64k", "-c", "read -P 0x45 3M 512",
                            str(image)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           universal_newlines=True, check=False)
