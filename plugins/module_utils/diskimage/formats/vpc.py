@@ -293,6 +293,16 @@ class VpcDriver(Driver):
                                      bytes(self.image_file.pread(0, 8))), path)
         footer = Footer(raw)
         expected = vhd_checksum(footer.raw, FOOTER_CHECKSUM_OFFSET)
+        if footer.checksum != expected and footer_offset == 0 and file_size >= 2 * FOOTER_SIZE:
+            # The copy at offset 0 is damaged: the footer at the end is the original (spec: the copy is for
+            # recovery), when it is intact.
+            end_raw = self.image_file.pread_exact(file_size - FOOTER_SIZE, FOOTER_SIZE,
+                                                  "VHD footer at the end of the file")
+            end_footer = Footer(end_raw)
+            if end_footer.cookie == FOOTER_COOKIE and \
+                    end_footer.checksum == vhd_checksum(end_footer.raw, FOOTER_CHECKSUM_OFFSET):
+                footer, footer_offset = end_footer, file_size - FOOTER_SIZE
+                expected = footer.checksum
         if footer.checksum != expected:
             raise FormatError("VHD footer at offset %d: incorrect checksum (recorded 0x%08x, computed 0x%08x)"
                               % (footer_offset, footer.checksum, expected), path)

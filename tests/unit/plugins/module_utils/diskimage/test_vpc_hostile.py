@@ -160,3 +160,13 @@ def test_new_blocks_never_overwrite_a_block_at_the_end_of_a_file_without_final_f
     out = tmp_path / "oracle.raw"
     qemu_img("convert", "-f", "vpc", "-O", "raw", path, out)
     assert out.read_bytes() == b"\x63" * 4096 + bytes(block - 4096)
+
+
+def test_damaged_footer_copy_falls_back_to_the_footer_at_the_end(tmp_path):
+    _path, data = qemu_dynamic(tmp_path)
+    data[28:32] = b"vpc "           # the copy at offset 0 no longer matches its checksum
+    assert open_patched(tmp_path, data)[:4096] == b"\x61" * 4096
+    data[len(data) - 512 + 28:len(data) - 512 + 32] = b"vpc "
+    with pytest.raises(FormatError) as caught:
+        open_patched(tmp_path, data)
+    assert "incorrect checksum" in str(caught.value)
