@@ -569,7 +569,8 @@ class VhdxDriver(Driver):
                     return None
             return (position, entry_sectors, tail, sequence, (flushed_file_offset, last_file_offset, operations))
 
-        best = None
+        best_key = None
+        best_chain = []
         for start in range(sectors):
             first = entry_at(start, None)
             if first is None:
@@ -585,11 +586,11 @@ class VhdxDriver(Driver):
                 used += following[1]
                 position = (position + following[1]) % sectors
             key = (chain[-1][3], len(chain))
-            if best is None or key > best[0]:
-                best = (key, chain)
-        if best is None:
+            if best_key is None or key > best_key:
+                best_key, best_chain = key, chain
+        if not best_chain:
             return []
-        chain = best[1]
+        chain = best_chain
         # Replay from the entry the last entry names as the tail of the sequence.
         tail = chain[-1][2] // LOG_SECTOR_SIZE
         for index, item in enumerate(chain):
