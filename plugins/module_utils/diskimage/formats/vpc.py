@@ -394,7 +394,9 @@ class VpcDriver(Driver):
                                             "at [%d, %d)" % (start, what, low, high), path)
                 if start >= high:
                     break
-        table_end = self.bat_offset + header.max_table_entries * 4
+        # The declared table, but never past the file (a hostile entry count must not push new blocks far away).
+        table_end = min(self.bat_offset + header.max_table_entries * 4,
+                        max(file_size - FOOTER_SIZE, self.bat_offset + bat_bytes))
         free = -(-table_end // SECTOR_SIZE) * SECTOR_SIZE
         if allocated:
             free = max(free, allocated[-1] * SECTOR_SIZE + span)

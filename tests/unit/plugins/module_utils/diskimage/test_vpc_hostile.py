@@ -170,3 +170,13 @@ def test_damaged_footer_copy_falls_back_to_the_footer_at_the_end(tmp_path):
     with pytest.raises(FormatError) as caught:
         open_patched(tmp_path, data)
     assert "incorrect checksum" in str(caught.value)
+
+
+def test_declared_table_larger_than_the_file_does_not_move_new_blocks_away(tmp_path):
+    path, data = qemu_dynamic(tmp_path)
+    struct.pack_into(">I", data, HEADER + 28, 0x3FFFFFFF)      # max table entries: a 4 GiB BAT
+    refresh_checksums(data)
+    path.write_bytes(bytes(data))
+    with VpcDriver.open(str(path), readonly=False) as driver:
+        driver.write(4 * M, b"\x64" * 512)
+    assert path.stat().st_size == len(data) + 512 + 2 * M
