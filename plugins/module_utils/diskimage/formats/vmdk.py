@@ -16,6 +16,16 @@ opener (path policy).  Behaviour, limits and ``qemu-img info`` fields follow
 QEMU 7.2 (block/vmdk.c); new streamOptimized images use VMware's stream layout
 (grains, grain tables, grain directory, footer, end-of-stream marker, all
 appended in guest order).
+
+Writing: FLAT/VMFS and hosted sparse extents (new grains at the end of the
+extent file, then the grain table entry and its redundant copy); streams in
+VMware's layout only in guest order (a random write is UnsupportedOperation),
+streams in qemu-img's layout (tables before the grains) only whole unallocated
+grains, as QEMU.  seSparse, vmfsSparse and version-3 uncompressed extents are
+read-only, as in QEMU.  Like QEMU, the first write after opening gives the
+image a new random CID, which invalidates delta disks made on top of it.
+Multi-file images (monolithicFlat, twoGbMaxExtent*) name their extent files
+after the name ops/create.py publishes the descriptor under.
 """
 
 from __future__ import absolute_import, division, print_function
