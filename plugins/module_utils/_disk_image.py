@@ -29,6 +29,7 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     map as image_map,
     measure as image_measure,
     normalize_options,
+    open_image,
     parse_size as library_parse_size,
     rebase as image_rebase,
     resize as image_resize,
@@ -81,6 +82,7 @@ def disk_image_argument_spec():
         shrink=dict(type='bool', default=False),
         src=dict(type='path'),
         src_format=dict(type='str'),
+        src_snapshot=dict(type='str'),
         backing_file=dict(type='str'),
         backing_format=dict(type='str'),
         options=dict(type='dict', default={}),
@@ -186,7 +188,7 @@ class DiskImageRequest(object):
 
     def __init__(self, path, state='present', fmt=None, size=None, shrink=False, src=None, src_format=None,
                  backing_file=None, backing_format=None, options=None, compress=False, force=False, allow_dirs=None,
-                 preallocation=None, snapshots=None, rebase=None, commit=False, repair=None):
+                 preallocation=None, snapshots=None, rebase=None, commit=False, repair=None, src_snapshot=None):
         self.path = path
         self.state = state
         self.format = fmt
@@ -205,6 +207,7 @@ class DiskImageRequest(object):
         self.rebase = rebase
         self.commit = bool(commit)
         self.repair = None if repair in (None, 'none') else repair
+        self.src_snapshot = src_snapshot
         self._validate()
 
     @staticmethod
@@ -241,7 +244,7 @@ class DiskImageRequest(object):
     def from_params(cls, params):
         names = ('path', 'state', 'size', 'shrink', 'src', 'src_format', 'backing_file', 'backing_format',
                  'options', 'compress', 'force', 'allow_dirs', 'preallocation', 'snapshots', 'rebase', 'commit',
-                 'repair')
+                 'repair', 'src_snapshot')
         return cls(fmt=params.get('format'), **dict((name, params.get(name)) for name in names))
 
     def _validate(self):
@@ -253,6 +256,8 @@ class DiskImageRequest(object):
             raise DiskImageError('compress applies to a conversion: it requires src')
         if self.src_format and not self.src:
             raise DiskImageError('src_format requires src')
+        if self.src_snapshot is not None and not self.src:
+            raise DiskImageError('src_snapshot requires src')
         if self.backing_format and not self.backing_file:
             raise DiskImageError('backing_format requires backing_file')
         if self.backing_file == '' and not self.rebase:
@@ -440,8 +445,10 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
                  'snapshots': []}
         if request.src is not None:
             actions.append(Action(
-                'convert', 'convert %s (%s) to %s image %s%s%s' % (
-                    request.src, src_info['format'], request.format, request.path,
+                'convert', 'convert %s (%s)%s to %s image %s%s%s' % (
+                    request.src, src_info['format'],
+                    '' if request.src_snapshot is None else ' snapshot %r' % request.src_snapshot,
+                    request.format, request.path,
                     ' compressed' if request.compress else '', replacing),
                 src=request.src, src_format=src_info['format']))
             current_size = src_info['virtual-size']
@@ -543,6 +550,17 @@ def read_state(request):
     src_info = None
     if request.src is not None:
         src_info = image_info(request.src, fmt=request.src_format, allow_dirs=request.allow_dirs)
+        if request.src_snapshot is not None:
+            # Refused in check mode too: the snapshot must exist (looked up by name, else by ID, as convert does).
+            listed = src_info.get('snapshots') or []
+            if not any(request.src_snapshot in (snapshot.get('name'), snapshot.get('id')) for snapshot in listed):
+                raise DiskImageError('src_snapshot: %s has no snapshot named %r (snapshots: %s)' % (
+                    request.src, request.src_snapshot,
+                    ', '.join(repr(snapshot.get('name')) for snapshot in listed) or 'none'))
+            # The conversion has the snapshot's virtual size, which may differ from the current one.
+            with open_image(request.src, fmt=src_info['format'], allow_dirs=request.allow_dirs) as source:
+                source.driver.select_snapshot(request.src_snapshot)
+                src_info = dict(src_info, **{'virtual-size': source.driver.virtual_size})
     backing_info = None
     if request.backing_name is not None:
         # Resolved exactly as the image will resolve it: the policy decides before anything is opened.
@@ -596,9 +614,10 @@ def _build(request, action, target):
                      allow_dirs=request.allow_dirs)
         return {}
     started = time.time()
+    extra = {} if request.src_snapshot is None else {'snapshot': request.src_snapshot}
     outcome = image_convert(request.src, target, request.format, src_fmt=action.args['src_format'],
                             options=_backing_options(request) or None, compress=request.compress,
-                            allow_dirs=request.allow_dirs)
+                            allow_dirs=request.allow_dirs, **extra)
     stats = {'duration': round(time.time() - started, 3), 'bytes_written': os.stat(target).st_blocks * 512}
     if isinstance(outcome, dict):
         stats.update((key, outcome[key]) for key in ('bytes_read', 'bytes_written', 'compressed_clusters') if key in outcome)

@@ -92,6 +92,12 @@ options:
     description:
       - Format of O(src). By default it is detected.
     type: str
+  src_snapshot:
+    description:
+      - Convert this internal snapshot of O(src) (its name, else its ID) instead of its current state (like
+        C(qemu-img convert -l snapshot.name=NAME)). Requires O(src).
+      - As for any conversion, an existing image at O(path) that matches the request is not converted again.
+    type: str
   backing_file:
     description:
       - Backing file of the image (an overlay), recorded in the image as written here.
@@ -234,6 +240,14 @@ EXAMPLES = r'''
     path: /srv/export/vm1.qcow2
     src: /srv/import/vm1.img
     src_format: raw
+    format: qcow2
+    compress: true
+
+- name: Export an internal snapshot as a compressed image of its own
+  kvm.storage.disk_image:
+    path: /srv/export/vm1-before-upgrade.qcow2
+    src: /var/lib/libvirt/images/vm1.qcow2
+    src_snapshot: before-upgrade
     format: qcow2
     compress: true
 

@@ -384,3 +384,27 @@ def test_check_mode_predicts_the_real_run(tmp_path, capsys, case):
         'snapshots': 'snapshot_delete', 'repair': 'repair', 'commit': 'commit', 'rebase': 'rebase',
         'amend': 'amend', 'grow-preallocated': 'resize'}[case]
     assert_clean(args['path'])
+
+
+# --------------------------------------------------------------------------- conversion of a snapshot
+def test_conversion_of_an_internal_snapshot(tmp_path):
+    src = make_qcow2(tmp_path / 'src.qcow2')
+    qemu_io(src, 'write -P 0x71 0 128k')
+    qemu_img('snapshot', '-c', 'then', src)
+    qemu_io(src, 'write -P 0x72 0 128k')
+    qemu_img('resize', src, '6M')
+    oracle = tmp_path / 'oracle.raw'
+    qemu_img('convert', '-l', 'snapshot.name=then', '-O', 'raw', src, oracle)
+    path = str(tmp_path / 'then.qcow2')
+    with pytest.raises(DiskImageError, match="no snapshot named 'never'.*'then'"):
+        plan_for(path=path, fmt='qcow2', src=src, src_snapshot='never')
+    request, plan = plan_for(path=path, fmt='qcow2', src=src, src_snapshot='then')
+    assert plan.actions[0].description.startswith("convert %s (qcow2) snapshot 'then' to qcow2 image" % src)
+    apply_plan(plan, request)
+    # the size the plan predicted is the size the conversion made
+    assert qemu_json('info', path)['virtual-size'] == plan.after['virtual_size']
+    qemu_img('compare', '-f', 'raw', '-F', 'qcow2', oracle, path)
+    assert_clean(path)
+    assert not plan_for(path=path, fmt='qcow2', src=src, src_snapshot='then')[1].changed
+    with pytest.raises(DiskImageError, match='src_snapshot requires src'):
+        DiskImageRequest(path, fmt='qcow2', src_snapshot='then')
