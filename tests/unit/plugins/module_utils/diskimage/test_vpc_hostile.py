@@ -4,6 +4,8 @@
 the end of the file, huge tables, overlapping blocks and locators give a clear
 ImageError (never another exception, never an unbounded allocation)."""
 
+import os
+import random
 import struct
 
 import pytest
@@ -51,6 +53,8 @@ def patch_both_footers(data, offset, fmt, *values):
 
 
 HEADER = 512
+# Damaged variants per seed in the random test (raise it in the environment for a longer run).
+ATTEMPTS = int(os.environ.get("VPC_FUZZ_ATTEMPTS", "60"))
 BAT = 1536
 
 
@@ -180,3 +184,29 @@ def test_declared_table_larger_than_the_file_does_not_move_new_blocks_away(tmp_p
     with VpcDriver.open(str(path), readonly=False) as driver:
         driver.write(4 * M, b"\x64" * 512)
     assert path.stat().st_size == len(data) + 512 + 2 * M
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_metadata_damage_gives_image_errors_only(tmp_path, seed):
+    chain_parent = vhd.sparse_image(4 * 65536, 65536, {0: (b"\xff" * 512, b"p" * 65536)}, b"P" * 16)
+    (tmp_path / "parent.vhd").write_bytes(chain_parent)
+    pristine = vhd.sparse_image(4 * 65536, 65536, {1: (b"\x0f" * 512, b"c" * 65536)}, b"C" * 16,
+                                disk_type=vhd.DIFFERENCING, parent_id=b"P" * 16,
+                                locators=[(b"W2ru", ".\\parent.vhd"), (b"W2ku", "C:\\parent.vhd")])
+    rng = random.Random(seed)
+    for _attempt in range(ATTEMPTS):
+        data = bytearray(pristine)
+        for _flip in range(rng.randrange(1, 4)):
+            # Damage the footers, the header, the BAT or a locator, then fix checksums half of the time.
+            where = rng.choice([rng.randrange(0, 2048), rng.randrange(len(data) - 512, len(data))])
+            data[where] = rng.randrange(256)
+        if rng.random() < 0.5:
+            refresh_checksums(data)
+        path = tmp_path / "child.vhd"
+        path.write_bytes(bytes(data))
+        try:
+            with diskimage.open_image(str(path), fmt="vpc") as image:
+                size = min(image.virtual_size, 4 * M)
+                image.read(0, size)
+        except ImageError:
+            pass
