@@ -786,8 +786,6 @@ class VhdxDriver(Driver):
             where = "sector bitmap entry" if is_bitmap else "payload block entry"
             if is_bitmap:
                 if state != SB_BLOCK_PRESENT:
-                    if not self.has_parent and state == PAYLOAD_BLOCK_NOT_PRESENT:
-                        continue
                     raise CorruptImageError("VHDX BAT %s %d: state %d, expected 0 (not present) or 6 (present)"
                                             % (where, index, state), path)
                 span = SECTOR_BITMAP_SIZE

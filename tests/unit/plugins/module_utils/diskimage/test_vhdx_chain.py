@@ -13,7 +13,7 @@ import vhdx_editing
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.chain import open_driver
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
-    FormatError, ImageNotFoundError, PolicyError, UnsupportedFeature, UnsupportedOperation)
+    CorruptImageError, FormatError, ImageNotFoundError, PolicyError, UnsupportedFeature, UnsupportedOperation)
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import DATA, UNALLOCATED, ZERO
 
 MIB = 1024 * 1024
@@ -112,6 +112,30 @@ def test_block_status_of_the_child_layer(chain):
     assert [(start - 4 * MIB) // SECTOR for start, _length, kind in block4 if kind == DATA] == \
         [first for first, _last in PARTIAL_SECTORS]
     assert sum(length for _start, length, _kind in kinds) == SIZE
+
+
+def test_chunk_without_sector_bitmap(tmp_path):
+    """No partially present block: the chunk's sector bitmap entry stays NOT_PRESENT."""
+    parent, content = make_parent(tmp_path)
+    child, _block4 = make_child(tmp_path, parent)
+    for index in (4, 5, CHUNK_RATIO):
+        vhdx_editing.set_bat_entry(child, index, 0, 0)
+    expected = bytearray(content)
+    expected[1 * MIB:2 * MIB] = b"\xc1" * MIB
+    expected[2 * MIB:3 * MIB] = bytes(MIB)
+    with diskimage.open_image(str(child)) as image:
+        assert image.read(0, SIZE) == bytes(expected)
+
+
+def test_partially_present_block_needs_its_sector_bitmap(tmp_path):
+    parent, _content = make_parent(tmp_path)
+    child, _block4 = make_child(tmp_path, parent)
+    vhdx_editing.set_bat_entry(child, CHUNK_RATIO, 0, 0)
+    with diskimage.open_image(str(child)) as image:
+        assert image.read(0, 4 * MIB)
+        with pytest.raises(CorruptImageError) as raised:
+            image.read(4 * MIB, 4096)
+    assert "sector bitmap" in str(raised.value)
 
 
 def test_parent_linkage_must_match_the_parents_data_write_guid(tmp_path):
