@@ -33,12 +33,15 @@ from .ops.measure import measure  # noqa: F401
 from .ops.rebase import rebase  # noqa: F401
 from .ops.commit import commit  # noqa: F401
 from .ops.amend import amend  # noqa: F401
-from .ops.snapshot import snapshot_list, snapshot_create, snapshot_apply, snapshot_delete  # noqa: F401
+from .ops.snapshot import (  # noqa: F401
+    snapshot_list, snapshot_create, snapshot_apply, snapshot_delete, snapshot_compare,
+)
+from .ova import ova_disks  # noqa: F401
 
 __all__ = [
     "info", "create", "convert", "check", "compare", "compare_detail", "open_image", "Image", "resize",
     "map", "measure", "parse_size", "normalize_options", "rebase", "commit", "amend",
-    "snapshot_list", "snapshot_create", "snapshot_apply", "snapshot_delete",
+    "snapshot_list", "snapshot_create", "snapshot_apply", "snapshot_delete", "snapshot_compare", "ova_disks",
     "ImageError", "ImageNotFoundError", "FormatError", "CorruptImageError", "UnsupportedFeature",
     "UnsupportedOperation", "InvalidOptionError", "PolicyError", "ProbeError", "ImageInUseError",
     "ReadOnlyImageError",

@@ -16,13 +16,14 @@ REPAIR_MODES = (None, "leaks", "all")
 
 
 @translate_os_errors("cannot check image")
-def check(path, fmt=None, repair=None, allow_dirs=None, force_share=False):
+def check(path, fmt=None, repair=None, allow_dirs=None, force_share=False, member=None):
     """Check the consistency of the image at ``path``; with ``repair``
     ("leaks" or "all") fix what can be fixed, as qemu-img check -r does.
 
     Returns the dict of ``qemu-img check --output=json``: the driver's result
     plus ``filename`` and ``format``.  Formats without checks (raw) raise
-    UnsupportedOperation, as qemu-img refuses them.
+    UnsupportedOperation, as qemu-img refuses them.  ``member``: a disk inside
+    an OVA or Vagrant box (no repair there: read-only).
     """
     if repair not in REPAIR_MODES:
         raise InvalidOptionError("repair must be one of None, 'leaks', 'all', found %r" % (repair,), path)
@@ -30,7 +31,7 @@ def check(path, fmt=None, repair=None, allow_dirs=None, force_share=False):
         raise InvalidOptionError("force_share cannot be used when repairing", path)
     filename = os.fspath(path)
     driver = open_driver(filename, fmt=fmt, readonly=repair is None, allow_dirs=allow_dirs,
-                         force_share=force_share)
+                         force_share=force_share, member=member)
     try:
         if type(driver).check is Driver.check:
             raise UnsupportedOperation("This image format does not support checks (format %s)"

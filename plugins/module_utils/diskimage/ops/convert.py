@@ -260,7 +260,7 @@ def _worker_count():
 @translate_os_errors("cannot convert image")
 def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progress=None,
             allow_dirs=None, target_is_zero=False, force_share=False, target_exists=False,
-            snapshot=None):
+            snapshot=None, src_member=None):
     """Convert the image ``src`` (with its backing chain) into a new image
     ``dst`` of format ``out_fmt`` (never overwriting ``dst``).
 
@@ -277,6 +277,8 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
     ``snapshot`` (qemu-img convert -l snapshot.name=NAME): convert the
     source's internal snapshot NAME (name, else ID) instead of its current
     content.
+    ``src_member`` (name or index) converts a disk inside the OVA or Vagrant
+    box ``src``, read in place (``.ova``/``.box`` sources default to the first disk).
 
     Returns {"bytes_read", "bytes_written", "compressed_clusters",
     "virtual_size", "duration"} (bytes of guest data; duration in seconds).
@@ -286,7 +288,7 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         raise InvalidOptionError("progress must be callable, found %r" % (progress,), dst)
     if target_exists:
         return _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
-                                      target_is_zero, force_share, snapshot, started)
+                                      target_is_zero, force_share, snapshot, started, src_member)
     destination = destination_path(dst)
     cls = creatable_driver_class(out_fmt, destination)
     options = normalize_options(options)
@@ -303,7 +305,7 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
 
     source = target_backing = target = temporary = None
     try:
-        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot)
+        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member)
         if backing_file is not None:
             target_backing = open_backing(destination, backing_file, backing_fmt, allow_dirs)
             options["backing_file"] = backing_file
@@ -348,9 +350,10 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         close_quietly(source)
 
 
-def _open_source(src, src_fmt, allow_dirs, force_share, snapshot):
+def _open_source(src, src_fmt, allow_dirs, force_share, snapshot, member=None):
     """The source chain, read-only; showing internal snapshot ``snapshot`` when given."""
-    source = open_driver(src, fmt=src_fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share)
+    source = open_driver(src, fmt=src_fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
+                         member=member)
     if snapshot is not None:
         try:
             source.select_snapshot(str(snapshot))
@@ -361,7 +364,7 @@ def _open_source(src, src_fmt, allow_dirs, force_share, snapshot):
 
 
 def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
-                           target_is_zero, force_share, snapshot, started):
+                           target_is_zero, force_share, snapshot, started, src_member=None):
     """convert(target_exists=True): qemu-img convert -n."""
     target_path = os.path.abspath(os.fspath(dst))
     if not out_fmt or not isinstance(out_fmt, str):
@@ -371,7 +374,7 @@ def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progre
                                  target_path)
     source = target = None
     try:
-        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot)
+        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member)
         if os.path.realpath(source.path) == os.path.realpath(target_path):
             raise InvalidOptionError("the source and the target are the same image", target_path)
         target = open_driver(target_path, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs)

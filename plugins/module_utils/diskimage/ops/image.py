@@ -53,12 +53,13 @@ def translate_os_errors(action):
     return decorate
 
 
-def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False):
-    """chain.open_driver, with OSError turned into ImageError naming the file."""
+def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None):
+    """chain.open_driver, with OSError turned into ImageError naming the file.
+    ``member``: a disk inside an OVA or Vagrant box (name or index; ova.py)."""
     path = os.fspath(path)
     try:
         return chain.open_driver(path, fmt=fmt, readonly=readonly, allow_dirs=allow_dirs,
-                                 force_share=force_share)
+                                 force_share=force_share, member=member)
     except ImageError:
         raise
     except OSError as exc:
@@ -202,8 +203,9 @@ class Image:
 
 
 @translate_os_errors("cannot open image")
-def open_image(path, fmt=None, readonly=True, allow_dirs=None, force_share=False):
+def open_image(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None):
     """Open ``path`` (format probed when ``fmt`` is None; a probed raw image
-    refuses writes to sector 0) with its backing chain, under the path policy."""
+    refuses writes to sector 0) with its backing chain, under the path policy.
+    ``member`` selects a disk inside an OVA or Vagrant box (read-only)."""
     return Image(open_driver(path, fmt=fmt, readonly=readonly, allow_dirs=allow_dirs,
-                             force_share=force_share))
+                             force_share=force_share, member=member))

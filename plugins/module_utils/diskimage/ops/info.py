@@ -10,6 +10,7 @@ import os
 
 from .._io import ImageFile
 from ..errors import ImageError
+from ..ova import locate
 from ..formats import driver_class
 from ..policy import resolve_reference
 from ..probe import probe_format
@@ -34,10 +35,11 @@ class _TopOnlyOpener:
         return ImageFile(resolved, writable=False, force_share=self.force_share)
 
 
-def open_top_layer(path, fmt=None, allow_dirs=None, force_share=False):
-    """Open only the top layer of ``path``, read-only (format probed when None)."""
-    path = os.path.abspath(os.fspath(path))
+def open_top_layer(path, fmt=None, allow_dirs=None, force_share=False, member=None):
+    """Open only the top layer of ``path``, read-only (format probed when None;
+    ``member``: a disk inside an OVA or Vagrant box)."""
     try:
+        path = locate(path, fmt, member)
         if fmt is None:
             fmt = probe_format(path)
         cls = driver_class(fmt, path)
@@ -60,6 +62,8 @@ def combine_backing_name(referrer_name, backing_name):
 
 def allocated_size(path):
     """Bytes allocated to the file on disk (st_blocks), as qemu-img's actual-size."""
+    if getattr(path, "archive", None) is not None:
+        return path.allocated_size()  # an ova.MemberPath: its blocks in the archive
     try:
         return os.stat(path).st_blocks * 512
     except OSError as exc:
@@ -93,20 +97,25 @@ def layer_info(driver, filename):
 
 
 @translate_os_errors("cannot read image information")
-def info(path, fmt=None, backing_chain=False, allow_dirs=None, force_share=False):
+def info(path, fmt=None, backing_chain=False, allow_dirs=None, force_share=False, member=None):
     """``qemu-img info --output=json [--backing-chain]`` of ``path``.
 
     Returns a dict, or with ``backing_chain`` a list of dicts, top layer first.
     Without ``backing_chain`` the backing file is named, not opened (as
     qemu-img info does); with it every layer is opened through the path policy.
+    ``member`` selects a disk inside an OVA or Vagrant box; its filename is
+    reported as ``<archive>/<member>``.
     """
     filename = os.fspath(path)
     if backing_chain:
         driver = open_driver(filename, fmt=fmt, readonly=True, allow_dirs=allow_dirs,
-                             force_share=force_share)
+                             force_share=force_share, member=member)
     else:
-        driver = open_top_layer(filename, fmt=fmt, allow_dirs=allow_dirs, force_share=force_share)
+        driver = open_top_layer(filename, fmt=fmt, allow_dirs=allow_dirs, force_share=force_share,
+                                member=member)
     try:
+        if getattr(driver.path, "member_name", None) is not None:
+            filename = "%s/%s" % (os.fsdecode(filename), driver.path.member_name)
         top = layer_info(driver, filename)
         if not backing_chain:
             return top

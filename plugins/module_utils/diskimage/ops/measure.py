@@ -222,12 +222,13 @@ def _supports_persistent_bitmaps(driver):
 
 @translate_os_errors("measure failed")
 def measure(size=None, src=None, out_fmt="qcow2", options=None, src_fmt=None, allow_dirs=None,
-            force_share=False, snapshot=None):
+            force_share=False, snapshot=None, src_member=None):
     """What ``qemu-img measure --output=json`` prints, as a dict: ``required``
     and ``fully-allocated`` bytes for an ``out_fmt`` image of ``size`` bytes
     (metadata only) or converted from image ``src`` (its data), plus
     ``bitmaps`` when both the source and the output can hold persistent
-    bitmaps.  ``snapshot`` (ID or name) measures a source's internal snapshot."""
+    bitmaps.  ``snapshot`` (ID or name) measures a source's internal snapshot.
+    ``src_member``: a disk inside the OVA or Vagrant box ``src``."""
     if (size is None) == (src is None):
         raise InvalidOptionError("measure: give either a size or a source image, not %s"
                                  % ("both" if src is not None else "neither"))
@@ -254,7 +255,8 @@ def measure(size=None, src=None, out_fmt="qcow2", options=None, src_fmt=None, al
                                      "(try using a larger cluster size)" % (size, cluster_size))
     if src is None:
         return _result(out_fmt, qcow2, size, None, None)
-    driver = open_driver(src, fmt=src_fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share)
+    driver = open_driver(src, fmt=src_fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
+                         member=src_member)
     try:
         length = qemu_length(driver)
         l1_table = None
