@@ -170,10 +170,17 @@ class CloopDriver(Driver):
         except zlib.error as exc:
             raise CorruptImageError("cloop block %d at offset %d: invalid zlib data (%s)" % (index, start, exc),
                                     self.path)
-        if not inflater.eof:
-            if len(block) == self.block_size:
+        if not inflater.eof and len(block) == self.block_size:
+            # At the limit: one more byte of output means the block inflates past the block size.
+            try:
+                extra = inflater.decompress(inflater.unconsumed_tail, 1)
+            except zlib.error as exc:
+                raise CorruptImageError("cloop block %d at offset %d: invalid zlib data (%s)" % (index, start, exc),
+                                        self.path)
+            if extra:
                 raise CorruptImageError("cloop block %d at offset %d inflates past the block size of %d bytes"
                                         % (index, start, self.block_size), self.path)
+        if not inflater.eof:
             raise CorruptImageError("cloop block %d at offset %d: truncated zlib stream (%d of %d bytes)"
                                     % (index, start, len(block), self.block_size), self.path)
         if len(block) != self.block_size:

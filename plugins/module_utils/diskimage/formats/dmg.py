@@ -307,10 +307,16 @@ class DmgDriver(Driver):
             output = engine.decompress(data, expected)
         except error as exc:
             raise CorruptImageError("dmg chunk %d: invalid %s data (%s)" % (number, codec, exc), self.path)
-        if not engine.eof:
-            if len(output) == expected:
+        if not engine.eof and len(output) == expected:
+            # At the limit: one more byte of output means the chunk inflates past its declared size.
+            try:
+                extra = engine.decompress(engine.unconsumed_tail if kind == CHUNK_ZLIB else b"", 1)
+            except error as exc:
+                raise CorruptImageError("dmg chunk %d: invalid %s data (%s)" % (number, codec, exc), self.path)
+            if extra:
                 raise CorruptImageError("dmg chunk %d: %s data inflates past its declared size of %d bytes"
                                         % (number, codec, expected), self.path)
+        if not engine.eof:
             raise CorruptImageError("dmg chunk %d: truncated %s stream (%d of %d bytes)"
                                     % (number, codec, len(output), expected), self.path)
         if len(output) != expected:

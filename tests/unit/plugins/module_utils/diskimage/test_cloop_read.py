@@ -158,6 +158,7 @@ def test_decompression_bomb_is_bounded(tmp_path):
 @pytest.mark.parametrize("block,message", [
     (zlib.compress(bytes(1000)), "inflates to 1000 bytes"),
     (zlib.compress(bytes(4096))[:-6], "truncated zlib stream"),
+    (zlib.compress(bytes(4096))[:-4], "truncated zlib stream"),     # all the data, no checksum
     (b"not zlib data at all", "invalid zlib data"),
 ])
 def test_bad_blocks(tmp_path, block, message):
