@@ -342,7 +342,7 @@ class QcowDriver(Driver):
             cluster = zlib.decompressobj(-12).decompress(data, cs)
         except zlib.error as exc:
             raise CorruptImageError("qcow compressed cluster at guest offset 0x%x (host 0x%x): deflate "
-                                    "decompression failed: %s" % (guest_cluster, coffset, exc), self.path)
+                                    "decompression failed: %s" % (guest_cluster, coffset, exc), self.path) from exc
         if len(cluster) != cs:
             raise CorruptImageError("qcow compressed cluster at guest offset 0x%x (host 0x%x): expected %d bytes "
                                     "after decompression, found %d" % (guest_cluster, coffset, cs, len(cluster)),
@@ -460,7 +460,8 @@ class QcowDriver(Driver):
         self._check_range(offset, length)
         self._prepare_write()
         zeroes = bytes(min(length, MAX_IO))
-        for guest, count, kind, host in self._map(offset, length):
+        for run in self._map(offset, length):
+            guest, count, kind = run[:3]
             if kind == UNALLOCATED and (self.backing is None or guest >= self.backing.virtual_size):
                 continue
             run_end = guest + count

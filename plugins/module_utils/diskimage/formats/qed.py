@@ -29,7 +29,8 @@ import struct
 import sys
 
 from .._io import ImageFile
-from ..errors import CorruptImageError, FormatError, ImageError, InvalidOptionError, PolicyError, UnsupportedFeature
+from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError, PolicyError, UnsupportedFeature,
+                      UnsupportedOperation)
 from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
 
 # QED header (qed_spec.txt "Header"), little-endian, 64 bytes: magic, cluster
@@ -521,6 +522,59 @@ class QedDriver(Driver):
             count = min(end - offset, len(zeroes))
             self.write(offset, memoryview(zeroes)[:count])
             offset += count
+
+    # ------------------------------------------------------- in-place changes
+    def set_backing(self, backing_file, backing_fmt):
+        """Record ``backing_file`` (None or "": none) in the header area, as
+        QEMU does: after the header, with the no-probe feature for raw."""
+        self._check_writable()
+        backing_file = backing_file or None
+        backing_fmt = backing_fmt or None
+        if backing_file is None and backing_fmt is not None:
+            raise InvalidOptionError("qed: backing_fmt %r given without a backing file" % backing_fmt, self.path)
+        name = b""
+        if backing_file is not None:
+            if backing_fmt is None:
+                raise InvalidOptionError("qed: the backing file format is required (never guessed)", self.path)
+            name = os.fsencode(backing_file)
+            if len(name) >= MAX_BACKING_NAME or HEADER.size + len(name) > self._data_start:
+                raise InvalidOptionError("qed: backing file name of %d bytes does not fit in the %d-byte header "
+                                         "area" % (len(name), self._data_start), self.path)
+        header = self.header
+        header.features &= ~(FEATURE_BACKING_FILE | FEATURE_BACKING_FORMAT_NO_PROBE)
+        if name:
+            header.features |= FEATURE_BACKING_FILE
+            if backing_fmt == "raw":
+                header.features |= FEATURE_BACKING_FORMAT_NO_PROBE
+        # QEMU points the name field after the header even when there is no name
+        header.backing_filename_offset = HEADER.size
+        header.backing_filename_size = len(name)
+        self.image_file.pwrite(0, header.pack() + name)
+        self.image_file.flush()
+        self.backing_filename = backing_file
+        self.backing_format = "raw" if name and backing_fmt == "raw" else None
+
+    def resize(self, new_size, preallocation=None):
+        """Grow the image (QED cannot shrink); a range the backing file would
+        show through is made to read as zeroes."""
+        self._check_writable()
+        if preallocation not in (None, "off"):
+            raise InvalidOptionError("qed resize: preallocation %r is not supported (only off)" % (preallocation,),
+                                     self.path)
+        old_size = self.virtual_size
+        if new_size < old_size:
+            raise UnsupportedOperation("qed images cannot be shrunk (from %d to %d bytes)" % (old_size, new_size),
+                                       self.path)
+        limit = max_image_size(self.cluster_size, self.table_size)
+        if new_size % SECTOR_SIZE or new_size > limit:
+            raise InvalidOptionError("qed resize: the size must be a multiple of %d bytes and at most %d, found %d"
+                                     % (SECTOR_SIZE, limit, new_size), self.path)
+        self.header.image_size = new_size
+        self._write_header()
+        self.image_file.flush()
+        self.virtual_size = new_size
+        if self.backing is not None and self.backing.virtual_size > old_size:
+            self.write_zeroes(old_size, min(new_size, self.backing.virtual_size) - old_size)
 
     # ---------------------------------------------------------------- queries
     def info(self):

@@ -14,7 +14,7 @@ import pytest
 from qemu_tools import qemu_img, qemu_img_json, qemu_io, run
 
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import InvalidOptionError
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import ImageError, InvalidOptionError
 
 K = 1024
 M = 1024 * K
@@ -217,3 +217,56 @@ def test_repair_drops_invalid_entries_like_qemu_img(tmp_path):
         result.pop("filename")
     assert ours == theirs
     assert images[0].read_bytes() == images[1].read_bytes()
+
+
+@pytest.mark.parametrize("new_fmt", ["raw", "qcow2"])
+def test_rebase_unsafe_records_the_name_as_qemu_img_does(tmp_path, new_fmt):
+    for name in ("old.raw", "new.img"):
+        qemu_img("create", "-q", "-f", "raw" if name == "old.raw" else new_fmt, tmp_path / name, "1M")
+    images = []
+    for name in ("ours.qed", "theirs.qed"):
+        image = tmp_path / name
+        qemu_img("create", "-q", "-f", "qed", "-o", "backing_file=old.raw,backing_fmt=raw", image)
+        images.append(image)
+    diskimage.rebase(str(images[0]), "new.img", backing_fmt=new_fmt, unsafe=True)
+    qemu_img("rebase", "-u", "-f", "qed", "-b", "new.img", "-F", new_fmt, images[1])
+    assert images[0].read_bytes() == images[1].read_bytes()
+    diskimage.rebase(str(images[0]), "", unsafe=True)
+    qemu_img("rebase", "-u", "-f", "qed", "-b", "", images[1])
+    assert images[0].read_bytes() == images[1].read_bytes()
+    assert "backing-filename" not in diskimage.info(str(images[0]))
+
+
+def test_safe_rebase_keeps_the_guest_view(tmp_path):
+    base = tmp_path / "base.raw"
+    qemu_img("create", "-q", "-f", "raw", base, "2M")
+    qemu_io(base, "write -P 0x21 0 2M", fmt="raw")
+    image = tmp_path / "top.qed"
+    qemu_img("create", "-q", "-f", "qed", "-o", "backing_file=base.raw,backing_fmt=raw,cluster_size=4096", image)
+    qemu_io(image, "write -P 0x22 4k 4k", fmt="qed")
+    before = tmp_path / "before.raw"
+    qemu_img("convert", "-O", "raw", image, before)
+    diskimage.rebase(str(image), "", unsafe=False)
+    run("qemu-img", "compare", "-F", "raw", image, before)
+    assert "backing-filename" not in qemu_img_json("info", image)
+
+
+def test_resize_grows_like_qemu_img_and_hides_a_longer_backing_file(tmp_path):
+    ours = tmp_path / "ours.qed"
+    theirs = tmp_path / "theirs.qed"
+    for image in (ours, theirs):
+        qemu_img("create", "-q", "-f", "qed", image, "1M")
+    diskimage.resize(str(ours), 5 * M + 512)
+    qemu_img("resize", "-f", "qed", theirs, 5 * M + 512)
+    assert ours.read_bytes() == theirs.read_bytes()
+    with pytest.raises(ImageError):
+        diskimage.resize(str(ours), M, shrink=True)
+    base = tmp_path / "base.raw"
+    qemu_img("create", "-q", "-f", "raw", base, "4M")
+    qemu_io(base, "write -P 0x31 0 4M", fmt="raw")
+    top = tmp_path / "top.qed"
+    qemu_img("create", "-q", "-f", "qed", "-o", "backing_file=base.raw,backing_fmt=raw,cluster_size=4096", top,
+             M + 1024)
+    diskimage.resize(str(top), 3 * M)
+    model = bytearray(b"\x31" * (M + 1024) + bytes(2 * M - 1024))
+    assert_same_as(tmp_path, top, model)
