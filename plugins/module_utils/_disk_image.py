@@ -33,6 +33,8 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     parse_size as library_parse_size,
     rebase as image_rebase,
     resize as image_resize,
+    snapshot_apply,
+    snapshot_compare,
     snapshot_create,
     snapshot_delete,
 )
@@ -83,6 +85,7 @@ def disk_image_argument_spec():
         src=dict(type='path'),
         src_format=dict(type='str'),
         src_snapshot=dict(type='str'),
+        revert_to=dict(type='str'),
         backing_file=dict(type='str'),
         backing_format=dict(type='str'),
         options=dict(type='dict', default={}),
@@ -188,7 +191,8 @@ class DiskImageRequest(object):
 
     def __init__(self, path, state='present', fmt=None, size=None, shrink=False, src=None, src_format=None,
                  backing_file=None, backing_format=None, options=None, compress=False, force=False, allow_dirs=None,
-                 preallocation=None, snapshots=None, rebase=None, commit=False, repair=None, src_snapshot=None):
+                 preallocation=None, snapshots=None, rebase=None, commit=False, repair=None, src_snapshot=None,
+                 revert_to=None):
         self.path = path
         self.state = state
         self.format = fmt
@@ -208,6 +212,7 @@ class DiskImageRequest(object):
         self.commit = bool(commit)
         self.repair = None if repair in (None, 'none') else repair
         self.src_snapshot = src_snapshot
+        self.revert_to = revert_to
         self._validate()
 
     @staticmethod
@@ -244,7 +249,7 @@ class DiskImageRequest(object):
     def from_params(cls, params):
         names = ('path', 'state', 'size', 'shrink', 'src', 'src_format', 'backing_file', 'backing_format',
                  'options', 'compress', 'force', 'allow_dirs', 'preallocation', 'snapshots', 'rebase', 'commit',
-                 'repair', 'src_snapshot')
+                 'repair', 'src_snapshot', 'revert_to')
         return cls(fmt=params.get('format'), **dict((name, params.get(name)) for name in names))
 
     def _validate(self):
@@ -286,6 +291,15 @@ class DiskImageRequest(object):
             raise DiskImageError('repair must be one of none, leaks, all, found %r' % (self.repair,))
         if self.snapshots and not has_internal_snapshots(self.format):
             raise DiskImageError('snapshots: %s images have no internal snapshots' % self.format)
+        if self.revert_to is not None:
+            if not self.revert_to:
+                raise DiskImageError('revert_to must name a snapshot')
+            if not has_internal_snapshots(self.format):
+                raise DiskImageError('revert_to: %s images have no internal snapshots' % self.format)
+            if self.src:
+                raise DiskImageError('revert_to applies to an existing image: it cannot be combined with src')
+            if (self.revert_to, 'absent') in self.snapshots:
+                raise DiskImageError('revert_to: snapshot %r is also listed absent in snapshots' % self.revert_to)
         for name in ('backing_file', 'backing_fmt'):
             if name in self.options:
                 raise DiskImageError('options.%s: use the backing_file and backing_format options' % name)
@@ -437,6 +451,9 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
         if repair is not None:
             actions.append(repair)
 
+    if request.revert_to is not None and recreate:
+        raise DiskImageError('revert_to: %s %s, so it has no snapshot %r to revert to' % (
+            request.path, 'does not exist' if current_info is None else 'is recreated', request.revert_to))
     replacing = '' if current_info is None else ', replacing the existing %s image' % before['format']
     if recreate:
         after = {'path': request.path, 'state': 'present', 'format': request.format,
@@ -471,6 +488,23 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
         after['virtual_size'] = align_size(current_size)
     else:
         current_size = before['virtual_size']
+        revert = facts.get('revert')
+        if request.revert_to is not None and revert is not None:
+            if request.size is None:
+                matches = revert['identical']
+            else:
+                # Reverted and then resized to size: the snapshot's content up to size, zeroes past its end.
+                matches = (_same_size(current_size, request.size) and revert['identical-prefix']
+                           and revert['zero-beyond'])
+            before['content_matches_snapshot'] = matches
+            after['content_matches_snapshot'] = True
+            if not matches:
+                actions.append(Action('revert', 'revert %s to snapshot %r%s' % (
+                    request.path, request.revert_to,
+                    '' if revert['snapshot-size'] == current_size else
+                    ' (virtual size %d to %d bytes)' % (current_size, revert['snapshot-size'])),
+                    name=request.revert_to))
+                current_size = after['virtual_size'] = revert['snapshot-size']
         if request.commit:
             uncommitted = facts.get('uncommitted')
             if uncommitted is None:
@@ -579,6 +613,9 @@ def read_state(request):
                 facts['check'] = None
         if request.commit:
             facts['uncommitted'] = uncommitted_bytes(request.path, current_info, request.allow_dirs)
+        if request.revert_to is not None:
+            facts['revert'] = snapshot_compare(request.path, request.revert_to, fmt=request.format,
+                                               allow_dirs=request.allow_dirs)
     return current_info, src_info, backing_info, facts
 
 
@@ -644,6 +681,8 @@ def _run_in_place(action, request):
                             allow_dirs=request.allow_dirs)
     if kind == 'repair':
         return image_check(request.path, fmt=request.format, repair=args['mode'], allow_dirs=request.allow_dirs)
+    if kind == 'revert':
+        return snapshot_apply(request.path, args['name'], fmt=request.format, allow_dirs=request.allow_dirs)
     if kind == 'snapshot_create':
         return snapshot_create(request.path, args['name'], fmt=request.format, allow_dirs=request.allow_dirs)
     if kind == 'snapshot_delete':

@@ -21,8 +21,8 @@ description:
     is never silently accepted; the task fails unless O(force=true), which recreates it. Two differences are resolved in
     place instead, keeping the content; a different backing file when O(rebase) is set, and different amendable options
     (C(compat), C(lazy_refcounts), C(refcount_bits)), which are amended.
-  - On an existing image the steps run in this order; O(repair), O(commit), amending options, O(rebase), resizing to
-    O(size), then deleting and creating O(snapshots).
+  - On an existing image the steps run in this order; O(repair), O(revert_to), O(commit), amending options, O(rebase),
+    resizing to O(size), then deleting and creating O(snapshots).
 author:
   - kvm.storage contributors (@kvm-storage)
 extends_documentation_fragment:
@@ -44,7 +44,8 @@ attributes:
     details:
       - The diff shows the normalised image view used for the comparison (format, virtual size, backing file,
         backing format, creation options, snapshot names; with O(repair) the leaks and corruptions found, with
-        O(commit) the bytes the image holds above its backing file) plus file attributes that change.
+        O(commit) the bytes the image holds above its backing file, with O(revert_to) whether the disk matches the
+        snapshot) plus file attributes that change.
 options:
   path:
     description:
@@ -167,6 +168,18 @@ options:
         type: str
         choices: [present, absent]
         default: present
+  revert_to:
+    description:
+      - Make the disk what internal snapshot O(revert_to) (its name, else its ID) holds (like C(qemu-img snapshot -a)):
+        its content and its virtual size. qcow2 only. The snapshot itself is kept.
+      - The snapshot is applied only when the disk differs from it, which makes the task idempotent. To find out, the
+        disk is compared with the snapshot; clusters they still share are not read, the others are read and compared.
+      - Everything written since the snapshot was taken is lost. Every run of the task reverts again what was written
+        in between; use it in a play meant to reset a disk, not in one that runs regularly.
+      - With O(size), the disk is reverted and then resized; it matches when it has that size, the snapshot's content
+        up to the smaller of the two sizes, and zeroes past the snapshot's end.
+      - The task fails, in check mode too, when the image has no such snapshot.
+    type: str
   rebase:
     description:
       - When an existing image records another backing file or backing format than O(backing_file) and
@@ -210,8 +223,6 @@ options:
     default: false
 notes:
   - Images in use by a running guest (locked the way QEMU locks them) are not written; the task fails.
-  - Reverting an image to an internal snapshot (C(qemu-img snapshot -a)) is not offered; it cannot be made idempotent,
-    because whether the disk still equals the snapshot is not known without comparing their contents.
   - Like QEMU, a qcow2 image left dirty by a crash with lazy refcounts is repaired when it is opened for writing.
   - The image at O(path) must be a regular file.
 seealso:
@@ -272,6 +283,12 @@ EXAMPLES = r'''
       - name: before-upgrade
       - name: before-install
         state: absent
+
+- name: Reset a test VM's disk to its clean snapshot (nothing done when it still matches)
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/test-vm.qcow2
+    format: qcow2
+    revert_to: clean
 
 - name: Move an overlay onto a new base image, keeping what the guest sees
   kvm.storage.disk_image:

@@ -13,7 +13,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ..errors import ImageError, InvalidOptionError, UnsupportedOperation
-from ..formats.base import Driver
+from ..formats.base import DATA, MAX_IO, ZERO, Driver
 from .image import open_driver, translate_os_errors
 from .info import open_top_layer
 
@@ -30,6 +30,63 @@ def _snapshot_method(driver, method, path):
     if function is None or getattr(type(driver), method, None) is getattr(Driver, method):
         raise UnsupportedOperation("%s images have no internal snapshots" % driver.format_name, path)
     return function
+
+
+# Guest range whose block status is asked for at once (bounded memory whatever the image size).
+STATUS_WINDOW = 1 << 30
+
+
+def _paired_extents(extents_a, extents_b):
+    """Walk two extent lists covering the same range: (start, end, extent_a, extent_b)."""
+    index_a = index_b = 0
+    while index_a < len(extents_a) and index_b < len(extents_b):
+        extent_a, extent_b = extents_a[index_a], extents_b[index_b]
+        end_a, end_b = extent_a.start + extent_a.length, extent_b.start + extent_b.length
+        start, end = max(extent_a.start, extent_b.start), min(end_a, end_b)
+        if start < end:
+            yield start, end, extent_a, extent_b
+        if end_a <= end:
+            index_a += 1
+        if end_b <= end:
+            index_b += 1
+
+
+def _same_cluster(start, extent_a, extent_b):
+    """Whether both layers map ``start`` to the same host offset of the same file (so the same bytes)."""
+    return (extent_a.kind == DATA and extent_b.kind == DATA and extent_a.offset is not None
+            and extent_b.offset is not None
+            and extent_a.offset + start - extent_a.start == extent_b.offset + start - extent_b.start)
+
+
+def _same_content(layer_a, layer_b, size):
+    """Whether two views of one image file read the same up to ``size`` (shared clusters are not read)."""
+    for window in range(0, size, STATUS_WINDOW):
+        length = min(STATUS_WINDOW, size - window)
+        for start, end, extent_a, extent_b in _paired_extents(layer_a.block_status(window, length),
+                                                              layer_b.block_status(window, length)):
+            if extent_a.kind == extent_b.kind and extent_a.kind != DATA:
+                continue  # both zero, or both falling through to the same backing file
+            if _same_cluster(start, extent_a, extent_b):
+                continue
+            for position in range(start, end, MAX_IO):
+                chunk = min(MAX_IO, end - position)
+                if layer_a.read(position, chunk) != layer_b.read(position, chunk):
+                    return False
+    return True
+
+
+def _reads_zero(layer, start, end):
+    """Whether ``layer`` (with its backing chain) reads zeroes over [start, end)."""
+    for window in range(start, end, STATUS_WINDOW):
+        length = min(STATUS_WINDOW, end - window)
+        for extent in layer.block_status(window, length):
+            if extent.kind == ZERO or (extent.kind != DATA and layer.backing is None):
+                continue
+            for position in range(extent.start, extent.start + extent.length, MAX_IO):
+                chunk = min(MAX_IO, extent.start + extent.length - position)
+                if layer.read(position, chunk).count(0) != chunk:
+                    return False
+    return True
 
 
 def _find(snapshots, name):
@@ -90,3 +147,37 @@ def snapshot_apply(path, name, fmt=None, allow_dirs=None):
 def snapshot_delete(path, name, fmt=None, allow_dirs=None):
     """Delete snapshot ``name`` (by name, else by ID; qemu-img snapshot -d)."""
     _modify(path, name, fmt, allow_dirs, "snapshot_delete", must_exist=True)
+
+
+@translate_os_errors("cannot compare with snapshot")
+def snapshot_compare(path, name, fmt=None, allow_dirs=None, force_share=False):
+    """Whether the current disk of ``path`` is what applying snapshot ``name``
+    (by name, else by ID) would make it.  Returns {"identical": same size and
+    content, "identical-prefix": the same content up to the smaller of the two
+    sizes, "zero-beyond": the disk reads zeroes past the snapshot's size (true
+    when it is not larger), "snapshot-size": virtual size the snapshot
+    restores, "virtual-size": current virtual size}.  Clusters the disk still
+    shares with the snapshot are not read; the others are compared byte for
+    byte."""
+    _check_name(path, name)
+    current = open_driver(path, fmt=fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share)
+    snapshot = None
+    try:
+        if getattr(type(current), "snapshot_apply", None) is getattr(Driver, "snapshot_apply"):
+            raise UnsupportedOperation("%s images have no internal snapshots" % current.format_name, path)
+        if _find(current.snapshots(), name) is None:
+            raise ImageError("no snapshot named %r (snapshots: %s)" % (
+                name, ", ".join(repr(s["name"]) for s in current.snapshots()) or "none"), path)
+        snapshot = open_driver(path, fmt=current.format_name, readonly=True, allow_dirs=allow_dirs,
+                               force_share=True)
+        snapshot.select_snapshot(name)
+        common = min(snapshot.virtual_size, current.virtual_size)
+        prefix = _same_content(current, snapshot, common)
+        beyond = _reads_zero(current, common, current.virtual_size) if prefix else False
+        return {"identical": prefix and snapshot.virtual_size == current.virtual_size,
+                "identical-prefix": prefix, "zero-beyond": beyond,
+                "snapshot-size": snapshot.virtual_size, "virtual-size": current.virtual_size}
+    finally:
+        if snapshot is not None:
+            snapshot.close()
+        current.close()

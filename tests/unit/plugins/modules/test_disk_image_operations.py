@@ -25,6 +25,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
     plan_disk_image,
     read_state,
 )
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import ImageError
 from ansible_collections.kvm.storage.plugins.modules import disk_image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'module_utils', 'diskimage'))
@@ -132,6 +133,50 @@ def test_snapshot_of_a_new_image_is_taken_after_creation(tmp_path):
 def test_snapshot_requests_refused(fmt, snapshots, message):
     with pytest.raises(DiskImageError, match=message):
         DiskImageRequest('/x', fmt=fmt, snapshots=snapshots)
+
+
+# --------------------------------------------------------------------------- revert_to
+def test_revert_applies_the_snapshot_only_when_the_disk_differs(tmp_path):
+    path = make_qcow2(tmp_path / 'a.qcow2')
+    qemu_io(path, 'write -P 0x61 0 256k')
+    qemu_img('snapshot', '-c', 'clean', path)
+    expected = digest(path, tmp_path)
+    request, plan = plan_for(path=path, fmt='qcow2', revert_to='clean')
+    assert plan.actions == [] and plan.before['content_matches_snapshot'] is True
+    qemu_io(path, 'write -P 0x62 64k 4k')
+    qemu_img('resize', path, '6M')
+    request, plan = plan_for(path=path, fmt='qcow2', revert_to='clean')
+    assert [a.description for a in plan.actions] == [
+        "revert %s to snapshot 'clean' (virtual size %d to %d bytes)" % (path, 6 * MIB, 4 * MIB)]
+    assert (plan.before['content_matches_snapshot'], plan.after['content_matches_snapshot']) == (False, True)
+    assert plan.after['virtual_size'] == 4 * MIB
+    apply_plan(plan, request)
+    assert digest(path, tmp_path) == expected
+    assert snapshot_names(path) == ['clean']
+    assert_clean(path)
+    assert not plan_for(path=path, fmt='qcow2', revert_to='clean')[1].changed
+
+
+def test_revert_then_grow_in_one_task(tmp_path):
+    path = make_qcow2(tmp_path / 'a.qcow2')
+    qemu_img('snapshot', '-c', 'clean', path)
+    qemu_io(path, 'write -P 0x63 0 64k')
+    request, plan = plan_for(path=path, fmt='qcow2', revert_to='clean', size='8M')
+    assert kinds(plan) == ['revert', 'resize']
+    apply_plan(plan, request)
+    assert qemu_json('info', path)['virtual-size'] == 8 * MIB
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'read -P 0 0 64k', path], check=True, stdout=subprocess.PIPE)
+    assert not plan_for(path=path, fmt='qcow2', revert_to='clean', size='8M')[1].changed
+
+
+def test_revert_to_a_missing_snapshot_fails(tmp_path):
+    path = make_qcow2(tmp_path / 'a.qcow2')
+    with pytest.raises(ImageError, match="no snapshot named 'clean'"):
+        plan_for(path=path, fmt='qcow2', revert_to='clean')
+    with pytest.raises(DiskImageError, match='does not exist'):
+        plan_for(path=str(tmp_path / 'new.qcow2'), fmt='qcow2', size='1M', revert_to='clean')
+    with pytest.raises(DiskImageError, match='also listed absent'):
+        DiskImageRequest(path, fmt='qcow2', revert_to='clean', snapshots=[{'name': 'clean', 'state': 'absent'}])
 
 
 # --------------------------------------------------------------------------- repair
@@ -347,7 +392,7 @@ def run_module(capsys, check_mode=False, **args):
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize('case', ['snapshots', 'repair', 'commit', 'rebase', 'amend', 'grow-preallocated'])
+@pytest.mark.parametrize('case', ['snapshots', 'repair', 'commit', 'rebase', 'amend', 'grow-preallocated', 'revert'])
 def test_check_mode_predicts_the_real_run(tmp_path, capsys, case):
     args = dict(path=str(tmp_path / 'a.qcow2'), format='qcow2')
     if case == 'snapshots':
@@ -366,6 +411,11 @@ def test_check_mode_predicts_the_real_run(tmp_path, capsys, case):
     elif case == 'amend':
         make_qcow2(tmp_path / 'a.qcow2')
         args['options'] = {'lazy_refcounts': True}
+    elif case == 'revert':
+        make_qcow2(tmp_path / 'a.qcow2')
+        qemu_img('snapshot', '-c', 'clean', tmp_path / 'a.qcow2')
+        qemu_io(tmp_path / 'a.qcow2', 'write -P 0x64 0 64k')
+        args['revert_to'] = 'clean'
     else:
         make_qcow2(tmp_path / 'a.qcow2', '1M')
         args.update(size='3M', preallocation='falloc')
@@ -382,7 +432,7 @@ def test_check_mode_predicts_the_real_run(tmp_path, capsys, case):
     assert len(runs[1]['stats']['operations']) == len(runs[1]['actions'])
     assert runs[1]['stats']['operations'][0]['kind'] == {
         'snapshots': 'snapshot_delete', 'repair': 'repair', 'commit': 'commit', 'rebase': 'rebase',
-        'amend': 'amend', 'grow-preallocated': 'resize'}[case]
+        'amend': 'amend', 'grow-preallocated': 'resize', 'revert': 'revert'}[case]
     assert_clean(args['path'])
 
 

@@ -168,3 +168,32 @@ def test_snapshot_of_an_image_in_use_is_refused(tmp_path):
         with pytest.raises(diskimage.ImageInUseError):
             diskimage.snapshot_create(path, "busy")
     assert qemu_snapshots(path) == []
+
+
+def test_compare_with_a_snapshot(tmp_path):
+    path = make_qcow2(tmp_path, "disk.qcow2", "4M", "write -P 0x11 0 256k", "write -c -P 0x12 1M 64k")
+    diskimage.snapshot_create(path, "s")
+    assert diskimage.snapshot_compare(path, "s") == {"identical": True, "identical-prefix": True, "zero-beyond": True,
+                                                     "snapshot-size": 4 * MIB, "virtual-size": 4 * MIB}
+    # the same bytes written again: other clusters, same content
+    qemu_tools.qemu_io(path, "write -P 0x11 0 64k", fmt="qcow2")
+    assert diskimage.snapshot_compare(path, "s")["identical"]
+    qemu_tools.qemu_io(path, "write -P 0x13 128k 512", fmt="qcow2")
+    assert not diskimage.snapshot_compare(path, "s")["identical"]
+    diskimage.snapshot_apply(path, "s")
+    assert diskimage.snapshot_compare(path, "s")["identical"]
+    qemu_tools.qemu_io(path, "write -z 1M 64k", fmt="qcow2")
+    assert not diskimage.snapshot_compare(path, "1")["identical"]
+    diskimage.snapshot_apply(path, "s")
+    qemu_tools.qemu_img("resize", path, "6M")
+    result = diskimage.snapshot_compare(path, "s")
+    assert result == {"identical": False, "identical-prefix": True, "zero-beyond": True,
+                      "snapshot-size": 4 * MIB, "virtual-size": 6 * MIB}
+    qemu_tools.qemu_io(path, "write -P 0x14 5M 4k", fmt="qcow2")
+    assert not diskimage.snapshot_compare(path, "s")["zero-beyond"]
+    qemu_tools.qemu_img("resize", "--shrink", path, "2M")
+    result = diskimage.snapshot_compare(path, "s")
+    assert (result["identical"], result["identical-prefix"], result["zero-beyond"]) == (False, True, True)
+    with pytest.raises(ImageError, match="no snapshot named 'other'"):
+        diskimage.snapshot_compare(path, "other")
+    assert_clean(path)
