@@ -283,6 +283,7 @@ class _SparseExtent:
         self.gd = None
         self.rgd = None
         self.gd_offset = 0
+        self.rgd_offset = 0
         self.compressed = False
         self.markers = False
         self.zero_grain = False
@@ -379,7 +380,8 @@ class _SparseExtent:
         self.gd_offset = gd_offset * SECTOR_SIZE
         self.gd = self._read_directory(self.gd_offset, "grain directory")
         if flags & FLAG_RGD and rgd_offset and not self.stream_at_end:
-            self.rgd = self._read_directory(rgd_offset * SECTOR_SIZE, "redundant grain directory")
+            self.rgd_offset = rgd_offset * SECTOR_SIZE
+            self.rgd = self._read_directory(self.rgd_offset, "redundant grain directory")
 
     @classmethod
     def open_cowd(cls, image_file, path, header_bytes):
@@ -594,6 +596,31 @@ class _SparseExtent:
         return None
 
     # ------------------------------------------------------------- writes
+    def allocate_table(self, gd_index):
+        """A new, empty grain table ``gd_index`` (and its redundant copy) at the end
+        of the extent file, entered in the grain directories; returns it."""
+        if self.sesparse or self.kind == "VMFSSPARSE" or self.stream_at_end:
+            raise UnsupportedOperation("VMDK grain table %d is not allocated; allocating one in a %s extent is "
+                                       "not supported" % (gd_index, self.kind or "stream"), self.path)
+        table_bytes = _round_up(self.gtes_per_gt * 4, SECTOR_SIZE)
+        copies = 2 if self.rgd is not None else 1
+        host = self.next_grain
+        if (host + copies * table_bytes) // SECTOR_SIZE >= MAX_EXTENT_SECTORS:
+            raise UnsupportedOperation("VMDK extent full: tables beyond 2 TiB of file cannot be addressed", self.path)
+        # Empty tables first, then the directory entries that make them reachable.
+        self.image_file.pwrite(host, bytes(copies * table_bytes))
+        self.file_size = max(self.file_size, host + copies * table_bytes)
+        self.next_grain = _round_up(host + copies * table_bytes, self.grain_size)
+        self.gd[gd_index] = host // SECTOR_SIZE
+        self.image_file.pwrite(self.gd_offset + 4 * gd_index, struct.pack("<I", self.gd[gd_index]))
+        if self.rgd is not None:
+            self.rgd[gd_index] = (host + table_bytes) // SECTOR_SIZE
+            self.image_file.pwrite(self.rgd_offset + 4 * gd_index, struct.pack("<I", self.rgd[gd_index]))
+        table = array.array("I", bytes(4 * self.gtes_per_gt))
+        self._gt_cache[gd_index] = table
+        self._gt_cache_bytes += 4 * self.gtes_per_gt
+        return table
+
     def set_entries(self, gd_index, updates):
         """Write grain table entries {index in table: value} of table ``gd_index``
         (and of its redundant copy)."""
@@ -994,8 +1021,7 @@ class VmdkDriver(Driver):
             gd_index, table_index = divmod(grain_index, extent.gtes_per_gt)
             table = extent.grain_table(gd_index)
             if table is None:
-                raise UnsupportedOperation("VMDK grain table %d is not allocated; writing there is not supported"
-                                           % gd_index, self.path)
+                table = extent.allocate_table(gd_index)
             entry = table[table_index]
             pending = updates.get(gd_index, {}).get(table_index)
             if pending is not None:
@@ -1045,8 +1071,7 @@ class VmdkDriver(Driver):
             gd_index, table_index = divmod(grain_index, extent.gtes_per_gt)
             table = extent.grain_table(gd_index)
             if table is None:
-                raise UnsupportedOperation("VMDK grain table %d is not allocated; writing there is not supported"
-                                           % gd_index, self.path)
+                table = extent.allocate_table(gd_index)
             state = extent.classify(table[table_index], grain_index)[0]
             if state in (_DATA, _COMPRESSED) or table_index in updates.get(gd_index, {}):
                 raise UnsupportedOperation("could not write to allocated grain %d of a streamOptimized image "

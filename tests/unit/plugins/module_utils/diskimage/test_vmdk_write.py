@@ -311,3 +311,39 @@ def test_convert_onto_a_vmdk_backing_file(subformat, tmp_path):
     assert info["backing-filename"] == "base.vmdk"
     assert info["format-specific"]["data"]["parent-cid"] == qemu_tools.qemu_img_json(
         "info", base)["format-specific"]["data"]["cid"]
+
+
+@pytest.mark.parametrize("subformat", ("monolithicSparse", "streamOptimized"))
+def test_unallocated_grain_tables_are_allocated_on_write(subformat, tmp_path):
+    """Grain directory entries of 0 (no table yet): a write allocates the table (and its
+    redundant copy) at the end of the file before the grain."""
+    image = tmp_path / "disk.vmdk"
+    qemu_tools.qemu_img("create", "-q", "-f", "vmdk", "-o", "subformat=" + subformat, image, "80M")
+    raw = bytearray(image.read_bytes())
+    header = struct.unpack_from("<4sIIQQQQIQQQ", raw)
+    rgd, gd = header[8], header[9]
+    for directory in (rgd, gd):
+        raw[directory * 512:directory * 512 + 8] = bytes(8)      # tables 0 and 1 "not allocated"
+    image.write_bytes(bytes(raw))
+    mirror = tmp_path / "mirror.raw"
+    qemu_tools.qemu_img("create", "-q", "-f", "raw", mirror, "80M")
+    writes = ((0, 0x61), (40 * MIB, 0x62), (70 * MIB, 0x63), (33 * MIB, 0x64))
+    with diskimage.open_image(str(image), fmt="vmdk", readonly=False) as opened:
+        for offset, value in writes:
+            opened.write(offset, bytes([value]) * 65536)
+    with open(str(mirror), "r+b") as mirror_file:
+        for offset, value in writes:
+            mirror_file.seek(offset)
+            mirror_file.write(bytes([value]) * 65536)
+    assert qemu_compare(mirror, image, "raw", "vmdk") == (0, "Images are identical.\n")
+    qemu_check_clean(image)
+    raw = image.read_bytes()
+    assert struct.unpack_from("<2I", raw, gd * 512) != (0, 0)
+    if subformat == "monolithicSparse":
+        assert struct.unpack_from("<2I", raw, rgd * 512) != (0, 0)
+        # the redundant tables hold the same entries as the primary ones
+        for index in range(3):              # 80 MiB: three tables of 32 MiB
+            primary = struct.unpack_from("<I", raw, gd * 512 + 4 * index)[0] * 512
+            redundant = struct.unpack_from("<I", raw, rgd * 512 + 4 * index)[0] * 512
+            assert primary != redundant
+            assert raw[primary:primary + 2048] == raw[redundant:redundant + 2048]
