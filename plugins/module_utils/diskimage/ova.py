@@ -68,6 +68,8 @@ MAX_HEADER_READ = 1024 * 1024
 # Largest OVF descriptor read (VirtualBox's are ~10 KiB).
 MAX_OVF_SIZE = 4 * 1024 * 1024
 TAR_BLOCK = 512
+# What tarfile raises on malformed headers (numbers and names it cannot decode included).
+_TAR_ERRORS = (tarfile.TarError, ValueError, OverflowError, UnicodeError, EOFError)
 
 # Compressed archives: magic at offset 0 → name (no fixed member offsets inside).
 COMPRESSED_MAGICS = (
@@ -196,13 +198,13 @@ class Archive:
         reader = _BoundedReader(image_file)
         try:
             tar = tarfile.open(fileobj=reader, mode="r:")
-        except tarfile.TarError as exc:
+        except _TAR_ERRORS as exc:
             raise FormatError("not a tar archive (OVA): %s" % exc, self.path)
         try:
             while True:
                 try:
                     info = tar.next()
-                except tarfile.TarError as exc:
+                except _TAR_ERRORS as exc:
                     raise FormatError("tar archive: bad header after %d members: %s"
                                       % (len(self.order), exc), self.path)
                 if info is None:
@@ -213,7 +215,7 @@ class Archive:
                 self._add(info)
                 # tarfile keeps every TarInfo; only our own table is needed.
                 tar.members = []
-        except tarfile.TarError as exc:
+        except _TAR_ERRORS as exc:
             raise FormatError("tar archive: %s" % exc, self.path)
         if not self.order:
             raise FormatError("tar archive holds no members", self.path)
@@ -227,6 +229,9 @@ class Archive:
             return
         if info.isdir():
             return
+        if info.size < 0 or info.offset_data < 0:
+            raise FormatError("tar member %r: negative size %d or data offset %d"
+                              % (name, info.size, info.offset_data), self.path)
         sparse = bool(info.sparse) or any(key.startswith("GNU.sparse.") for key in info.pax_headers)
         regular = info.isreg() and not sparse
         member = _Member(name, info.offset_data, info.size, regular, sparse)
