@@ -470,6 +470,20 @@ class QcowDriver(Driver):
                 self.write(guest, memoryview(zeroes)[:chunk])
                 guest += chunk
 
+    def make_empty(self):
+        """Drop every cluster (qemu-img commit), as QEMU does: the L1 table is
+        cleared, then the file cut right after it."""
+        self._prepare_write()
+        header = self.header
+        self._l1 = array.array("Q", bytes(len(self._l1) * 8))
+        self._l2_cache.clear()
+        self._decompressed = (None, None)
+        self.image_file.pwrite(header.l1_table_offset, _be_bytes(self._l1))
+        self.image_file.flush()
+        end = header.l1_table_offset + len(self._l1) * 8
+        self.image_file.truncate(end)
+        self._file_end = end
+
     # ------------------------------------------------------- compressed writes
     def compress_cluster(self, data):
         """Raw deflate of one whole cluster, or None when it does not pay

@@ -554,6 +554,21 @@ class QedDriver(Driver):
         self.backing_filename = backing_file
         self.backing_format = "raw" if name and backing_fmt == "raw" else None
 
+    def make_empty(self):
+        """Drop every cluster (qemu-img commit): the L1 table is cleared, then
+        the file cut after it.  QEMU 7.2 leaves a committed QED image as it
+        was; an emptied one reads the same, through its backing file."""
+        self._prepare_write()
+        header = self.header
+        self._l1 = array.array("Q", bytes(self._table_bytes))
+        self._l2_cache.clear()
+        self.image_file.pwrite(header.l1_table_offset, _le_bytes(self._l1))
+        self.image_file.flush()
+        end = header.l1_table_offset + self._table_bytes
+        if end >= self._data_start:
+            self.image_file.truncate(end)
+            self._file_size = end
+
     def resize(self, new_size, preallocation=None):
         """Grow the image (QED cannot shrink); a range the backing file would
         show through is made to read as zeroes."""

@@ -164,3 +164,31 @@ def test_convert_with_a_backing_file(tmp_path):
                       options={"backing_file": "base.qcow2", "backing_fmt": "qcow2"})
     run("qemu-img", "compare", source, target)
     assert qemu_img_json("info", target)["backing-filename"] == "base.qcow2"
+
+
+def test_commit_empties_the_image_as_qemu_img_does(tmp_path):
+    images = []
+    for name in ("ours", "theirs"):
+        (tmp_path / name).mkdir()
+        base = tmp_path / name / "base.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", base, "1M")
+        top = tmp_path / name / "top.qcow"
+        qemu_img("create", "-q", "-f", "qcow", "-o", "backing_file=base.qcow2,backing_fmt=qcow2", top)
+        qemu_io(top, "write -P 0x12 0 64k", "write -P 0x13 300k 1000", fmt="qcow")
+        images.append((base, top))
+    diskimage.commit(str(images[0][1]))
+    qemu_img("commit", images[1][1])
+    run("qemu-img", "compare", images[0][0], images[1][0])
+    assert images[0][1].read_bytes() == images[1][1].read_bytes()
+
+
+def test_commit_into_a_raw_backing_file_is_refused(tmp_path):
+    # qcow records no backing format: a raw backing file is only ever guessed, never written
+    base = tmp_path / "base.raw"
+    qemu_img("create", "-q", "-f", "raw", base, "1M")
+    top = tmp_path / "top.qcow"
+    qemu_img("create", "-q", "-f", "qcow", "-o", "backing_file=base.raw,backing_fmt=raw", top)
+    qemu_io(top, "write -P 0x12 0 64k", fmt="qcow")
+    with pytest.raises(InvalidOptionError, match="probes as raw"):
+        diskimage.commit(str(top))
+    assert base.read_bytes() == bytes(M)

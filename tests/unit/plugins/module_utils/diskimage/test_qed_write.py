@@ -270,3 +270,20 @@ def test_resize_grows_like_qemu_img_and_hides_a_longer_backing_file(tmp_path):
     diskimage.resize(str(top), 3 * M)
     model = bytearray(b"\x31" * (M + 1024) + bytes(2 * M - 1024))
     assert_same_as(tmp_path, top, model)
+
+
+def test_commit_writes_into_the_backing_file(tmp_path):
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "2M")
+    qemu_io(base, "write -P 0x21 0 2M", fmt="qcow2")
+    top = tmp_path / "top.qed"
+    qemu_img("create", "-q", "-f", "qed", "-o", "backing_file=base.qcow2,backing_fmt=qcow2,cluster_size=4096", top)
+    qemu_io(top, "write -P 0x22 4k 6000", "write -z 1M 8k", fmt="qed")
+    expected = tmp_path / "expected.raw"
+    qemu_img("convert", "-O", "raw", top, expected)
+    diskimage.commit(str(top))
+    run("qemu-img", "compare", "-F", "raw", base, expected)
+    run("qemu-img", "compare", "-F", "raw", top, expected)
+    assert diskimage.map(str(top)) == qemu_img_json("map", top)
+    check = qemu_img_json("check", top)
+    assert "allocated-clusters" not in check and "leaks" not in check
