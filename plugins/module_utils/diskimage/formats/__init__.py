@@ -22,6 +22,7 @@ from .parallels import ParallelsDriver
 from .bochs import BochsDriver
 from .cloop import CloopDriver
 from .dmg import DmgDriver
+from .luks import LuksDriver
 
 DRIVERS = {
     RawDriver.format_name: RawDriver,
@@ -36,6 +37,7 @@ DRIVERS = {
     BochsDriver.format_name: BochsDriver,
     CloopDriver.format_name: CloopDriver,
     DmgDriver.format_name: DmgDriver,
+    LuksDriver.format_name: LuksDriver,
 }
 
 
