@@ -39,9 +39,11 @@ def _describe(trail):
 class _Chain:
     """State shared by the openers of one open_driver call."""
 
-    def __init__(self, allow_dirs, force_share):
+    def __init__(self, allow_dirs, force_share, key_secret=None):
         self.allow_dirs = list(allow_dirs) if allow_dirs else None
         self.force_share = force_share
+        # Passphrase for encrypted (LUKS) layers; never logged or put in a message.
+        self.key_secret = key_secret
         # Everything opened so far, closed in reverse order on failure.
         self.opened = []
 
@@ -104,6 +106,11 @@ class _Opener:
         """The caller's extra allowed directories (None when none)."""
         return self._chain.allow_dirs
 
+    @property
+    def key_secret(self):
+        """The caller's passphrase for encrypted layers (formats/luks.py), or None."""
+        return self._chain.key_secret
+
     def search_dirs(self, referrer_path):
         """Directories searched for a parent known only by UUID (policy.search_dirs)."""
         return search_dirs(referrer_path, self._chain.allow_dirs)
@@ -132,14 +139,15 @@ class _Opener:
         return image_file
 
 
-def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None):
+def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None):
     """Open image ``path`` (format ``fmt``, probed when None) with its backing
     chain; backing layers and data files go through the path policy with
     ``allow_dirs``.  Returns the top Driver; closing it closes the chain.
     ``member`` selects a disk inside an OVA or Vagrant box (ova.locate: read
-    only; ``.ova``/``.box`` files open their first disk without it)."""
+    only; ``.ova``/``.box`` files open their first disk without it).
+    ``key_secret``: the passphrase of encrypted (LUKS) layers."""
     path = locate(path, fmt, member, readonly)
-    chain = _Chain(allow_dirs, force_share)
+    chain = _Chain(allow_dirs, force_share, key_secret)
     try:
         return chain.open_layer(path, fmt, readonly, [])
     except BaseException:

@@ -260,7 +260,7 @@ def _worker_count():
 @translate_os_errors("cannot convert image")
 def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progress=None,
             allow_dirs=None, target_is_zero=False, force_share=False, target_exists=False,
-            snapshot=None, src_member=None):
+            snapshot=None, src_member=None, key_secret=None):
     """Convert the image ``src`` (with its backing chain) into a new image
     ``dst`` of format ``out_fmt`` (never overwriting ``dst``).
 
@@ -279,6 +279,8 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
     content.
     ``src_member`` (name or index) converts a disk inside the OVA or Vagrant
     box ``src``, read in place (``.ova``/``.box`` sources default to the first disk).
+    ``key_secret`` is the passphrase of an encrypted (LUKS) source; a LUKS
+    output takes its passphrase from the ``key-secret`` option.
 
     Returns {"bytes_read", "bytes_written", "compressed_clusters",
     "virtual_size", "duration"} (bytes of guest data; duration in seconds).
@@ -288,7 +290,7 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         raise InvalidOptionError("progress must be callable, found %r" % (progress,), dst)
     if target_exists:
         return _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
-                                      target_is_zero, force_share, snapshot, started, src_member)
+                                      target_is_zero, force_share, snapshot, started, src_member, key_secret)
     destination = destination_path(dst)
     cls = creatable_driver_class(out_fmt, destination)
     options = normalize_options(options)
@@ -305,7 +307,7 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
 
     source = target_backing = target = temporary = None
     try:
-        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member)
+        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member, key_secret)
         if backing_file is not None:
             target_backing = open_backing(destination, backing_file, backing_fmt, allow_dirs)
             options["backing_file"] = backing_file
@@ -313,12 +315,14 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         size = round_up(source.virtual_size, SECTOR_SIZE)
         temporary = temporary_path(destination)
         build_image(cls, temporary, size, options, target_backing, destination)
-        target = open_driver(temporary, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs)
+        target = open_driver(temporary, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs,
+                             key_secret=options.get("key-secret"))
         if target_backing is not None:
             # Zeroes must be written so that the backing file does not show through.
             base, target_backing_size, has_zero_init = source.backing, target_backing.virtual_size, False
         else:
-            base, target_backing_size, has_zero_init = None, size, True
+            # A new LUKS image does not read as zeroes (has_zero_init False).
+            base, target_backing_size, has_zero_init = None, size, getattr(target, "has_zero_init", True)
         converter = _Converter(source, target, base, target_backing_size, has_zero_init, progress)
         # Formats that store every cluster compressed (streamOptimized VMDK) get the thread pool too.
         if compress or getattr(target, "compresses_every_cluster", False):
@@ -350,10 +354,10 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         close_quietly(source)
 
 
-def _open_source(src, src_fmt, allow_dirs, force_share, snapshot, member=None):
+def _open_source(src, src_fmt, allow_dirs, force_share, snapshot, member=None, key_secret=None):
     """The source chain, read-only; showing internal snapshot ``snapshot`` when given."""
     source = open_driver(src, fmt=src_fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
-                         member=member)
+                         member=member, key_secret=key_secret)
     if snapshot is not None:
         try:
             source.select_snapshot(str(snapshot))
@@ -364,7 +368,7 @@ def _open_source(src, src_fmt, allow_dirs, force_share, snapshot, member=None):
 
 
 def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
-                           target_is_zero, force_share, snapshot, started, src_member=None):
+                           target_is_zero, force_share, snapshot, started, src_member=None, key_secret=None):
     """convert(target_exists=True): qemu-img convert -n."""
     target_path = os.path.abspath(os.fspath(dst))
     if not out_fmt or not isinstance(out_fmt, str):
@@ -374,7 +378,7 @@ def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progre
                                  target_path)
     source = target = None
     try:
-        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member)
+        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member, key_secret)
         if os.path.realpath(source.path) == os.path.realpath(target_path):
             raise InvalidOptionError("the source and the target are the same image", target_path)
         target = open_driver(target_path, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs)

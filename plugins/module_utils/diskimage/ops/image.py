@@ -53,13 +53,14 @@ def translate_os_errors(action):
     return decorate
 
 
-def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None):
+def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None):
     """chain.open_driver, with OSError turned into ImageError naming the file.
-    ``member``: a disk inside an OVA or Vagrant box (name or index; ova.py)."""
+    ``member``: a disk inside an OVA or Vagrant box (name or index; ova.py).
+    ``key_secret``: the passphrase of encrypted (LUKS) layers."""
     path = os.fspath(path)
     try:
         return chain.open_driver(path, fmt=fmt, readonly=readonly, allow_dirs=allow_dirs,
-                                 force_share=force_share, member=member)
+                                 force_share=force_share, member=member, key_secret=key_secret)
     except ImageError:
         raise
     except OSError as exc:
@@ -203,9 +204,10 @@ class Image:
 
 
 @translate_os_errors("cannot open image")
-def open_image(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None):
+def open_image(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None):
     """Open ``path`` (format probed when ``fmt`` is None; a probed raw image
     refuses writes to sector 0) with its backing chain, under the path policy.
-    ``member`` selects a disk inside an OVA or Vagrant box (read-only)."""
+    ``member`` selects a disk inside an OVA or Vagrant box (read-only).
+    ``key_secret`` is the passphrase of an encrypted (LUKS) image."""
     return Image(open_driver(path, fmt=fmt, readonly=readonly, allow_dirs=allow_dirs,
-                             force_share=force_share, member=member))
+                             force_share=force_share, member=member, key_secret=key_secret))
