@@ -50,7 +50,7 @@ import os
 import posixpath
 import re
 import tarfile
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 from ._io import ImageFile
 from .errors import (FormatError, ImageError, ImageNotFoundError, InvalidOptionError, PolicyError,
