@@ -238,19 +238,23 @@ def test_truncated_files(image, size):
         read_all(image)
 
 
-def test_random_corruption_of_metadata_and_bat(image, tmp_path):
-    pristine = image.read_bytes()
-    damaged = tmp_path / "damaged.vhdx"
+def test_random_corruption_of_metadata_and_bat(image):
     rng = random.Random(7)
     metadata = vhdx_editing.regions(image)[vhdx_editing.METADATA_GUID][0]
     areas = [(2 * MIB, 2 * MIB + 64), (metadata, metadata + 256), (metadata + 65536, metadata + 65536 + 64)]
-    for attempt in range(60):
-        content = bytearray(pristine)
+    for attempt in range(40):
+        changes = []
         for flip in range(rng.randint(1, 4)):
             low, high = areas[(attempt + flip) % len(areas)]
-            content[rng.randrange(low, high)] = rng.randrange(256)
-        damaged.write_bytes(bytes(content))
+            offset = rng.randrange(low, high)
+            changes.append((offset, vhdx_editing.read_at(image, offset, 1)))
+            vhdx_editing.write_at(image, offset, bytes([rng.randrange(256)]))
         try:
-            read_all(damaged)
+            with diskimage.open_image(str(image)) as opened:
+                # A corrupt size may be huge: read what the test image can hold.
+                opened.read(0, min(opened.virtual_size, 8 * MIB))
         except ImageError:
             pass
+        for offset, original in reversed(changes):
+            vhdx_editing.write_at(image, offset, original)
+    assert read_all(image) == expected_content()
