@@ -26,6 +26,9 @@ Which member (``locate``):
     Vagrant box), the members whose names end in a disk image suffix, in
     archive order.  Any regular member may be named explicitly.
 
+Tar headers are read with the stdlib ``tarfile`` in read-only ``r:`` mode on
+a seekable reader: it seeks over member data (``r|`` streaming mode would
+read all of it) and gives each member's data offset (``TarInfo.offset_data``).
 Bounds (DESIGN.md rule 5): at most MAX_MEMBERS tar headers are scanned;
 tarfile reads (pax and GNU long-name data) are capped at MAX_HEADER_READ; the
 OVF descriptor at MAX_OVF_SIZE and parsed only without a DTD (no entities);
@@ -50,6 +53,7 @@ import os
 import posixpath
 import re
 import tarfile
+from urllib.parse import unquote
 from xml.etree import ElementTree
 
 from ._io import ImageFile
@@ -311,7 +315,14 @@ class Archive:
         if has_protocol(href):
             raise PolicyError("OVF descriptor %r: disk file %r is a URL; only members of the archive are read"
                               % (self.ovf_name, href), self.path)
-        name = _normalise_name(href)
+        # hrefs are relative to the descriptor (RFC 3986 references: percent-escapes decoded when
+        # the name as written is not a member).
+        base = posixpath.dirname(self.ovf_name)
+        name = _normalise_name(posixpath.join(base, href) if base and not href.startswith("/") else href)
+        if name not in self.members and "%" in name:
+            unquoted = unquote(name)
+            if unquoted in self.members:
+                name = unquoted
         if _attribute(file_element, "compression"):
             raise UnsupportedFeature("OVF descriptor %r: disk file %r is stored %s-compressed: it cannot be "
                                      "read in place; unpack it first"

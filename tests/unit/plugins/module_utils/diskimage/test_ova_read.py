@@ -393,3 +393,12 @@ def test_native_vagrant_box_reads_in_place_like_tar_x(tmp_path):
     info = diskimage.info(str(box))
     assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
     assert info["virtual-size"] == qemu_info(extracted / "box-disk1.vmdk")["virtual-size"]
+
+
+def test_ovf_hrefs_are_relative_to_the_descriptor_and_may_be_escaped(disks, tmp_path):
+    expected = qemu_tools.raw_digest(disks["raw_a"], tmp_path, "raw")
+    ovf = ovf_text([("my%20disk.vmdk", 8 * MIB, VMDK_STREAM_URI)])
+    archive = build_ova(tmp_path / "sub.ova", "appliance/vm.ovf", ovf,
+                        [("my disk.vmdk", disks["vmdk_b"]), ("appliance/my disk.vmdk", disks["vmdk_a"])])
+    assert [disk["name"] for disk in diskimage.ova_disks(str(archive))] == ["appliance/my disk.vmdk"]
+    assert our_digest(archive) == expected
