@@ -84,6 +84,36 @@ def _be_bytes(table):
     return copy.tobytes()
 
 
+def progression_length(table, first, stop, step):
+    """How many entries of ``table`` from index ``first`` (at most up to
+    ``stop``) continue ``table[first]`` by ``step`` each: whole runs of
+    contiguous clusters (step = cluster size) or equal entries (step 0) found
+    with slice comparisons instead of a Python loop per entry."""
+    start = table[first]
+    longest = stop - first
+    if step:
+        # a hostile entry near 2**64 cannot continue past it
+        longest = max(1, min(longest, (0xFFFFFFFFFFFFFFFF - start) // step + 1))
+
+    def matches(count):
+        if step:
+            expected = array.array("Q", range(start, start + count * step, step))
+        else:
+            expected = array.array("Q", [start]) * count
+        return table[first:first + count] == expected
+
+    if matches(longest):
+        return longest
+    low, high = 1, longest
+    while high - low > 1:
+        middle = (low + high) // 2
+        if matches(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
 class Header:
     """The qcow header's fields."""
 
@@ -245,21 +275,27 @@ class QcowDriver(Driver):
                 continue
             table = self._load_l2(l2_offset)
             base = l1_index * span
+            stop = -(-(table_end - base) // cs)
             while pos < table_end:
                 index = (pos - base) // cs
-                cluster_end = min(table_end, base + (index + 1) * cs)
                 entry = table[index]
-                if entry == 0:
-                    self._add_run(runs, pos, cluster_end - pos, UNALLOCATED, None)
-                elif entry & OFLAG_COMPRESSED:
+                if entry & OFLAG_COMPRESSED:
+                    cluster_end = min(table_end, base + (index + 1) * cs)
                     runs.append((pos, cluster_end - pos, "compressed", entry))
+                    pos = cluster_end
+                    continue
+                count = progression_length(table, index, stop, cs if entry else 0)
+                run_end = min(table_end, base + (index + count) * cs)
+                if entry == 0:
+                    self._add_run(runs, pos, run_end - pos, UNALLOCATED, None)
                 else:
-                    if entry + cs > self._file_end:
+                    last = entry + (count - 1) * cs
+                    if last + cs > self._file_end:
                         raise CorruptImageError("qcow L2 table at 0x%x, entry %d (guest offset 0x%x): cluster offset "
                                                 "0x%x is past the end of the file (%d bytes)"
-                                                % (l2_offset, index, pos, entry, self._file_end), self.path)
-                    self._add_run(runs, pos, cluster_end - pos, DATA, entry + (pos - base) % cs)
-                pos = cluster_end
+                                                % (l2_offset, index + count - 1, pos, last, self._file_end), self.path)
+                    self._add_run(runs, pos, run_end - pos, DATA, entry + (pos - base) % cs)
+                pos = run_end
         return runs
 
     @staticmethod
@@ -303,10 +339,15 @@ class QcowDriver(Driver):
         return bytes(self._read(offset, length))
 
     def _read(self, offset, length):
+        runs = self._map(offset, length)
+        if len(runs) == 1 and runs[0][2] == DATA:
+            chunk = self.image_file.pread(runs[0][3], length)
+            if len(chunk) == length:
+                return chunk
         out = bytearray(length)
         view = memoryview(out)
         cs = self.cluster_size
-        for guest, count, kind, host in self._map(offset, length):
+        for guest, count, kind, host in runs:
             pos = guest - offset
             if kind == DATA:
                 chunk = self.image_file.pread(host, count)
@@ -414,7 +455,9 @@ class QcowDriver(Driver):
                 head = self._fill(cluster_start, run_start - cluster_start, table, index)
                 tail = self._fill(run_end, cluster_start + (stop - index) * cs - run_end, table, stop - 1)
                 host = self._allocate((stop - index) * cs)
-                self.image_file.pwrite(host, b"".join((bytes(head), bytes(piece), bytes(tail))))
+                if head or tail:
+                    piece = b"".join((bytes(head), bytes(piece), bytes(tail)))
+                self.image_file.pwrite(host, piece)
                 changed.append((index, stop, host))
             index = stop
         if changed:

@@ -92,6 +92,36 @@ def max_image_size(cluster_size, table_size):
     return entries * entries * cluster_size
 
 
+def progression_length(table, first, stop, step):
+    """How many entries of ``table`` from index ``first`` (at most up to
+    ``stop``) continue ``table[first]`` by ``step`` each: whole runs of
+    contiguous clusters (step = cluster size) or equal entries (step 0) found
+    with slice comparisons instead of a Python loop per entry."""
+    start = table[first]
+    longest = stop - first
+    if step:
+        # a hostile entry near 2**64 cannot continue past it
+        longest = max(1, min(longest, (0xFFFFFFFFFFFFFFFF - start) // step + 1))
+
+    def matches(count):
+        if step:
+            expected = array.array("Q", range(start, start + count * step, step))
+        else:
+            expected = array.array("Q", [start]) * count
+        return table[first:first + count] == expected
+
+    if matches(longest):
+        return longest
+    low, high = 1, longest
+    while high - low > 1:
+        middle = (low + high) // 2
+        if matches(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
 class Header:
     """The QED header's fields."""
 
@@ -284,22 +314,26 @@ class QedDriver(Driver):
                 continue
             table = self._load_l2(l2_offset)
             base = l1_index * span
+            stop = -(-(table_end - base) // cs)
             while pos < table_end:
                 index = (pos - base) // cs
-                cluster_end = min(table_end, base + (index + 1) * cs)
                 entry = table[index]
+                count = progression_length(table, index, stop, 0 if entry <= ZERO_CLUSTER else cs)
+                run_end = min(table_end, base + (index + count) * cs)
                 if entry == 0:
-                    self._add_run(runs, pos, cluster_end - pos, UNALLOCATED, None)
+                    self._add_run(runs, pos, run_end - pos, UNALLOCATED, None)
                 elif entry == ZERO_CLUSTER:
-                    self._add_run(runs, pos, cluster_end - pos, ZERO, None)
+                    self._add_run(runs, pos, run_end - pos, ZERO, None)
                 else:
-                    if not self._cluster_offset_valid(entry):
+                    last = entry + (count - 1) * cs
+                    if not (self._cluster_offset_valid(entry) and self._cluster_offset_valid(last)):
+                        bad = entry if not self._cluster_offset_valid(entry) else last
                         raise CorruptImageError("QED L2 table at 0x%x, entry %d (guest offset 0x%x): cluster offset "
                                                 "0x%x is misaligned, inside the header or past the end of the file "
-                                                "(%d bytes)" % (l2_offset, index, pos, entry, self._file_size),
+                                                "(%d bytes)" % (l2_offset, index, pos, bad, self._file_size),
                                                 self.path)
-                    self._add_run(runs, pos, cluster_end - pos, DATA, entry + (pos - base) % cs)
-                pos = cluster_end
+                    self._add_run(runs, pos, run_end - pos, DATA, entry + (pos - base) % cs)
+                pos = run_end
         return runs
 
     @staticmethod
@@ -324,9 +358,14 @@ class QedDriver(Driver):
 
     def read(self, offset, length):
         self._check_range(offset, length)
+        runs = self._map(offset, length)
+        if len(runs) == 1 and runs[0][2] == DATA:
+            chunk = self.image_file.pread(runs[0][3], length)
+            if len(chunk) == length:
+                return bytes(chunk)
         out = bytearray(length)
         view = memoryview(out)
-        for guest, count, kind, host in self._map(offset, length):
+        for guest, count, kind, host in runs:
             pos = guest - offset
             if kind == DATA:
                 chunk = self.image_file.pread(host, count)
@@ -422,7 +461,9 @@ class QedDriver(Driver):
                 tail_entry = table[stop - 1] if table is not None else 0
                 tail = self._fill(run_end, cluster_start + clusters * cs - run_end, tail_entry)
                 host = self._allocate(clusters)
-                self.image_file.pwrite(host, b"".join((bytes(head), bytes(piece), bytes(tail))))
+                if head or tail:
+                    piece = b"".join((bytes(head), bytes(piece), bytes(tail)))
+                self.image_file.pwrite(host, piece)
                 changed.append((index, stop, host))
             index = stop
         if changed:
