@@ -8,7 +8,6 @@ qemu-img; convert to qcow2 compares equal; ADC/LZFSE chunks, decompression
 bombs, oversized property lists and damaged trailers give clear errors."""
 
 import bz2
-import gzip
 import hashlib
 import os
 import plistlib

@@ -26,8 +26,8 @@ EXT_OFF = 56
 BAT = 64
 
 
-@pytest.fixture
-def image(tmp_path):
+@pytest.fixture(name="image")
+def qemu_made_image(tmp_path):
     path = tmp_path / "disk.hds"
     qemu_img("create", "-q", "-f", "parallels", "-o", "cluster_size=64k", path, "1M")
     qemu_io(path, "write -P 0x42 0 64k", "write -P 0x43 192k 64k", fmt="parallels")
