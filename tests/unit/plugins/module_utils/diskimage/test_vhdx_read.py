@@ -8,11 +8,13 @@ import gzip
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
 
 import pytest
 
 import qemu_tools
+import vhdx_editing
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.chain import open_driver
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import FormatError, ImageNotFoundError
@@ -233,3 +235,16 @@ def test_differencing_sample_names_its_missing_parent(tmp_path):
     with pytest.raises(FormatError) as raised:
         diskimage.open_image(str(image))
     assert "DataWriteGuid" in str(raised.value) and "ff34003b-11ed-4cf8-a166-b2be05e20b80" in str(raised.value)
+
+
+def test_logical_sector_size_4096(source_raw, tmp_path):
+    """Hyper-V also makes 4096-byte logical sectors (another chunk ratio); qemu-img 7.2 neither makes
+    nor opens them, so the expected view is the source the image was made from."""
+    image = tmp_path / "disk.vhdx"
+    qemu_tools.qemu_img("convert", "-O", "vhdx", "-o", "block_size=1M", source_raw, image)
+    logical = vhdx_editing.metadata_item_offset(image, vhdx_editing.uuid.UUID("8141bf1d-a96f-4709-ba47-f233a8faab5f"))
+    vhdx_editing.write_at(image, logical, struct.pack("<I", 4096))
+    with open_driver(str(image)) as driver:
+        assert driver.logical_sector_size == 4096
+        assert driver.chunk_ratio == (1 << 23) * 4096 // MIB
+    assert our_digest(image) == qemu_tools.file_digest(source_raw)
