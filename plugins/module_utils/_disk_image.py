@@ -416,8 +416,9 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
     ``src_info`` is the info of ``request.src``, ``backing_info`` that of the requested backing file
     (``request.backing_format`` already filled in); ``facts`` what else read_state read for the request
     (``check``: the check result when repair is requested, ``uncommitted``: bytes the top layer holds when
-    commit is requested).  Returns a Plan; raises DiskImageError when the request cannot be met without a
-    flag the task did not set (force, shrink, rebase, repair=all).
+    commit is requested, ``revert``: snapshot_compare's result when revert_to is requested).  Returns a Plan;
+    raises DiskImageError when the request cannot be met without a flag the task did not set (force, shrink,
+    rebase, repair=all).
     """
     facts = facts or {}
     before = image_view(request.path, current_info)
@@ -559,8 +560,8 @@ def read_state(request):
     """Read once what the plan needs: (current_info, src_info, backing_info, facts); fills request.backing_format.
 
     ``facts`` holds what only some requests need: ``check`` (repair requested: the check result, None for a
-    format without checks) and ``uncommitted`` (commit requested: bytes the image's own layer holds, None
-    when it has no backing file).
+    format without checks), ``uncommitted`` (commit requested: bytes the image's own layer holds, None
+    when it has no backing file) and ``revert`` (revert_to requested: how the disk compares with the snapshot).
     """
     current_info = None
     if os.path.lexists(request.path):
