@@ -193,8 +193,9 @@ LOG_ZERO_SIGNATURE = b"zero"
 LOG_DATA_DESCRIPTOR_SIGNATURE = b"desc"
 LOG_DATA_SECTOR = struct.Struct("<4sI4084sI")
 LOG_DATA_SIGNATURE = b"data"
-# Largest log read into memory to find the active sequence, and largest zero run one descriptor may describe.
-MAX_LOG_BYTES = 64 * MiB
+# Largest log read into memory to find the active sequence (its entries' CRC-32C is computed in
+# Python, about 20 s per 16 MiB at worst), and largest zero run one descriptor may describe.
+MAX_LOG_BYTES = 16 * MiB
 MAX_LOG_ZERO_LENGTH = 1 * GiB
 
 # What qemu-img create writes (block/vhdx.c).
@@ -526,22 +527,31 @@ class VhdxDriver(Driver):
                 return log[start:end]
             return log[start:] + log[:end - length]
 
+        parsed = {}
+        checksummed = [0]
+
         def entry_at(position, expected_sequence):
+            if position not in parsed:
+                parsed[position] = parse_entry(position)
+            entry = parsed[position]
+            if entry is None or (expected_sequence is not None and entry[3] != expected_sequence):
+                return None
+            return entry
+
+        def parse_entry(position):
+            """The valid entry at ``position``, or None.  The cheap checks come first (a header, descriptor
+            or data sector has one role only), and the CRC-32C work is bounded by twice the log size."""
             raw = read(position, 1)
             (signature, checksum, entry_length, tail, sequence, descriptor_count, _reserved, log_guid,
              flushed_file_offset, last_file_offset) = LOG_ENTRY_HEADER.unpack_from(raw)
             if (signature != LOG_ENTRY_SIGNATURE or entry_length == 0 or entry_length % LOG_SECTOR_SIZE
                     or entry_length > length or sequence == 0 or log_guid != header.log_guid):
                 return None
-            if expected_sequence is not None and sequence != expected_sequence:
-                return None
             entry_sectors = entry_length // LOG_SECTOR_SIZE
             descriptor_sectors = (descriptor_count + 2 + 127) // 128
             if descriptor_sectors > entry_sectors:
                 return None
             raw = read(position, entry_sectors)
-            if checksum_of(raw) != checksum:
-                return None
             operations = []
             data_index = descriptor_sectors
             for index in range(descriptor_count):
@@ -567,6 +577,12 @@ class VhdxDriver(Driver):
                                        LOG_SECTOR_SIZE))
                 else:
                     return None
+            checksummed[0] += len(raw)
+            if checksummed[0] > 2 * length:
+                raise UnsupportedFeature("VHDX log: its candidate entries overlap too much to be checked (more than "
+                                         "twice the %d-byte log to checksum)" % length, self.path)
+            if checksum_of(raw) != checksum:
+                return None
             return (position, entry_sectors, tail, sequence, (flushed_file_offset, last_file_offset, operations))
 
         best_key = None

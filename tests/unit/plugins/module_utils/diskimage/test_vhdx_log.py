@@ -14,7 +14,7 @@ import qemu_tools
 import vhdx_editing
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.chain import open_driver
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import CorruptImageError
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import CorruptImageError, UnsupportedFeature
 
 MIB = 1024 * 1024
 SIZE = 4 * MIB
@@ -152,3 +152,26 @@ def test_flushed_file_offset_past_the_end_is_refused(tmp_path):
     with pytest.raises(CorruptImageError) as raised:
         read_all(image)
     assert "FlushedFileOffset" in str(raised.value)
+
+
+def test_log_checksum_work_is_bounded(tmp_path):
+    """Every log sector a header claiming the whole log: refused after twice the log is checksummed."""
+    image = tmp_path / "overlap.vhdx"
+    qemu_tools.qemu_img("create", "-q", "-f", "vhdx", image, SIZE)
+    log_guid = uuid.uuid4()
+    log_offset, log_length = vhdx_editing.log_region(image)
+    header = struct.pack("<4sIIIQII16sQQ", b"loge", 0, log_length, 0, 1, 0, 0, log_guid.bytes_le, 0, 0)
+    vhdx_editing.write_at(image, log_offset, header.ljust(SECTOR, b"\0") * (log_length // SECTOR))
+    vhdx_editing.set_log_guid(image, log_guid)
+    with pytest.raises(UnsupportedFeature) as raised:
+        read_all(image)
+    assert "overlap" in str(raised.value)
+
+
+def test_huge_dirty_log_is_refused(tmp_path):
+    image = tmp_path / "huge-log.vhdx"
+    qemu_tools.qemu_img("create", "-q", "-f", "vhdx", "-o", "log_size=32M", image, SIZE)
+    vhdx_editing.set_log_guid(image, uuid.uuid4())
+    with pytest.raises(UnsupportedFeature) as raised:
+        read_all(image)
+    assert "log" in str(raised.value)
