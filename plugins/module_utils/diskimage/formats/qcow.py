@@ -26,6 +26,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import array
+import bisect
 import os
 import struct
 import sys
@@ -125,6 +126,7 @@ class Header:
 
 class QcowDriver(Driver):
     format_name = "qcow"
+    format_label = "qcow image"
     can_create = True
     can_write = True
 
@@ -140,6 +142,7 @@ class QcowDriver(Driver):
         self._file_end = 0
         self.encrypted = False
         self._decompressed = (None, None)
+        self._l2_starts = None
 
     # ------------------------------------------------------------------ probing
     @classmethod
@@ -237,6 +240,40 @@ class QcowDriver(Driver):
             self.image_file.flush()
 
     # ---------------------------------------------------------------- tables
+    @property
+    def _l2_bytes(self):
+        return self._l2_entries * 8
+
+    def _fixed_metadata(self):
+        header = self.header
+        head_end = HEADER.size
+        if header.backing_file_offset:
+            head_end = max(head_end, header.backing_file_offset + header.backing_file_size)
+        offset = header.l1_table_offset
+        return ((0, head_end, "header"), (offset, offset + len(self._l1) * 8, "L1 table"))
+
+    def _check_no_overlap(self, host, length, what, l2_tables=True):
+        """Refuse a write of [host, host+length) that would land on the header,
+        the L1 table or (``l2_tables``) an L2 table (DESIGN rule 6)."""
+        end = host + length
+        for start, stop, name in self._fixed_metadata():
+            if host < stop and start < end:
+                raise CorruptImageError("%s: %s at 0x%x (%d bytes) overlaps the %s at 0x%x; refusing to write"
+                                        % (self.format_label, what, host, length, name, start), self.path)
+        if not l2_tables:
+            return
+        if self._l2_starts is None:
+            self._l2_starts = sorted(set(offset for offset in self._l1 if offset))
+        starts = self._l2_starts
+        index = bisect.bisect_left(starts, host - self._l2_bytes + 1)
+        if index < len(starts) and starts[index] < end:
+            raise CorruptImageError("%s: %s at 0x%x (%d bytes) overlaps the L2 table at 0x%x; refusing to write"
+                                    % (self.format_label, what, host, length, starts[index]), self.path)
+
+    def _note_l2_table(self, offset):
+        if self._l2_starts is not None:
+            bisect.insort(self._l2_starts, offset)
+
     def _l2_offset(self, l1_index):
         l2_offset = self._l1[l1_index]
         if l2_offset and (l2_offset + self._l2_entries * 8 > self._file_end or l2_offset & OFLAG_COMPRESSED):
@@ -449,7 +486,9 @@ class QcowDriver(Driver):
                         raise CorruptImageError("qcow L2 table at 0x%x, entry %d: cluster offset 0x%x is past the end "
                                                 "of the file" % (l2_offset, checked, table[checked]),
                                                 self.path)
-                self.image_file.pwrite(table[index] + run_start - (base + index * cs), piece)
+                host = table[index] + run_start - (base + index * cs)
+                self._check_no_overlap(host, len(piece), "data write")
+                self.image_file.pwrite(host, piece)
             else:
                 cluster_start = base + index * cs
                 head = self._fill(cluster_start, run_start - cluster_start, table, index)
@@ -486,6 +525,7 @@ class QcowDriver(Driver):
         if new_table:
             l2_offset = self._allocate(self._l2_entries * 8)
             self.image_file.pwrite(l2_offset, _be_bytes(table))
+            self._note_l2_table(l2_offset)
             if len(self._l2_cache) >= L2_CACHE_ENTRIES:
                 self._l2_cache.pop(next(iter(self._l2_cache)))
             self._l2_cache[l2_offset] = table
@@ -495,6 +535,7 @@ class QcowDriver(Driver):
         else:
             low = min(first for first, stop, host in changed)
             high = max(stop for first, stop, host in changed)
+            self._check_no_overlap(l2_offset, self._l2_bytes, "L2 table", l2_tables=False)
             self.image_file.pwrite(l2_offset + low * 8, _be_bytes(table[low:high]))
 
     def write_zeroes(self, offset, length, may_unmap=False):
@@ -520,6 +561,7 @@ class QcowDriver(Driver):
         header = self.header
         self._l1 = array.array("Q", bytes(len(self._l1) * 8))
         self._l2_cache.clear()
+        self._l2_starts = None
         self._decompressed = (None, None)
         self.image_file.pwrite(header.l1_table_offset, _be_bytes(self._l1))
         self.image_file.flush()
@@ -569,6 +611,7 @@ class QcowDriver(Driver):
             self._update_l2(l1_index, 0, None, [(index, index + 1, 0)])
             table = self._l2_cache[self._l1[l1_index]]
             l2_offset = self._l1[l1_index]
+        self._check_no_overlap(l2_offset, self._l2_bytes, "L2 table", l2_tables=False)
         table[index] = entry
         self.image_file.pwrite(l2_offset + index * 8, _be_bytes(table[index:index + 1]))
 

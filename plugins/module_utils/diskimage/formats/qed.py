@@ -24,6 +24,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import array
+import bisect
 import os
 import struct
 import sys
@@ -144,6 +145,7 @@ def _int_option(name, value, path):
 
 class QedDriver(Driver):
     format_name = "qed"
+    format_label = "QED image"
     can_create = True
     can_write = True
 
@@ -162,6 +164,7 @@ class QedDriver(Driver):
         self._data_start = 0
         self._write_ready = False
         self._dirty_by_us = False
+        self._l2_starts = None
 
     # ------------------------------------------------------------------ probing
     @classmethod
@@ -273,6 +276,36 @@ class QedDriver(Driver):
         self.image_file.pwrite(0, self.header.pack())
 
     # ---------------------------------------------------------------- tables
+    @property
+    def _l2_bytes(self):
+        return self._table_bytes
+
+    def _fixed_metadata(self):
+        offset = self.header.l1_table_offset
+        return ((0, self._data_start, "header"), (offset, offset + self._table_bytes, "L1 table"))
+
+    def _check_no_overlap(self, host, length, what, l2_tables=True):
+        """Refuse a write of [host, host+length) that would land on the header,
+        the L1 table or (``l2_tables``) an L2 table (DESIGN rule 6)."""
+        end = host + length
+        for start, stop, name in self._fixed_metadata():
+            if host < stop and start < end:
+                raise CorruptImageError("%s: %s at 0x%x (%d bytes) overlaps the %s at 0x%x; refusing to write"
+                                        % (self.format_label, what, host, length, name, start), self.path)
+        if not l2_tables:
+            return
+        if self._l2_starts is None:
+            self._l2_starts = sorted(set(offset for offset in self._l1 if offset))
+        starts = self._l2_starts
+        index = bisect.bisect_left(starts, host - self._l2_bytes + 1)
+        if index < len(starts) and starts[index] < end:
+            raise CorruptImageError("%s: %s at 0x%x (%d bytes) overlaps the L2 table at 0x%x; refusing to write"
+                                    % (self.format_label, what, host, length, starts[index]), self.path)
+
+    def _note_l2_table(self, offset):
+        if self._l2_starts is not None:
+            bisect.insort(self._l2_starts, offset)
+
     def _cluster_offset_valid(self, offset):
         return offset % self.cluster_size == 0 and self._data_start <= offset < self._file_size
 
@@ -452,6 +485,7 @@ class QedDriver(Driver):
                         raise CorruptImageError("QED L2 table at 0x%x, entry %d: cluster offset 0x%x is misaligned, "
                                                 "inside the header or past the end of the file"
                                                 % (l2_offset, checked, table[checked]), self.path)
+                self._check_no_overlap(host, len(piece), "data write")
                 self.image_file.pwrite(host, piece)
             else:
                 self._mark_dirty()
@@ -490,6 +524,7 @@ class QedDriver(Driver):
         if new_table:
             l2_offset = self._allocate(self.table_size)
             self.image_file.pwrite(l2_offset, _le_bytes(table))
+            self._note_l2_table(l2_offset)
             self._l2_cache[l2_offset] = table
             if len(self._l2_cache) > self._l2_cache_max:
                 self._l2_cache.pop(next(iter(self._l2_cache)))
@@ -499,6 +534,7 @@ class QedDriver(Driver):
         else:
             low = min(first for first, stop, host in changed)
             high = max(stop for first, stop, host in changed)
+            self._check_no_overlap(l2_offset, self._table_bytes, "L2 table", l2_tables=False)
             self.image_file.pwrite(l2_offset + low * 8, _le_bytes(table[low:high]))
 
     def write_zeroes(self, offset, length, may_unmap=False):
@@ -603,6 +639,7 @@ class QedDriver(Driver):
         header = self.header
         self._l1 = array.array("Q", bytes(self._table_bytes))
         self._l2_cache.clear()
+        self._l2_starts = None
         self.image_file.pwrite(header.l1_table_offset, _le_bytes(self._l1))
         self.image_file.flush()
         end = header.l1_table_offset + self._table_bytes
@@ -702,6 +739,7 @@ class QedDriver(Driver):
                     continue
                 mark(entry, 1)
             if l2_fixed:
+                self._check_no_overlap(l2_offset, self._table_bytes, "L2 table", l2_tables=False)
                 self.image_file.pwrite(l2_offset, _le_bytes(table))
         if l1_fixed:
             self.image_file.pwrite(header.l1_table_offset, _le_bytes(self._l1))

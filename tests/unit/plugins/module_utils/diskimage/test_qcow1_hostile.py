@@ -169,3 +169,16 @@ def test_random_damage_gives_image_errors_only(tmp_path):
             pass
         except Exception as exc:  # pylint: disable=broad-except
             raise AssertionError("attempt %d: %r" % (attempt, exc))
+
+
+@pytest.mark.parametrize("target", ["header", "l1", "l2"])
+def test_writes_never_land_on_metadata(tmp_path, target):
+    path, data = qemu_image(tmp_path)
+    l1_offset, l2_offset = first_l2(data)
+    host = {"header": 8, "l1": l1_offset, "l2": l2_offset}[target]
+    patched(path, data, l2_offset + 8, ">Q", host)
+    before = path.read_bytes()
+    with diskimage.open_image(str(path), fmt="qcow", readonly=False) as image:
+        with pytest.raises(CorruptImageError, match="overlaps"):
+            image.write(4096, b"\xee" * 512)
+    assert path.read_bytes() == before

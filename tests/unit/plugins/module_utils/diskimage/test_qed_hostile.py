@@ -145,3 +145,17 @@ def test_random_damage_gives_image_errors_only(tmp_path):
             pass
         except Exception as exc:  # pylint: disable=broad-except
             raise AssertionError("attempt %d: %r" % (attempt, exc))
+
+
+@pytest.mark.parametrize("target", ["l1", "l2"])
+def test_writes_never_land_on_metadata(tmp_path, target):
+    path, data = qemu_image(tmp_path)
+    l1_offset = struct.unpack_from("<Q", data, L1_OFFSET)[0]
+    l2_offset = struct.unpack_from("<Q", data, l1_offset)[0]
+    # the data cluster of guest offset 4 KiB points at the L1 table or at the L2 table itself
+    patched(path, data, l2_offset + 8, "<Q", l1_offset if target == "l1" else l2_offset)
+    before = path.read_bytes()
+    with diskimage.open_image(str(path), fmt="qed", readonly=False) as image:
+        with pytest.raises(CorruptImageError, match="overlaps"):
+            image.write(4096, b"\xee" * 512)
+    assert path.read_bytes()[l1_offset:] == before[l1_offset:]
