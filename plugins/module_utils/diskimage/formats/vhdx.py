@@ -935,10 +935,11 @@ class VhdxDriver(Driver):
                     else:
                         runs.append((low, high - low, UNALLOCATED, None))
                     sector = stop
-            elif state == PAYLOAD_BLOCK_ZERO:
-                runs.append((offset, count, ZERO, None))
-            else:
+            elif state == PAYLOAD_BLOCK_NOT_PRESENT:
                 runs.append((offset, count, absent, None))
+            else:
+                # ZERO, UNDEFINED and UNMAPPED read as zeroes, in a differencing disk too (spec 2.5.1.1).
+                runs.append((offset, count, ZERO, None))
             offset += count
         return runs
 

@@ -44,8 +44,10 @@ def make_child(tmp_path, parent, relative_path=".\\base.vhdx", linkage=None, ext
     # Block 1: fully present.
     offset = vhdx_editing.append_aligned(child, b"\xc1" * MIB)
     vhdx_editing.set_bat_entry(child, 1, offset, 6)
-    # Block 2: zero (hides the parent).
+    # Block 2: zero (hides the parent); blocks 6 and 7: undefined and unmapped, read as zeroes too.
     vhdx_editing.set_bat_entry(child, 2, 0, 2)
+    vhdx_editing.set_bat_entry(child, 6, 0, 1)
+    vhdx_editing.set_bat_entry(child, 7, 0, 3)
     # Block 4: partially present, the set sectors from the child.
     block4 = bytes(range(256)) * (MIB // 256)
     offset = vhdx_editing.append_aligned(child, block4)
@@ -68,6 +70,7 @@ def model(parent_content, block4):
     view = bytearray(parent_content)
     view[1 * MIB:2 * MIB] = b"\xc1" * MIB
     view[2 * MIB:3 * MIB] = bytes(MIB)
+    view[6 * MIB:8 * MIB] = bytes(2 * MIB)
     for first, last in PARTIAL_SECTORS:
         view[4 * MIB + first * SECTOR:4 * MIB + last * SECTOR] = block4[first * SECTOR:last * SECTOR]
     return bytes(view)
@@ -123,6 +126,7 @@ def test_chunk_without_sector_bitmap(tmp_path):
     expected = bytearray(content)
     expected[1 * MIB:2 * MIB] = b"\xc1" * MIB
     expected[2 * MIB:3 * MIB] = bytes(MIB)
+    expected[6 * MIB:8 * MIB] = bytes(2 * MIB)
     with diskimage.open_image(str(child)) as image:
         assert image.read(0, SIZE) == bytes(expected)
 
