@@ -12,7 +12,18 @@ file: in sectors for the old magic ``WithoutFreeSpace``, in clusters for
 cluster (dirty bitmaps), which reading the guest data does not need.
 
 Behaviour follows QEMU's block/parallels.c (probe score, header checks,
-virtual size, block status, ``qemu-img check``).  Writing and creating are
+virtual size, block status, ``qemu-img check``).
+
+Beyond QEMU (which reads one ``.hds`` file only), a Parallels Desktop bundle
+``NAME.hdd/`` is read through its ``DiskDescriptor.xml``: opening the bundle
+directory, the descriptor, or the empty ``NAME.hdd`` placeholder inside the
+bundle gives the whole disk, made of the storages the descriptor lists in
+order (split disks), each a ``Plain`` (raw) or ``Compressed`` (expanding
+``.hds``) file; with snapshots, each storage is a chain of images from the
+newest snapshot down to the base, unallocated clusters falling through.
+Storage file names obey the path policy (opened through the opener, DESIGN.md
+security rule 1); the descriptor is read whole only up to 1 MiB and parsed
+without DTDs or entities.  Writing and creating are
 not supported by this library (qemu-img can create parallels images; convert
 to qcow2 to get a writable image).
 """
@@ -21,10 +32,13 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import array
+import os
 import struct
 import sys
+from xml.etree import ElementTree
 
 from .._io import ImageFile
+from .. import policy
 from ..errors import CorruptImageError, FormatError, UnsupportedFeature, UnsupportedOperation
 from .base import DATA, UNALLOCATED, Driver, Extent
 
@@ -47,6 +61,16 @@ MAX_TRACKS = 0x7fffffff // 513
 # Cap on the BAT held in memory (DESIGN.md rule 5): 16 M clusters (16 TiB at 1 MiB clusters).
 MAX_BAT_BYTES = 64 * 1024 * 1024
 
+# --- Parallels Desktop bundle (NAME.hdd/DiskDescriptor.xml) -------------------------------
+DESCRIPTOR_NAME = "DiskDescriptor.xml"
+DESCRIPTOR_ROOT = "Parallels_disk_image"
+MAX_DESCRIPTOR_BYTES = 1024 * 1024
+MAX_STORAGES = 4096
+MAX_SNAPSHOTS = 64
+NULL_GUID = "{00000000-0000-0000-0000-000000000000}"
+STORAGE_PLAIN = "Plain"             # raw data
+STORAGE_EXPANDING = "Compressed"    # an expanding .hds image (Parallels calls it "compressed")
+
 
 def _le_table(raw):
     table = array.array("I")
@@ -54,6 +78,46 @@ def _le_table(raw):
     if sys.byteorder != "little":
         table.byteswap()
     return table
+
+
+def _is_descriptor(header, filename):
+    """A bundle descriptor: named DiskDescriptor.xml, with the Parallels root element."""
+    if not filename or os.path.basename(os.fsdecode(os.fspath(filename))) != DESCRIPTOR_NAME:
+        return False
+    return ("<" + DESCRIPTOR_ROOT).encode("ascii") in bytes(header[:4096])
+
+
+def _bundle_descriptor(path):
+    """The DiskDescriptor.xml to read when ``path`` names a bundle (its directory,
+    its descriptor, or the empty placeholder file inside it), else None."""
+    if getattr(path, "resolve_sibling", None) is not None:
+        return None         # a member of an archive: a plain .hds
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        return os.path.join(path, DESCRIPTOR_NAME)
+    if os.path.basename(path) == DESCRIPTOR_NAME:
+        return path
+    sibling = os.path.join(os.path.dirname(path), DESCRIPTOR_NAME)
+    try:
+        if os.path.isfile(path) and os.path.getsize(path) == 0 and os.path.isfile(sibling):
+            return sibling
+    except OSError:
+        return None
+    return None
+
+
+def _text(element, tag, path):
+    found = element.find(tag)
+    if found is None or found.text is None or not found.text.strip():
+        raise FormatError("Parallels DiskDescriptor.xml: missing <%s> in <%s>" % (tag, element.tag), path)
+    return found.text.strip()
+
+
+def _number(element, tag, path):
+    text = _text(element, tag, path)
+    if not text.isdigit() or len(text) > 19:
+        raise FormatError("Parallels DiskDescriptor.xml: <%s> is %r, expected a number of sectors" % (tag, text), path)
+    return int(text)
 
 
 class ParallelsHeader:
@@ -123,6 +187,8 @@ class ParallelsDriver(Driver):
     @classmethod
     def probe(cls, header, filename):
         # QEMU: a whole header with either magic and version 2 scores 100.
+        if _is_descriptor(header, filename):
+            return 100      # a bundle's DiskDescriptor.xml (QEMU does not read bundles)
         if len(header) < HEADER_STRUCT.size:
             return 0
         if header[:16] in (MAGIC_SECTORS, MAGIC_CLUSTERS) and struct.unpack_from("<I", header, 16)[0] == HEADER_VERSION:
@@ -135,7 +201,14 @@ class ParallelsDriver(Driver):
         if not readonly:
             raise UnsupportedOperation("parallels images can only be opened read-only by this library: no writes "
                                        "or repairs (convert to qcow2 for a writable copy)", path)
-        image_file = ImageFile(path, writable=False, force_share=force_share)
+        descriptor = _bundle_descriptor(path)
+        if descriptor is not None:
+            return ParallelsBundle.open_descriptor(descriptor, opener, force_share)
+        return cls.from_image_file(ImageFile(path, writable=False, force_share=force_share))
+
+    @classmethod
+    def from_image_file(cls, image_file):
+        """An expanding image read from an opened ImageFile (closed with the driver)."""
         self = cls()
         self._file = image_file
         self.path = image_file.path
@@ -286,3 +359,222 @@ class ParallelsDriver(Driver):
         if fragmented:
             result["fragmented-clusters"] = fragmented
         return result
+
+
+class ParallelsBundle(Driver):
+    """A Parallels Desktop ``.hdd`` bundle read through its DiskDescriptor.xml."""
+
+    format_name = "parallels"
+    can_create = False
+    can_write = False
+
+    def __init__(self):
+        super(ParallelsBundle, self).__init__()
+        # (first byte, end byte, layers newest first); a layer is ("plain", ImageFile) or ("expanding", driver).
+        self.storages = []
+        self._files = []
+        self._layers = []
+
+    @classmethod
+    def open_descriptor(cls, path, opener, force_share):
+        self = cls()
+        self.path = os.path.abspath(path)
+        try:
+            with ImageFile(self.path, force_share=force_share) as descriptor_file:
+                size = descriptor_file.size()
+                if size > MAX_DESCRIPTOR_BYTES:
+                    raise UnsupportedFeature("Parallels DiskDescriptor.xml of %d bytes exceeds the limit of %d bytes"
+                                             % (size, MAX_DESCRIPTOR_BYTES), self.path)
+                document = descriptor_file.pread_exact(0, size, "Parallels DiskDescriptor.xml")
+            self._open_storages(self._parse(document), opener, force_share)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _parse(self, document):
+        if b"<!DOCTYPE" in document or b"<!ENTITY" in document:
+            raise FormatError("Parallels DiskDescriptor.xml: DTDs and entities are not accepted", self.path)
+        try:
+            root = ElementTree.fromstring(document)
+        except ElementTree.ParseError as exc:
+            raise FormatError("Parallels DiskDescriptor.xml is not well-formed XML (%s)" % exc, self.path)
+        if root.tag != DESCRIPTOR_ROOT:
+            raise FormatError("Parallels DiskDescriptor.xml: root element <%s>, expected <%s>"
+                              % (root.tag, DESCRIPTOR_ROOT), self.path)
+        return root
+
+    def _snapshot_chain(self, root):
+        """GUIDs from the newest snapshot down to the base (None: one image per storage, no snapshots)."""
+        shots = root.findall("Snapshots/Shot")
+        if not shots:
+            return None
+        if len(shots) > MAX_SNAPSHOTS:
+            raise UnsupportedFeature("Parallels bundle with %d snapshots (at most %d)" % (len(shots), MAX_SNAPSHOTS),
+                                     self.path)
+        parents = {}
+        for shot in shots:
+            parents[_text(shot, "GUID", self.path).lower()] = _text(shot, "ParentGUID", self.path).lower()
+        referenced = set(parents.values())
+        leaves = [guid for guid in parents if guid not in referenced]
+        if len(leaves) != 1:
+            raise UnsupportedFeature("Parallels bundle snapshot tree has %d branches; only a single chain of snapshots "
+                                     "is supported" % len(leaves), self.path)
+        chain = []
+        guid = leaves[0]
+        while guid != NULL_GUID:
+            if guid not in parents or guid in chain:
+                raise CorruptImageError("Parallels DiskDescriptor.xml: snapshot %s has no valid parent chain" % guid,
+                                        self.path)
+            chain.append(guid)
+            guid = parents[guid]
+        return chain
+
+    def _storage_file(self, name, opener, force_share):
+        data_file = getattr(opener, "data_file", None)
+        if data_file is not None:
+            image_file = data_file(self.path, name, writable=False)
+        else:
+            resolved = policy.resolve_reference(self.path, name, None, kind="Parallels storage file")
+            image_file = ImageFile(resolved, force_share=force_share)
+        self._files.append(image_file)
+        return image_file
+
+    def _open_layer(self, image, size, opener, force_share):
+        kind = _text(image, "Type", self.path)
+        name = _text(image, "File", self.path)
+        if kind not in (STORAGE_PLAIN, STORAGE_EXPANDING):
+            raise UnsupportedFeature("Parallels storage %s has image type %r (supported: %s, %s)"
+                                     % (name, kind, STORAGE_PLAIN, STORAGE_EXPANDING), self.path)
+        image_file = self._storage_file(name, opener, force_share)
+        if kind == STORAGE_PLAIN:
+            if image_file.size() < size:
+                raise CorruptImageError("Parallels plain storage %s holds %d bytes, the descriptor needs %d"
+                                        % (name, image_file.size(), size), self.path)
+            return ("plain", image_file)
+        layer = ParallelsDriver.from_image_file(image_file)
+        self._layers.append(layer)
+        if layer.virtual_size < size:
+            raise CorruptImageError("Parallels storage image %s has a virtual size of %d bytes, the descriptor "
+                                    "needs %d" % (name, layer.virtual_size, size), self.path)
+        return ("expanding", layer)
+
+    def _open_storages(self, root, opener, force_share):
+        disk_sectors = _number(root, "Disk_Parameters/Disk_size", self.path)
+        chain = self._snapshot_chain(root)
+        storages = root.findall("StorageData/Storage")
+        if not storages or len(storages) > MAX_STORAGES:
+            raise FormatError("Parallels DiskDescriptor.xml lists %d storages (expected 1 to %d)"
+                              % (len(storages), MAX_STORAGES), self.path)
+        position = 0
+        for storage in storages:
+            start = _number(storage, "Start", self.path)
+            end = _number(storage, "End", self.path)
+            if start != position or end <= start:
+                raise CorruptImageError("Parallels DiskDescriptor.xml: storage [%d, %d) does not continue at sector %d"
+                                        % (start, end, position), self.path)
+            images = storage.findall("Image")
+            if chain is None:
+                if len(images) != 1:
+                    raise FormatError("Parallels storage at sector %d has %d images and the bundle no snapshots"
+                                      % (start, len(images)), self.path)
+                selected = images
+            else:
+                by_guid = dict((_text(image, "GUID", self.path).lower(), image) for image in images)
+                missing = [guid for guid in chain if guid not in by_guid]
+                if missing:
+                    raise CorruptImageError("Parallels storage at sector %d has no image for snapshot %s"
+                                            % (start, missing[0]), self.path)
+                selected = [by_guid[guid] for guid in chain]
+            size = (end - start) * SECTOR_SIZE
+            layers = [self._open_layer(image, size, opener, force_share) for image in selected]
+            self.storages.append((start * SECTOR_SIZE, end * SECTOR_SIZE, layers))
+            position = end
+        if position != disk_sectors:
+            raise CorruptImageError("Parallels DiskDescriptor.xml: storages cover %d sectors, the disk has %d"
+                                    % (position, disk_sectors), self.path)
+        self.virtual_size = disk_sectors * SECTOR_SIZE
+
+    def close(self):
+        layers, self._layers = self._layers, []
+        for layer in layers:
+            layer.close()
+        files, self._files = self._files, []
+        for image_file in files:
+            image_file.close()
+        super(ParallelsBundle, self).close()
+
+    @classmethod
+    def create(cls, path, size, options=None, backing=None):
+        ParallelsDriver.create(path, size, options, backing)
+
+    def write(self, offset, data):
+        raise UnsupportedOperation("writing Parallels bundles is not supported (read-only driver)", self.path)
+
+    def write_zeroes(self, offset, length, may_unmap=False):
+        self.write(offset, b"")
+
+    def info(self):
+        return {"dirty-flag": None}
+
+    def check(self, repair=None):
+        raise UnsupportedOperation("checking Parallels bundles is not supported: check each .hds storage file "
+                                   "(qemu-img does not read bundles)", self.path)
+
+    # -------------------------------------------------------------------- data
+    def _layer_runs(self, layers, offset, length):
+        """(start, length, (ImageFile, host offset) or None) within one storage, falling through the snapshots."""
+        kind, layer = layers[0]
+        if kind == "plain":
+            return [(offset, length, (layer, offset))]
+        runs = []
+        for start, count, host in layer._runs(offset, length):   # pylint: disable=protected-access
+            if host is not None:
+                runs.append((start, count, (layer._file, host)))  # pylint: disable=protected-access
+            elif len(layers) > 1:
+                runs.extend(self._layer_runs(layers[1:], start, count))
+            else:
+                runs.append((start, count, None))
+        return runs
+
+    def _runs(self, offset, length):
+        if offset < 0 or length < 0 or offset + length > self.virtual_size:
+            raise FormatError("access at offset %d, length %d is outside the image (virtual size %d)"
+                              % (offset, length, self.virtual_size), self.path)
+        runs = []
+        end = offset + length
+        for first, last, layers in self.storages:
+            if last <= offset or first >= end:
+                continue
+            start = max(offset, first)
+            stop = min(end, last)
+            runs.extend((first + run_start, count, source)
+                        for run_start, count, source in self._layer_runs(layers, start - first, stop - start))
+        return runs
+
+    def block_status(self, offset, length):
+        if length <= 0:
+            return []
+        extents = []
+        for start, count, source in self._runs(offset, length):
+            kind = UNALLOCATED if source is None else DATA
+            if extents and extents[-1].kind == kind:
+                extents[-1] = Extent(extents[-1].start, extents[-1].length + count, kind, None)
+            else:
+                extents.append(Extent(start, count, kind, None))
+        return extents
+
+    def read(self, offset, length):
+        parts = []
+        for start, count, source in self._runs(offset, length):
+            if source is None:
+                parts.append(bytes(count))
+                continue
+            image_file, host = source
+            data = image_file.pread(host, count)
+            if len(data) < count:
+                raise CorruptImageError("Parallels storage %s: data for guest offset %d at host offset %d (%d bytes) "
+                                        "lies past the end of the file" % (image_file.path, start, host, count),
+                                        self.path)
+            parts.append(data)
+        return b"".join(parts)
