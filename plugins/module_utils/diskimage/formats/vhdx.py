@@ -601,18 +601,17 @@ class VhdxDriver(Driver):
                 chain.append(following)
                 used += following[1]
                 position = (position + following[1]) % sectors
+            # Spec 2.3.3: a sequence is valid when its head entry's tail is one of its entries; it is
+            # replayed from that tail entry.  The newest valid sequence (head sequence number) is active.
+            tail = chain[-1][2]
+            starts = [index for index, item in enumerate(chain) if item[0] * LOG_SECTOR_SIZE == tail]
+            if not starts:
+                continue
+            chain = chain[starts[0]:]
             key = (chain[-1][3], len(chain))
             if best_key is None or key > best_key:
                 best_key, best_chain = key, chain
-        if not best_chain:
-            return []
         chain = best_chain
-        # Replay from the entry the last entry names as the tail of the sequence.
-        tail = chain[-1][2] // LOG_SECTOR_SIZE
-        for index, item in enumerate(chain):
-            if item[0] == tail:
-                chain = chain[index:]
-                break
         return [item[4] for item in chain]
 
     # ------------------------------------------------------- region table

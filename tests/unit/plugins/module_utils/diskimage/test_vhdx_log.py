@@ -27,7 +27,7 @@ def block_offset(path, block):
     return vhdx_editing.bat_entry(path, block) & ~0xFFFFF
 
 
-def dirty_image(tmp_path, corrupt=False, stale=True, descriptors_extra=()):
+def dirty_image(tmp_path, corrupt=False, stale=True, descriptors_extra=(), tail=0):
     """A 4 MiB image with 1 MiB blocks: blocks 0 and 1 hold 0x11, block 2 is a zero block, and a
     0x99 block appended past the BAT's knowledge.  The log: seq 5 (a data sector in block 0, a
     zero run at the start of block 1, the BAT sector now naming the 0x99 block as block 2), seq 6
@@ -48,10 +48,10 @@ def dirty_image(tmp_path, corrupt=False, stale=True, descriptors_extra=()):
         ("data", block0 + 8192, FIRST_PAYLOAD),
         ("zero", block1, 8192),
         ("data", bat_offset, bytes(bat_sector)),
-    ] + list(descriptors_extra), tail=0, flushed_file_offset=file_size, last_file_offset=file_size)
+    ] + list(descriptors_extra), tail=tail, flushed_file_offset=file_size, last_file_offset=file_size)
     second = vhdx_editing.log_entry(log_guid, 6, [("data", block0 + 8192 + SECTOR, SECOND_PAYLOAD),
                                                   ("data", block0 + 8192, SECOND_PAYLOAD)],
-                                    tail=0, flushed_file_offset=file_size, last_file_offset=file_size)
+                                    tail=tail, flushed_file_offset=file_size, last_file_offset=file_size)
     if corrupt:
         second = second[:5000] + bytes([second[5000] ^ 1]) + second[5001:]
     log_offset, _log_length = vhdx_editing.log_region(image)
@@ -130,6 +130,20 @@ def test_entries_of_another_log_guid_are_ignored(tmp_path):
     image, _expected, before = dirty_image(tmp_path, stale=False)
     vhdx_editing.set_log_guid(image, uuid.uuid4())
     assert read_all(image) == before
+
+
+def test_sequence_whose_tail_is_outside_it_is_not_replayed(tmp_path):
+    """Spec 2.3.3: the head entry's tail must be an entry of the sequence (qemu does not check)."""
+    image, _expected, before = dirty_image(tmp_path, stale=False, tail=100 * SECTOR)
+    assert read_all(image) == before
+
+
+def test_sequence_is_replayed_from_the_heads_tail(tmp_path):
+    """Entry 5's tail names itself; entry 6's tail names entry 6: only entry 6 is replayed."""
+    image, _expected, before = dirty_image(tmp_path, stale=False, tail=3 * SECTOR)
+    expected = bytearray(before)
+    expected[8192:8192 + 2 * SECTOR] = SECOND_PAYLOAD * 2
+    assert read_all(image) == bytes(expected)
 
 
 def test_descriptor_past_the_end_of_the_file_is_refused(tmp_path):
