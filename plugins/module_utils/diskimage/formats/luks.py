@@ -198,10 +198,7 @@ class CipherSpec:
         if self.mode == "xts" and self.key_bits == 192:
             raise UnsupportedFeature("LUKS cipher aes-192 in xts mode is not supported", path)
         if self.mode == "ecb":
-            if self.ivgen_alg:
-                raise UnsupportedFeature("LUKS cipher mode ecb takes no IV generator, found %r"
-                                         % self.ivgen_alg, path)
-            return
+            return  # no IV: whatever generator the header names (QEMU writes ecb-plain64) is unused
         if self.ivgen_alg not in IVGEN_ALGS:
             raise UnsupportedFeature("LUKS IV generator %r is not supported (supported: %s)"
                                      % (self.ivgen_alg, ", ".join(IVGEN_ALGS)), path)
@@ -558,8 +555,6 @@ class LuksDriver(Driver):
             raise InvalidOptionError("option ivgen-hash-alg is only used with ivgen-alg=essiv", path)
         else:
             cipher_mode = "%s-%s" % (mode, ivgen_alg)
-        if mode == "ecb":
-            cipher_mode = "ecb"
         key_bytes = int(bits) // 8 * (2 if mode == "xts" else 1)
         spec = CipherSpec(name, cipher_mode, key_bytes)
         try:
