@@ -24,7 +24,12 @@ appended at the 1 MiB-aligned end of the file.  Beyond QEMU 7.2:
 - a dirty log (non-zero log GUID with a valid active sequence) is replayed:
   into the file on a writable open (and the log GUID cleared, as QEMU does),
   into an in-memory overlay of the affected file ranges on a read-only open,
-  so that reads are right without touching the file.
+  so that reads are right without touching the file (QEMU refuses that open).
+  The active sequence is found as the spec's section 2.3.3 says (the head
+  entry's tail must be one of its entries, replay starts there); a log GUID
+  without any valid sequence is ignored, as QEMU does.
+- 4096-byte logical sectors (QEMU 7.2 refuses them); a damaged first region
+  table falls back to the second copy (QEMU reads only the first).
 
 Writes update a BAT entry in place after the block's data is written (one
 8-byte entry in one sector), so the log stays empty and the image is
