@@ -170,8 +170,8 @@ options:
         default: present
   revert_to:
     description:
-      - Make the disk what internal snapshot O(revert_to) (its name, else its ID) holds (like C(qemu-img snapshot -a)):
-        its content and its virtual size. qcow2 only. The snapshot itself is kept.
+      - Make the disk what internal snapshot O(revert_to) (its name, else its ID) holds, its content and its virtual
+        size (like C(qemu-img snapshot -a)). qcow2 only. The snapshot itself is kept.
       - The snapshot is applied only when the disk differs from it, which makes the task idempotent. To find out, the
         disk is compared with the snapshot; clusters they still share are not read, the others are read and compared.
       - Everything written since the snapshot was taken is lost. Every run of the task reverts again what was written
