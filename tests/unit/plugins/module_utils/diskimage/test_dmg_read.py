@@ -336,3 +336,18 @@ def test_sectors_without_a_chunk_are_a_read_error(tmp_path):
         assert opened.read(0, 8 * SECTOR) == expected
         with pytest.raises(CorruptImageError, match="sector 8 is not described by any chunk"):
             opened.read(8 * SECTOR, SECTOR)
+
+
+@pytest.mark.parametrize("fork,message", [
+    (struct.pack(">III", 400, 0, 10) + bytes(4), "data offset 400 past its length"),
+    (struct.pack(">III", 16, 0, 0) + bytes(4), "resource data of 0 bytes"),
+    (struct.pack(">III", 16, 0, 1000) + bytes(4), "resource data of 1000 bytes"),
+    (struct.pack(">III", 16, 0, 8) + bytes(4) + struct.pack(">I", 100) + bytes(4), "runs past the resource data"),
+    (struct.pack(">III", 16, 0, 6) + bytes(4) + struct.pack(">I", 0) + bytes(2), "resource of 0 bytes"),
+    (struct.pack(">III", 16, 0, 2) + bytes(4) + bytes(2), "truncated resource"),
+])
+def test_damaged_resource_forks(tmp_path, fork, message):
+    path = tmp_path / "fork.dmg"
+    path.write_bytes(fork + koly(0, (0, len(fork)), (0, 0), 8))
+    with pytest.raises(CorruptImageError, match=message):
+        DmgDriver.open(str(path))
