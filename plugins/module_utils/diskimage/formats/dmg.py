@@ -212,7 +212,7 @@ class DmgDriver(Driver):
                                      % (length, MAX_PLIST_LENGTH), path)
         document = self._file.pread_exact(begin, length, "dmg property list")
         try:
-            plist = plistlib.loads(document)
+            plist = plistlib.loads(document, fmt=plistlib.FMT_XML)
         except Exception as exc:  # plistlib raises ExpatError, ValueError, InvalidFileException...
             raise CorruptImageError("dmg property list at offset %d: not a valid property list (%s)"
                                     % (begin, exc), path)

@@ -351,3 +351,11 @@ def test_damaged_resource_forks(tmp_path, fork, message):
     path.write_bytes(fork + koly(0, (0, len(fork)), (0, 0), 8))
     with pytest.raises(CorruptImageError, match=message):
         DmgDriver.open(str(path))
+
+
+def test_binary_property_list_is_refused(tmp_path):
+    document = plistlib.dumps({"resource-fork": {"blkx": []}}, fmt=plistlib.FMT_BINARY)
+    path = tmp_path / "binary.dmg"
+    path.write_bytes(document + koly(0, (0, 0), (0, len(document)), 8))
+    with pytest.raises(CorruptImageError, match="not a valid property list"):
+        DmgDriver.open(str(path))
