@@ -27,10 +27,14 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import bisect
-import bz2
 import plistlib
 import struct
 import zlib
+
+try:
+    import bz2      # an optional part of some minimal Python builds
+except ImportError:  # pragma: no cover
+    bz2 = None
 
 from .._io import ImageFile
 from ..errors import CorruptImageError, FormatError, UnsupportedFeature, UnsupportedOperation
@@ -301,6 +305,9 @@ class DmgDriver(Driver):
     def _decompress(self, number, kind, data, expected):
         if kind == CHUNK_ZLIB:
             codec, engine, error = "zlib", zlib.decompressobj(), zlib.error
+        elif bz2 is None:
+            raise UnsupportedFeature("dmg chunk %d is bzip2-compressed, but this Python has no bz2 module"
+                                     % number, self.path)
         else:
             codec, engine, error = "bzip2", bz2.BZ2Decompressor(), (OSError, ValueError, EOFError)
         try:
