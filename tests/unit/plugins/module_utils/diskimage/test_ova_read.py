@@ -402,3 +402,26 @@ def test_ovf_hrefs_are_relative_to_the_descriptor_and_may_be_escaped(disks, tmp_
                         [("my disk.vmdk", disks["vmdk_b"]), ("appliance/my disk.vmdk", disks["vmdk_a"])])
     assert [disk["name"] for disk in diskimage.ova_disks(str(archive))] == ["appliance/my disk.vmdk"]
     assert our_digest(archive) == expected
+
+
+def test_backing_files_resolve_to_members_of_the_same_archive(disks, tmp_path):
+    """A VMDK delta disk whose parent (parentFileNameHint) is another member."""
+    work = tmp_path / "src"
+    work.mkdir()
+    shutil.copy(str(disks["vmdk_a"]), str(work / "base.vmdk"))
+    child = work / "child.vmdk"
+    qemu_tools.qemu_img("create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", str(child))
+    qemu_tools.qemu_io(str(child), "write -P 0x99 2M 64k", fmt="vmdk")
+    expected = qemu_tools.raw_digest(child, tmp_path, "vmdk")
+    ovf = ovf_text([("child.vmdk", 8 * MIB, "http://www.vmware.com/interfaces/specifications/vmdk.html")])
+    archive = build_ova(tmp_path / "delta.ova", "delta.ovf", ovf,
+                        [("child.vmdk", child), ("base.vmdk", work / "base.vmdk")])
+    assert our_digest(archive) == expected
+    chain = diskimage.info(str(archive), backing_chain=True)
+    assert [layer["filename"] for layer in chain] == [str(archive) + "/child.vmdk", str(archive) + "/base.vmdk"]
+    assert chain[0]["backing-filename"] == "base.vmdk"
+    # The parent only beside the archive, not inside it: never opened.
+    lonely = build_ova(tmp_path / "lonely.ova", "delta.ovf", ovf, [("child.vmdk", child)])
+    shutil.copy(str(disks["vmdk_a"]), str(tmp_path / "base.vmdk"))
+    with pytest.raises(ImageNotFoundError, match="not a member of the archive"):
+        diskimage.open_image(str(lonely))
