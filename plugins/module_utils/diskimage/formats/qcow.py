@@ -462,6 +462,9 @@ class QcowDriver(Driver):
         end = offset + len(data)
         l2_offset = self._l2_offset(l1_index)
         table = self._load_l2(l2_offset) if l2_offset else None
+        if table is None:
+            # the new L2 table goes before the data clusters, as QEMU places it
+            l2_offset = self._allocate(self._l2_bytes)
         first = (offset - base) // cs
         last = (end - 1 - base) // cs
 
@@ -515,6 +518,9 @@ class QcowDriver(Driver):
         return self._backing_bytes(offset, length)
 
     def _update_l2(self, l1_index, l2_offset, table, changed):
+        """Point entries [first, stop) of each ``changed`` run at consecutive
+        clusters from its host offset; ``table`` None: a new L2 table at
+        ``l2_offset`` (reserved before the data, as QEMU places it)."""
         cs = self.cluster_size
         new_table = table is None
         if new_table:
@@ -523,20 +529,22 @@ class QcowDriver(Driver):
             for index in range(first, stop):
                 table[index] = host + (index - first) * cs
         if new_table:
-            l2_offset = self._allocate(self._l2_entries * 8)
-            self.image_file.pwrite(l2_offset, _be_bytes(table))
-            self._note_l2_table(l2_offset)
-            if len(self._l2_cache) >= L2_CACHE_ENTRIES:
-                self._l2_cache.pop(next(iter(self._l2_cache)))
-            self._l2_cache[l2_offset] = table
-            self._l1[l1_index] = l2_offset
-            self.image_file.pwrite(self.header.l1_table_offset + l1_index * 8,
-                                   _be_bytes(self._l1[l1_index:l1_index + 1]))
+            self._install_l2(l1_index, l2_offset, table)
         else:
             low = min(first for first, stop, host in changed)
             high = max(stop for first, stop, host in changed)
             self._check_no_overlap(l2_offset, self._l2_bytes, "L2 table", l2_tables=False)
             self.image_file.pwrite(l2_offset + low * 8, _be_bytes(table[low:high]))
+
+    def _install_l2(self, l1_index, l2_offset, table):
+        """Write a new L2 table, then the L1 entry pointing at it."""
+        self.image_file.pwrite(l2_offset, _be_bytes(table))
+        self._note_l2_table(l2_offset)
+        if len(self._l2_cache) >= L2_CACHE_ENTRIES:
+            self._l2_cache.pop(next(iter(self._l2_cache)))
+        self._l2_cache[l2_offset] = table
+        self._l1[l1_index] = l2_offset
+        self.image_file.pwrite(self.header.l1_table_offset + l1_index * 8, _be_bytes(self._l1[l1_index:l1_index + 1]))
 
     def write_zeroes(self, offset, length, may_unmap=False):
         """qcow has no zero clusters: zeroes are written (clusters that are
@@ -602,15 +610,18 @@ class QcowDriver(Driver):
             cluster = zlib.decompressobj(-12).decompress(bytes(compressed), cs)
             self.write(offset, cluster[:min(cs, self.virtual_size - offset)])
             return
-        # compressed data is packed unaligned after the end of the file, as QEMU does
-        host = self._file_end
+        if table is None:
+            l2_offset = self._allocate(self._l2_bytes)
+        # compressed data goes at the end of the file, at the next sector boundary, as QEMU puts it
+        host = -(-self._file_end // SECTOR_SIZE) * SECTOR_SIZE
         self.image_file.pwrite(host, compressed)
         self._file_end = host + len(compressed)
         entry = OFLAG_COMPRESSED | (len(compressed) << (63 - self._cb)) | host
         if table is None:
-            self._update_l2(l1_index, 0, None, [(index, index + 1, 0)])
-            table = self._l2_cache[self._l1[l1_index]]
-            l2_offset = self._l1[l1_index]
+            table = array.array("Q", bytes(self._l2_entries * 8))
+            table[index] = entry
+            self._install_l2(l1_index, l2_offset, table)
+            return
         self._check_no_overlap(l2_offset, self._l2_bytes, "L2 table", l2_tables=False)
         table[index] = entry
         self.image_file.pwrite(l2_offset + index * 8, _be_bytes(table[index:index + 1]))
