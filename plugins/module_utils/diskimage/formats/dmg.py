@@ -165,8 +165,8 @@ class DmgDriver(Driver):
         if xml_offset >= koly or xml_length > koly - xml_offset:
             raise CorruptImageError("UDIF trailer: property list [%d, +%d) does not end before the trailer (%d)"
                                     % (xml_offset, xml_length, koly), path)
-        if sectors >= 1 << 63:
-            raise CorruptImageError("UDIF trailer: sector count %d is negative" % sectors, path)
+        if sectors > ((1 << 63) - 1) // SECTOR_SIZE:
+            raise CorruptImageError("UDIF trailer: sector count %d is negative or too large" % sectors, path)
         self.virtual_size = sectors * SECTOR_SIZE
         if rsrc_length:
             mish_blocks = self._resource_fork_blocks(rsrc_offset, rsrc_length)

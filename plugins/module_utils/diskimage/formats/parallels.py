@@ -60,6 +60,8 @@ EXTENSION_MAGIC_STRUCT = struct.Struct("<Q")
 MAX_TRACKS = 0x7fffffff // 513
 # Cap on the BAT held in memory (DESIGN.md rule 5): 16 M clusters (16 TiB at 1 MiB clusters).
 MAX_BAT_BYTES = 64 * 1024 * 1024
+# Sizes are int64 bytes, as in QEMU.
+MAX_VIRTUAL_SIZE = (1 << 63) - 1
 
 # --- Parallels Desktop bundle (NAME.hdd/DiskDescriptor.xml) -------------------------------
 DESCRIPTOR_NAME = "DiskDescriptor.xml"
@@ -150,6 +152,9 @@ class ParallelsHeader:
         if HEADER_STRUCT.size + bat_bytes > file_size:
             raise CorruptImageError("Parallels BAT (%d entries at offset %d) runs past the end of the file "
                                     "(%d bytes)" % (self.bat_entries, HEADER_STRUCT.size, file_size), path)
+        if self.virtual_size > MAX_VIRTUAL_SIZE:
+            raise UnsupportedFeature("Parallels image of %d sectors is too large (at most %d bytes)"
+                                     % (self.nb_sectors, MAX_VIRTUAL_SIZE), path)
         if self.ext_off and self.ext_off * SECTOR_SIZE + EXTENSION_MAGIC_STRUCT.size > file_size:
             raise CorruptImageError("Parallels format extension at sector %d lies past the end of the file "
                                     "(%d bytes)" % (self.ext_off, file_size), path)
@@ -274,8 +279,16 @@ class ParallelsDriver(Driver):
         runs = []
         end = offset + length
         position = offset
+        covered = len(self.bat) * cs
         while position < end:
             index = position // cs
+            if position >= covered:
+                # Past the BAT: unallocated in one run, however large the virtual size.
+                if runs and runs[-1][2] is None:
+                    runs[-1] = (runs[-1][0], end - runs[-1][0], None)
+                else:
+                    runs.append((position, end - position, None))
+                break
             within = position - index * cs
             count = min(cs - within, end - position)
             host = self._host_offset(index)

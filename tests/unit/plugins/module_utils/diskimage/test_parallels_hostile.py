@@ -54,6 +54,7 @@ def read_all(path):
     (BAT_ENTRIES, "<I", 1 << 20, CorruptImageError, "past the end of the file"),
     (EXT_OFF, "<Q", 1 << 40, CorruptImageError, "format extension"),
     (EXT_OFF, "<Q", 1, FormatError, "Format Extension magic"),
+    (NB_SECTORS, "<Q", 1 << 62, UnsupportedFeature, "too large"),
 ])
 def test_damaged_headers_are_refused(image, offset, fmt, value, error, message):
     patch(image, offset, fmt, value)
@@ -109,3 +110,14 @@ def test_virtual_size_beyond_the_bat_reads_zeroes(tmp_path, image):
     out = tmp_path / "oracle.raw"
     qemu_img("convert", "-f", "parallels", "-O", "raw", image, out)
     assert out.read_bytes() == data
+
+
+def test_huge_virtual_size_past_the_bat_is_one_run(image):
+    patch(image, NB_SECTORS, "<Q", (1 << 54) - 1)     # 8 EiB, BAT covers 1 MiB
+    driver = ParallelsDriver.open(str(image))
+    try:
+        extents = driver.block_status(0, driver.virtual_size)
+        assert len(extents) == 4 and extents[-1].start == 256 * 1024 and extents[-1].length == driver.virtual_size - 256 * 1024
+        assert driver.read(driver.virtual_size - 4096, 4096) == bytes(4096)
+    finally:
+        driver.close()
