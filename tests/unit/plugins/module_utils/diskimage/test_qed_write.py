@@ -287,3 +287,17 @@ def test_commit_writes_into_the_backing_file(tmp_path):
     assert diskimage.map(str(top)) == qemu_img_json("map", top)
     check = qemu_img_json("check", top)
     assert "allocated-clusters" not in check and "leaks" not in check
+
+
+@pytest.mark.parametrize("options", [{}, {"cluster_size": 4096, "table_size": 2}])
+def test_convert_output_is_byte_identical_to_qemu_img(tmp_path, options):
+    source = tmp_path / "source.raw"
+    qemu_img("create", "-q", "-f", "raw", source, 6 * M + 1536)
+    qemu_io(source, "write -P 0x11 0 100k", "write -P 0x22 1M 4k", "write -P 0x33 2000k 13",
+            "write -P 0x44 3M 2M", "write -P 0x55 6M 512", fmt="raw")
+    ours = tmp_path / "ours.qed"
+    theirs = tmp_path / "theirs.qed"
+    diskimage.convert(str(source), str(ours), "qed", options=options)
+    qemu_img("convert", "-O", "qed", "-o", ",".join("%s=%s" % item for item in sorted(options.items())) or
+             "cluster_size=65536", source, theirs)
+    assert ours.read_bytes() == theirs.read_bytes()
