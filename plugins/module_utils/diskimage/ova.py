@@ -282,6 +282,9 @@ class Archive:
         self.disks = self._parse_ovf(text)
 
     def _parse_ovf(self, text):
+        if b"\0" in text:
+            # UTF-16/32 would hide a DTD from the check below; OVF descriptors are UTF-8.
+            raise FormatError("OVF descriptor %r is not UTF-8 text (NUL bytes found)" % self.ovf_name, self.path)
         lowered = text.lower()
         if b"<!doctype" in lowered or b"<!entity" in lowered:
             raise FormatError("OVF descriptor %r declares a DTD or entities: refused" % self.ovf_name, self.path)

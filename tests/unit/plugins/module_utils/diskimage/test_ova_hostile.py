@@ -167,7 +167,10 @@ def test_huge_pax_header_is_not_read(tmp_path):
     (b'<?xml version="1.0"?><!DOCTYPE Envelope [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
      b"<Envelope>&b;</Envelope>", FormatError, "DTD or entities"),
     (b"<Envelope><References>", FormatError, "not well-formed"),
-    (b"\xff\xfe<\x00", FormatError, "not well-formed"),
+    (b"\xff\xfe<\x00", FormatError, "not UTF-8"),
+    ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE E [<!ENTITY a "a">]><E>&a;</E>'.encode("utf-16"),
+     FormatError, "not UTF-8"),
+    (b"\xef\xbb\xbf<Envelope><References>", FormatError, "not well-formed"),
     (ovf(file_extra=' ovf:compression="gzip"'), UnsupportedFeature, "gzip-compressed"),
     (ovf(file_extra=' ovf:chunkSize="1048576"'), UnsupportedFeature, "chunks"),
     (ovf(href="http://example.invalid/disk.vmdk"), PolicyError, "URL"),
