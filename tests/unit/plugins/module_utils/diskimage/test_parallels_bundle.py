@@ -65,6 +65,9 @@ def test_single_storage_bundles(tmp_path, name):
             assert opened.read(mib * M, 512) == bytes([mib]) * 512
     info = diskimage.info(str(descriptor))
     assert info["format"] == "parallels" and info["virtual-size"] == 100 * M
+    storage_file = bundle / ("%s.0.%s.hds" % (name, GUID))
+    assert info["actual-size"] == os.stat(str(storage_file)).st_blocks * 512 + os.stat(str(descriptor)).st_blocks * 512
+    assert "dirty-flag" not in info
     with pytest.raises(UnsupportedOperation, match="bundles"):
         diskimage.check(str(descriptor))
 
