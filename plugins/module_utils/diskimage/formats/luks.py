@@ -189,12 +189,12 @@ class CipherSpec:
 
     def validate(self, path):
         """Refuse what this library cannot decrypt (UnsupportedFeature, naming it)."""
-        if self.cipher_name != "aes" or self.key_bits not in AES_KEY_BITS:
-            raise UnsupportedFeature("LUKS cipher %s (%d-byte key) is not supported (supported: aes-128, aes-192, "
-                                     "aes-256)" % (self.cipher_alg, self.key_bytes), path)
         if self.mode not in CIPHER_MODES:
             raise UnsupportedFeature("LUKS cipher mode %r is not supported (supported: %s)"
                                      % (self.mode, ", ".join(CIPHER_MODES)), path)
+        if self.cipher_name != "aes" or self.key_bits not in AES_KEY_BITS:
+            raise UnsupportedFeature("LUKS cipher %s (%d-byte key) is not supported (supported: aes-128, aes-192, "
+                                     "aes-256)" % (self.cipher_alg, self.key_bytes), path)
         if self.mode == "xts" and self.key_bits == 192:
             raise UnsupportedFeature("LUKS cipher aes-192 in xts mode is not supported", path)
         if self.mode == "ecb":
