@@ -17,15 +17,17 @@ virtual size, block status, ``qemu-img check``).
 Beyond QEMU (which reads one ``.hds`` file only), a Parallels Desktop bundle
 ``NAME.hdd/`` is read through its ``DiskDescriptor.xml``: opening the bundle
 directory, the descriptor, or the empty ``NAME.hdd`` placeholder inside the
-bundle gives the whole disk, made of the storages the descriptor lists in
+bundle (the last two with the format given: they do not probe) gives the
+whole disk, made of the storages the descriptor lists in
 order (split disks), each a ``Plain`` (raw) or ``Compressed`` (expanding
 ``.hds``) file; with snapshots, each storage is a chain of images from the
 newest snapshot down to the base, unallocated clusters falling through.
 Storage file names obey the path policy (opened through the opener, DESIGN.md
 security rule 1); the descriptor is read whole only up to 1 MiB and parsed
-without DTDs or entities.  Writing and creating are
-not supported by this library (qemu-img can create parallels images; convert
-to qcow2 to get a writable image).
+without DTDs or entities.
+
+Writing and creating are not supported by this library (qemu-img can create
+parallels images; convert to qcow2 to get a writable image).
 """
 
 from __future__ import absolute_import, division, print_function
