@@ -15,11 +15,10 @@ Behaviour follows QEMU's block/parallels.c (probe score, header checks,
 virtual size, block status, ``qemu-img check``).
 
 Beyond QEMU (which reads one ``.hds`` file only), a Parallels Desktop bundle
-``NAME.hdd/`` is read through its ``DiskDescriptor.xml``: opening the bundle
-directory, the descriptor, or the empty ``NAME.hdd`` placeholder inside the
-bundle (the last two with the format given: they do not probe) gives the
-whole disk, made of the storages the descriptor lists in
-order (split disks), each a ``Plain`` (raw) or ``Compressed`` (expanding
+``NAME.hdd/`` is read through its ``DiskDescriptor.xml``: opening the
+descriptor (it probes as parallels), or with the format given the bundle
+directory or the empty ``NAME.hdd`` placeholder inside it, gives the whole
+disk, made of the storages the descriptor lists in order (split disks), each a ``Plain`` (raw) or ``Compressed`` (expanding
 ``.hds``) file; with snapshots, each storage is a chain of images from the
 newest snapshot down to the base, unallocated clusters falling through.
 Storage file names obey the path policy (opened through the opener, DESIGN.md
