@@ -64,6 +64,8 @@ MAX_BACKING_NAME = 4096
 L2_CACHE_BYTES = 8 * 1024 * 1024
 
 SECTOR_SIZE = 512
+# Set bits of each byte value (counting the clusters marked in check's bitmap).
+_POPCOUNT = bytes(bin(value).count("1") for value in range(256))
 _LITTLE = sys.byteorder == "little"
 
 
@@ -693,14 +695,17 @@ class QedDriver(Driver):
         cs = self.cluster_size
         header = self.header
         nclusters = self._file_size // cs
-        used = bytearray(nclusters)
+        # one bit per cluster of the file: bounded by the file, 1/8 byte per cluster
+        used = bytearray((nclusters + 7) // 8)
         counts = {"corruptions": 0, "leaks": 0, "check_errors": 0, "allocated": 0, "fragmented": 0, "fixed": 0}
 
         def mark(offset, count):
-            first = offset // cs
-            seen = used[first:first + count]
-            duplicates = count - seen.count(0)
-            used[first:first + count] = b"\x01" * count
+            duplicates = 0
+            for cluster in range(offset // cs, offset // cs + count):
+                bit = 1 << (cluster & 7)
+                if used[cluster >> 3] & bit:
+                    duplicates += 1
+                used[cluster >> 3] |= bit
             counts["corruptions"] += duplicates
             return duplicates == 0
 
@@ -743,8 +748,9 @@ class QedDriver(Driver):
                 self.image_file.pwrite(l2_offset, _le_bytes(table))
         if l1_fixed:
             self.image_file.pwrite(header.l1_table_offset, _le_bytes(self._l1))
-        first_data = min(header.header_size, nclusters)
-        counts["leaks"] = used[first_data:].count(0)
+        # only clusters past the header are ever marked (valid offsets start there)
+        marked = sum(used.translate(_POPCOUNT))
+        counts["leaks"] = max(0, nclusters - header.header_size) - marked
         if fix and not counts["corruptions"] and header.features & FEATURE_NEED_CHECK:
             self.image_file.flush()
             header.features &= ~FEATURE_NEED_CHECK

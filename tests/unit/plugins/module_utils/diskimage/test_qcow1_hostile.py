@@ -157,7 +157,7 @@ def test_random_damage_gives_image_errors_only(tmp_path):
     path, data = qemu_image(tmp_path)
     rng = random.Random(5)
     l1_offset, l2_offset = first_l2(data)
-    for attempt in range(150):
+    for attempt in range(100):
         damaged = bytearray(data)
         region = rng.choice([(0, 48), (l1_offset, l1_offset + 16), (l2_offset, l2_offset + 32)])
         for _count in range(rng.randrange(1, 4)):

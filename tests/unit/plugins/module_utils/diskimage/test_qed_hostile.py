@@ -132,7 +132,7 @@ def test_random_damage_gives_image_errors_only(tmp_path):
     rng = random.Random(4)
     l1_offset = struct.unpack_from("<Q", data, L1_OFFSET)[0]
     l2_offset = struct.unpack_from("<Q", data, l1_offset)[0]
-    for attempt in range(150):
+    for attempt in range(100):
         damaged = bytearray(data)
         region = rng.choice([(0, 64), (l1_offset, l1_offset + 64), (l2_offset, l2_offset + 64)])
         for _count in range(rng.randrange(1, 4)):
