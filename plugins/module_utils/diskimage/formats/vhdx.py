@@ -870,6 +870,9 @@ class VhdxDriver(Driver):
             raise FormatError("differencing VHDX: parent %s (%s %r) has DataWriteGuid %s, the child's parent_linkage "
                               "expects %s" % (parent.path, key, windows_path, parent_guid or "(none: not a VHDX)",
                                               " or ".join(linkages)), path)
+        if parent.logical_sector_size != self.logical_sector_size:
+            raise FormatError("differencing VHDX: parent %s has %d-byte logical sectors, the child %d (they must be "
+                              "the same)" % (parent.path, parent.logical_sector_size, self.logical_sector_size), path)
 
     # -------------------------------------------------------------------- data
     def _check_range(self, offset, length, what):

@@ -159,6 +159,15 @@ def test_parent_linkage2_is_accepted(tmp_path):
         assert image.read(0, SIZE) == model(content, block4)
 
 
+def test_parent_with_another_logical_sector_size_is_refused(chain):
+    parent, child, _expected = chain
+    logical = vhdx_editing.metadata_item_offset(parent, uuid.UUID("8141bf1d-a96f-4709-ba47-f233a8faab5f"))
+    vhdx_editing.write_at(parent, logical, b"\x00\x10\x00\x00")
+    with pytest.raises(FormatError) as raised:
+        diskimage.open_image(str(child))
+    assert "logical sectors" in str(raised.value)
+
+
 def test_a_parent_written_after_the_child_was_made_is_refused(chain):
     parent, child, _expected = chain
     qemu_tools.qemu_io(parent, "write -P 0x99 0 512", fmt="vhdx")
