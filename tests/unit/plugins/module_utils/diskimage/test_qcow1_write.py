@@ -14,7 +14,7 @@ from qemu_tools import qemu_img, qemu_img_json, qemu_io, run
 
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
-    InvalidOptionError, UnsupportedFeature)
+    InvalidOptionError, UnsupportedFeature, UnsupportedOperation)
 
 K = 1024
 M = 1024 * K
@@ -219,3 +219,21 @@ def test_convert_output_is_byte_identical_to_qemu_img(tmp_path, compress, size):
         # qemu-img compresses the zero-padded partial last cluster, convert writes it plainly: the layouts differ
         return
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_rebase_and_resize_are_refused_as_qemu_img_refuses_them(tmp_path):
+    image = tmp_path / "disk.qcow"
+    qemu_img("create", "-q", "-f", "qcow", image, "1M")
+    other = tmp_path / "other.raw"
+    qemu_img("create", "-q", "-f", "raw", other, "1M")
+    before = image.read_bytes()
+    for action in (lambda: diskimage.rebase(str(image), "other.raw", backing_fmt="raw", unsafe=True),
+                   lambda: diskimage.resize(str(image), 2 * M)):
+        with pytest.raises(UnsupportedOperation):
+            action()
+    assert image.read_bytes() == before
+    for args in (("rebase", "-u", "-f", "qcow", "-b", "other.raw", "-F", "raw", image),
+                 ("resize", "-f", "qcow", image, "2M")):
+        proc = subprocess.run(["qemu-img"] + [str(arg) for arg in args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, check=False)
+        assert proc.returncode != 0
