@@ -56,8 +56,7 @@ import time
 import uuid as uuidlib
 
 from .._io import ImageFile
-from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError, UnsupportedFeature,
-                      UnsupportedOperation)
+from ..errors import CorruptImageError, FormatError, ImageError, InvalidOptionError, UnsupportedFeature
 from .base import DATA, MAX_IO, Driver, Extent
 
 try:
@@ -467,7 +466,7 @@ class LuksDriver(Driver):
             return SectorCipher(self.header.spec, master_key)
         except ValueError as exc:
             raise UnsupportedFeature("LUKS master key refused by the cipher %s: %s"
-                                     % (self.header.spec.cipher_alg, exc), self.path)
+                                     % (self.header.spec.cipher_alg, exc), self.path) from exc
 
     def close(self):
         self._cipher = None
@@ -504,8 +503,8 @@ class LuksDriver(Driver):
         iter_time = options.get("iter-time", DEFAULT_ITER_TIME)
         try:
             iter_time = int(iter_time)
-        except (TypeError, ValueError):
-            raise InvalidOptionError("option iter-time expects milliseconds, found %r" % (iter_time,), path)
+        except (TypeError, ValueError) as exc:
+            raise InvalidOptionError("option iter-time expects milliseconds, found %r" % (iter_time,), path) from exc
         if isinstance(options.get("iter-time"), bool) or not 1 <= iter_time <= 3600 * 1000:
             raise InvalidOptionError("option iter-time expects 1 to 3600000 milliseconds, found %r"
                                      % (options.get("iter-time"),), path)
@@ -564,7 +563,7 @@ class LuksDriver(Driver):
         try:
             spec.validate(path)
         except UnsupportedFeature as exc:
-            raise InvalidOptionError(str(exc), path)
+            raise InvalidOptionError(str(exc), path) from exc
         return spec, hash_alg
 
     @staticmethod

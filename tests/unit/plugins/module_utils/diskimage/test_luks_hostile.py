@@ -35,8 +35,8 @@ SLOT_SIZE = 48
 SLOT_ACTIVE, SLOT_ITERATIONS, SLOT_SALT, SLOT_KEY_OFFSET, SLOT_STRIPES = 0, 4, 8, 40, 44
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
+@pytest.fixture(scope="module", name="pristine")
+def pristine_fixture(tmp_path_factory):
     directory = tmp_path_factory.mktemp("luks-hostile")
     image = directory / "pristine.luks"
     diskimage.create(str(image), "luks", size=M, options={"key-secret": PASSPHRASE, "iter-time": 10})
@@ -107,8 +107,9 @@ HEADER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, edits, error, match", HEADER_CASES, ids=[case[0] for case in HEADER_CASES])
-def test_damaged_headers(pristine, tmp_path, name, edits, error, match):
+@pytest.mark.parametrize("edits, error, match", [case[1:] for case in HEADER_CASES],
+                         ids=[case[0] for case in HEADER_CASES])
+def test_damaged_headers(pristine, tmp_path, edits, error, match):
     image = damaged(pristine, tmp_path, *edits)
     # The format is forced: a damaged magic or version no longer probes as luks.
     open_fails(image, error, match, fmt="luks")

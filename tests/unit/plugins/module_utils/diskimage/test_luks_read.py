@@ -6,6 +6,7 @@ convert -O raw`` with the passphrase, info and map agree with qemu-img's JSON,
 and a wrong, missing or unusable passphrase (or no cryptography package)
 gives a clear error that never contains the passphrase."""
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -53,8 +54,8 @@ def _source_raw(directory):
     return raw
 
 
-@pytest.fixture(scope="module")
-def qemu_images(tmp_path_factory):
+@pytest.fixture(scope="module", name="qemu_images")
+def qemu_images_fixture(tmp_path_factory):
     """CONFIGS as <name>.luks, and converted.luks (qemu-img convert -O luks of src.raw)."""
     directory = tmp_path_factory.mktemp("luks-qemu")
     raw = _source_raw(directory)
@@ -65,16 +66,21 @@ def qemu_images(tmp_path_factory):
                       "-o", opts, str(directory / (name + ".luks")), str(SIZE)]
     jobs["converted"] = ["qemu-img", "convert", "--object", luks_tools.secret_object(), "-f", "raw", "-O", "luks",
                          "-o", "key-secret=sec0," + luks_tools.FAST, str(raw), str(directory / "converted.luks")]
-    procs = dict((name, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-                 for name, argv in jobs.items())
-    for name, proc in procs.items():
-        proc.communicate()
-        if proc.returncode:
-            # qemu's PBKDF2 benchmark now and then fails ("Unable to get accurate CPU usage"): once more.
-            target = directory / (name + ".luks")
-            if target.exists():
-                target.unlink()
-            qemu_tools.run(*jobs[name])
+    failed = []
+    with contextlib.ExitStack() as stack:
+        procs = dict((name, stack.enter_context(subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                                                 stderr=subprocess.PIPE)))
+                     for name, argv in jobs.items())
+        for name, proc in procs.items():
+            proc.communicate()
+            if proc.returncode:
+                failed.append(name)
+    for name in failed:
+        # qemu's PBKDF2 benchmark now and then fails ("Unable to get accurate CPU usage"): once more.
+        target = directory / (name + ".luks")
+        if target.exists():
+            target.unlink()
+        qemu_tools.run(*jobs[name])
     return directory
 
 

@@ -204,7 +204,7 @@ def test_invalid_options(tmp_path, options, match):
         diskimage.create(str(image), "luks", size=M, options=opts)
     assert PASSPHRASE not in str(caught.value)
     assert not image.exists()
-    assert [p for p in os.listdir(str(tmp_path))] == []
+    assert not os.listdir(str(tmp_path))
 
 
 def test_backing_file_refused(tmp_path):
