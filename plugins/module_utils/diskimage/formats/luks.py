@@ -421,8 +421,6 @@ class LuksDriver(Driver):
             secret = getattr(opener, "key_secret", None)
             if secret is not None:
                 self._unlock(_passphrase_bytes(secret, self.path))
-            elif not self.readonly:
-                raise InvalidOptionError("a passphrase (key_secret) is required to write a LUKS image", self.path)
         except BaseException:
             self.close()
             raise
@@ -701,6 +699,24 @@ class LuksDriver(Driver):
             chunk = min(end - position, MAX_IO - position % SECTOR_SIZE)
             self.write(position, bytes(chunk))
             position += chunk
+
+    def resize(self, new_size, preallocation=None):
+        """Truncate or extend the payload (as QEMU); a grown range gets
+        encrypted zeroes, so that it reads as zeroes (needs the passphrase)."""
+        self._check_writable()
+        if preallocation not in (None, False, "off"):
+            raise InvalidOptionError("preallocation mode %r is not supported for luks resize (only off)"
+                                     % (preallocation,), self.path)
+        if not isinstance(new_size, int) or new_size < 0 or new_size % SECTOR_SIZE:
+            raise InvalidOptionError("new size %r is not a multiple of %d bytes" % (new_size, SECTOR_SIZE),
+                                     self.path)
+        old_size = self.virtual_size
+        if new_size > old_size:
+            self._require_key("grow")
+        self._file.truncate(self.header.payload_bytes + new_size)
+        self.virtual_size = new_size
+        if new_size > old_size:
+            self.write_zeroes(old_size, new_size - old_size)
 
     def flush(self):
         if self._file is not None and not self.readonly:

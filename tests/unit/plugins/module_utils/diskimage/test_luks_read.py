@@ -178,8 +178,11 @@ def test_missing_passphrase(qemu_images, tmp_path):
     # ...reading and writing do.
     with pytest.raises(InvalidOptionError, match="key_secret"):
         diskimage.convert(str(image), str(tmp_path / "out.raw"), "raw")
-    with pytest.raises(InvalidOptionError, match="key_secret"):
-        diskimage.open_image(str(image), readonly=False)
+    with diskimage.open_image(str(image), readonly=False) as opened:
+        with pytest.raises(InvalidOptionError, match="key_secret"):
+            opened.write(0, b"data")
+        with pytest.raises(InvalidOptionError, match="key_secret"):
+            opened.write_zeroes(0, 512)
     with pytest.raises(InvalidOptionError, match="string or bytes"):
         diskimage.open_image(str(image), key_secret=1234)
 

@@ -169,6 +169,24 @@ def test_qemu_written_after_us(tmp_path):
     assert_qemu_sees(image, bytes(model), tmp_path)
 
 
+def test_resize(tmp_path):
+    image = tmp_path / "resize.luks"
+    create(image, M)
+    with diskimage.open_image(str(image), readonly=False, key_secret=PASSPHRASE) as opened:
+        opened.write(0, b"\x21" * M)
+    # Growing writes encrypted zeroes (needs the passphrase); shrinking does not.
+    with pytest.raises(InvalidOptionError, match="key_secret"):
+        diskimage.resize(str(image), "+1M")
+    assert diskimage.resize(str(image), "+1M", key_secret=PASSPHRASE) == {"old-size": M, "new-size": 2 * M}
+    assert qemu_img_json("info", image)["virtual-size"] == 2 * M
+    assert_qemu_sees(image, b"\x21" * M + bytes(M), tmp_path)
+    diskimage.resize(str(image), 512 * 3, shrink=True)
+    assert qemu_img_json("info", image)["virtual-size"] == 1536
+    assert_qemu_sees(image, b"\x21" * 1536, tmp_path)
+    with pytest.raises(InvalidOptionError, match="reallocation"):
+        diskimage.resize(str(image), "2M", preallocation="full", key_secret=PASSPHRASE)
+
+
 def test_read_only_and_range_refusals(tmp_path):
     image = tmp_path / "ro.luks"
     create(image, M)
