@@ -148,17 +148,18 @@ def align_window(offset):
 
 @translate_os_errors("cannot compare images")
 def compare_detail(a, b, fmt_a=None, fmt_b=None, strict=False, allow_dirs=None, force_share=False,
-                   member_a=None, member_b=None):
+                   member_a=None, member_b=None, key_secret=None):
     """The first offset (sector-aligned, as qemu-img reports it) where the
     images ``a`` and ``b`` differ, or None when they compare equal.  In strict
     mode a size difference is reported at the end of the smaller image.
-    ``member_a``/``member_b``: disks inside OVAs or Vagrant boxes."""
+    ``member_a``/``member_b``: disks inside OVAs or Vagrant boxes.
+    ``key_secret``: the passphrase of encrypted (LUKS) images among them."""
     image_a = image_b = None
     try:
         image_a = open_driver(a, fmt=fmt_a, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
-                              member=member_a)
+                              member=member_a, key_secret=key_secret)
         image_b = open_driver(b, fmt=fmt_b, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
-                              member=member_b)
+                              member=member_b, key_secret=key_secret)
         size_a, size_b = image_a.virtual_size, image_b.virtual_size
         common = min(size_a, size_b)
         if strict and size_a != size_b:
@@ -174,7 +175,8 @@ def compare_detail(a, b, fmt_a=None, fmt_b=None, strict=False, allow_dirs=None, 
 
 
 def compare(a, b, fmt_a=None, fmt_b=None, strict=False, allow_dirs=None, force_share=False,
-            member_a=None, member_b=None):
+            member_a=None, member_b=None, key_secret=None):
     """Whether images ``a`` and ``b`` have the same guest content (qemu-img compare)."""
     return compare_detail(a, b, fmt_a=fmt_a, fmt_b=fmt_b, strict=strict, allow_dirs=allow_dirs,
-                          force_share=force_share, member_a=member_a, member_b=member_b) is None
+                          force_share=force_share, member_a=member_a, member_b=member_b,
+                          key_secret=key_secret) is None
