@@ -149,6 +149,11 @@ def test_convert_to_luks_and_back(tmp_path):
     back = tmp_path / "back.qcow2"
     diskimage.convert(str(image), str(back), "qcow2", key_secret=PASSPHRASE)
     qemu_img("compare", "-f", "qcow2", "-F", "raw", back, raw)
+    assert diskimage.compare(str(image), str(raw), fmt_b="raw", key_secret=PASSPHRASE)
+    assert diskimage.compare(str(back), str(image), key_secret=PASSPHRASE)
+    with diskimage.open_image(str(back), readonly=False) as opened:
+        opened.write(4 * M, b"changed")
+    assert diskimage.compare_detail(str(image), str(back), key_secret=PASSPHRASE) == 4 * M
     # Into an existing image (qemu-img convert -n) needs the target's passphrase: refused clearly.
     with pytest.raises(InvalidOptionError, match="key_secret"):
         diskimage.convert(str(raw), str(image), "luks", src_fmt="raw", target_exists=True)
