@@ -196,7 +196,7 @@ def test_stream_with_bad_footer(tmp_path):
     (descriptor("monolithicFlat", 'RW 8 FLAT "x.bin"'), FormatError),
     (descriptor("monolithicFlat", "# none"), FormatError),
     (descriptor("twoGbMaxExtentSparse", 'RW 8 SPARSE "x.bin"'), FormatError),
-    (descriptor("monolithicFlat", '\n# x\n'.join('RW 1 FLAT "x.bin" 0' for _ in range(5000))), UnsupportedFeature),
+    (descriptor("monolithicFlat", '\n# x\n'.join('RW 1 FLAT "x.bin" 0' for dummy in range(5000))), UnsupportedFeature),
 ))
 def test_bad_descriptors(text, error, tmp_path):
     (tmp_path / "x.bin").write_bytes(bytes(4096))
