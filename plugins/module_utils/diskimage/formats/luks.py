@@ -449,7 +449,11 @@ class LuksDriver(Driver):
                                         "the file (%d bytes)" % (slot.index, offset, material_read, file_size), path)
             slot_key = hashlib.pbkdf2_hmac(h.hash_spec, passphrase, slot.salt, slot.iterations, h.key_bytes)
             material = self._file.pread_exact(offset, material_read, "LUKS key slot %d key material" % slot.index)
-            split_key = SectorCipher(h.spec, slot_key).decrypt(0, material)
+            try:
+                split_key = SectorCipher(h.spec, slot_key).decrypt(0, material)
+            except ValueError as exc:
+                raise CorruptImageError("LUKS key slot %d: key material cannot be decrypted (%s)"
+                                        % (slot.index, exc), path) from exc
             candidate = af_merge(split_key, h.key_bytes, STRIPES, h.hash_spec)
             digest = hashlib.pbkdf2_hmac(h.hash_spec, candidate, h.mk_digest_salt, h.mk_digest_iterations,
                                          DIGEST_SIZE)
