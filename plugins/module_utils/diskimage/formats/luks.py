@@ -25,11 +25,15 @@ truncated to payload offset + size (it does not read as zeroes until written:
 ``has_zero_init`` is False, so convert writes zeroes explicitly).
 
 The passphrase: open() takes it from the opener's ``key_secret`` attribute
-(``chain.open_driver(..., key_secret=...)``, ``open_image(..., key_secret=...)``,
-``convert(..., key_secret=...)`` for the source); create() from the ``key-secret``
-option, which here carries the passphrase itself (qemu-img names a secret
-object there).  Without a passphrase the image opens for info() only.  The
-passphrase is never stored, logged or put into a message.
+(``chain.open_driver(..., key_secret=...)``; in the public API the
+``key_secret`` keyword of ``open_image``, ``convert`` (for the source),
+``compare`` and ``resize``); create() from the ``key-secret`` option, which
+here carries the passphrase itself (qemu-img names a secret object there; a
+``convert`` to luks opens its new target with it).  Without a passphrase the
+image opens for info(), map() and shrinking only; reads and writes then raise
+InvalidOptionError naming ``key_secret``.  The passphrase (str, UTF-8, or
+bytes) is never stored, logged or put into a message; the master key lives in
+the opened driver until close().
 
 Ciphers: AES (128, 192, 256 bits) in xts, cbc or ecb mode, through the optional
 ``cryptography`` package (imported at load time, guarded: without it info()
