@@ -21,6 +21,7 @@ import time
 
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     amend as image_amend,
+    ova_disks,
     check as image_check,
     commit as image_commit,
     convert as image_convert,
@@ -46,6 +47,7 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors impor
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import driver_class
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import Driver
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.vpc import rounded_size as vhd_rounded_size
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy import resolve_reference
 
 # qemu-img rounds every virtual size up to whole 512-byte sectors.
@@ -55,6 +57,18 @@ SECTOR_SIZE = 512
 # Creation options that ``info()`` reports back, so that an existing image can be compared with them.
 COMPARABLE_OPTIONS = ('cluster_size', 'compat', 'lazy_refcounts', 'refcount_bits', 'compression_type',
                       'extended_l2', 'data_file', 'data_file_raw')
+# Creation options compared per format (the others apply at creation only: the image does not record them, or
+# records them where neither qemu-img info nor this module reads them back).  qcow2: COMPARABLE_OPTIONS;
+# vmdk: subformat (the descriptor's createType); vdi: static; vpc, vhdx: subformat (fixed or dynamic);
+# vhdx: block_size; qed: cluster_size.
+FORMAT_COMPARABLE_OPTIONS = {
+    'qcow2': COMPARABLE_OPTIONS,
+    'vmdk': ('subformat',),
+    'vdi': ('static',),
+    'vpc': ('subformat',),
+    'vhdx': ('subformat', 'block_size'),
+    'qed': ('cluster_size',),
+}
 # Options an existing image can change in place (qemu-img amend) instead of being recreated.
 AMENDABLE_OPTIONS = ('compat', 'lazy_refcounts', 'refcount_bits')
 PREALLOCATION_MODES = ('off', 'metadata', 'falloc', 'full')
@@ -84,6 +98,7 @@ def disk_image_argument_spec():
         shrink=dict(type='bool', default=False),
         src=dict(type='path'),
         src_format=dict(type='str'),
+        src_member=dict(type='raw'),
         src_snapshot=dict(type='str'),
         revert_to=dict(type='str'),
         backing_file=dict(type='str'),
@@ -107,6 +122,7 @@ def disk_image_argument_spec():
 def disk_image_info_argument_spec():
     spec = dict(
         path=dict(type='raw', required=True),
+        member=dict(type='raw'),
         backing_chain=dict(type='bool', default=False),
         check=dict(type='bool', default=False),
         map=dict(type='bool', default=False),
@@ -140,9 +156,71 @@ def normalise_options(options):
     return normalised
 
 
-def image_options(info_dict):
-    """The comparable creation options an image reports, spelled as ``options`` spells them."""
-    options = {}
+def comparable_options(fmt):
+    """Names of the creation options compared with an existing image of format ``fmt``."""
+    return FORMAT_COMPARABLE_OPTIONS.get(fmt, ())
+
+
+def member_selector(value, what='src_member'):
+    """A disk inside an OVA or Vagrant box: an int (index into its disk list) or a member name; None for none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == '':
+        raise DiskImageError('%s: expected a member name or an index, found %r' % (what, value))
+    if isinstance(value, int) and value < 0:
+        raise DiskImageError('%s: an index must not be negative, found %d' % (what, value))
+    return value
+
+
+def expected_virtual_size(fmt, size, options=None):
+    """The virtual size an image of format ``fmt`` gets when created with ``size`` bytes: whole sectors, and
+    for vpc (VHD) the next size its CHS geometry represents unless ``force_size`` is set, as qemu-img does."""
+    if fmt == 'vpc':
+        force_size = (options or {}).get('force_size', False)
+        return vhd_rounded_size(size, force_size in (True, 'on'))[0]
+    return align_size(size)
+
+
+def can_resize(fmt):
+    """Whether images of format ``fmt`` can change their virtual size in place (qemu-img resize)."""
+    try:
+        cls = driver_class(fmt)
+    except ImageError:
+        return False
+    return getattr(cls, 'resize', None) is not getattr(Driver, 'resize')
+
+
+def read_layout_options(path, info_dict, allow_dirs=None):
+    """Creation options recorded in the image that info() does not report: vdi ``static`` (image type),
+    vpc ``subformat`` (disk type), vhdx ``subformat`` (fixed images leave their blocks allocated)."""
+    fmt = info_dict.get('format')
+    if fmt not in ('vdi', 'vpc', 'vhdx'):
+        return {}
+    with open_image(path, fmt=fmt, allow_dirs=allow_dirs, force_share=True) as image:
+        driver = image.driver
+        if fmt == 'vdi':
+            return {'static': getattr(driver.header, 'image_type', None) == 2}
+        if fmt == 'vpc':
+            return {'subformat': {2: 'fixed', 3: 'dynamic', 4: 'differencing'}.get(driver.disk_type)}
+        return {'subformat': 'differencing' if driver.has_parent
+                else 'fixed' if driver.file_flags & 1 else 'dynamic'}
+
+
+def image_options(info_dict, layout=None):
+    """The comparable creation options an image reports, spelled as ``options`` spells them; ``layout``
+    adds what read_layout_options read from the image."""
+    fmt = info_dict.get('format')
+    options = dict(layout or {})
+    if fmt == 'vmdk':
+        create_type = ((info_dict.get('format-specific') or {}).get('data') or {}).get('create-type')
+        if create_type:
+            options['subformat'] = create_type
+        return options
+    if fmt == 'vhdx' and info_dict.get('cluster-size') is not None:
+        options['block_size'] = info_dict['cluster-size']
+        return options
+    if fmt not in ('qcow2', 'qed'):
+        return options
     if info_dict.get('cluster-size') is not None:
         options['cluster_size'] = info_dict['cluster-size']
     specific = (info_dict.get('format-specific') or {}).get('data') or {}
@@ -156,7 +234,7 @@ def image_options(info_dict):
     return options
 
 
-def image_view(path, info_dict):
+def image_view(path, info_dict, layout=None):
     """The normalised view of an image used both for comparison and for the diff."""
     if info_dict is None:
         return {'path': path, 'state': 'absent'}
@@ -167,7 +245,7 @@ def image_view(path, info_dict):
         'virtual_size': info_dict.get('virtual-size'),
         'backing_file': info_dict.get('backing-filename'),
         'backing_format': info_dict.get('backing-filename-format'),
-        'options': image_options(info_dict),
+        'options': image_options(info_dict, layout),
         'snapshots': [snapshot.get('name') for snapshot in info_dict.get('snapshots') or []],
     }
 
@@ -192,7 +270,7 @@ class DiskImageRequest(object):
     def __init__(self, path, state='present', fmt=None, size=None, shrink=False, src=None, src_format=None,
                  backing_file=None, backing_format=None, options=None, compress=False, force=False, allow_dirs=None,
                  preallocation=None, snapshots=None, rebase=None, commit=False, repair=None, src_snapshot=None,
-                 revert_to=None):
+                 revert_to=None, src_member=None):
         self.path = path
         self.state = state
         self.format = fmt
@@ -200,6 +278,7 @@ class DiskImageRequest(object):
         self.shrink = shrink
         self.src = src
         self.src_format = src_format
+        self.src_member = member_selector(src_member)
         self.backing_file = backing_file
         self.backing_format = backing_format
         self.options = normalise_options(options)
@@ -241,6 +320,10 @@ class DiskImageRequest(object):
         """The backing file the image should have: None for none (backing_file '' with rebase) or unspecified."""
         return self.backing_file or None
 
+    def expected_size(self, size):
+        """The virtual size a new image of ``size`` bytes gets in the requested format."""
+        return expected_virtual_size(self.format, size, self.options)
+
     @property
     def wants_no_backing(self):
         return self.backing_file == ''
@@ -249,7 +332,7 @@ class DiskImageRequest(object):
     def from_params(cls, params):
         names = ('path', 'state', 'size', 'shrink', 'src', 'src_format', 'backing_file', 'backing_format',
                  'options', 'compress', 'force', 'allow_dirs', 'preallocation', 'snapshots', 'rebase', 'commit',
-                 'repair', 'src_snapshot', 'revert_to')
+                 'repair', 'src_snapshot', 'revert_to', 'src_member')
         return cls(fmt=params.get('format'), **dict((name, params.get(name)) for name in names))
 
     def _validate(self):
@@ -261,6 +344,8 @@ class DiskImageRequest(object):
             raise DiskImageError('compress applies to a conversion: it requires src')
         if self.src_format and not self.src:
             raise DiskImageError('src_format requires src')
+        if self.src_member is not None and not self.src:
+            raise DiskImageError('src_member requires src (the OVA or Vagrant box holding the disk)')
         if self.src_snapshot is not None and not self.src:
             raise DiskImageError('src_snapshot requires src')
         if self.backing_format and not self.backing_file:
@@ -592,7 +677,7 @@ def read_state(request):
                 raise DiskImageError('src_snapshot: %s has no snapshot named %r (snapshots: %s)' % (
                     request.src, request.src_snapshot,
                     ', '.join(repr(snapshot.get('name')) for snapshot in listed) or 'none'))
-            # The conversion has the snapshot's virtual size, which may differ from the current one.
+            # The snapshot must be readable; the conversion keeps the current virtual size (qemu-img convert -l).
             with open_image(request.src, fmt=src_info['format'], allow_dirs=request.allow_dirs) as source:
                 source.driver.select_snapshot(request.src_snapshot)
                 src_info = dict(src_info, **{'virtual-size': source.driver.virtual_size})

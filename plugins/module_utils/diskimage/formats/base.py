@@ -128,8 +128,9 @@ class Driver:
         """Change format options in place (qemu-img amend -o)."""
         raise UnsupportedOperation("amending %s images is not supported" % self.format_name, self.path)
 
-    def select_snapshot(self, name):
-        """Read-only drivers: show internal snapshot ``name`` instead of the current disk."""
+    def select_snapshot(self, name, snapshot_size=False):
+        """Read-only drivers: show internal snapshot ``name`` instead of the current disk
+        (keeping the current virtual size unless ``snapshot_size``)."""
         raise UnsupportedOperation("%s images have no internal snapshots" % self.format_name, self.path)
 
     def flush(self):

@@ -2044,14 +2044,18 @@ class Qcow2Driver(Driver):
         self._verified_targets = set()
         self._decompressed = (None, None)
 
-    def select_snapshot(self, name):
+    def select_snapshot(self, name, snapshot_size=False):
         """Show internal snapshot ``name`` (name, else ID) instead of the active
-        layer: read-only drivers only (qemu-img convert -l)."""
+        layer: read-only drivers only.  As ``qemu-img convert -l`` does, the
+        image keeps its CURRENT virtual size: past the snapshot's L1 table the
+        disk is unallocated (zeroes, or the backing file), a longer L1 is cut.
+        ``snapshot_size=True`` shows the snapshot's own disk size instead (the
+        view ``qemu-img snapshot -a`` restores)."""
         if not self.readonly:
             raise ImageError("qcow2: a snapshot can only be selected on a read-only image", self.path)
         snap = self._find_snapshot(name)
         self._l1 = self._read_l1(snap["l1_table_offset"], snap["l1_size"], "snapshot L1 table")
-        if snap["disk_size"] is not None:
+        if snapshot_size and snap["disk_size"] is not None:
             self.virtual_size = snap["disk_size"]
         self._l2_cache.clear()
         self._decompressed = (None, None)

@@ -170,7 +170,7 @@ def snapshot_compare(path, name, fmt=None, allow_dirs=None, force_share=False):
                 name, ", ".join(repr(s["name"]) for s in current.snapshots()) or "none"), path)
         snapshot = open_driver(path, fmt=current.format_name, readonly=True, allow_dirs=allow_dirs,
                                force_share=True)
-        snapshot.select_snapshot(name)
+        snapshot.select_snapshot(name, snapshot_size=True)
         common = min(snapshot.virtual_size, current.virtual_size)
         prefix = _same_content(current, snapshot, common)
         beyond = _reads_zero(current, common, current.virtual_size) if prefix else False

@@ -191,3 +191,40 @@ def test_library_write_drops_stale_persistent_bitmaps(tmp_path):
     # QEMU can add bitmaps again afterwards
     qemu_img("bitmap", "--add", path, "bm2")
     assert_clean(path)
+
+
+@pytest.mark.parametrize("with_backing", [False, True])
+@pytest.mark.parametrize("later_size", ["1200M", "2M"])
+def test_convert_snapshot_keeps_current_virtual_size(tmp_path, with_backing, later_size):
+    """qemu-img convert -l keeps the image's current virtual size: a snapshot
+    taken when the disk was smaller reads unallocated (zeroes, or the backing
+    file) past its L1 table; one taken when it was larger is cut."""
+    src = tmp_path / "grown.qcow2"
+    args = ["create", "-q", "-f", "qcow2"]
+    if with_backing:
+        base = tmp_path / "base.raw"
+        qemu_img("create", "-q", "-f", "raw", base, "1200M")
+        qemu_io(base, "write -P 0x55 1150M 64k", "write -P 0x66 2M 64k", fmt="raw")
+        args += ["-b", "base.raw", "-F", "raw"]
+    qemu_img(*(args + [src, "4M"]))
+    qemu_io(src, "write -P 0x11 0 1M", "write -P 0x12 3M 64k", fmt="qcow2")
+    qemu_img("snapshot", "-c", "small", src)
+    qemu_img("resize", "-q", src, "1200M")
+    qemu_io(src, "write -P 0x33 1100M 64k", "write -P 0x34 0 64k", fmt="qcow2")
+    qemu_img("snapshot", "-c", "large", src)
+    if later_size != "1200M":
+        qemu_img("resize", "-q", "--shrink", src, later_size)
+    size = qemu_img_json("info", src)["virtual-size"]
+    for name in ("small", "large"):
+        theirs = tmp_path / ("theirs-%s.qcow2" % name)
+        ours = tmp_path / ("ours-%s.qcow2" % name)
+        qemu_img("convert", "-l", "snapshot.name=" + name, "-O", "qcow2", src, theirs)
+        result = diskimage.convert(str(src), str(ours), "qcow2", snapshot=name)
+        assert result["virtual_size"] == size
+        assert qemu_img_json("info", ours)["virtual-size"] == size
+        qemu_img("compare", "-s", "-f", "qcow2", "-F", "qcow2", theirs, ours)
+        assert_clean(ours)
+    # revert (qemu-img snapshot -a) restores the snapshot's own size: snapshot_compare reports it
+    compared = diskimage.snapshot_compare(str(src), "small")
+    assert compared["snapshot-size"] == 4 << 20
+    assert compared["virtual-size"] == size
