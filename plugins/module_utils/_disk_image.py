@@ -426,6 +426,13 @@ def _same_size(a, b):
     return a is not None and b is not None and align_size(a) == align_size(b)
 
 
+def _size_matches(request, current, size):
+    """Whether an image of ``current`` bytes is what creating one of ``size`` bytes gives in the requested
+    format (a vpc image of ``size`` is rounded up to its CHS geometry)."""
+    return _same_size(current, size) or (current is not None and size is not None
+                                         and current == request.expected_size(size))
+
+
 def _image_differences(request, before, src_info):
     """Differences between the image and the request: list of (field, actual, requested)."""
     differences = []
@@ -436,11 +443,14 @@ def _image_differences(request, before, src_info):
             differences.append(('backing_file', before['backing_file'], request.backing_name))
         if before['backing_format'] != request.backing_format:
             differences.append(('backing_format', before['backing_format'], request.backing_format))
-    for name in sorted(request.options):
-        if name in COMPARABLE_OPTIONS and name in before['options'] and before['options'][name] != request.options[name]:
-            differences.append(('options.%s' % name, before['options'][name], request.options[name]))
-    if src_info is not None and request.size is None and not _same_size(before['virtual_size'], src_info['virtual-size']):
-        differences.append(('virtual_size', before['virtual_size'], align_size(src_info['virtual-size'])))
+    if before['format'] == request.format:
+        compared = comparable_options(request.format)
+        for name in sorted(request.options):
+            if name in compared and name in before['options'] and before['options'][name] != request.options[name]:
+                differences.append(('options.%s' % name, before['options'][name], request.options[name]))
+    if (src_info is not None and request.size is None
+            and not _size_matches(request, before['virtual_size'], src_info['virtual-size'])):
+        differences.append(('virtual_size', before['virtual_size'], request.expected_size(src_info['virtual-size'])))
     return differences
 
 
@@ -506,7 +516,7 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
     rebase, repair=all).
     """
     facts = facts or {}
-    before = image_view(request.path, current_info)
+    before = image_view(request.path, current_info, facts.get('layout'))
     if request.state == 'absent':
         if current_info is None:
             return Plan([], before, dict(before))
@@ -544,12 +554,14 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
     if recreate:
         after = {'path': request.path, 'state': 'present', 'format': request.format,
                  'backing_file': request.backing_name, 'backing_format': request.backing_format,
-                 'options': dict((name, value) for name, value in request.options.items() if name in COMPARABLE_OPTIONS),
+                 'options': dict((name, value) for name, value in request.options.items()
+                                 if name in comparable_options(request.format)),
                  'snapshots': []}
         if request.src is not None:
             actions.append(Action(
-                'convert', 'convert %s (%s)%s to %s image %s%s%s' % (
-                    request.src, src_info['format'],
+                'convert', 'convert %s%s (%s)%s to %s image %s%s%s' % (
+                    request.src, '' if request.src_member is None else ' member %r' % (request.src_member,),
+                    src_info['format'],
                     '' if request.src_snapshot is None else ' snapshot %r' % request.src_snapshot,
                     request.format, request.path,
                     ' compressed' if request.compress else '', replacing),
@@ -564,14 +576,15 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
             created_size = size if size is not None else backing_info['virtual-size']
             actions.append(Action(
                 'create', 'create %s image %s of %d bytes%s%s%s' % (
-                    request.format, request.path, align_size(created_size),
+                    request.format, request.path, request.expected_size(created_size),
                     '' if request.backing_name is None else ' backed by %s (%s)' % (request.backing_name,
                                                                                     request.backing_format),
                     '' if request.preallocation in (None, 'off') else ' with preallocation=%s' % request.preallocation,
                     replacing),
                 size=size))
             current_size = created_size
-        after['virtual_size'] = align_size(current_size)
+        current_size = request.expected_size(current_size)
+        after['virtual_size'] = current_size
     else:
         current_size = before['virtual_size']
         revert = facts.get('revert')
@@ -623,8 +636,17 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
             after['backing_file'] = request.backing_name
             after['backing_format'] = request.backing_format
 
-    if request.size is not None and not _same_size(current_size, request.size):
+    if request.size is not None and not _size_matches(request, current_size, request.size):
         new_size = align_size(request.size)
+        if not can_resize(request.format):
+            # Refused before anything is written, in check mode too (qemu-img resize refuses these formats).
+            raise DiskImageError('%s images cannot be resized (qemu-img cannot resize them either): %s %s %d bytes, '
+                                 'size requests %d; %s' % (
+                                     request.format, request.path,
+                                     'would be converted with a virtual size of' if recreate else
+                                     'has a virtual size of', current_size, new_size,
+                                     'leave size unset to keep the size of src' if recreate else
+                                     'convert it to a format that can be resized (raw, qcow2, qed, luks)'))
         if new_size < current_size and not request.shrink:
             raise DiskImageError('refusing to shrink %s from %d to %d bytes, which discards data at its end; '
                                  'set shrink=true to allow it' % (request.path, current_size, new_size))
@@ -654,6 +676,10 @@ def read_state(request):
             raise DiskImageError('%s exists and is not a regular file' % request.path)
         try:
             current_info = image_info(request.path, allow_dirs=request.allow_dirs)
+            if request.state == 'present' and request.format == 'vpc' and current_info.get('format') == 'raw':
+                # A fixed VHD is probed as raw (its footer is at the end, as qemu-img probes it too): read it as
+                # the vpc image the task names when it is one.
+                current_info = _info_as_vpc(request, current_info)
         except ImageInUseError:
             raise
         except ImageError:
@@ -669,7 +695,8 @@ def read_state(request):
                              % (request.path, os.path.dirname(os.path.abspath(request.path))))
     src_info = None
     if request.src is not None:
-        src_info = image_info(request.src, fmt=request.src_format, allow_dirs=request.allow_dirs)
+        src_info = image_info(request.src, fmt=request.src_format, allow_dirs=request.allow_dirs,
+                              **_member_argument('member', request.src_member))
         if request.src_snapshot is not None:
             # Refused in check mode too: the snapshot must exist (looked up by name, else by ID, as convert does).
             listed = src_info.get('snapshots') or []
@@ -678,7 +705,8 @@ def read_state(request):
                     request.src, request.src_snapshot,
                     ', '.join(repr(snapshot.get('name')) for snapshot in listed) or 'none'))
             # The snapshot must be readable; the conversion keeps the current virtual size (qemu-img convert -l).
-            with open_image(request.src, fmt=src_info['format'], allow_dirs=request.allow_dirs) as source:
+            with open_image(request.src, fmt=src_info['format'], allow_dirs=request.allow_dirs,
+                            **_member_argument('member', request.src_member)) as source:
                 source.driver.select_snapshot(request.src_snapshot)
                 src_info = dict(src_info, **{'virtual-size': source.driver.virtual_size})
     backing_info = None
@@ -692,6 +720,7 @@ def read_state(request):
             request.backing_format = backing_info['format']
     facts = {}
     if current_info is not None and current_info.get('format') == request.format:
+        facts['layout'] = read_layout_options(request.path, current_info, request.allow_dirs)
         if request.repair is not None:
             try:
                 facts['check'] = image_check(request.path, fmt=request.format, allow_dirs=request.allow_dirs)
@@ -703,6 +732,21 @@ def read_state(request):
             facts['revert'] = snapshot_compare(request.path, request.revert_to, fmt=request.format,
                                                allow_dirs=request.allow_dirs)
     return current_info, src_info, backing_info, facts
+
+
+def _info_as_vpc(request, probed_info):
+    """info() of ``request.path`` read as vpc when it is a VHD, else ``probed_info`` (its probed raw info)."""
+    try:
+        return image_info(request.path, fmt='vpc', allow_dirs=request.allow_dirs)
+    except ImageInUseError:
+        raise
+    except ImageError:
+        return probed_info
+
+
+def _member_argument(name, member):
+    """The member keyword for the library, only when a member is selected."""
+    return {} if member is None else {name: member}
 
 
 def uncommitted_bytes(path, current_info, allow_dirs=None):
@@ -737,7 +781,9 @@ def _build(request, action, target):
                      allow_dirs=request.allow_dirs)
         return {}
     started = time.time()
-    extra = {} if request.src_snapshot is None else {'snapshot': request.src_snapshot}
+    extra = _member_argument('src_member', request.src_member)
+    if request.src_snapshot is not None:
+        extra['snapshot'] = request.src_snapshot
     outcome = image_convert(request.src, target, request.format, src_fmt=action.args['src_format'],
                             options=_backing_options(request) or None, compress=request.compress,
                             allow_dirs=request.allow_dirs, **extra)
@@ -889,41 +935,66 @@ def _paths(value):
     return [os.path.expanduser(os.path.expandvars(path)) for path in paths]
 
 
+TAR_MAGIC_OFFSET = 257  # POSIX ustar header: "ustar" at offset 257 of the first block (GNU tar too)
+
+
+def is_tar_archive(path):
+    """Whether ``path`` is a regular file starting with a tar header (an OVA or an uncompressed Vagrant box)."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, 'rb') as archive:
+        archive.seek(TAR_MAGIC_OFFSET)
+        return archive.read(5) == b'ustar'
+
+
 def describe_image(path, backing_chain=False, check=False, allow_dirs=None, force_share=False, allocation_map=False,
-                   measure=None):
+                   measure=None, member=None):
     """Info dict of one image for disk_image_info (``exists`` false when there is no file).
 
     ``allocation_map`` adds ``map`` (qemu-img map --output=json); ``measure`` ({out_format, options}) adds
-    ``measure`` (qemu-img measure --output=json of a conversion of the image to out_format).
+    ``measure`` (qemu-img measure --output=json of a conversion of the image to out_format).  ``member`` selects
+    a disk inside an OVA or Vagrant box; when ``path`` is a tar archive, ``ova_disks`` lists its disks.
     """
     if not os.path.lexists(path):
         return {'filename': path, 'exists': False}
+    disks = ova_disks(path) if is_tar_archive(path) else None
+    if member is None and disks is not None and not disks:
+        # A tar file without disks: nothing to describe but the (empty) disk list.
+        return {'filename': path, 'exists': True, 'ova_disks': []}
+    selected = _member_argument('member', member)
     if backing_chain:
-        chain = image_info(path, backing_chain=True, allow_dirs=allow_dirs, force_share=force_share)
+        chain = image_info(path, backing_chain=True, allow_dirs=allow_dirs, force_share=force_share, **selected)
         described = dict(chain[0])
         described['backing-chain'] = chain
     else:
-        described = dict(image_info(path, allow_dirs=allow_dirs, force_share=force_share))
+        described = dict(image_info(path, allow_dirs=allow_dirs, force_share=force_share, **selected))
     described['exists'] = True
+    if disks is not None:
+        described['ova_disks'] = disks
     if check:
         try:
-            described['check'] = image_check(path, fmt=described['format'], allow_dirs=allow_dirs, force_share=force_share)
+            described['check'] = image_check(path, fmt=described['format'], allow_dirs=allow_dirs,
+                                             force_share=force_share, **selected)
         except (UnsupportedOperation, UnsupportedFeature) as exc:
             described['check_note'] = str(exc)
     if allocation_map:
-        described['map'] = image_map(path, fmt=described['format'], allow_dirs=allow_dirs, force_share=force_share)
+        described['map'] = image_map(path, fmt=described['format'], allow_dirs=allow_dirs, force_share=force_share,
+                                     **selected)
     if measure is not None:
         described['measure'] = image_measure(src=path, src_fmt=described['format'],
                                              out_fmt=measure.get('out_format') or 'qcow2',
                                              options=measure.get('options') or None,
-                                             allow_dirs=allow_dirs, force_share=force_share)
+                                             allow_dirs=allow_dirs, force_share=force_share,
+                                             **_member_argument('src_member', member))
     return described
 
 
 def run_disk_image_info(params):
     allow_dirs = list(params.get('allow_dirs') or []) or None
+    member = member_selector(params.get('member'), 'member')
     images = [describe_image(path, backing_chain=params['backing_chain'], check=params['check'],
                              allow_dirs=allow_dirs, force_share=params['force_share'],
-                             allocation_map=params.get('map') or False, measure=params.get('measure'))
+                             allocation_map=params.get('map') or False, measure=params.get('measure'),
+                             member=member)
               for path in _paths(params['path'])]
     return dict(changed=False, images=images)
