@@ -39,9 +39,11 @@ def _describe(trail):
 class _Chain:
     """State shared by the openers of one open_driver call."""
 
-    def __init__(self, allow_dirs, force_share, key_secret=None):
+    def __init__(self, allow_dirs, force_share, key_secret=None, check_open=False):
         self.allow_dirs = list(allow_dirs) if allow_dirs else None
         self.force_share = force_share
+        # Opened writable by check with repair (qemu's BDRV_O_CHECK): the top layer only.
+        self.check_open = check_open
         # Passphrase for encrypted (LUKS) layers; never logged or put in a message.
         self.key_secret = key_secret
         # Everything opened so far, closed in reverse order on failure.
@@ -107,6 +109,13 @@ class _Opener:
         return self._chain.allow_dirs
 
     @property
+    def check_open(self):
+        """Whether the layer is the top image opened writable by check with
+        repair (ops/check.py; qemu's BDRV_O_CHECK): a qcow2 driver then opens
+        a corrupt-flagged image writable, for the repair only."""
+        return bool(self._chain.check_open and self._writable and len(self._trail) == 1)
+
+    @property
     def key_secret(self):
         """The caller's passphrase for encrypted layers (formats/luks.py), or None."""
         return self._chain.key_secret
@@ -139,15 +148,17 @@ class _Opener:
         return image_file
 
 
-def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None):
+def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None,
+                check_open=False):
     """Open image ``path`` (format ``fmt``, probed when None) with its backing
     chain; backing layers and data files go through the path policy with
     ``allow_dirs``.  Returns the top Driver; closing it closes the chain.
     ``member`` selects a disk inside an OVA or Vagrant box (ova.locate: read
     only; ``.ova``/``.box`` files open their first disk without it).
-    ``key_secret``: the passphrase of encrypted (LUKS) layers."""
+    ``key_secret``: the passphrase of encrypted (LUKS) layers.
+    ``check_open``: only for ops/check.py repairing (qemu's BDRV_O_CHECK)."""
     path = locate(path, fmt, member, readonly)
-    chain = _Chain(allow_dirs, force_share, key_secret)
+    chain = _Chain(allow_dirs, force_share, key_secret, check_open)
     try:
         return chain.open_layer(path, fmt, readonly, [])
     except BaseException:

@@ -251,7 +251,8 @@ class Qcow2Driver(Driver):
         self._rc_bits = h.refcount_bits
         self._rc_max = (1 << self._rc_bits) - 1
         self._rbe = self._cs * 8 // self._rc_bits
-        if h.corrupt and not self.readonly:
+        if h.corrupt and not self.readonly and not getattr(opener, "check_open", False):
+            # (check with repair opens it writable, as qemu-img check -r does with BDRV_O_CHECK)
             raise CorruptImageError(
                 "qcow2 header: the corrupt bit is set; the image can only be opened read-only "
                 "(run check with repair to fix it)", path)

@@ -31,7 +31,7 @@ def check(path, fmt=None, repair=None, allow_dirs=None, force_share=False, membe
         raise InvalidOptionError("force_share cannot be used when repairing", path)
     filename = os.fspath(path)
     driver = open_driver(filename, fmt=fmt, readonly=repair is None, allow_dirs=allow_dirs,
-                         force_share=force_share, member=member)
+                         force_share=force_share, member=member, check_open=repair is not None)
     try:
         if type(driver).check is Driver.check:
             raise UnsupportedOperation("This image format does not support checks (format %s)"

@@ -53,14 +53,16 @@ def translate_os_errors(action):
     return decorate
 
 
-def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None):
+def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None,
+                check_open=False):
     """chain.open_driver, with OSError turned into ImageError naming the file.
     ``member``: a disk inside an OVA or Vagrant box (name or index; ova.py).
     ``key_secret``: the passphrase of encrypted (LUKS) layers."""
     path = os.fspath(path)
     try:
         return chain.open_driver(path, fmt=fmt, readonly=readonly, allow_dirs=allow_dirs,
-                                 force_share=force_share, member=member, key_secret=key_secret)
+                                 force_share=force_share, member=member, key_secret=key_secret,
+                                 check_open=check_open)
     except ImageError:
         raise
     except OSError as exc:
