@@ -11,9 +11,14 @@ module: disk_image
 short_description: Create, convert, resize, rebase, commit, repair, snapshot and remove QEMU disk image files
 version_added: 0.1.0
 description:
-  - Manages one disk image file (raw or qcow2) the way C(qemu-img create), C(qemu-img convert), C(qemu-img resize),
+  - Manages one disk image file the way C(qemu-img create), C(qemu-img convert), C(qemu-img resize),
     C(qemu-img rebase), C(qemu-img commit), C(qemu-img amend), C(qemu-img check -r) and C(qemu-img snapshot) do,
     without needing qemu-img on the host; the image library travels inside the module.
+  - Images are written in the formats qemu-img writes; V(raw), V(qcow2), V(vmdk) (subformats V(monolithicSparse),
+    V(streamOptimized), V(monolithicFlat), V(twoGbMaxExtentSparse), V(twoGbMaxExtentFlat)), V(vdi) (dynamic or static),
+    V(vpc) (VHD, dynamic or fixed), V(vhdx) (dynamic or fixed), V(qed), V(qcow) and V(luks).
+  - Sources of a conversion (O(src)) may also be V(parallels), V(bochs), V(cloop) or V(dmg) images, and disks inside
+    an OVA or a Vagrant C(.box) (O(src_member)), read in place without unpacking the archive.
   - The module reads the image once, compares it with the request, and acts only on a difference.
   - New images are built under a temporary name in the destination directory and renamed into place when complete,
     so a failed run never leaves a partial image at O(path).
@@ -61,7 +66,7 @@ options:
     default: present
   format:
     description:
-      - Format of the image, for example V(qcow2) or V(raw).
+      - Format of the image, for example V(qcow2), V(raw), V(vmdk), V(vdi), V(vpc), V(vhdx), V(qed) or V(qcow).
       - Required with O(state=present). The format of an image is never guessed before writing to it.
       - An existing image in another format is a failure unless O(force=true).
     type: str
@@ -74,6 +79,10 @@ options:
         backing file's virtual size.
       - An existing image that is smaller is grown; an existing image that is larger is shrunk only with O(shrink=true).
       - With O(src), the converted image is then resized to this size.
+      - V(vpc) images get the next size their CHS geometry can represent (as with C(qemu-img create -f vpc)), unless
+        C(force_size) is set in O(options); an existing V(vpc) image of that rounded size matches O(size).
+      - Only V(raw), V(qcow2), V(qed) and V(luks) images can change their size; for other formats (V(vmdk), V(vdi),
+        V(vpc), V(vhdx), V(qcow)) a different O(size) fails, in check mode too, as C(qemu-img resize) does.
     type: raw
   shrink:
     description:
@@ -92,7 +101,18 @@ options:
   src_format:
     description:
       - Format of O(src). By default it is detected.
+      - A fixed VHD is detected as V(raw) (its footer is at its end, as qemu-img detects it too); set V(vpc) to read it
+        as a VHD.
     type: str
+  src_member:
+    description:
+      - The disk to convert when O(src) is an OVA (an OVF package in one tar file) or an uncompressed Vagrant C(.box);
+        the disk is read inside the archive, which is never unpacked.
+      - An integer is an index into the archive's disk list (the OVF descriptor's disk order, or the archive order of
+        members named like disk images when there is no descriptor); a string is the name of a tar member.
+      - By default, an O(src) whose name ends in C(.ova) or C(.box) gives its first disk (unless O(src_format=raw)).
+      - M(kvm.storage.disk_image_info) lists the disks of an archive in RV(kvm.storage.disk_image_info#module:images[].ova_disks).
+    type: raw
   src_snapshot:
     description:
       - Convert this internal snapshot of O(src) (its name, else its ID) instead of its current state (like
@@ -120,9 +140,14 @@ options:
       - Creation options of the format, spelled as for C(qemu-img create -o), for example C(cluster_size),
         C(compat), C(lazy_refcounts), C(refcount_bits), C(preallocation), C(compression_type), C(extended_l2).
       - Values may be integers, booleans or strings (sizes like V(64K) and V(on)/V(off) are accepted).
-      - Only C(cluster_size), C(compat), C(lazy_refcounts), C(refcount_bits), C(compression_type), C(extended_l2),
-        C(data_file) and C(data_file_raw) are reported by an existing image and compared with it; the others only
-        apply when the image is created.
+      - Other formats take their own options, for example C(subformat) for V(vmdk), V(vpc) and V(vhdx), C(static) for
+        V(vdi), C(adapter_type), C(compat6) and C(hwversion) for V(vmdk), C(block_size) and C(log_size) for V(vhdx),
+        C(force_size) for V(vpc), C(cluster_size) and C(table_size) for V(qed).
+      - The options compared with an existing image are those it records where they can be read back; for V(qcow2)
+        C(cluster_size), C(compat), C(lazy_refcounts), C(refcount_bits), C(compression_type), C(extended_l2),
+        C(data_file) and C(data_file_raw); for V(vmdk) C(subformat) (the descriptor's create type); for V(vdi)
+        C(static); for V(vpc) C(subformat); for V(vhdx) C(subformat) and C(block_size); for V(qed) C(cluster_size).
+        An option is compared only when the task gives it. The other options only apply when the image is created.
       - When an existing image differs in C(compat), C(lazy_refcounts) or C(refcount_bits), the image is amended in
         place (like C(qemu-img amend)), keeping its content. A difference in another compared option needs
         O(force=true).
@@ -253,6 +278,42 @@ EXAMPLES = r'''
     src_format: raw
     format: qcow2
     compress: true
+
+- name: Create a dynamic VirtualBox disk (VDI)
+  kvm.storage.disk_image:
+    path: /srv/vbox/data.vdi
+    format: vdi
+    size: 8G
+
+- name: Create a fixed-size Hyper-V disk (VHDX), all of its space allocated
+  kvm.storage.disk_image:
+    path: /srv/hyperv/data.vhdx
+    format: vhdx
+    size: 8G
+    options:
+      subformat: fixed
+
+- name: Export a qcow2 image as a stream-optimized VMDK (for VMware or an OVA)
+  kvm.storage.disk_image:
+    path: /srv/export/vm1.vmdk
+    src: /var/lib/libvirt/images/vm1.qcow2
+    format: vmdk
+    options:
+      subformat: streamOptimized
+
+- name: Import a VirtualBox appliance (the disk inside the OVA is read in place)
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/appliance.qcow2
+    src: /srv/import/appliance.ova
+    src_member: 0
+    format: qcow2
+
+- name: Import the disk of a Vagrant box by its member name
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/box.qcow2
+    src: /srv/import/debian.box
+    src_member: box-disk001.vmdk
+    format: qcow2
 
 - name: Export an internal snapshot as a compressed image of its own
   kvm.storage.disk_image:

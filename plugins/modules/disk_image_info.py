@@ -14,6 +14,10 @@ description:
   - Returns what C(qemu-img info --output=json) returns for one or more images, including their internal snapshots,
     optionally with their backing chains, the result of a consistency check (C(qemu-img check)), their allocation map
     (C(qemu-img map)) and the size a conversion would need (C(qemu-img measure)), without needing qemu-img on the host.
+  - Reads every format the collection reads; V(raw), V(qcow2), V(vmdk), V(vdi), V(vpc), V(vhdx), V(qed), V(qcow),
+    V(luks), V(parallels), V(bochs), V(cloop) and V(dmg).
+  - Reads the disks inside an OVA (an OVF package in one tar file) or an uncompressed Vagrant C(.box) in place, and
+    lists them (RV(images[].ova_disks)).
   - Never writes to the images.
 author:
   - kvm.storage contributors (@kvm-storage)
@@ -39,6 +43,13 @@ options:
       - Path of an image, or a list of paths.
     type: raw
     required: true
+  member:
+    description:
+      - The disk to describe inside an OVA or an uncompressed Vagrant C(.box) at O(path) (every path, when O(path) is
+        a list); the disk is read inside the archive, which is never unpacked.
+      - An integer is an index into RV(images[].ova_disks); a string is the name of a tar member.
+      - By default, a path whose name ends in C(.ova) or C(.box) gives its first disk.
+    type: raw
   backing_chain:
     description:
       - Also describe every image of the backing chain (like C(qemu-img info --backing-chain)), in RV(images[].backing-chain).
@@ -123,6 +134,22 @@ EXAMPLES = r'''
   ansible.builtin.debug:
     msg: "{{ base_disk.images[0].snapshots | default([]) | map(attribute='name') | list }}"
 
+- name: List the disks of an OVA and describe the second one
+  kvm.storage.disk_image_info:
+    path: /srv/import/appliance.ova
+    member: 1
+  register: appliance
+
+- name: Show the member names and virtual sizes of the appliance's disks
+  ansible.builtin.debug:
+    msg: "{{ appliance.images[0].ova_disks | items2dict(key_name='name', value_name='capacity') }}"
+
+- name: Describe a VirtualBox and a Hyper-V disk
+  kvm.storage.disk_image_info:
+    path:
+      - /srv/vbox/data.vdi
+      - /srv/hyperv/data.vhdx
+
 - name: Fail when an image has errors
   ansible.builtin.assert:
     that: item.check is not defined or item.check['check-errors'] | default(0) == 0
@@ -140,12 +167,15 @@ images:
   elements: dict
   contains:
     exists:
-      description: Whether the file exists. When it does not, only RV(images[].filename) is returned besides.
+      description:
+        - Whether the file exists. When it does not, only RV(images[].filename) is returned besides.
+        - For a tar archive holding no disk (and no O(member) given), only RV(images[].filename) and
+          RV(images[].ova_disks) are returned besides.
       type: bool
       returned: always
       sample: true
     filename:
-      description: The path of the image.
+      description: The path of the image; for a disk inside an archive, C(<archive>/<member>).
       type: str
       returned: always
       sample: /var/lib/libvirt/images/vm1.qcow2
@@ -261,6 +291,43 @@ images:
       type: dict
       returned: when O(measure) is given and the image exists
       sample: {"required": 393216, "fully-allocated": 21478375424}
+    ova_disks:
+      description:
+        - The disks of the archive when the file is a tar archive (an OVA or an uncompressed Vagrant C(.box)), in the
+          order of the OVF descriptor's disk section (the archive order of members named like disk images when there
+          is no descriptor). RV(images[].ova_disks[].index) or RV(images[].ova_disks[].name) select one with O(member).
+      type: list
+      elements: dict
+      returned: when the file is a tar archive
+      contains:
+        name:
+          description: The tar member holding the disk.
+          type: str
+          sample: appliance-disk1.vmdk
+        index:
+          description: The position of the disk in the list.
+          type: int
+          sample: 0
+        size:
+          description: Bytes the member occupies in the archive; null when the OVF names a file the archive lacks.
+          type: int
+          sample: 1054720
+        format:
+          description: The format the OVF descriptor gives the disk, as qemu-img names it (null when unknown).
+          type: str
+          sample: vmdk
+        capacity:
+          description: The virtual size the OVF descriptor gives the disk, in bytes (null without a descriptor).
+          type: int
+          sample: 10737418240
+        disk-id:
+          description: The OVF C(ovf:diskId) of the disk.
+          type: str
+          sample: vmdisk1
+        ovf-format:
+          description: The OVF C(ovf:format) of the disk, as written.
+          type: str
+          sample: http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized
 '''
 
 from ansible.module_utils.basic import AnsibleModule
