@@ -78,6 +78,14 @@ class Driver:
         ``backing_file``/``backing_fmt`` when the image gets a backing file."""
         raise UnsupportedOperation("creating %s images is not supported" % cls.format_name, path)
 
+    @classmethod
+    def created_files(cls, path):
+        """The files an image just made by ``create(path, ...)`` consists of,
+        ``path`` first: what ops/create.py syncs, and removes when the creation
+        or conversion fails later.  Formats that write companion files beside
+        the image (VMDK extents) list them too."""
+        return [path]
+
     def close(self):
         if self.backing is not None:
             self.backing.close()

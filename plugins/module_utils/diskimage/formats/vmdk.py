@@ -51,6 +51,8 @@ SECTOR_SIZE = 512
 # numGTEsPerGT, rgdOffset, gdOffset, overHead, uncleanShutdown, 4 newline check bytes,
 # compressAlgorithm; padded to one sector.
 SPARSE_MAGIC = b"KDMV"
+# Bound on the descriptor of an image create() wrote (split descriptors list at most ~1000 extents/TiB).
+MAX_CREATED_DESCRIPTOR = 4 << 20
 SPARSE_HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
 FLAG_NL_DETECT = 1 << 0
 FLAG_RGD = 1 << 1
@@ -1231,6 +1233,29 @@ class VmdkDriver(Driver):
     @classmethod
     def create(cls, path, size, options=None, backing=None):
         return _create(path, size, dict(options or {}), backing)
+
+    @classmethod
+    def created_files(cls, path):
+        """``path`` and the extent files its descriptor lists, as create()
+        made them: plain names in the same directory (split and flat
+        subformats).  Only for an image create() just made: create opens its
+        extents with O_EXCL, so they are this image's own."""
+        files = [path]
+        try:
+            with ImageFile(path, lock=False) as image_file:
+                raw = image_file.pread(0, MAX_CREATED_DESCRIPTOR)
+        except OSError:
+            return files
+        if raw[:4] == SPARSE_MAGIC or len(raw) >= MAX_CREATED_DESCRIPTOR:
+            return files            # monolithic sparse or stream: one file
+        directory = os.path.dirname(path)
+        for extent in Descriptor(_decode_descriptor(raw), path).extents:
+            name = extent[3]
+            if name and name not in (".", "..") and os.path.basename(name) == name:
+                extent_path = os.path.join(directory, name)
+                if extent_path not in files:
+                    files.append(extent_path)
+        return files
 
 
 # ======================================================== stream appender

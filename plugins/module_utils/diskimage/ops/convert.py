@@ -332,7 +332,7 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         target.flush()
         target, closing = None, target
         closing.close()
-        sync_file(temporary)
+        sync_file(temporary, cls)
         publish(temporary, destination)
         temporary = None
         return {
@@ -349,7 +349,7 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
     finally:
         close_quietly(target)
         if temporary is not None:
-            discard(temporary)
+            discard(temporary, cls)
         close_quietly(target_backing)
         close_quietly(source)
 

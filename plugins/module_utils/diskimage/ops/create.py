@@ -44,16 +44,18 @@ def temporary_path(destination):
     return os.path.join(directory, ".%s.%s.tmp" % (name, tag))
 
 
-def sync_file(path):
-    """fsync ``path`` (the temporary image) before it is published."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
+def sync_file(path, cls=None):
+    """fsync ``path`` (the temporary image) before it is published; with the
+    driver class ``cls``, every file the new image consists of (VMDK extents)."""
+    for name in (cls.created_files(path) if cls is not None else [path]):
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise os_error(exc, path, "cannot flush the new image")
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise os_error(exc, name, "cannot flush the new image")
 
 
 def _sync_directory(directory):
@@ -93,12 +95,21 @@ def publish(temporary, destination):
     _sync_directory(os.path.dirname(destination))
 
 
-def discard(temporary):
-    """Remove a temporary image (best effort: used on failure paths)."""
-    try:
-        os.unlink(temporary)
-    except OSError:
-        pass
+def discard(temporary, cls=None):
+    """Remove a temporary image (best effort: used on failure paths); with the
+    driver class ``cls``, the companion files it created too (VMDK extents
+    named after the final name: Driver.created_files)."""
+    names = [temporary]
+    if cls is not None:
+        try:
+            names = cls.created_files(temporary)
+        except (ImageError, OSError):
+            pass
+    for name in names:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
 
 
 def close_quietly(driver):
@@ -205,7 +216,7 @@ def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=No
         size = round_up(size, SECTOR_SIZE)
         temporary = temporary_path(destination)
         build_image(cls, temporary, size, options, backing, destination)
-        sync_file(temporary)
+        sync_file(temporary, cls)
         publish(temporary, destination)
         temporary = None
     except ImageError:
@@ -214,5 +225,5 @@ def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=No
         raise os_error(exc, exc.filename or destination, "cannot create image")
     finally:
         if temporary is not None:
-            discard(temporary)
+            discard(temporary, cls)
         close_quietly(backing)
