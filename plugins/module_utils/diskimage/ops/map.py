@@ -19,6 +19,10 @@ flags from our drivers, with QEMU's rules:
   there is no backing file or they lie past its end.  When the image looks
   preallocated with preallocation=metadata, DATA ranges over holes of the
   file also read ZERO (QEMU asks the file system, "recurse").
+- raw-like layers of other formats recurse the same way (DATA ranges over
+  holes of the file are DATA and ZERO, with the host offset): a static VDI,
+  a fixed VHD, and the flat extents of a VMDK (host offsets in the extent
+  file).
 
 ``measure`` walks the same status down the whole chain.
 """
@@ -30,6 +34,8 @@ import array
 
 from ..errors import CorruptImageError
 from ..formats import qcow2_layout as L
+from ..formats import vdi as vdi_format
+from ..formats import vpc as vpc_format
 from ..formats.base import DATA as KIND_DATA, ZERO as KIND_ZERO
 from .image import open_driver, translate_os_errors
 
@@ -94,9 +100,63 @@ def layer_status(layer, offset, end, l1_table=None, cache=None):
         runs = _qcow2_runs(layer, offset, end, l1_table)
         if _metadata_preallocated(layer, cache):
             runs = _recurse_into_file(layer, runs)
+    elif layer.format_name == "vmdk" and hasattr(layer, "_pieces"):
+        runs = _vmdk_runs(layer, offset, end)
     else:
         runs = _generic_runs(layer, offset, end)
+        image_file = _raw_like_file(layer)
+        if image_file is not None:
+            runs = _recurse_into(image_file, runs)
     return _backing_zeroes(layer, runs)
+
+
+def _raw_like_file(layer):
+    """The file whose block status QEMU consults under the DATA ranges of a
+    static VDI or a fixed VHD (None for other layers)."""
+    if layer.format_name == "vdi" and getattr(getattr(layer, "header", None), "image_type", None) \
+            == vdi_format.TYPE_STATIC:
+        return getattr(layer, "_file", None)
+    if layer.format_name == "vpc" and getattr(layer, "disk_type", None) == vpc_format.DISK_FIXED:
+        return getattr(layer, "image_file", None)
+    return None
+
+
+def _recurse_into(image_file, runs):
+    """DATA ranges with a host offset in ``image_file`` also read ZERO where
+    the file has a hole; ZERO ranges with a host offset (holes the driver
+    already found) are DATA and ZERO there, as QEMU reports them."""
+    result = _Runs()
+    for start, length, flags, host in runs:
+        if host is None or not flags & OFFSET_VALID or not flags & (DATA | ZERO):
+            result.add(start, length, flags, host)
+            continue
+        if flags & ZERO:
+            result.add(start, length, flags | DATA, host)
+            continue
+        for file_start, file_length, is_data in image_file.data_extents(host, length):
+            guest = start + (file_start - host)
+            result.add(guest, file_length, flags if is_data else flags | ZERO, file_start)
+    return result.runs
+
+
+def _vmdk_runs(layer, offset, end):
+    """VMDK: flat extents as their files' block status (DATA, and ZERO over
+    holes, with the offset in the extent file; past a short extent file ZERO
+    without one), other extents as the driver reports them."""
+    runs = _Runs()
+    for extent, start, rel, count in layer._pieces(offset, end - offset):
+        if not getattr(extent, "flat", False):
+            for run in _generic_runs(layer, start + rel, start + rel + count):
+                runs.add(*run)
+            continue
+        inside = max(0, min(count, extent.image_file.size() - extent.base - rel))
+        if inside:
+            for file_start, file_length, is_data in extent.image_file.data_extents(extent.base + rel, inside):
+                flags = DATA | ALLOCATED | OFFSET_VALID | (0 if is_data else ZERO)
+                runs.add(start + file_start - extent.base, file_length, flags, file_start)
+        if inside < count:
+            runs.add(start + rel + inside, count - inside, ZERO | ALLOCATED, None)
+    return runs.runs
 
 
 def _generic_runs(layer, offset, end):

@@ -222,3 +222,23 @@ def test_random_operations(tmp_path, seed):
     for out_options in ("cluster_size=4k", "cluster_size=64k", "cluster_size=2M"):
         assert diskimage.measure(src=str(top), options=dict([out_options.split("=")])) == \
             qemu_img_json("measure", "-O", "qcow2", "-o", out_options, top)
+
+
+@pytest.mark.parametrize("fmt, options, size, writes", [
+    ("vdi", "static=on", "4M", ["write -P 0x11 64k 64k", "write -P 0x22 1M 1M", "write -z 3M 64k"]),
+    ("vpc", "subformat=fixed", "4M", ["write -P 0x11 64k 64k", "write -P 0x22 1M 1M", "write -P 0x23 4000k 4k"]),
+    ("vmdk", "subformat=monolithicFlat", "4M", ["write -P 0x11 64k 64k", "write -P 0x22 1M 1M"]),
+    ("vmdk", "subformat=twoGbMaxExtentFlat", "3G",
+     ["write -P 0x11 64k 64k", "write -P 0x22 2047M 2M", "write -P 0x33 3071M 1M"]),
+], ids=["static-vdi", "fixed-vhd", "monolithic-flat-vmdk", "split-flat-vmdk"])
+def test_raw_like_layers_recurse_into_the_file(tmp_path, fmt, options, size, writes):
+    """Holes of the file under a static VDI, a fixed VHD or flat VMDK extents
+    are data and zero, with their offset, as qemu-img map reports them."""
+    path = tmp_path / ("image." + fmt)
+    qemu_img("create", "-q", "-f", fmt, "-o", options, path, size)
+    qemu_io(path, *writes, fmt=fmt)
+    entries = same_as_qemu(path, fmt=fmt)
+    assert any(entry["data"] and entry["zero"] and "offset" in entry for entry in entries), entries
+    assert any(entry["data"] and not entry["zero"] for entry in entries), entries
+    # measure walks the same status
+    assert diskimage.measure(src=str(path), src_fmt=fmt) == qemu_img_json("measure", "-f", fmt, "-O", "qcow2", path)
