@@ -1249,7 +1249,11 @@ class VmdkDriver(Driver):
         if raw[:4] == SPARSE_MAGIC or len(raw) >= MAX_CREATED_DESCRIPTOR:
             return files            # monolithic sparse or stream: one file
         directory = os.path.dirname(path)
-        for extent in Descriptor(_decode_descriptor(raw), path).extents:
+        try:
+            extents = Descriptor(_decode_descriptor(raw), path).extents
+        except ImageError:
+            return files
+        for extent in extents:
             name = extent[3]
             if name and name not in (".", "..") and os.path.basename(name) == name:
                 extent_path = os.path.join(directory, name)
