@@ -10,7 +10,11 @@ state read once (check mode) and must match what applying them gives.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import bz2
+import gzip
 import json
+import os
+import shutil
 import subprocess
 import tarfile
 
@@ -259,3 +263,45 @@ def test_info_of_a_tar_without_disks_is_the_empty_list(tmp_path):
     with tarfile.open(str(archive), 'w', format=tarfile.USTAR_FORMAT) as tar:
         tar.add(str(tmp_path / 'readme.txt'), arcname='readme.txt')
     assert describe_image(str(archive)) == {'filename': str(archive), 'exists': True, 'ova_disks': []}
+
+
+# --------------------------------------------------------------------------- read-only formats as src
+SAMPLES = os.path.join(os.path.dirname(__file__), '..', 'module_utils', 'diskimage')
+
+
+def unpacked_sample(tmp_path, relative):
+    """A sample image from the library's tests, decompressed into tmp_path when it is stored compressed."""
+    source = os.path.join(SAMPLES, relative)
+    opener = {'.bz2': bz2.open, '.gz': gzip.open}.get(os.path.splitext(source)[1])
+    if opener is None:
+        return source
+    target = str(tmp_path / os.path.basename(os.path.splitext(source)[0]))
+    with opener(source, 'rb') as packed, open(target, 'wb') as plain:
+        shutil.copyfileobj(packed, plain)
+    return target
+
+
+@pytest.mark.parametrize('relative, fmt', [
+    ('probe_samples/simple-pattern.cloop.bz2', 'cloop'),
+    ('probe_samples/empty.bochs.bz2', 'bochs'),
+    ('samples/dmg/hfsplus_zlib.dmg', 'dmg'),
+])
+@pytest.mark.parametrize('give_format', [True, False])
+def test_read_only_formats_convert_as_src_probed_or_named(tmp_path, relative, fmt, give_format):
+    source = unpacked_sample(tmp_path, relative)
+    path = str(tmp_path / 'imported.qcow2')
+    params = dict(path=path, fmt='qcow2', src=source, src_format=fmt if give_format else None)
+    first, second = converge(**params)
+    assert first.actions[0].args['src_format'] == fmt and second.actions == []
+    qemu_img('compare', '-f', fmt, '-F', 'qcow2', source, path)
+
+
+def test_parallels_made_by_qemu_img_converts_as_src(tmp_path):
+    source = str(tmp_path / 'disk.hdd')
+    qemu_img('create', '-q', '-f', 'parallels', source, '2M')
+    subprocess.run(('qemu-io', '-f', 'parallels', '-c', 'write -P 0x44 1M 64K', source), check=True,
+                   stdout=subprocess.PIPE)
+    path = str(tmp_path / 'imported.vdi')
+    first, second = converge(path=path, fmt='vdi', src=source)
+    assert first.actions[0].args['src_format'] == 'parallels' and second.actions == []
+    qemu_img('compare', '-f', 'parallels', '-F', 'vdi', source, path)
