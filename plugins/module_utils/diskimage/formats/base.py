@@ -14,7 +14,8 @@ __metaclass__ = type
 
 import collections
 
-from ..errors import UnsupportedOperation, ReadOnlyImageError
+from .._io import ImageFile
+from ..errors import CorruptImageError, FormatError, ImageError, UnsupportedOperation, ReadOnlyImageError
 
 # Block status kinds of one layer.
 DATA = "data"                # this layer holds the bytes (host offset known when meaningful)
@@ -46,6 +47,8 @@ class Driver:
     # Whether create()/write() are implemented.
     can_create = False
     can_write = False
+    # What _check_range raises for a request outside the image.
+    range_error = ImageError
 
     def __init__(self):
         self.path = None
@@ -148,6 +151,21 @@ class Driver:
         if self.readonly:
             raise ReadOnlyImageError("image is opened read-only", self.path)
 
+    def _check_range(self, offset, length, what):
+        """Refuse ``what`` on [offset, offset+length) unless it lies inside the virtual size."""
+        if offset < 0 or length < 0:
+            raise self.range_error("%s at offset %d, length %d: negative offset or length" % (what, offset, length),
+                                   self.path)
+        if offset + length > self.virtual_size:
+            raise self.range_error("%s at offset %d, length %d goes beyond the end of the image (virtual size %d)"
+                                   % (what, offset, length, self.virtual_size), self.path)
+
+    def _close_file(self):
+        """Close the driver's own ImageFile ``self._file``, once."""
+        image_file, self._file = getattr(self, "_file", None), None
+        if image_file is not None:
+            image_file.close()
+
     # ----------------------------------------------------------------- queries
     def info(self):
         """Format-specific part of ``qemu-img info --output=json`` plus sizes:
@@ -176,3 +194,103 @@ class Driver:
     def snapshot_delete(self, name):
         """Delete internal snapshot ``name``."""
         raise UnsupportedOperation("%s images have no internal snapshots" % self.format_name, self.path)
+
+
+class ReadOnlyDriver(Driver):
+    """A format this library only reads, from one ImageFile of its own (``self._file``).
+
+    Subclasses set ``read_only_reason`` and implement ``_open_structures``
+    (parse the opened file) and ``read``; block status reports everything as
+    data (as QEMU does for formats without block status) unless overridden.
+    """
+
+    range_error = FormatError
+    # Why writes are refused, ending every refusal message.
+    read_only_reason = "this format is read-only, as in qemu-img"
+
+    def __init__(self):
+        super(ReadOnlyDriver, self).__init__()
+        self._file = None
+        self._last_chunk = None      # (key, bytes) of the chunk read last
+
+    @classmethod
+    def refusal(cls, verb, path, purpose=""):
+        """UnsupportedOperation for ``verb`` ("creating", "writing", "opening") images of this format."""
+        return UnsupportedOperation("%s %s images%s is not supported: %s"
+                                    % (verb, cls.format_name, purpose, cls.read_only_reason), path)
+
+    # --------------------------------------------------------------- lifecycle
+    @classmethod
+    def open(cls, path, readonly=True, opener=None, force_share=False):
+        if not readonly:
+            raise cls.refusal("opening", path, " for writing")
+        return cls.from_image_file(ImageFile(path, writable=False, force_share=force_share))
+
+    @classmethod
+    def from_image_file(cls, image_file):
+        """A driver reading the opened ``image_file`` (closed with the driver)."""
+        self = cls()
+        self._file = image_file
+        self.path = image_file.path
+        try:
+            self._open_structures()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open_structures(self):
+        raise NotImplementedError
+
+    def close(self):
+        self._close_file()
+        self._last_chunk = None
+        super(ReadOnlyDriver, self).close()
+
+    @classmethod
+    def create(cls, path, size, options=None, backing=None):
+        raise cls.refusal("creating", path)
+
+    def write(self, offset, data):
+        raise self.refusal("writing", self.path)
+
+    def write_zeroes(self, offset, length, may_unmap=False):
+        raise self.refusal("writing", self.path)
+
+    # -------------------------------------------------------------------- data
+    def block_status(self, offset, length):
+        # No block status in the format (QEMU has none): everything is data, with no host offset.
+        if length <= 0:
+            return []
+        self._check_range(offset, length, "block status")
+        return [Extent(offset, length, DATA, None)]
+
+    def _cached_chunk(self, key, load):
+        """``load(key)``, remembering the last chunk (sequential reads load each chunk once)."""
+        if self._last_chunk is not None and self._last_chunk[0] == key:
+            return self._last_chunk[1]
+        data = load(key)
+        self._last_chunk = (key, data)
+        return data
+
+    def _read_pieces(self, offset, length, piece):
+        """Bytes [offset, offset+length) joined from ``piece(position, end)``,
+        which returns the bytes from ``position`` on, at least one and at most
+        up to ``end``."""
+        self._check_range(offset, length, "read")
+        parts = []
+        position = offset
+        end = offset + length
+        while position < end:
+            data = piece(position, end)
+            if not data or len(data) > end - position:
+                raise CorruptImageError("%s image: %d bytes for guest offset %d (expected 1 to %d)"
+                                        % (self.format_name, len(data), position, end - position), self.path)
+            parts.append(data)
+            position += len(data)
+        return b"".join(parts)
+
+    # ----------------------------------------------------------------- queries
+    def info(self):
+        # qemu-img 7.2 reports no cluster size, dirty flag or format-specific data for these formats.
+        return {"dirty-flag": None}

@@ -24,9 +24,8 @@ import re
 import struct
 import sys
 
-from .._io import ImageFile
-from ..errors import CorruptImageError, FormatError, UnsupportedFeature, UnsupportedOperation
-from .base import DATA, MAX_IO, Driver, Extent
+from ..errors import CorruptImageError, FormatError, UnsupportedFeature
+from .base import MAX_IO, ReadOnlyDriver
 
 SECTOR_SIZE = 512
 
@@ -127,14 +126,11 @@ class BochsHeader:
         return self.disk // SECTOR_SIZE * SECTOR_SIZE
 
 
-class BochsDriver(Driver):
+class BochsDriver(ReadOnlyDriver):
     format_name = "bochs"
-    can_create = False
-    can_write = False
 
     def __init__(self):
         super(BochsDriver, self).__init__()
-        self._file = None
         self.header = None
         self.catalog = None
         self._data_offset = 0
@@ -146,63 +142,18 @@ class BochsDriver(Driver):
             return 0
         return 100 if BochsHeader(header, filename).is_bochs() else 0
 
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        if not readonly:
-            raise UnsupportedOperation("bochs images are read-only (qemu-img cannot write them either)", path)
-        image_file = ImageFile(path, writable=False, force_share=force_share)
-        self = cls()
-        self._file = image_file
-        self.path = image_file.path
-        try:
-            h = BochsHeader(image_file.pread(0, HEADER_SIZE), self.path)
-            h.validate(self.path, image_file.size())
-            self.header = h
-            self.virtual_size = h.virtual_size
-            table = array.array("I")
-            table.frombytes(image_file.pread_exact(h.header_size, 4 * h.catalog, "Bochs catalog"))
-            if sys.byteorder != "little":
-                table.byteswap()
-            self.catalog = table
-            self._data_offset = h.header_size + 4 * h.catalog
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def close(self):
-        image_file, self._file = self._file, None
-        if image_file is not None:
-            image_file.close()
-        super(BochsDriver, self).close()
-
-    @classmethod
-    def create(cls, path, size, options=None, backing=None):
-        raise UnsupportedOperation("creating bochs images is not supported (bochs is a read-only format, as in "
-                                   "qemu-img)", path)
-
-    def write(self, offset, data):
-        raise UnsupportedOperation("writing bochs images is not supported (bochs is a read-only format, as in "
-                                   "qemu-img)", self.path)
-
-    def write_zeroes(self, offset, length, may_unmap=False):
-        self.write(offset, b"")
-
-    def info(self):
-        # qemu-img 7.2 reports no cluster size, dirty flag or format-specific data for bochs.
-        return {"dirty-flag": None}
-
-    def _check_range(self, offset, length, what):
-        if offset < 0 or length < 0 or offset + length > self.virtual_size:
-            raise FormatError("%s at offset %d, length %d is outside the image (virtual size %d)"
-                              % (what, offset, length, self.virtual_size), self.path)
-
-    def block_status(self, offset, length):
-        # QEMU has no block status for bochs: everything is data, with no host offset.
-        if length <= 0:
-            return []
-        self._check_range(offset, length, "block status")
-        return [Extent(offset, length, DATA, None)]
+    def _open_structures(self):
+        image_file = self._file
+        h = BochsHeader(image_file.pread(0, HEADER_SIZE), self.path)
+        h.validate(self.path, image_file.size())
+        self.header = h
+        self.virtual_size = h.virtual_size
+        table = array.array("I")
+        table.frombytes(image_file.pread_exact(h.header_size, 4 * h.catalog, "Bochs catalog"))
+        if sys.byteorder != "little":
+            table.byteswap()
+        self.catalog = table
+        self._data_offset = h.header_size + 4 * h.catalog
 
     def _pread(self, host, count, what):
         data = self._file.pread(host, count)
@@ -232,22 +183,16 @@ class BochsDriver(Driver):
                 block_offset + (first_sector + start) * SECTOR_SIZE, (end - start) * SECTOR_SIZE, "extent data")
         return bytes(result)
 
-    def read(self, offset, length):
-        self._check_range(offset, length, "read")
-        if length == 0:
-            return b""
-        # Whole sectors around the request, one extent at a time.
-        first = offset // SECTOR_SIZE
-        last = (offset + length - 1) // SECTOR_SIZE
+    def _piece(self, position, end):
+        # Whole sectors around the request, within one extent.
+        sector = position // SECTOR_SIZE
+        last = (end - 1) // SECTOR_SIZE
         per_extent = self.header.extent // SECTOR_SIZE
-        parts = []
-        sector = first
-        while sector <= last:
-            index = sector // per_extent
-            within = sector - index * per_extent
-            count = min(per_extent - within, last + 1 - sector, MAX_IO // SECTOR_SIZE)
-            parts.append(self._read_extent(index, within, count))
-            sector += count
-        data = b"".join(parts)
-        skip = offset - first * SECTOR_SIZE
-        return data[skip:skip + length]
+        index = sector // per_extent
+        within = sector - index * per_extent
+        count = min(per_extent - within, last + 1 - sector, MAX_IO // SECTOR_SIZE)
+        skip = position - sector * SECTOR_SIZE
+        return self._read_extent(index, within, count)[skip:skip + end - position]
+
+    def read(self, offset, length):
+        return self._read_pieces(offset, length, self._piece)

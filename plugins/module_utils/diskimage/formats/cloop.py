@@ -23,9 +23,8 @@ import struct
 import sys
 import zlib
 
-from .._io import ImageFile
-from ..errors import CorruptImageError, FormatError, UnsupportedFeature, UnsupportedOperation
-from .base import DATA, Driver, Extent
+from ..errors import CorruptImageError, FormatError, UnsupportedFeature
+from .base import ReadOnlyDriver
 
 SECTOR_SIZE = 512
 
@@ -42,39 +41,19 @@ MAX_COMPRESSED_BLOCK = 2 * MAX_BLOCK_SIZE
 MAX_OFFSETS_BYTES = 64 * 1024 * 1024
 
 
-class CloopDriver(Driver):
+class CloopDriver(ReadOnlyDriver):
     format_name = "cloop"
-    can_create = False
-    can_write = False
 
     def __init__(self):
         super(CloopDriver, self).__init__()
-        self._file = None
         self.block_size = 0
         self.n_blocks = 0
         self.offsets = None
-        self._cached_index = None
-        self._cached_block = None
 
     @classmethod
     def probe(cls, header, filename):
         # QEMU scores the V2.0 shell preamble 2.
         return 2 if bytes(header[:len(MAGIC_V2)]) == MAGIC_V2 else 0
-
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        if not readonly:
-            raise UnsupportedOperation("cloop images are read-only (qemu-img cannot write them either)", path)
-        image_file = ImageFile(path, writable=False, force_share=force_share)
-        self = cls()
-        self._file = image_file
-        self.path = image_file.path
-        try:
-            self._open_structures()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
     def _open_structures(self):
         path = self.path
@@ -119,45 +98,8 @@ class CloopDriver(Driver):
         self.offsets = offsets
         self.virtual_size = n_blocks * block_size
 
-    def close(self):
-        image_file, self._file = self._file, None
-        if image_file is not None:
-            image_file.close()
-        self._cached_block = None
-        super(CloopDriver, self).close()
-
-    @classmethod
-    def create(cls, path, size, options=None, backing=None):
-        raise UnsupportedOperation("creating cloop images is not supported (cloop is a read-only format, as in "
-                                   "qemu-img)", path)
-
-    def write(self, offset, data):
-        raise UnsupportedOperation("writing cloop images is not supported (cloop is a read-only format, as in "
-                                   "qemu-img)", self.path)
-
-    def write_zeroes(self, offset, length, may_unmap=False):
-        self.write(offset, b"")
-
-    def info(self):
-        # qemu-img 7.2 reports no cluster size, dirty flag or format-specific data for cloop.
-        return {"dirty-flag": None}
-
-    def _check_range(self, offset, length, what):
-        if offset < 0 or length < 0 or offset + length > self.virtual_size:
-            raise FormatError("%s at offset %d, length %d is outside the image (virtual size %d)"
-                              % (what, offset, length, self.virtual_size), self.path)
-
-    def block_status(self, offset, length):
-        # QEMU has no block status for cloop: everything is data, with no host offset.
-        if length <= 0:
-            return []
-        self._check_range(offset, length, "block status")
-        return [Extent(offset, length, DATA, None)]
-
     def _block(self, index):
         """Block ``index`` inflated, exactly ``block_size`` bytes."""
-        if index == self._cached_index:
-            return self._cached_block
         start = self.offsets[index]
         count = self.offsets[index + 1] - start
         compressed = self._file.pread(start, count)
@@ -186,19 +128,12 @@ class CloopDriver(Driver):
         if len(block) != self.block_size:
             raise CorruptImageError("cloop block %d at offset %d inflates to %d bytes, expected %d"
                                     % (index, start, len(block), self.block_size), self.path)
-        self._cached_index = index
-        self._cached_block = block
         return block
 
+    def _piece(self, position, end):
+        index = position // self.block_size
+        within = position - index * self.block_size
+        return self._cached_chunk(index, self._block)[within:within + end - position]
+
     def read(self, offset, length):
-        self._check_range(offset, length, "read")
-        parts = []
-        position = offset
-        end = offset + length
-        while position < end:
-            index = position // self.block_size
-            within = position - index * self.block_size
-            count = min(self.block_size - within, end - position)
-            parts.append(self._block(index)[within:within + count])
-            position += count
-        return b"".join(parts)
+        return self._read_pieces(offset, length, self._piece)

@@ -36,9 +36,8 @@ try:
 except ImportError:  # pragma: no cover
     bz2 = None
 
-from .._io import ImageFile
-from ..errors import CorruptImageError, FormatError, UnsupportedFeature, UnsupportedOperation
-from .base import DATA, Driver, Extent
+from ..errors import CorruptImageError, FormatError, UnsupportedFeature
+from .base import ReadOnlyDriver
 
 SECTOR_SIZE = 512
 
@@ -96,40 +95,21 @@ def _other_format_claims(header, filename):
     return False
 
 
-class DmgDriver(Driver):
+class DmgDriver(ReadOnlyDriver):
     format_name = "dmg"
-    can_create = False
-    can_write = False
 
     def __init__(self):
         super(DmgDriver, self).__init__()
-        self._file = None
         self.koly_offset = None
         # Parallel lists, sorted by first sector: type, first sector, sector count, file offset, length.
         self._starts = []
         self._chunks = []
-        self._cached = None       # (chunk number, bytes)
 
     @classmethod
     def probe(cls, header, filename):
         if not filename or len(filename) <= 4 or not str(filename).endswith(".dmg"):
             return 0
         return 0 if _other_format_claims(header, filename) else 2
-
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        if not readonly:
-            raise UnsupportedOperation("dmg images are read-only (qemu-img cannot write them either)", path)
-        image_file = ImageFile(path, writable=False, force_share=force_share)
-        self = cls()
-        self._file = image_file
-        self.path = image_file.path
-        try:
-            self._open_structures()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
     # ----------------------------------------------------------------- opening
     def _find_koly(self, file_size):
@@ -258,42 +238,7 @@ class DmgDriver(Driver):
                 raise UnsupportedFeature("dmg image has more than %d chunks" % MAX_CHUNKS, path)
             chunks.append((kind, sector + first_sector, count, offset, length))
 
-    def close(self):
-        image_file, self._file = self._file, None
-        if image_file is not None:
-            image_file.close()
-        self._cached = None
-        super(DmgDriver, self).close()
-
-    @classmethod
-    def create(cls, path, size, options=None, backing=None):
-        raise UnsupportedOperation("creating dmg images is not supported (dmg is a read-only format, as in "
-                                   "qemu-img)", path)
-
-    def write(self, offset, data):
-        raise UnsupportedOperation("writing dmg images is not supported (dmg is a read-only format, as in "
-                                   "qemu-img)", self.path)
-
-    def write_zeroes(self, offset, length, may_unmap=False):
-        self.write(offset, b"")
-
     # -------------------------------------------------------------------- data
-    def info(self):
-        # qemu-img 7.2 reports no cluster size, dirty flag or format-specific data for dmg.
-        return {"dirty-flag": None}
-
-    def _check_range(self, offset, length, what):
-        if offset < 0 or length < 0 or offset + length > self.virtual_size:
-            raise FormatError("%s at offset %d, length %d is outside the image (virtual size %d)"
-                              % (what, offset, length, self.virtual_size), self.path)
-
-    def block_status(self, offset, length):
-        # QEMU has no block status for dmg: everything is data, with no host offset.
-        if length <= 0:
-            return []
-        self._check_range(offset, length, "block status")
-        return [Extent(offset, length, DATA, None)]
-
     def _chunk_for(self, sector):
         number = bisect.bisect_right(self._starts, sector) - 1
         if number >= 0:
@@ -333,8 +278,6 @@ class DmgDriver(Driver):
 
     def _chunk_data(self, number):
         """The whole uncompressed content of non-zero chunk ``number``."""
-        if self._cached is not None and self._cached[0] == number:
-            return self._cached[1]
         kind, _sector, count, offset, length = self._chunks[number]
         if kind in UNSUPPORTED_CODECS:
             raise UnsupportedFeature("dmg chunk %d uses %s compression, which is not supported (zlib, bzip2, raw "
@@ -345,28 +288,17 @@ class DmgDriver(Driver):
                                     % (number, offset, length), self.path)
         expected = count * SECTOR_SIZE
         if kind == CHUNK_RAW:
-            content = data[:expected] + bytes(max(0, expected - len(data)))
-        else:
-            content = self._decompress(number, kind, data, expected)
-        self._cached = (number, content)
-        return content
+            return data[:expected] + bytes(max(0, expected - len(data)))
+        return self._decompress(number, kind, data, expected)
+
+    def _piece(self, position, end):
+        number = self._chunk_for(position // SECTOR_SIZE)
+        kind, first, count, _offset, _length = self._chunks[number]
+        piece = min(end, (first + count) * SECTOR_SIZE) - position
+        if kind in ZERO_TYPES:
+            return bytes(piece)
+        within = position - first * SECTOR_SIZE
+        return self._cached_chunk(number, self._chunk_data)[within:within + piece]
 
     def read(self, offset, length):
-        self._check_range(offset, length, "read")
-        parts = []
-        position = offset
-        end = offset + length
-        while position < end:
-            sector = position // SECTOR_SIZE
-            number = self._chunk_for(sector)
-            kind, first, count, _offset, _length = self._chunks[number]
-            chunk_start = first * SECTOR_SIZE
-            chunk_end = min(end, (first + count) * SECTOR_SIZE)
-            piece = chunk_end - position
-            if kind in ZERO_TYPES:
-                parts.append(bytes(piece))
-            else:
-                within = position - chunk_start
-                parts.append(self._chunk_data(number)[within:within + piece])
-            position = chunk_end
-        return b"".join(parts)
+        return self._read_pieces(offset, length, self._piece)

@@ -41,7 +41,7 @@ from xml.etree import ElementTree
 from .._io import ImageFile
 from .. import policy
 from ..errors import CorruptImageError, FormatError, UnsupportedFeature, UnsupportedOperation
-from .base import DATA, UNALLOCATED, Driver, Extent
+from .base import DATA, UNALLOCATED, Extent, ReadOnlyDriver
 
 SECTOR_SIZE = 512
 
@@ -177,14 +177,13 @@ class ParallelsHeader:
         return self.tracks * SECTOR_SIZE
 
 
-class ParallelsDriver(Driver):
+class ParallelsDriver(ReadOnlyDriver):
     format_name = "parallels"
-    can_create = False
-    can_write = False
+    read_only_reason = ("this library opens parallels images read-only, no writes or repairs (convert to qcow2 for a "
+                        "writable copy)")
 
     def __init__(self):
         super(ParallelsDriver, self).__init__()
-        self._file = None
         self.header = None
         self.bat = None
         self._file_size = 0
@@ -205,26 +204,11 @@ class ParallelsDriver(Driver):
     @classmethod
     def open(cls, path, readonly=True, opener=None, force_share=False):
         if not readonly:
-            raise UnsupportedOperation("parallels images can only be opened read-only by this library: no writes "
-                                       "or repairs (convert to qcow2 for a writable copy)", path)
+            raise cls.refusal("opening", path, " for writing")
         descriptor = _bundle_descriptor(path)
         if descriptor is not None:
             return ParallelsBundle.open_descriptor(descriptor, opener, force_share)
         return cls.from_image_file(ImageFile(path, writable=False, force_share=force_share))
-
-    @classmethod
-    def from_image_file(cls, image_file):
-        """An expanding image read from an opened ImageFile (closed with the driver)."""
-        self = cls()
-        self._file = image_file
-        self.path = image_file.path
-        self.readonly = True
-        try:
-            self._open_structures()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
     def _open_structures(self):
         path = self.path
@@ -241,30 +225,7 @@ class ParallelsDriver(Driver):
                 raise FormatError("Wrong parallels Format Extension magic: 0x%x, expected: 0x%x"
                                   % (magic, EXTENSION_MAGIC), path)
 
-    def close(self):
-        image_file, self._file = self._file, None
-        if image_file is not None:
-            image_file.close()
-        super(ParallelsDriver, self).close()
-
-    @classmethod
-    def create(cls, path, size, options=None, backing=None):
-        raise UnsupportedOperation("creating parallels images is not supported: this library reads parallels "
-                                   "images only (create qcow2 or raw instead)", path)
-
-    def write(self, offset, data):
-        raise UnsupportedOperation("writing parallels images is not supported: this library reads parallels "
-                                   "images only (convert to qcow2 for a writable copy)", self.path)
-
-    def write_zeroes(self, offset, length, may_unmap=False):
-        self.write(offset, b"")
-
     # -------------------------------------------------------------------- data
-    def _check_range(self, offset, length, what):
-        if offset < 0 or length < 0 or offset + length > self.virtual_size:
-            raise FormatError("%s at offset %d, length %d is outside the image (virtual size %d)"
-                              % (what, offset, length, self.virtual_size), self.path)
-
     def _host_offset(self, index):
         """Host byte offset of cluster ``index``, or None when it is not allocated."""
         if index >= len(self.bat):
@@ -329,10 +290,6 @@ class ParallelsDriver(Driver):
         return b"".join(parts)
 
     # ----------------------------------------------------------------- queries
-    def info(self):
-        # qemu-img 7.2 reports neither cluster-size nor format-specific data for parallels.
-        return {"dirty-flag": None}
-
     def check(self, repair=None):
         """``qemu-img check`` for parallels (QEMU's parallels_co_check): an
         unclean header and clusters outside the file are corruptions, space
@@ -375,12 +332,11 @@ class ParallelsDriver(Driver):
         return result
 
 
-class ParallelsBundle(Driver):
+class ParallelsBundle(ReadOnlyDriver):
     """A Parallels Desktop ``.hdd`` bundle read through its DiskDescriptor.xml."""
 
     format_name = "parallels"
-    can_create = False
-    can_write = False
+    read_only_reason = "Parallels bundles are read-only in this library (convert to qcow2 for a writable copy)"
 
     def __init__(self):
         super(ParallelsBundle, self).__init__()
@@ -518,16 +474,6 @@ class ParallelsBundle(Driver):
             image_file.close()
         super(ParallelsBundle, self).close()
 
-    @classmethod
-    def create(cls, path, size, options=None, backing=None):
-        ParallelsDriver.create(path, size, options, backing)
-
-    def write(self, offset, data):
-        raise UnsupportedOperation("writing Parallels bundles is not supported (read-only driver)", self.path)
-
-    def write_zeroes(self, offset, length, may_unmap=False):
-        self.write(offset, b"")
-
     def info(self):
         # The bundle's disk space is its storage files' (plus the descriptor's, counted by ops).
         actual = os.stat(self.path).st_blocks * 512 + sum(image_file.allocated_size() for image_file in self._files)
@@ -554,9 +500,7 @@ class ParallelsBundle(Driver):
         return runs
 
     def _runs(self, offset, length):
-        if offset < 0 or length < 0 or offset + length > self.virtual_size:
-            raise FormatError("access at offset %d, length %d is outside the image (virtual size %d)"
-                              % (offset, length, self.virtual_size), self.path)
+        self._check_range(offset, length, "access")
         runs = []
         end = offset + length
         for first, last, layers in self.storages:
