@@ -520,7 +520,10 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
     if request.state == 'absent':
         if current_info is None:
             return Plan([], before, dict(before))
-        action = Action('remove', 'remove %s image %s' % (before['format'] or 'unreadable', request.path))
+        extents = extent_files(request.path, current_info)
+        action = Action('remove', 'remove %s image %s%s' % (
+            before['format'] or 'unreadable', request.path,
+            ' and its extent files %s' % ', '.join(extents) if extents else ''), extents=extents)
         return Plan([action], before, {'path': request.path, 'state': 'absent'})
 
     differences = []
@@ -551,6 +554,10 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
         raise DiskImageError('revert_to: %s %s, so it has no snapshot %r to revert to' % (
             request.path, 'does not exist' if current_info is None else 'is recreated', request.revert_to))
     replacing = '' if current_info is None else ', replacing the existing %s image' % before['format']
+    # Extent files of the image replaced (multi-file vmdk), removed unless the new image takes them over.
+    old_extents = dict(old_extents=extent_files(request.path, current_info)) if current_info else {}
+    if not old_extents.get('old_extents'):
+        old_extents = {}
     if recreate:
         after = {'path': request.path, 'state': 'present', 'format': request.format,
                  'backing_file': request.backing_name, 'backing_format': request.backing_format,
@@ -565,7 +572,7 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
                     '' if request.src_snapshot is None else ' snapshot %r' % request.src_snapshot,
                     request.format, request.path,
                     ' compressed' if request.compress else '', replacing),
-                src=request.src, src_format=src_info['format']))
+                src=request.src, src_format=src_info['format'], **old_extents))
             current_size = src_info['virtual-size']
         else:
             size = request.size
@@ -581,7 +588,7 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
                                                                                     request.backing_format),
                     '' if request.preallocation in (None, 'off') else ' with preallocation=%s' % request.preallocation,
                     replacing),
-                size=size))
+                size=size, **old_extents))
             current_size = created_size
         current_size = request.expected_size(current_size)
         after['virtual_size'] = current_size
@@ -646,7 +653,7 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
                                      'would be converted with a virtual size of' if recreate else
                                      'has a virtual size of', current_size, new_size,
                                      'leave size unset to keep the size of src' if recreate else
-                                     'convert it to a format that can be resized (raw, qcow2, qed, luks)'))
+                                     'convert it to a format that can be resized (raw, qcow2, qed)'))
         if new_size < current_size and not request.shrink:
             raise DiskImageError('refusing to shrink %s from %d to %d bytes, which discards data at its end; '
                                  'set shrink=true to allow it' % (request.path, current_size, new_size))
@@ -766,6 +773,55 @@ def _backing_options(request):
     return options
 
 
+# vmdk subformats that keep the data in extent files beside the descriptor.
+MULTI_FILE_VMDK = ('monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat')
+
+
+def extent_files(path, info_dict):
+    """The files besides ``path`` holding the image's data (extents of a multi-file vmdk), only those in the
+    directory of ``path``: a descriptor never makes the module delete files elsewhere."""
+    if not info_dict or info_dict.get('format') != 'vmdk':
+        return []
+    directory = os.path.dirname(os.path.abspath(path))
+    files = []
+    for extent in ((info_dict.get('format-specific') or {}).get('data') or {}).get('extents') or []:
+        name = extent.get('filename') if isinstance(extent, dict) else None
+        if not isinstance(name, str):
+            continue
+        name = os.path.abspath(name)
+        if (name != os.path.abspath(path) and os.path.dirname(name) == directory and name not in files
+                and os.path.isfile(name)):
+            files.append(name)
+    return files
+
+
+def _multi_file_target(request):
+    return request.format == 'vmdk' and request.options.get('subformat') in MULTI_FILE_VMDK
+
+
+def _build_replacement_files(request, action):
+    """Build a multi-file image in a hidden directory beside ``path`` (its extent files get the names they will
+    have), then move its files into place, the descriptor last.  Returns (statistics, paths moved)."""
+    directory = os.path.dirname(os.path.abspath(request.path))
+    staging = staging_path(request.path)
+    os.mkdir(staging, 0o700)
+    moved = []
+    try:
+        main = os.path.join(staging, os.path.basename(request.path))
+        stats = _build(request, action, main)
+        for name in sorted(os.listdir(staging)):
+            if name != os.path.basename(request.path):
+                os.rename(os.path.join(staging, name), os.path.join(directory, name))
+                moved.append(os.path.join(directory, name))
+        os.rename(main, os.path.abspath(request.path))
+        moved.append(os.path.abspath(request.path))
+    finally:
+        for name in os.listdir(staging):
+            os.unlink(os.path.join(staging, name))
+        os.rmdir(staging)
+    return stats, moved
+
+
 def staging_path(path):
     """A hidden name beside ``path`` for a replacement image: the library never overwrites, so a replacement
     is built there (itself under the library's temporary name) and renamed over ``path`` in one step."""
@@ -840,10 +896,17 @@ def apply_plan(plan, request):
         written = None
         if action.kind == 'remove':
             os.unlink(request.path)
+            for name in action.args.get('extents') or []:
+                if os.path.isfile(name):
+                    os.unlink(name)
             written = 0
         elif action.kind in ('create', 'convert'):
+            replaced_extents = action.args.get('old_extents') or []
+            moved = []
             if not os.path.lexists(request.path):
                 stats = _build(request, action, request.path)
+            elif _multi_file_target(request):
+                stats, moved = _build_replacement_files(request, action)
             else:
                 staging = staging_path(request.path)
                 try:
@@ -852,6 +915,10 @@ def apply_plan(plan, request):
                 finally:
                     if os.path.lexists(staging):
                         os.unlink(staging)
+            for name in replaced_extents:
+                # The extent files of the replaced image that the new one did not take over.
+                if name not in moved and os.path.isfile(name):
+                    os.unlink(name)
             if stats:
                 outcome['conversion'] = stats
                 written = stats.get('bytes_written')

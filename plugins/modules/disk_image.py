@@ -16,7 +16,8 @@ description:
     without needing qemu-img on the host; the image library travels inside the module.
   - Images are written in the formats qemu-img writes; V(raw), V(qcow2), V(vmdk) (subformats V(monolithicSparse),
     V(streamOptimized), V(monolithicFlat), V(twoGbMaxExtentSparse), V(twoGbMaxExtentFlat)), V(vdi) (dynamic or static),
-    V(vpc) (VHD, dynamic or fixed), V(vhdx) (dynamic or fixed), V(qed), V(qcow) and V(luks).
+    V(vpc) (VHD, dynamic or fixed), V(vhdx) (dynamic or fixed), V(qed) and V(qcow). Encrypted (V(luks)) images
+    are not handled by this module (it has no passphrase option).
   - Sources of a conversion (O(src)) may also be V(parallels), V(bochs), V(cloop) or V(dmg) images, and disks inside
     an OVA or a Vagrant C(.box) (O(src_member)), read in place without unpacking the archive.
   - The module reads the image once, compares it with the request, and acts only on a difference.
@@ -81,7 +82,7 @@ options:
       - With O(src), the converted image is then resized to this size.
       - V(vpc) images get the next size their CHS geometry can represent (as with C(qemu-img create -f vpc)), unless
         C(force_size) is set in O(options); an existing V(vpc) image of that rounded size matches O(size).
-      - Only V(raw), V(qcow2), V(qed) and V(luks) images can change their size; for other formats (V(vmdk), V(vdi),
+      - Only V(raw), V(qcow2) and V(qed) images can change their size; for other formats (V(vmdk), V(vdi),
         V(vpc), V(vhdx), V(qcow)) a different O(size) fails, in check mode too, as C(qemu-img resize) does.
     type: raw
   shrink:

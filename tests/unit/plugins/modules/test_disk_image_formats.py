@@ -305,3 +305,38 @@ def test_parallels_made_by_qemu_img_converts_as_src(tmp_path):
     first, second = converge(path=path, fmt='vdi', src=source)
     assert first.actions[0].args['src_format'] == 'parallels' and second.actions == []
     qemu_img('compare', '-f', 'parallels', '-F', 'vdi', source, path)
+
+
+# --------------------------------------------------------------------------- multi-file vmdk
+def test_multi_file_vmdk_is_replaced_and_removed_with_its_extent_files(tmp_path):
+    path = str(tmp_path / 'disk.vmdk')
+    first, second = converge(path=path, fmt='vmdk', size='1M', options={'subformat': 'monolithicFlat'})
+    assert sorted(os.listdir(str(tmp_path))) == ['disk-flat.vmdk', 'disk.vmdk'] and second.actions == []
+    # Replaced by a split image: the new extents have their final names, the old flat extent is gone.
+    first, second = converge(path=path, fmt='vmdk', size='1M', options={'subformat': 'twoGbMaxExtentFlat'},
+                             force=True)
+    assert [action.kind for action in first.actions] == ['create'] and second.actions == []
+    assert sorted(os.listdir(str(tmp_path))) == ['disk-f001.vmdk', 'disk.vmdk']
+    qemu_img('check', '-f', 'vmdk', path)
+    assert qemu_info(path, 'vmdk')['format-specific']['data']['create-type'] == 'twoGbMaxExtentFlat'
+    # Replaced by a single-file image: the extent files of the old one are removed.
+    converge(path=path, fmt='vmdk', size='1M', options={'subformat': 'monolithicSparse'}, force=True)
+    assert os.listdir(str(tmp_path)) == ['disk.vmdk']
+    converge(path=path, fmt='vmdk', size='1M', options={'subformat': 'twoGbMaxExtentSparse'}, force=True)
+    request, plan = plan_for(path=path, state='absent')
+    assert 'disk-s001.vmdk' in plan.actions[0].description
+    apply_plan(plan, request)
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_extent_files_elsewhere_are_never_removed(tmp_path):
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    path = str(tmp_path / 'disk.vmdk')
+    qemu_img('create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', str(elsewhere / 'disk.vmdk'), '1M')
+    descriptor = (elsewhere / 'disk.vmdk').read_text().replace('"disk-flat.vmdk"', '"elsewhere/disk-flat.vmdk"')
+    (tmp_path / 'disk.vmdk').write_text(descriptor)
+    request, plan = plan_for(path=path, state='absent')
+    apply_plan(plan, request)
+    assert sorted(os.listdir(str(elsewhere))) == ['disk-flat.vmdk', 'disk.vmdk']
+    assert not os.path.exists(path)
