@@ -61,7 +61,9 @@ options:
   state:
     description:
       - V(present) makes sure the image exists as requested.
-      - V(absent) removes the image file; its backing files are left alone.
+      - V(absent) removes the image file; its backing files are left alone. The extent files of a multi-file V(vmdk)
+        (V(monolithicFlat), V(twoGbMaxExtentSparse), V(twoGbMaxExtentFlat)) are removed with its descriptor when they
+        are in the same directory; extent files elsewhere are left alone.
     type: str
     choices: [present, absent]
     default: present
