@@ -30,6 +30,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
     plan_disk_image,
     read_state,
 )
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import ImageError
 from ansible_collections.kvm.storage.plugins.modules import disk_image_info
 
 MIB = 1 << 20
@@ -124,11 +125,11 @@ def test_created_image_is_what_qemu_img_reads_and_a_second_run_changes_nothing(t
 def test_vmdk_subformat_is_read_from_the_create_type(tmp_path):
     path = str(tmp_path / 'disk.vmdk')
     qemu_img('create', '-q', '-f', 'vmdk', '-o', 'subformat=streamOptimized', path, '1M')
-    _, plan = plan_for(path=path, fmt='vmdk', size='1M', options={'subformat': 'streamOptimized'})
+    plan = plan_for(path=path, fmt='vmdk', size='1M', options={'subformat': 'streamOptimized'})[1]
     assert plan.actions == [] and plan.before['options']['subformat'] == 'streamOptimized'
     with pytest.raises(DiskImageError, match="options.subformat is 'streamOptimized', requested 'monolithicSparse'"):
         plan_for(path=path, fmt='vmdk', size='1M', options={'subformat': 'monolithicSparse'})
-    _, plan = plan_for(path=path, fmt='vmdk', size='1M', options={'subformat': 'monolithicSparse'}, force=True)
+    plan = plan_for(path=path, fmt='vmdk', size='1M', options={'subformat': 'monolithicSparse'}, force=True)[1]
     assert [action.kind for action in plan.actions] == ['create']
 
 
@@ -147,7 +148,7 @@ def test_layout_options_qemu_img_made_are_compared(tmp_path, fmt, made_with, req
         plan_for(path=path, fmt=fmt, options=requested)
     # The option the image was made with matches it (a fixed VHD included, which is probed as raw).
     name, value = made_with.split('=')
-    _, plan = plan_for(path=path, fmt=fmt, options={name: value})
+    plan = plan_for(path=path, fmt=fmt, options={name: value})[1]
     assert plan.actions == [] and plan.before['format'] == fmt
 
 
@@ -166,7 +167,7 @@ def test_vpc_size_is_rounded_to_its_geometry_and_then_matches(tmp_path):
     qemu_img('create', '-q', '-f', 'vpc', path, '10M')
     actual = qemu_info(path, 'vpc')['virtual-size']
     assert actual != 10 * MIB
-    _, plan = plan_for(path=path, fmt='vpc', size='10M')
+    plan = plan_for(path=path, fmt='vpc', size='10M')[1]
     assert plan.actions == []
     # force_size keeps the exact size: the same image no longer matches 10M.
     with pytest.raises(DiskImageError, match='cannot be resized'):
@@ -216,8 +217,8 @@ def test_src_member_requests_refused(tmp_path, params, message):
 
 
 def test_missing_member_fails_when_planning(tmp_path, appliance):
-    archive, _ = appliance
-    with pytest.raises(Exception, match='third.vmdk'):
+    archive = appliance[0]
+    with pytest.raises(ImageError, match='third.vmdk'):
         plan_for(path=str(tmp_path / 'out.qcow2'), fmt='qcow2', src=str(archive), src_member='third.vmdk')
 
 
