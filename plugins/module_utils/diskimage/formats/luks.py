@@ -476,9 +476,7 @@ class LuksDriver(Driver):
 
     def close(self):
         self._cipher = None
-        image_file, self._file = self._file, None
-        if image_file is not None:
-            image_file.close()
+        self._close_file()
         super(LuksDriver, self).close()
 
     # ------------------------------------------------------------------ create
@@ -615,11 +613,6 @@ class LuksDriver(Driver):
         return (header, payload_offset * SECTOR_SIZE), (first * SECTOR_SIZE, material)
 
     # -------------------------------------------------------------------- data
-    def _check_range(self, offset, length, what):
-        if offset < 0 or length < 0 or offset + length > self.virtual_size:
-            raise ImageError("%s at offset %d, length %d is outside the image (virtual size %d)"
-                             % (what, offset, length, self.virtual_size), self.path)
-
     def _require_key(self, what):
         if self._cipher is None:
             _require_cryptography(self.path)

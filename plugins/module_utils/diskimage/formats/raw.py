@@ -107,14 +107,6 @@ class RawDriver(Driver):
         image_file.close()
 
     # -------------------------------------------------------------------- data
-    def _check_range(self, offset, length, what):
-        if offset < 0 or length < 0:
-            raise ImageError("%s at offset %d, length %d: negative offset or length"
-                             % (what, offset, length), self.path)
-        if offset + length > self.virtual_size:
-            raise ImageError("%s at offset %d, length %d goes beyond the end of the image "
-                             "(virtual size %d)" % (what, offset, length, self.virtual_size), self.path)
-
     def read(self, offset, length):
         """The bytes of the file; the part of a request past the end of the file
         reads as zeroes (callers reading a shorter backing file rely on it)."""

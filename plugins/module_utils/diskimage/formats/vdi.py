@@ -38,7 +38,7 @@ import uuid as uuidlib
 
 from .._io import ImageFile
 from .. import policy
-from ..errors import (CorruptImageError, FormatError, ImageError, ImageNotFoundError, InvalidOptionError,
+from ..errors import (CorruptImageError, FormatError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, UnsupportedFeature, UnsupportedOperation)
 from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
 
@@ -323,9 +323,7 @@ class VdiDriver(Driver):
                               self.path)
 
     def close(self):
-        image_file, self._file = self._file, None
-        if image_file is not None:
-            image_file.close()
+        self._close_file()
         super(VdiDriver, self).close()
 
     # ------------------------------------------------------------------ create
@@ -393,11 +391,6 @@ class VdiDriver(Driver):
         image_file.close()
 
     # -------------------------------------------------------------------- data
-    def _check_range(self, offset, length, what):
-        if offset < 0 or length < 0 or offset + length > self.virtual_size:
-            raise ImageError("%s at offset %d, length %d is outside the image (virtual size %d)"
-                             % (what, offset, length, self.virtual_size), self.path)
-
     def _slot_offset(self, slot):
         h = self.header
         return h.offset_data + slot * h.slot_size + h.block_extra

@@ -37,7 +37,7 @@ import time
 import uuid
 
 from .._io import ImageFile
-from ..errors import (CorruptImageError, FormatError, ImageError, ImageNotFoundError, InvalidOptionError,
+from ..errors import (CorruptImageError, FormatError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, ReadOnlyImageError, UnsupportedFeature, UnsupportedOperation)
 from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
 
@@ -468,14 +468,6 @@ class VpcDriver(Driver):
         super(VpcDriver, self).close()
 
     # -------------------------------------------------------------------- data
-    def _check_range(self, offset, length, what):
-        if offset < 0 or length < 0:
-            raise ImageError("%s at offset %d, length %d: negative offset or length" % (what, offset, length),
-                             self.path)
-        if offset + length > self.virtual_size:
-            raise ImageError("%s at offset %d, length %d goes beyond the end of the image (virtual size %d)"
-                             % (what, offset, length, self.virtual_size), self.path)
-
     def _bitmap_bits(self, index):
         """Sector bitmap of allocated block ``index`` as a '0'/'1' string (cached)."""
         bits = self._bitmaps.get(index)
