@@ -224,3 +224,12 @@ def resolve_found(referrer_path, path, dirs, kind="parent image"):
                           "directories (%s)" % (kind, path, referrer_path, ", ".join(_real_dirs(dirs))),
                           os.path.abspath(os.fspath(referrer_path)))
     return real
+
+
+def locator_file_name(windows_path):
+    """A parent locator's Windows path as a name for the path policy:
+    backslashes become slashes and a leading ``./`` is dropped."""
+    name = windows_path.replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name

@@ -114,6 +114,16 @@ class Driver:
         deallocation when the result still reads zero (no backing showing through)."""
         raise UnsupportedOperation("writing %s images is not supported" % self.format_name, self.path)
 
+    def _write_zero_bytes(self, offset, length):
+        """Write real zero bytes through ``write`` in MAX_IO pieces (formats or
+        cases where a zero flag cannot express the range)."""
+        zeroes = bytes(min(length, MAX_IO))
+        end = offset + length
+        while offset < end:
+            count = min(end - offset, len(zeroes))
+            self.write(offset, memoryview(zeroes)[:count])
+            offset += count
+
     def block_status(self, offset, length):
         """List of Extent covering [offset, offset+length) exactly, for this layer only."""
         return [Extent(offset, length, DATA, None)]

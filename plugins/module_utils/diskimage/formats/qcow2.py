@@ -23,7 +23,7 @@ import zlib
 from .._io import ImageFile
 from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError,
                       PolicyError, UnsupportedFeature)
-from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
+from .base import DATA, UNALLOCATED, ZERO, Driver, Extent
 from . import qcow2_layout as L
 
 try:  # optional: zstd-compressed clusters
@@ -1298,14 +1298,6 @@ class Qcow2Driver(Driver):
             chunk_end = min(tail_start, (pos // span + 1) * span)
             self._zero_in_table(pos, chunk_end, may_unmap, can_flag)
             pos = chunk_end
-
-    def _write_zero_bytes(self, offset, length):
-        zeroes = bytes(min(length, MAX_IO))
-        end = offset + length
-        while offset < end:
-            count = min(end - offset, len(zeroes))
-            self.write(offset, memoryview(zeroes)[:count])
-            offset += count
 
     def _zero_in_table(self, offset, end, may_unmap, can_flag):
         """Zero whole clusters (whole subclusters with extended L2) in one L2 table."""

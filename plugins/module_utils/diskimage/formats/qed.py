@@ -32,7 +32,8 @@ import sys
 from .._io import ImageFile
 from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError, PolicyError, UnsupportedFeature,
                       UnsupportedOperation)
-from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
+from .base import DATA, UNALLOCATED, ZERO, Extent
+from .cluster_tables import ClusterTableDriver, progression_length
 
 # QED header (qed_spec.txt "Header"), little-endian, 64 bytes: magic, cluster
 # size, table size (clusters), header size (clusters), features, compatible
@@ -95,35 +96,6 @@ def max_image_size(cluster_size, table_size):
     return entries * entries * cluster_size
 
 
-def progression_length(table, first, stop, step):
-    """How many entries of ``table`` from index ``first`` (at most up to
-    ``stop``) continue ``table[first]`` by ``step`` each: whole runs of
-    contiguous clusters (step = cluster size) or equal entries (step 0) found
-    with slice comparisons instead of a Python loop per entry."""
-    start = table[first]
-    longest = stop - first
-    if step:
-        # a hostile entry near 2**64 cannot continue past it
-        longest = max(1, min(longest, (0xFFFFFFFFFFFFFFFF - start) // step + 1))
-
-    def matches(count):
-        if step:
-            expected = array.array("Q", range(start, start + count * step, step))
-        else:
-            expected = array.array("Q", [start]) * count
-        return table[first:first + count] == expected
-
-    if matches(longest):
-        return longest
-    low, high = 1, longest
-    while high - low > 1:
-        middle = (low + high) // 2
-        if matches(middle):
-            low = middle
-        else:
-            high = middle
-    return low
-
 
 class Header:
     """The QED header's fields."""
@@ -145,7 +117,7 @@ def _int_option(name, value, path):
     return value
 
 
-class QedDriver(Driver):
+class QedDriver(ClusterTableDriver):
     format_name = "qed"
     format_label = "QED image"
     can_create = True
@@ -174,20 +146,6 @@ class QedDriver(Driver):
         return 100 if header[:4] == MAGIC else 0
 
     # --------------------------------------------------------------- lifecycle
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        driver = cls()
-        driver.image_file = ImageFile(path, writable=not readonly, force_share=force_share)
-        driver.path = driver.image_file.path
-        driver.readonly = bool(readonly)
-        try:
-            driver._open_structures(opener)
-        except BaseException:
-            driver._close_file()
-            Driver.close(driver)
-            raise
-        return driver
-
     def _open_structures(self, opener):
         path = self.path
         real_size = self.image_file.size()
@@ -255,14 +213,6 @@ class QedDriver(Driver):
             self.image_file.close()
             self.image_file = None
 
-    def close(self):
-        try:
-            if self.image_file is not None and not self.readonly:
-                self.flush()
-        finally:
-            self._close_file()
-            Driver.close(self)
-
     def flush(self):
         if self.image_file is None or self.readonly:
             return
@@ -285,24 +235,6 @@ class QedDriver(Driver):
     def _fixed_metadata(self):
         offset = self.header.l1_table_offset
         return ((0, self._data_start, "header"), (offset, offset + self._table_bytes, "L1 table"))
-
-    def _check_no_overlap(self, host, length, what, l2_tables=True):
-        """Refuse a write of [host, host+length) that would land on the header,
-        the L1 table or (``l2_tables``) an L2 table (DESIGN rule 6)."""
-        end = host + length
-        for start, stop, name in self._fixed_metadata():
-            if host < stop and start < end:
-                raise CorruptImageError("%s: %s at 0x%x (%d bytes) overlaps the %s at 0x%x; refusing to write"
-                                        % (self.format_label, what, host, length, name, start), self.path)
-        if not l2_tables:
-            return
-        if self._l2_starts is None:
-            self._l2_starts = sorted(set(offset for offset in self._l1 if offset))
-        starts = self._l2_starts
-        index = bisect.bisect_left(starts, host - self._l2_bytes + 1)
-        if index < len(starts) and starts[index] < end:
-            raise CorruptImageError("%s: %s at 0x%x (%d bytes) overlaps the L2 table at 0x%x; refusing to write"
-                                    % (self.format_label, what, host, length, starts[index]), self.path)
 
     def _note_l2_table(self, offset):
         if self._l2_starts is not None:
@@ -371,16 +303,6 @@ class QedDriver(Driver):
                 pos = run_end
         return runs
 
-    @staticmethod
-    def _add_run(runs, start, count, kind, host):
-        if runs:
-            prev_start, prev_count, prev_kind, prev_host = runs[-1]
-            if prev_kind == kind and prev_start + prev_count == start and (
-                    host is None or prev_host + prev_count == host):
-                runs[-1] = (prev_start, prev_count + count, kind, prev_host)
-                return
-        runs.append((start, count, kind, host))
-
     def block_status(self, offset, length):
         self._check_range(offset, length)
         return [Extent(*run) for run in self._map(offset, length)]
@@ -443,20 +365,6 @@ class QedDriver(Driver):
         offset = self._file_size
         self._file_size += clusters * self.cluster_size
         return offset
-
-    def write(self, offset, data):
-        self._check_range(offset, len(data))
-        self._prepare_write()
-        view = memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
-        span = self._l2_entries * self.cluster_size
-        pos = offset
-        end = offset + len(view)
-        while pos < end:
-            table_end = min(end, (pos // span + 1) * span)
-            self._write_in_table(pos, view[pos - offset:table_end - offset])
-            pos = table_end
 
     def _write_in_table(self, offset, data):
         cs = self.cluster_size
@@ -593,14 +501,6 @@ class QedDriver(Driver):
         if changed:
             self._mark_dirty()
             self._update_l2(l1_index, l2_offset, table, changed)
-
-    def _write_zero_bytes(self, offset, length):
-        zeroes = bytes(min(length, MAX_IO))
-        end = offset + length
-        while offset < end:
-            count = min(end - offset, len(zeroes))
-            self.write(offset, memoryview(zeroes)[:count])
-            offset += count
 
     # ------------------------------------------------------- in-place changes
     def set_backing(self, backing_file, backing_fmt):

@@ -48,6 +48,7 @@ import sys
 import uuid
 
 from .._io import ImageFile
+from ..policy import locator_file_name
 from ..errors import (CorruptImageError, FormatError, ImageError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, ReadOnlyImageError, UnsupportedFeature, UnsupportedOperation)
 from .base import DATA, UNALLOCATED, ZERO, Driver, Extent
@@ -212,15 +213,6 @@ CREATOR = "kvm.storage diskimage"
 SUBFORMATS = ("dynamic", "fixed")
 
 BITMAP_CACHE_ENTRIES = 64
-
-
-def locator_file_name(windows_path):
-    """A parent locator's Windows path as a name for the path policy:
-    backslashes become slashes and a leading ``./`` is dropped."""
-    name = windows_path.replace("\\", "/")
-    while name.startswith("./"):
-        name = name[2:]
-    return name
 
 
 def _round_up(value, alignment):

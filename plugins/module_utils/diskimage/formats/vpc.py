@@ -37,6 +37,7 @@ import time
 import uuid
 
 from .._io import ImageFile
+from ..policy import locator_file_name
 from ..errors import (CorruptImageError, FormatError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, ReadOnlyImageError, UnsupportedFeature, UnsupportedOperation)
 from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
@@ -166,15 +167,6 @@ def _utf16_name(raw, encoding):
     text = raw.decode(encoding, "replace")
     end = text.find("\0")
     return text if end < 0 else text[:end]
-
-
-def locator_file_name(windows_path):
-    """A parent locator's Windows path as a name for the path policy:
-    backslashes become slashes and a leading ``./`` is dropped."""
-    name = windows_path.replace("\\", "/")
-    while name.startswith("./"):
-        name = name[2:]
-    return name
 
 
 class Footer:
