@@ -86,7 +86,6 @@ def _be_bytes(table):
     return copy.tobytes()
 
 
-
 class Header:
     """The qcow header's fields."""
 

@@ -96,7 +96,6 @@ def max_image_size(cluster_size, table_size):
     return entries * entries * cluster_size
 
 
-
 class Header:
     """The QED header's fields."""
 
