@@ -26,5 +26,6 @@ sanity: setup
 lint: setup
 	@bash scripts/test.sh lint
 
+# `make integration TARGETS="domain_disk lvm_volume_image"` runs only those targets
 integration: setup
-	@bash scripts/test.sh integration
+	@bash scripts/test.sh integration $(TARGETS)

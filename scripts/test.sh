@@ -45,14 +45,16 @@ suite_lint() {
 suite_integration() {
     local dest
     dest=$(collection_copy)
-    (cd "$dest" && ansible-test integration --local --python "$PYVER" --color no -v)
+    # extra arguments name targets to run (default: every target)
+    (cd "$dest" && ansible-test integration --local --python "$PYVER" --color no -v "$@")
 }
 
 run_suite() {
     local name=$1 start rc
+    shift
     start=$(date +%s)
     echo "=================== $name ==================="
-    "suite_$name"
+    "suite_$name" "$@"
     rc=$?
     echo "=================== $name: $([ $rc -eq 0 ] && echo passed || echo "FAILED (exit $rc)") in $(( $(date +%s) - start ))s"
     return $rc
@@ -71,10 +73,10 @@ case "${1:-all}" in
         echo "all suites passed"
         ;;
     unit|sanity|lint|integration)
-        run_suite "$1"
+        run_suite "$@"
         ;;
     *)
-        echo "usage: $0 [all|unit|sanity|lint|integration]" >&2
+        echo "usage: $0 [all|unit|sanity|lint|integration [TARGET...]]" >&2
         exit 2
         ;;
 esac
