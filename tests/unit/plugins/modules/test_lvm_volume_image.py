@@ -1,0 +1,438 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""lvm_volume_image: pure logic (sizes, tags, plans, reports, errors), then the
+backend against real lvm2 on a loop device (lvm_testbed), checked with qemu-img."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from lvm_testbed import FakeModule, lvm_testbed  # noqa: F401  pylint: disable=unused-import
+
+from ansible_collections.kvm.storage.plugins.module_utils import _lvm
+from ansible_collections.kvm.storage.plugins.module_utils import _lvm_volume_image as lvi
+
+MIB = 1024 * 1024
+QEMU_IMG = shutil.which("qemu-img")
+needs_qemu_img = pytest.mark.skipif(QEMU_IMG is None, reason="needs qemu-img")
+
+
+# ------------------------------------------------------------------ sizes
+def test_raw_size_defaults_to_virtual_size_rounded_up_to_extents():
+    assert lvi.volume_size("raw", 5 * MIB + 1, None, 4 * MIB) == (8 * MIB, 5 * MIB + 1)
+    assert lvi.volume_size("raw", 8 * MIB, None, 4 * MIB) == (8 * MIB, 8 * MIB)
+
+
+def test_qcow2_size_defaults_to_measure_required():
+    assert lvi.volume_size("qcow2", 64 * MIB, 3 * MIB + 5, MIB) == (4 * MIB, 3 * MIB + 5)
+
+
+def test_requested_size_is_rounded_and_must_hold_the_image():
+    assert lvi.volume_size("raw", 5 * MIB, None, 4 * MIB, requested=9 * MIB) == (12 * MIB, 5 * MIB)
+    with pytest.raises(lvi.VolumeImageError, match=r"size 1048576 is too small: a raw volume .* at least 5242880"):
+        lvi.volume_size("raw", 5 * MIB, None, 4 * MIB, requested=MIB)
+    with pytest.raises(lvi.VolumeImageError, match="qemu-img measure"):
+        lvi.volume_size("qcow2", 5 * MIB, 2 * MIB, 4 * MIB, requested=MIB)
+
+
+# ------------------------------------------------------------------- tags
+def test_tags_round_trip_and_are_valid_lvm_tags():
+    tags = lvi.encode_tags("qcow2", 12345, "ab" * 32, "cd" * 16)
+    assert all(_lvm.check_tag(tag) is None for tag in tags)
+    held = lvi.decode_tags(tags + ["someone_else"])
+    assert held == {"ours": True, "writing": False, "complete": True, "format": "qcow2", "virtual_size": 12345,
+                    "sha256": "ab" * 32, "source": "cd" * 16}
+
+
+def test_tags_of_an_interrupted_write_are_incomplete():
+    held = lvi.decode_tags(lvi.encode_tags("raw", 1, "00", "11") + [lvi.TAG_WRITING])
+    assert held["ours"] and held["writing"] and not held["complete"]
+    assert lvi.held_content(held) == "incomplete"
+
+
+def test_foreign_tags_are_not_ours():
+    held = lvi.decode_tags(["backup", "owner=ops"])
+    assert not held["ours"] and not held["complete"]
+    assert lvi.held_content(held) == "unknown (not written by this module)"
+
+
+def test_tag_and_name_checks():
+    assert _lvm.check_tag("-x") is not None
+    assert _lvm.check_tag("a,b") is not None
+    assert _lvm.check_lv_name("web_tdata") is not None
+    assert "reserves" in _lvm.check_lv_name("snapshot1")
+    assert _lvm.check_lv_name("web1-root") is None
+    assert "volume group" in _lvm.check_vg_name("bad name")
+
+
+# ---------------------------------------------------------------- reports
+def test_parse_report_joins_every_section():
+    text = json.dumps({"report": [{"lv": [{"lv_name": "a"}]}, {"lv": [{"lv_name": "b"}]}]})
+    assert [row["lv_name"] for row in _lvm.parse_report(text)] == ["a", "b"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("not json", "cannot parse the JSON report of lvs"),
+    ('{"other": []}', 'no "report" list'),
+    ('{"report": [{"lv": ["x"]}]}', "unexpected report from lvs"),
+])
+def test_parse_report_errors_name_the_command(text, message):
+    with pytest.raises(_lvm.LvmError, match=message):
+        _lvm.parse_report(text, cmd="lvs")
+
+
+def test_normalize_lv_types_sizes_tags_and_activity():
+    row = {"lv_name": "a", "vg_name": "v", "lv_path": "/dev/v/a", "lv_size": "8388608", "lv_tags": "z,b",
+           "lv_attr": "Vwi-a-tz--", "segtype": "thin", "pool_lv": "pool", "origin": "", "lv_uuid": "u"}
+    lv = _lvm.normalize_lv(row)
+    assert lv["size"] == 8388608 and lv["tags"] == ["b", "z"] and lv["pool"] == "pool" and lv["active"] is True
+    assert _lvm.normalize_lv(dict(row, lv_attr="-wi-XX----"))["active"] is None
+    with pytest.raises(_lvm.LvmError, match="unexpected lv_size '8.00m'"):
+        _lvm.normalize_lv(dict(row, lv_size="8.00m"), "lvs")
+
+
+class StubModule:
+    def __init__(self, rc, out, err):
+        self.result = (rc, out, err)
+        self.calls = []
+
+    def get_bin_path(self, name, required=False):
+        return "/usr/sbin/" + name
+
+    def run_command(self, args, environ_update=None):
+        self.calls.append((args, environ_update))
+        return self.result
+
+
+def test_failing_command_shows_the_command_line_and_stderr():
+    module = StubModule(5, "", "  Volume group \"nope\" not found\n")
+    with pytest.raises(_lvm.LvmError) as info:
+        _lvm.Lvm(module).resize("nope", "lv", 4 * MIB)
+    assert str(info.value) == 'lvresize --yes -L 4194304b nope/lv failed (rc 5): Volume group "nope" not found'
+    assert info.value.rc == 5 and info.value.cmd.startswith("/usr/sbin/lvresize ")
+    assert module.calls[0][1]["LVM_SUPPRESS_FD_WARNINGS"] == "1"
+
+
+def test_reports_ask_for_json_in_bytes():
+    module = StubModule(0, json.dumps({"report": [{"vg": [{"vg_name": "v", "vg_extent_size": "4194304",
+                                                             "vg_free": "0", "vg_size": "8388608"}]}]}), "")
+    assert _lvm.Lvm(module).vg("v") == {"name": "v", "extent_size": 4194304, "free": 0, "size": 8388608}
+    args = module.calls[0][0]
+    assert args[:8] == ["/usr/sbin/vgs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o",
+                        ",".join(_lvm.VG_FIELDS)]
+    assert _lvm.Lvm(module).vg("other") is None
+
+
+def test_thin_create_and_snapshot_command_lines():
+    module = StubModule(0, "", "")
+    lvm = _lvm.Lvm(module)
+    lvm.create("v", "a", 8 * MIB, thinpool="pool", tags=["t1"])
+    lvm.snapshot("v", "a", "a_snap", thin=True)
+    lvm.snapshot("v", "b", "b_snap", thin=False)
+    assert [call[0][1:] for call in module.calls] == [
+        ["-n", "a", "--yes", "--addtag", "t1", "-V", "8388608b", "--thinpool", "pool", "v"],
+        ["--yes", "-s", "-n", "a_snap", "v/a"],
+        ["--yes", "-s", "-n", "b_snap", "-l", "100%ORIGIN", "v/b"],
+    ]
+
+
+# ------------------------------------------------------------------- plans
+SOURCE = {"format": "qcow2", "virtual_size": 16 * MIB, "fingerprint": "f1"}
+
+
+def request(**changes):
+    base = dict(format="raw", size=16 * MIB, size_given=False, thinpool=None, update=False, force=False, resize=True,
+                shrink=False, snapshot_before_write=False, src="/img")
+    base.update(changes)
+    return base
+
+
+def volume(tags, size=16 * MIB, pool=None):
+    return {"vg": "v", "name": "a", "size": size, "tags": tags, "pool": pool, "segtype": "linear", "path": "/dev/v/a"}
+
+
+def no_hash():
+    raise AssertionError("the source must not be hashed when its fingerprint is unchanged")
+
+
+def steps(plan):
+    return [step for step, detail in plan["steps"]]
+
+
+def test_plan_new_volume_creates_and_writes():
+    plan = lvi.plan_present(None, SOURCE, request(), no_hash)
+    assert steps(plan) == ["create", "write"] and plan["new_size"] == 16 * MIB
+
+
+def test_plan_unchanged_fingerprint_does_nothing_without_reading():
+    lv = volume(lvi.encode_tags("raw", 16 * MIB, "aa", "f1"))
+    assert lvi.plan_present(lv, SOURCE, request(force=True, update=True), no_hash)["steps"] == []
+
+
+def test_plan_changed_fingerprint_same_content_does_nothing():
+    lv = volume(lvi.encode_tags("raw", 16 * MIB, "aa", "f0"))
+    plan = lvi.plan_present(lv, SOURCE, request(), lambda: "aa")
+    assert plan["steps"] == [] and plan["sha256"] == "aa"
+
+
+def test_plan_changed_content_needs_update():
+    lv = volume(lvi.encode_tags("raw", 16 * MIB, "aa", "f0"))
+    with pytest.raises(lvi.VolumeImageError, match=r"v/a holds another image \(content sha256 aa, source bb\); "
+                                                   r"update: true"):
+        lvi.plan_present(lv, SOURCE, request(), lambda: "bb")
+    plan = lvi.plan_present(lv, SOURCE, request(update=True, snapshot_before_write=True), lambda: "bb")
+    assert steps(plan) == ["snapshot", "write"]
+
+
+def test_plan_format_change_is_a_changed_image():
+    lv = volume(lvi.encode_tags("raw", 16 * MIB, "aa", "f1"))
+    with pytest.raises(lvi.VolumeImageError, match="format raw, requested qcow2"):
+        lvi.plan_present(lv, SOURCE, request(format="qcow2"), no_hash)
+    assert steps(lvi.plan_present(lv, SOURCE, request(format="qcow2", force=True), no_hash)) == ["write"]
+
+
+def test_plan_foreign_volume_needs_force():
+    with pytest.raises(lvi.VolumeImageError, match="not written by this module .* force: true overwrites it"):
+        lvi.plan_present(volume(["backup"]), SOURCE, request(update=True), no_hash)
+    plan = lvi.plan_present(volume(["backup"]), SOURCE, request(force=True, snapshot_before_write=True), no_hash)
+    assert steps(plan) == ["snapshot", "write"]
+
+
+def test_plan_interrupted_write_is_rewritten_without_update():
+    plan = lvi.plan_present(volume([lvi.TAG_WRITING]), SOURCE, request(), no_hash)
+    assert plan["steps"] == [("write", "the previous write did not complete")]
+
+
+def test_plan_grows_and_zeroes_the_new_end_of_a_raw_volume():
+    lv = volume(lvi.encode_tags("raw", 16 * MIB, "aa", "f1"), size=16 * MIB)
+    plan = lvi.plan_present(lv, SOURCE, request(size=32 * MIB, size_given=True), no_hash)
+    assert plan["steps"] == [("resize", (16 * MIB, 32 * MIB)), ("zero_tail", (16 * MIB, 32 * MIB))]
+    with pytest.raises(lvi.VolumeImageError, match="resize: true grows it"):
+        lvi.plan_present(lv, SOURCE, request(size=32 * MIB, size_given=True, resize=False), no_hash)
+
+
+def test_plan_grow_only_unless_shrink():
+    lv = volume(lvi.encode_tags("raw", 16 * MIB, "aa", "f1"), size=32 * MIB)
+    assert lvi.plan_present(lv, SOURCE, request(size_given=True), no_hash)["steps"] == []
+    plan = lvi.plan_present(lv, SOURCE, request(size_given=True, shrink=True), no_hash)
+    assert plan["steps"] == [("resize", (32 * MIB, 16 * MIB))]
+    qcow2 = volume(lvi.encode_tags("qcow2", 16 * MIB, "aa", "f1"), size=32 * MIB)
+    with pytest.raises(lvi.VolumeImageError, match="shrinking a qcow2 volume means rewriting it"):
+        lvi.plan_present(qcow2, SOURCE, request(format="qcow2", size_given=True, shrink=True), no_hash)
+
+
+def test_plan_refuses_a_volume_outside_the_requested_pool():
+    with pytest.raises(lvi.VolumeImageError, match="not as a thin volume of pool pool0"):
+        lvi.plan_present(volume([]), SOURCE, request(thinpool="pool0"), no_hash)
+
+
+# ------------------------------------------------------------------ zeroing
+def test_zeroer_joins_ranges_and_writes_unaligned_edges(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"\xaa" * (3 * 4096))
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
+    with ImageFile(str(path), writable=True) as target:
+        zeroer = lvi.Zeroer(target)
+        zeroer.add(100, 1000)
+        zeroer.add(1100, 5000)
+        zeroer.add(9000, 10)
+        zeroer.flush()
+        assert zeroer.bytes_zeroed == 6010
+    data = path.read_bytes()
+    expected = bytearray(b"\xaa" * (3 * 4096))
+    expected[100:6100] = bytes(6000)
+    expected[9000:9010] = bytes(10)
+    assert data == bytes(expected)
+
+
+def test_zero_granules_split_data_at_aligned_blocks():
+    granule = lvi.ZERO_GRANULE
+    data = bytes(granule) + b"x" + bytes(granule - 1) + bytes(granule)
+    assert lvi._zero_granules(data, 0) == [(0, granule, True), (granule, 2 * granule, False),
+                                           (2 * granule, 3 * granule, True)]
+
+
+# ------------------------------------------------------- real lvm2 testbed
+def qemu_img(*args):
+    proc = subprocess.run([QEMU_IMG] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    return proc.returncode, proc.stdout.decode() + proc.stderr.decode()
+
+
+def make_source(path, fmt="qcow2", seed=b"a"):
+    """A 6 MiB image with data, a zero cluster written explicitly and holes (qemu-io)."""
+    raw = str(path) + ".raw"
+    with open(raw, "wb") as stream:
+        stream.truncate(6 * MIB)
+        stream.seek(0)
+        stream.write(seed * 100000)
+        stream.seek(3 * MIB + 512)
+        stream.write(b"tail" + seed * 5000)
+        stream.seek(5 * MIB)
+        stream.write(bytes(65536))
+    rc, out = qemu_img("convert", "-f", "raw", "-O", fmt, raw, str(path))
+    assert rc == 0, out
+    os.unlink(raw)
+    return str(path)
+
+
+def params(vg, src, **changes):
+    base = dict(vg=vg, lv="img1", src=src, src_format=None, size=None, format="raw", thinpool=None,
+                state="present", resize=True, shrink=False, update=False, force=False, snapshot_before_write=False,
+                allow_dirs=[])
+    base.update(changes)
+    return base
+
+
+def run(check_mode=False, **kwargs):
+    module = FakeModule(params(**kwargs), check_mode=check_mode)
+    return lvi.VolumeImage(module).run(), module
+
+
+def poison_free_space(testbed, size_mib):
+    """Fill the VG's first free extents with 0xAA (through a temporary LV), so old data would show."""
+    testbed.lvm("lvcreate", "-n", "poison", "-L", "%dm" % size_mib, testbed.vg)
+    with open("/dev/%s/poison" % testbed.vg, "r+b") as stream:
+        stream.write(b"\xaa" * size_mib * MIB)
+        os.fsync(stream.fileno())
+    testbed.lvm("lvremove", "-y", "%s/poison" % testbed.vg)
+
+
+def raw_sha256(src):
+    """SHA-256 of qemu-img's raw conversion of ``src`` (the guest-visible content)."""
+    raw = src + ".check.raw"
+    rc, out = qemu_img("convert", "-O", "raw", src, raw)
+    assert rc == 0, out
+    with open(raw, "rb") as stream:
+        digest = hashlib.sha256(stream.read()).hexdigest()
+    os.unlink(raw)
+    return digest
+
+
+@needs_qemu_img
+def test_raw_volume_reads_back_as_the_source_and_is_idempotent(lvm_testbed, tmp_path):  # noqa: F811
+    vg = lvm_testbed.vg
+    src = make_source(tmp_path / "src.qcow2")
+    poison_free_space(lvm_testbed, 8)
+    result, dummy = run(check_mode=True, vg=vg, src=src, size="7M")
+    assert result["changed"] and result["actions"][0].startswith("create volume %s/img1 (7340032 bytes" % vg)
+    assert lvi.Lvm(FakeModule({})).lv(vg, "img1") is None
+    result, dummy = run(vg=vg, src=src, size="7M")
+    device = result["volume"]["path"]
+    assert device == "/dev/%s/img1" % vg and result["volume"]["size"] == 7 * MIB
+    # The tail past the image (6-7 MiB) held 0xAA: compare checks it reads zero now.
+    rc, out = qemu_img("compare", "-f", "raw", "-F", "qcow2", device, src)
+    assert rc == 0, out
+    assert lvi.decode_tags(result["volume"]["tags"])["sha256"] == raw_sha256(src)
+    assert result["write"]["bytes_zeroed"] > 0
+    result, module = run(vg=vg, src=src, size="7M")
+    assert not result["changed"] and result["actions"] == []
+    assert not any(cmd[0].endswith(("lvcreate", "lvchange")) for cmd in module.commands)
+    # Same content, new file: only the fingerprint tag moves; no change reported.
+    shutil.copy(src, src + ".new")
+    os.rename(src + ".new", src)
+    result, dummy = run(vg=vg, src=src, size="7M")
+    assert not result["changed"]
+
+
+@needs_qemu_img
+def test_changed_source_fails_without_update_and_is_rewritten_with_it(lvm_testbed, tmp_path):  # noqa: F811
+    vg = lvm_testbed.vg
+    src = make_source(tmp_path / "src.qcow2")
+    run(vg=vg, src=src)
+    make_source(tmp_path / "new.qcow2", seed=b"b")
+    os.rename(str(tmp_path / "new.qcow2"), src)
+    with pytest.raises(lvi.VolumeImageError, match="holds another image .* update: true"):
+        run(vg=vg, src=src)
+    result, dummy = run(check_mode=True, vg=vg, src=src, update=True)
+    assert result["changed"] and result["diff"]["after"]["content"] == "written from %s" % src
+    result, dummy = run(vg=vg, src=src, update=True)
+    assert result["changed"] and result["actions"][-1].startswith("write raw image")
+    rc, out = qemu_img("compare", "-f", "raw", result["volume"]["path"], src)
+    assert rc == 0, out
+
+
+@needs_qemu_img
+def test_qcow2_volume_passes_check_and_compare(lvm_testbed, tmp_path):  # noqa: F811
+    vg = lvm_testbed.vg
+    src = make_source(tmp_path / "src.vmdk", fmt="vmdk")
+    poison_free_space(lvm_testbed, 8)
+    result, dummy = run(vg=vg, src=src, format="qcow2")
+    device = result["volume"]["path"]
+    assert result["image"]["format"] == "qcow2" and result["image"]["virtual-size"] == 6 * MIB
+    rc, out = qemu_img("check", "-f", "qcow2", device)
+    assert rc == 0, out
+    rc, out = qemu_img("compare", "-f", "qcow2", "-F", "vmdk", device, src)
+    assert rc == 0, out
+    result, dummy = run(vg=vg, src=src, format="qcow2")
+    assert not result["changed"]
+
+
+@needs_qemu_img
+def test_grow_zeroes_the_new_end_and_absent_removes(lvm_testbed, tmp_path):  # noqa: F811
+    vg = lvm_testbed.vg
+    src = make_source(tmp_path / "src.qcow2")
+    run(vg=vg, src=src)
+    poison_free_space(lvm_testbed, 4)
+    result, dummy = run(vg=vg, src=src, size="10M")
+    assert result["changed"] and result["volume"]["size"] == 10 * MIB
+    rc, out = qemu_img("compare", "-f", "raw", result["volume"]["path"], src)
+    assert rc == 0, out
+    result, dummy = run(vg=vg, src=src, size="8M")
+    assert not result["changed"]
+    result, dummy = run(check_mode=True, vg=vg, lv="img1", src=None, state="absent")
+    assert result["changed"] and os.path.exists("/dev/%s/img1" % vg)
+    result, dummy = run(vg=vg, lv="img1", src=None, state="absent")
+    assert result["changed"] and result["volume"] is None and not os.path.lexists("/dev/%s/img1" % vg)
+    result, dummy = run(vg=vg, lv="img1", src=None, state="absent")
+    assert not result["changed"]
+
+
+def test_foreign_volume_needs_force_and_snapshot_failure_names_the_command(lvm_testbed, tmp_path):  # noqa: F811
+    vg = lvm_testbed.vg
+    lvm_testbed.lvm("lvcreate", "-n", "img1", "-L", "8m", vg)
+    src = str(tmp_path / "src.raw")
+    with open(src, "wb") as stream:
+        stream.write(b"x" * MIB)
+    with pytest.raises(lvi.VolumeImageError, match="was not written by this module"):
+        run(vg=vg, src=src)
+    with pytest.raises(lvi.VolumeImageError, match="force: true removes it"):
+        run(vg=vg, src=None, state="absent")
+    # No device-mapper here: the snapshot fails, and the error names the lvcreate command and lvm2's reason.
+    with pytest.raises(_lvm.LvmError, match=r"^lvcreate --yes -s -n img1_snap_\d+ -l 100%ORIGIN " + vg
+                       + r"/img1 failed \(rc \d+\): .*device-mapper"):
+        run(vg=vg, src=src, force=True, snapshot_before_write=True)
+    result, dummy = run(vg=vg, src=src, force=True)
+    with open(result["volume"]["path"], "rb") as stream:
+        assert stream.read(MIB) == b"x" * MIB and stream.read() == bytes(7 * MIB)
+
+
+def test_missing_vg_and_thin_pool_are_clear_errors(lvm_testbed, tmp_path):  # noqa: F811
+    src = str(tmp_path / "src.raw")
+    with open(src, "wb") as stream:
+        stream.truncate(MIB)
+    with pytest.raises(lvi.VolumeImageError, match="volume group kvmstorage_it_lvm_missing not found"):
+        run(vg="kvmstorage_it_lvm_missing", src=src)
+    with pytest.raises(lvi.VolumeImageError, match="thin pool %s/pool0 not found" % lvm_testbed.vg):
+        run(vg=lvm_testbed.vg, src=src, thinpool="pool0")
+
+
+def test_info_reads_tags_and_image(lvm_testbed, tmp_path):  # noqa: F811
+    vg = lvm_testbed.vg
+    src = str(tmp_path / "src.raw")
+    with open(src, "wb") as stream:
+        stream.write(b"y" * 3 * MIB)
+    run(vg=vg, src=src)
+    info = lvi.run_lvm_volume_image_info(FakeModule(dict(vg=vg, lv="img1", format=None, force_share=True)))
+    assert info["exists"] and info["holds"]["complete"] and info["holds"]["format"] == "raw"
+    assert info["holds"]["sha256"] == hashlib.sha256(b"y" * 3 * MIB).hexdigest()
+    assert info["image"]["format"] == "raw" and info["image"]["virtual-size"] == 3 * MIB
+    missing = lvi.run_lvm_volume_image_info(FakeModule(dict(vg=vg, lv="nope", format=None, force_share=True)))
+    assert missing == {"changed": False, "exists": False, "volume": None, "holds": None, "image": None}
