@@ -509,12 +509,9 @@ def derived_overlay(path, snapshot_name):
     (virDomainSnapshotDefAssignExternalNames): the file's extension replaced by the snapshot's name,
     or the name appended when it has none."""
     directory, base = os.path.split(path)
-    stem, dot, dummy = base.rpartition('.')
-    if dot and stem:
-        base = '%s.%s' % (stem, snapshot_name)
-    else:
-        base = '%s.%s' % (base, snapshot_name)
-    return os.path.join(directory, base)
+    if '.' in base:
+        base = base[:base.rindex('.')]
+    return '%s.%s' % (os.path.join(directory, base), snapshot_name)
 
 
 def _match_disk(domain, name):
@@ -562,8 +559,8 @@ def plan_disks(request, domain, file_exists=os.path.exists):
                 if disk.type != 'file' or not disk.source:
                     raise LibvirtModuleError(
                         'disk %s of domain %s is a %s disk: libvirt names overlay files only for file disks; give its '
-                        'overlay in disks: [{name: %s, file: /path/to/overlay.qcow2}]' % (disk.target, _quoted(domain.name),
-                                                                                      disk.type, disk.target))
+                        'overlay in disks: [{name: %s, file: /path/to/overlay.qcow2}]'
+                        % (disk.target, _quoted(domain.name), disk.type, disk.target))
                 overlay = derived_overlay(disk.source, request.name)
             if file_exists(overlay):
                 raise LibvirtModuleError('the overlay file %s for disk %s exists already: libvirt creates the overlay of an '
@@ -604,7 +601,7 @@ def snapshot_element(name, description, memory, memory_file, disks):
     return root
 
 
-def _existing_conflicts(request, record):
+def _existing_conflicts(request, record, domain):
     """What the task asks of an existing snapshot that a snapshot cannot change."""
     conflicts = []
     if request.external is not None and record.external != request.external:
@@ -617,7 +614,8 @@ def _existing_conflicts(request, record):
         conflicts.append('it holds the memory state (%s), the task asks for a disk-only snapshot' % record.memory)
     recorded = dict((disk['name'], disk) for disk in record.disks)
     for given in request.disks:
-        disk = recorded.get(given['name'])
+        matched = _match_disk(domain, given['name'])
+        disk = recorded.get(given['name'] if matched is None else matched.target)
         if disk is None:
             continue
         if given.get('snapshot') and given['snapshot'] != disk['snapshot']:
@@ -633,7 +631,7 @@ def _plan_present(request, domain, before):
     after = copy.deepcopy(snapshots)
     record = snapshots.get(request.name)
     if record is not None:
-        conflicts = _existing_conflicts(request, record)
+        conflicts = _existing_conflicts(request, record, domain)
         if conflicts:
             raise LibvirtModuleError('snapshot %s of domain %s exists and differs from the task in what a snapshot cannot change: '
                                      '%s; remove it first (state=absent) or choose another name'
@@ -706,9 +704,9 @@ def _plan_present(request, domain, before):
         detail.append('disk-only')
     detail.extend('%s -> %s' % (disk['name'], disk['file']) for disk in disks if disk['snapshot'] == 'external')
     detail.extend('%s left out' % disk['name'] for disk in disks if disk['snapshot'] == 'no')
-    action = Action('create', 'create %s snapshot %s of %s domain %s (%s)' % (kind, name, 'running' if active else 'shut-off',
-                                                                             _quoted(domain.name), ', '.join(detail)),
-                    xml=ElementTree.tostring(element, encoding='unicode'), flags=flags)
+    text = 'create %s snapshot %s of %s domain %s (%s)' % (kind, name, 'running' if active else 'shut-off', _quoted(domain.name),
+                                                           ', '.join(detail))
+    action = Action('create', text, xml=ElementTree.tostring(element, encoding='unicode'), flags=flags)
     return Plan([action], before, domain_view(domain.name, domain.run_state, request.name, after))
 
 
@@ -834,9 +832,8 @@ def _plan_absent(request, domain, before):
         scope = 'snapshot %s and its %d descendants' % (name, len(below)) if below else 'snapshot %s' % name
     else:
         scope = 'snapshot %s' % name
-    action = Action('delete', 'delete %s of domain %s%s' % (scope, _quoted(domain.name),
-                                                           ' (metadata only: their files stay)' if request.metadata_only else ''),
-                    removed=removed)
+    text = 'delete %s of domain %s%s' % (scope, _quoted(domain.name), ' (metadata only: their files stay)' if request.metadata_only else '')
+    action = Action('delete', text, removed=removed)
     return Plan([action], before, domain_view(domain.name, domain.run_state, current, after))
 
 

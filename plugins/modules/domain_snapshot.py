@@ -70,7 +70,7 @@ options:
     type: str
   external:
     description:
-      - Whether the snapshot is external (V(present)): each disk snapshotted gets a new qcow2 overlay file that the domain
+      - Whether the snapshot is external (V(present)), where each disk snapshotted gets a new qcow2 overlay file that the domain
         writes to from then on, the current file becoming its read-only backing file; with O(memory) the memory state of a
         running domain is saved in a file too.
       - Internal snapshots (V(false)) live inside the qcow2 disk images, with the memory state of a running domain in
@@ -96,7 +96,7 @@ options:
     description:
       - How each disk is snapshotted (V(present)). Disks not listed are snapshotted as O(external) says, except cdrom and
         floppy devices, read-only disks and empty drives, which are left out.
-      - The overlay file of an external snapshot of a file disk not given here is named as libvirt names it, beside the disk:
+      - The overlay file of an external snapshot of a file disk not given here is named as libvirt names it, beside the disk, with
         the extension of the disk's file replaced by the snapshot's name (V(/images/vm.qcow2) gets V(/images/vm.NAME)).
         The overlay file must not exist.
     type: list
