@@ -57,6 +57,8 @@ SECTOR_SIZE = 512
 # Creation options that ``info()`` reports back, so that an existing image can be compared with them.
 COMPARABLE_OPTIONS = ('cluster_size', 'compat', 'lazy_refcounts', 'refcount_bits', 'compression_type',
                       'extended_l2', 'data_file', 'data_file_raw')
+# LUKS creation options that info() reports back (format-specific data, same names); iter-time applies at creation.
+LUKS_COMPARABLE_OPTIONS = ('cipher-alg', 'cipher-mode', 'ivgen-alg', 'ivgen-hash-alg', 'hash-alg')
 # Creation options compared per format (the others apply at creation only: the image does not record them, or
 # records them where neither qemu-img info nor this module reads them back).  qcow2: COMPARABLE_OPTIONS;
 # vmdk: subformat (the descriptor's createType); vdi: static; vpc, vhdx: subformat (fixed or dynamic);
@@ -68,6 +70,7 @@ FORMAT_COMPARABLE_OPTIONS = {
     'vpc': ('subformat',),
     'vhdx': ('subformat', 'block_size'),
     'qed': ('cluster_size',),
+    'luks': LUKS_COMPARABLE_OPTIONS,
 }
 # Options an existing image can change in place (qemu-img amend) instead of being recreated.
 AMENDABLE_OPTIONS = ('compat', 'lazy_refcounts', 'refcount_bits')
@@ -114,6 +117,8 @@ def disk_image_argument_spec():
         rebase=dict(type='str', choices=['safe', 'unsafe']),
         commit=dict(type='bool', default=False),
         repair=dict(type='str', default='none', choices=list(REPAIR_MODES)),
+        encryption_passphrase=dict(type='str', no_log=True),
+        src_passphrase=dict(type='str', no_log=True),
     )
     spec.update(policy_argument_spec())
     return spec
@@ -219,6 +224,10 @@ def image_options(info_dict, layout=None):
     if fmt == 'vhdx' and info_dict.get('cluster-size') is not None:
         options['block_size'] = info_dict['cluster-size']
         return options
+    if fmt == 'luks':
+        specific = (info_dict.get('format-specific') or {}).get('data') or {}
+        options.update((name, specific[name]) for name in LUKS_COMPARABLE_OPTIONS if specific.get(name) is not None)
+        return options
     if fmt not in ('qcow2', 'qed'):
         return options
     if info_dict.get('cluster-size') is not None:
@@ -270,7 +279,7 @@ class DiskImageRequest(object):
     def __init__(self, path, state='present', fmt=None, size=None, shrink=False, src=None, src_format=None,
                  backing_file=None, backing_format=None, options=None, compress=False, force=False, allow_dirs=None,
                  preallocation=None, snapshots=None, rebase=None, commit=False, repair=None, src_snapshot=None,
-                 revert_to=None, src_member=None):
+                 revert_to=None, src_member=None, encryption_passphrase=None, src_passphrase=None):
         self.path = path
         self.state = state
         self.format = fmt
@@ -292,6 +301,9 @@ class DiskImageRequest(object):
         self.repair = None if repair in (None, 'none') else repair
         self.src_snapshot = src_snapshot
         self.revert_to = revert_to
+        # Passphrases are kept out of every view, action and message (the module marks them no_log too).
+        self.encryption_passphrase = encryption_passphrase
+        self.src_passphrase = src_passphrase
         self._validate()
 
     @staticmethod
@@ -332,7 +344,7 @@ class DiskImageRequest(object):
     def from_params(cls, params):
         names = ('path', 'state', 'size', 'shrink', 'src', 'src_format', 'backing_file', 'backing_format',
                  'options', 'compress', 'force', 'allow_dirs', 'preallocation', 'snapshots', 'rebase', 'commit',
-                 'repair', 'src_snapshot', 'revert_to', 'src_member')
+                 'repair', 'src_snapshot', 'revert_to', 'src_member', 'encryption_passphrase', 'src_passphrase')
         return cls(fmt=params.get('format'), **dict((name, params.get(name)) for name in names))
 
     def _validate(self):
@@ -340,6 +352,18 @@ class DiskImageRequest(object):
             return
         if not self.format:
             raise DiskImageError('format is required with state=present')
+        if 'key-secret' in self.options:
+            raise DiskImageError('options.key-secret: give the passphrase of the image in encryption_passphrase')
+        if self.format == 'luks' and self.encryption_passphrase is None:
+            raise DiskImageError('%s is an encrypted LUKS image (format luks): its passphrase is required in '
+                                 'encryption_passphrase' % self.path)
+        if self.encryption_passphrase is not None and self.format != 'luks':
+            raise DiskImageError('encryption_passphrase applies to luks images, format is %s (the passphrase of an '
+                                 'encrypted src goes in src_passphrase)' % self.format)
+        if self.encryption_passphrase == '':
+            raise DiskImageError('encryption_passphrase must not be empty')
+        if self.src_passphrase is not None and not self.src:
+            raise DiskImageError('src_passphrase requires src')
         if self.compress and not self.src:
             raise DiskImageError('compress applies to a conversion: it requires src')
         if self.src_format and not self.src:
@@ -713,9 +737,16 @@ def read_state(request):
                     ', '.join(repr(snapshot.get('name')) for snapshot in listed) or 'none'))
             # The snapshot must be readable; the conversion keeps the current virtual size (qemu-img convert -l).
             with open_image(request.src, fmt=src_info['format'], allow_dirs=request.allow_dirs,
-                            **_member_argument('member', request.src_member)) as source:
+                            **dict(_member_argument('member', request.src_member),
+                                   **_secret_argument(request.src_passphrase))) as source:
                 source.driver.select_snapshot(request.src_snapshot)
                 src_info = dict(src_info, **{'virtual-size': source.driver.virtual_size})
+        if is_encrypted(src_info):
+            if request.src_passphrase is None:
+                raise DiskImageError('src %s is an encrypted %s image: its passphrase is required in src_passphrase'
+                                     % (request.src, src_info['format']))
+            verify_passphrase(request.src, src_info['format'], request.src_passphrase, 'src_passphrase',
+                              request.allow_dirs, request.src_member)
     backing_info = None
     if request.backing_name is not None:
         # Resolved exactly as the image will resolve it: the policy decides before anything is opened.
@@ -727,6 +758,10 @@ def read_state(request):
             request.backing_format = backing_info['format']
     facts = {}
     if current_info is not None and current_info.get('format') == request.format:
+        if is_encrypted(current_info):
+            # The image is kept: the passphrase the task gives must be its own.
+            verify_passphrase(request.path, request.format, request.encryption_passphrase, 'encryption_passphrase',
+                              request.allow_dirs)
         facts['layout'] = read_layout_options(request.path, current_info, request.allow_dirs)
         if request.repair is not None:
             try:
@@ -765,12 +800,45 @@ def uncommitted_bytes(path, current_info, allow_dirs=None):
                if entry.get('depth') == 0 and entry.get('present'))
 
 
-def _backing_options(request):
+def _creation_options(request):
+    """The library's creation options of a new image: ``options`` plus the passphrase of a LUKS image (the
+    library's ``key-secret`` option carries the passphrase itself)."""
     options = dict(request.options)
+    if request.encryption_passphrase is not None:
+        options['key-secret'] = request.encryption_passphrase
+    return options
+
+
+def _backing_options(request):
+    options = _creation_options(request)
     if request.backing_name is not None:
         options['backing_file'] = request.backing_name
         options['backing_fmt'] = request.backing_format
     return options
+
+
+def _secret_argument(secret):
+    """The library's key_secret keyword, only when a passphrase is given."""
+    return {} if secret is None else {'key_secret': secret}
+
+
+def is_encrypted(info_dict):
+    """Whether an image (its info dict) is encrypted: its data cannot be read without a passphrase."""
+    return bool(info_dict) and (info_dict.get('format') == 'luks' or bool(info_dict.get('encrypted')))
+
+
+def verify_passphrase(path, fmt, passphrase, option, allow_dirs=None, member=None):
+    """Unlock an encrypted image with ``passphrase`` (read-only), so that a wrong passphrase fails before anything
+    is written, in check mode too; the error names ``option``, never the passphrase."""
+    try:
+        with open_image(path, fmt=fmt, allow_dirs=allow_dirs, key_secret=passphrase,
+                        **_member_argument('member', member)):
+            pass
+    except (ImageInUseError, UnsupportedFeature):
+        # In use by a guest, or the 'cryptography' package missing: the library's message says it.
+        raise
+    except ImageError as exc:
+        raise DiskImageError('cannot unlock %s with %s: %s' % (path, option, exc))
 
 
 # vmdk subformats that keep the data in extent files beside the descriptor.
@@ -833,7 +901,7 @@ def _build(request, action, target):
     """Create or convert into ``target``; returns the conversion statistics ({} for a creation)."""
     if action.kind == 'create':
         image_create(target, request.format, size=action.args['size'], backing_file=request.backing_name,
-                     backing_fmt=request.backing_format, options=request.options or None,
+                     backing_fmt=request.backing_format, options=_creation_options(request) or None,
                      allow_dirs=request.allow_dirs)
         return {}
     started = time.time()
@@ -842,7 +910,7 @@ def _build(request, action, target):
         extra['snapshot'] = request.src_snapshot
     outcome = image_convert(request.src, target, request.format, src_fmt=action.args['src_format'],
                             options=_backing_options(request) or None, compress=request.compress,
-                            allow_dirs=request.allow_dirs, **extra)
+                            allow_dirs=request.allow_dirs, **dict(extra, **_secret_argument(request.src_passphrase)))
     stats = {'duration': round(time.time() - started, 3), 'bytes_written': os.stat(target).st_blocks * 512}
     if isinstance(outcome, dict):
         stats.update((key, outcome[key]) for key in ('bytes_read', 'bytes_written', 'compressed_clusters') if key in outcome)
@@ -862,11 +930,11 @@ def _run_in_place(action, request):
     """One action on the existing image; returns what the library returned (a dict or None)."""
     kind, args = action.kind, action.args
     if kind == 'resize':
+        extra = _secret_argument(request.encryption_passphrase)
         if args.get('preallocation') not in (None, 'off'):
-            return image_resize(request.path, args['size'], fmt=request.format, shrink=args['shrink'],
-                                preallocation=args['preallocation'], allow_dirs=request.allow_dirs)
+            extra['preallocation'] = args['preallocation']
         return image_resize(request.path, args['size'], fmt=request.format, shrink=args['shrink'],
-                            allow_dirs=request.allow_dirs)
+                            allow_dirs=request.allow_dirs, **extra)
     if kind == 'repair':
         return image_check(request.path, fmt=request.format, repair=args['mode'], allow_dirs=request.allow_dirs)
     if kind == 'revert':

@@ -16,8 +16,8 @@ description:
     without needing qemu-img on the host; the image library travels inside the module.
   - Images are written in the formats qemu-img writes; V(raw), V(qcow2), V(vmdk) (subformats V(monolithicSparse),
     V(streamOptimized), V(monolithicFlat), V(twoGbMaxExtentSparse), V(twoGbMaxExtentFlat)), V(vdi) (dynamic or static),
-    V(vpc) (VHD, dynamic or fixed), V(vhdx) (dynamic or fixed), V(qed) and V(qcow). Encrypted (V(luks)) images
-    are not handled by this module (it has no passphrase option).
+    V(vpc) (VHD, dynamic or fixed), V(vhdx) (dynamic or fixed), V(qed), V(qcow) and V(luks) (LUKS1 encrypted images,
+    with O(encryption_passphrase)).
   - Sources of a conversion (O(src)) may also be V(parallels), V(bochs), V(cloop) or V(dmg) images, and disks inside
     an OVA or a Vagrant C(.box) (O(src_member)), read in place without unpacking the archive.
   - The module reads the image once, compares it with the request, and acts only on a difference.
@@ -31,6 +31,8 @@ description:
     resizing to O(size), then deleting and creating O(snapshots).
 author:
   - kvm.storage contributors (@kvm-storage)
+requirements:
+  - the Python C(cryptography) package on the managed host, for V(luks) images only
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
@@ -69,7 +71,9 @@ options:
     default: present
   format:
     description:
-      - Format of the image, for example V(qcow2), V(raw), V(vmdk), V(vdi), V(vpc), V(vhdx), V(qed) or V(qcow).
+      - Format of the image, for example V(qcow2), V(raw), V(vmdk), V(vdi), V(vpc), V(vhdx), V(qed), V(qcow) or
+        V(luks).
+      - V(luks) images are encrypted; they need O(encryption_passphrase).
       - Required with O(state=present). The format of an image is never guessed before writing to it.
       - An existing image in another format is a failure unless O(force=true).
     type: str
@@ -84,7 +88,7 @@ options:
       - With O(src), the converted image is then resized to this size.
       - V(vpc) images get the next size their CHS geometry can represent (as with C(qemu-img create -f vpc)), unless
         C(force_size) is set in O(options); an existing V(vpc) image of that rounded size matches O(size).
-      - Only V(raw), V(qcow2) and V(qed) images can change their size; for other formats (V(vmdk), V(vdi),
+      - Only V(raw), V(qcow2), V(qed) and V(luks) images can change their size; for other formats (V(vmdk), V(vdi),
         V(vpc), V(vhdx), V(qcow)) a different O(size) fails, in check mode too, as C(qemu-img resize) does.
     type: raw
   shrink:
@@ -101,6 +105,13 @@ options:
         to convert again.
       - When O(path) exists but differs, the task fails unless O(force=true), which converts again.
     type: path
+  src_passphrase:
+    description:
+      - The passphrase of O(src) when it is an encrypted (V(luks)) image; required then.
+      - It is checked before anything is written (in check mode too); a passphrase that unlocks no key slot of
+        O(src) fails the task.
+      - Ignored when O(src) is not encrypted.
+    type: str
   src_format:
     description:
       - Format of O(src). By default it is detected.
@@ -145,11 +156,16 @@ options:
       - Values may be integers, booleans or strings (sizes like V(64K) and V(on)/V(off) are accepted).
       - Other formats take their own options, for example C(subformat) for V(vmdk), V(vpc) and V(vhdx), C(static) for
         V(vdi), C(adapter_type), C(compat6) and C(hwversion) for V(vmdk), C(block_size) and C(log_size) for V(vhdx),
-        C(force_size) for V(vpc), C(cluster_size) and C(table_size) for V(qed).
+        C(force_size) for V(vpc), C(cluster_size) and C(table_size) for V(qed), C(cipher-alg) (V(aes-128), V(aes-192),
+        V(aes-256)), C(cipher-mode) (V(xts), V(cbc), V(ecb)), C(ivgen-alg) (V(plain), V(plain64), V(essiv)),
+        C(ivgen-hash-alg), C(hash-alg) and C(iter-time) (milliseconds of PBKDF2 work to unlock, default 2000) for
+        V(luks).
+      - The passphrase of a V(luks) image goes in O(encryption_passphrase), never in C(key-secret) here.
       - The options compared with an existing image are those it records where they can be read back; for V(qcow2)
         C(cluster_size), C(compat), C(lazy_refcounts), C(refcount_bits), C(compression_type), C(extended_l2),
         C(data_file) and C(data_file_raw); for V(vmdk) C(subformat) (the descriptor's create type); for V(vdi)
-        C(static); for V(vpc) C(subformat); for V(vhdx) C(subformat) and C(block_size); for V(qed) C(cluster_size).
+        C(static); for V(vpc) C(subformat); for V(vhdx) C(subformat) and C(block_size); for V(qed) C(cluster_size);
+        for V(luks) C(cipher-alg), C(cipher-mode), C(ivgen-alg), C(ivgen-hash-alg) and C(hash-alg).
         An option is compared only when the task gives it. The other options only apply when the image is created.
       - When an existing image differs in C(compat), C(lazy_refcounts) or C(refcount_bits), the image is amended in
         place (like C(qemu-img amend)), keeping its content. A difference in another compared option needs
@@ -241,6 +257,18 @@ options:
     type: str
     choices: [none, leaks, all]
     default: none
+  encryption_passphrase:
+    description:
+      - The passphrase of the V(luks) image at O(path); required with O(format=luks) and O(state=present), refused
+        with other formats.
+      - A new image (created, or converted from O(src)) gets it in key slot 0, as C(qemu-img create -f luks
+        --object secret,id=sec0,data=PASSPHRASE -o key-secret=sec0) does.
+      - An existing image is unlocked with it on every run, before anything is written and in check mode too; a
+        passphrase that unlocks none of its key slots fails the task. Changing the passphrase of an existing image
+        is not done here; O(force=true) does not replace an image only because of its passphrase.
+      - Unlocking and creating need the Python C(cryptography) package on the managed host.
+      - Not needed to remove an image.
+    type: str
   force:
     description:
       - Recreate the image when its format, backing file, backing format, compared creation options or (with O(src))
@@ -250,6 +278,7 @@ options:
     type: bool
     default: false
 notes:
+  - Passphrases are marked C(no_log); they never appear in RV(actions), the diff or error messages.
   - Images in use by a running guest (locked the way QEMU locks them) are not written; the task fails.
   - Like QEMU, a qcow2 image left dirty by a crash with lazy refcounts is repaired when it is opened for writing.
   - The image at O(path) must be a regular file.
@@ -325,6 +354,31 @@ EXAMPLES = r'''
     src_snapshot: before-upgrade
     format: qcow2
     compress: true
+
+- name: Create an encrypted (LUKS) image, the passphrase taken from a vault-encrypted variable
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/secret.luks
+    format: luks
+    size: 10G
+    encryption_passphrase: "{{ vault_disk_passphrase }}"
+    options:
+      cipher-alg: aes-256
+      cipher-mode: xts
+      iter-time: 2000
+
+- name: Encrypt a qcow2 image into a LUKS image
+  kvm.storage.disk_image:
+    path: /srv/export/vm1.luks
+    src: /var/lib/libvirt/images/vm1.qcow2
+    format: luks
+    encryption_passphrase: "{{ vault_disk_passphrase }}"
+
+- name: Decrypt a LUKS image into a qcow2 image
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/vm1-plain.qcow2
+    src: /srv/export/vm1.luks
+    src_passphrase: "{{ vault_disk_passphrase }}"
+    format: qcow2
 
 - name: Grow an image to 40 GiB
   kvm.storage.disk_image:

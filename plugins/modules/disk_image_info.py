@@ -18,6 +18,8 @@ description:
     V(luks), V(parallels), V(bochs), V(cloop) and V(dmg).
   - Reads the disks inside an OVA (an OVF package in one tar file) or an uncompressed Vagrant C(.box) in place, and
     lists them (RV(images[].ova_disks)).
+  - Encrypted (V(luks)) images are described from their header without a passphrase (cipher, key slots, virtual
+    size); their allocation map and measure need none either, and their data is never read.
   - Never writes to the images.
 author:
   - kvm.storage contributors (@kvm-storage)
