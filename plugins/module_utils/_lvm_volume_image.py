@@ -34,7 +34,6 @@ import time
 
 from ansible_collections.kvm.storage.plugins.module_utils._lvm import (
     Lvm,
-    LvmError,
     check_lv_name,
     check_vg_name,
     round_up,
@@ -129,8 +128,8 @@ def source_fingerprint(paths_and_stats):
     """Fingerprint of a source chain from [(path, os.stat_result)], top layer first."""
     digest = hashlib.sha256()
     for path, st in paths_and_stats:
-        digest.update(("%s\0%d\0%d\0%d\0%d\0%d\n" % (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                                    st.st_ctime_ns)).encode("utf-8", "surrogateescape"))
+        record = "%s\0%d\0%d\0%d\0%d\0%d\n" % (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        digest.update(record.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:32]
 
 
@@ -181,7 +180,7 @@ def plan_present(lv, source, request, source_sha256):
         if held["format"] != fmt:
             different = "format %s, requested %s" % (held["format"], fmt)
         elif held["virtual_size"] != source["virtual_size"]:
-            different = "virtual size %d, source %d" % (held["virtual_size"], source["virtual_size"])
+            different = "virtual size %s, source %s" % (held["virtual_size"], source["virtual_size"])
         elif held["source"] != source["fingerprint"]:
             sha256 = source_sha256()
             if sha256 != held["sha256"]:
@@ -225,8 +224,8 @@ def describe_step(step, detail, name, request):
     if step == "snapshot":
         return "snapshot %s before writing" % name
     if step == "resize":
-        return "%s volume %s from %d to %d bytes" % ("grow" if detail[1] > detail[0] else "shrink", name,
-                                                      detail[0], detail[1])
+        verb = "grow" if detail[1] > detail[0] else "shrink"
+        return "%s volume %s from %d to %d bytes" % (verb, name, detail[0], detail[1])
     if step == "zero_tail":
         return "zero the new end of %s (bytes %d to %d)" % (name, detail[0], detail[1])
     if step == "write":
@@ -588,6 +587,10 @@ class VolumeImage:
         params = self.params
         vg_name, lv_name = params["vg"], params["lv"]
         known_zero = False
+        if any(step == "zero_tail" for step, detail in plan["steps"]):
+            # Until the new end reads zero the volume counts as incomplete: a failure in between
+            # leaves it to be rewritten whole by the next run, never grown with old data showing.
+            self.lvm.change_tags(vg_name, lv_name, add=[TAG_WRITING])
         for step, detail in plan["steps"]:
             if step == "create":
                 self.lvm.create(vg_name, lv_name, size, thinpool=params["thinpool"], tags=[TAG_WRITING])
@@ -605,6 +608,7 @@ class VolumeImage:
             elif step == "zero_tail":
                 if not lv["pool"]:
                     zero_range(ensure_device(self.lvm, lv), detail[0], detail[1])
+                self.lvm.change_tags(vg_name, lv_name, delete=[TAG_WRITING])
             elif step == "write":
                 device = ensure_device(self.lvm, lv)
                 # Refused here (a running guest holds the device) before the tags say "writing".
@@ -616,9 +620,8 @@ class VolumeImage:
                 else:
                     sha256, stats = write_qcow2(image, device, lv["size"])
                 self.result["write"] = stats
-                self.lvm.change_tags(vg_name, lv_name, add=encode_tags(fmt, source["virtual_size"], sha256,
-                                                                         source["fingerprint"]),
-                                     delete=[TAG_WRITING])
+                final_tags = encode_tags(fmt, source["virtual_size"], sha256, source["fingerprint"])
+                self.lvm.change_tags(vg_name, lv_name, add=final_tags, delete=[TAG_WRITING])
                 lv = self.reload()
         return self.reload() if lv is not None else lv
 

@@ -84,4 +84,3 @@ def lvm_testbed(tmp_path, monkeypatch):
         yield Testbed(vg, bindir, pv_file)
     finally:
         standin("destroy-vg", vg, pv_file)
-

@@ -122,8 +122,8 @@ def test_failing_command_shows_the_command_line_and_stderr():
 
 
 def test_reports_ask_for_json_in_bytes():
-    module = StubModule(0, json.dumps({"report": [{"vg": [{"vg_name": "v", "vg_extent_size": "4194304",
-                                                             "vg_free": "0", "vg_size": "8388608"}]}]}), "")
+    row = {"vg_name": "v", "vg_extent_size": "4194304", "vg_free": "0", "vg_size": "8388608"}
+    module = StubModule(0, json.dumps({"report": [{"vg": [row]}]}), "")
     assert _lvm.Lvm(module).vg("v") == {"name": "v", "extent_size": 4194304, "free": 0, "size": 8388608}
     args = module.calls[0][0]
     assert args[:8] == ["/usr/sbin/vgs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o",

@@ -74,8 +74,8 @@ def lvm(command, *args):
     argv = [os.path.join(SBIN, command)] + with_activation_off(list(args))
     proc = subprocess.run(argv, env=lvm_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     if proc.returncode != 0:
-        raise RuntimeError("%s failed (rc %d): %s" % (" ".join(argv), proc.returncode,
-                                                       proc.stderr.decode("utf-8", "replace").strip()))
+        stderr = proc.stderr.decode("utf-8", "replace").strip()
+        raise RuntimeError("%s failed (rc %d): %s" % (" ".join(argv), proc.returncode, stderr))
     return proc.stdout.decode("utf-8", "replace")
 
 
