@@ -19,6 +19,7 @@ import binascii
 import os
 import time
 
+from ansible_collections.kvm.storage.plugins.module_utils._libvirt import libvirt_argument_spec
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     amend as image_amend,
     ova_disks,
@@ -94,7 +95,9 @@ def policy_argument_spec(force_share=False):
 
 def disk_image_argument_spec():
     spec = dict(
-        path=dict(type='path', required=True),
+        path=dict(type='path'),
+        pool=dict(type='str'),
+        volume=dict(type='str'),
         state=dict(type='str', default='present', choices=['present', 'absent']),
         format=dict(type='str'),
         size=dict(type='raw'),
@@ -121,6 +124,7 @@ def disk_image_argument_spec():
         src_passphrase=dict(type='str', no_log=True),
     )
     spec.update(policy_argument_spec())
+    spec.update(libvirt_argument_spec())
     return spec
 
 

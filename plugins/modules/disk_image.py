@@ -27,17 +27,23 @@ description:
     is never silently accepted; the task fails unless O(force=true), which recreates it. Two differences are resolved in
     place instead, keeping the content; a different backing file when O(rebase) is set, and different amendable options
     (C(compat), C(lazy_refcounts), C(refcount_bits)), which are amended.
+  - Instead of O(path), O(pool) and O(volume) name a volume of a libvirt storage pool. In a file-backed pool
+    (types C(dir), C(fs), C(netfs)) the volume is the file O(volume) in the pool's target directory; everything
+    works as with O(path), and the pool is refreshed when the task changed something. In other pools (C(logical),
+    C(disk), C(iscsi), ...) libvirt's volume API is used; see O(pool).
   - On an existing image the steps run in this order; O(repair), O(revert_to), O(commit), amending options, O(rebase),
     resizing to O(size), then deleting and creating O(snapshots).
 author:
   - kvm.storage contributors (@kvm-storage)
 requirements:
   - the Python C(cryptography) package on the managed host, for V(luks) images only
+  - libvirt-python (the C(libvirt) Python module) on the managed host, with O(pool) only
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
   - ansible.builtin.files
   - kvm.storage.image_policy
+  - kvm.storage.libvirt
 attributes:
   action_group:
     membership: [kvm.storage.image]
@@ -58,8 +64,34 @@ options:
   path:
     description:
       - Path of the image file.
+      - Exactly one of O(path) and O(pool) (with O(volume)) is required.
     type: path
-    required: true
+  pool:
+    description:
+      - Name of the libvirt storage pool (on the host of O(uri)) holding the image as volume O(volume), instead of
+        O(path). The pool must be active.
+      - File-backed pools (types C(dir), C(fs), C(netfs)); the image is the file O(volume) in the pool's target
+        directory, which must be reachable at that path on the managed host (the usual case with O(uri) pointing at
+        the managed host itself). Every option works as with O(path). After a change the pool is refreshed, so that
+        libvirt lists the new, changed or removed volume.
+      - Other pools (C(logical), C(disk), C(iscsi), C(scsi), C(rbd), ...); libvirt's volume API is used, and only
+        O(state), O(format) (V(raw), the default), O(size), O(src), O(src_format), O(src_member), O(src_snapshot),
+        O(src_passphrase), O(force) and O(allow_dirs) apply (other options fail the task). O(state=present) creates
+        the volume with the capacity O(size), else the virtual size of O(src). O(src) is read through the image
+        library (any format it reads) and uploaded as raw data through a libvirt stream, ranges that read as zeroes
+        sent as holes; the rest of the volume past O(src)'s size is zeroed. O(state=absent) deletes the volume.
+      - Idempotence with the volume API; a volume that exists with a capacity of at least O(size) (or O(src)'s
+        virtual size) is left alone, and its content is not compared with O(src) (as an image file converted from
+        O(src) is not converted again). Uploads happen when the task creates the volume. A smaller volume is grown
+        (without O(src)); with O(src) the task fails unless O(force=true), which deletes the volume, creates it
+        again and uploads O(src). To upload again into a volume of the right size, remove it first (O(state=absent)).
+      - libvirt names the volumes of a C(disk) pool after their partitions (for example V(sdb1)); O(volume) must be
+        the name of the next partition to create one.
+    type: str
+  volume:
+    description:
+      - Name of the volume in O(pool); required with O(pool). One file name (no C(/)).
+    type: str
   state:
     description:
       - V(present) makes sure the image exists as requested.
@@ -75,6 +107,8 @@ options:
         V(luks).
       - V(luks) images are encrypted; they need O(encryption_passphrase).
       - Required with O(state=present). The format of an image is never guessed before writing to it.
+      - A volume of a pool managed through libvirt's volume API (see O(pool)) holds raw data; O(format) is V(raw)
+        there, or left unset.
       - An existing image in another format is a failure unless O(force=true).
     type: str
   size:
@@ -284,6 +318,7 @@ notes:
   - The image at O(path) must be a regular file.
 seealso:
   - module: kvm.storage.disk_image_info
+  - module: kvm.storage.storage_pool
 '''
 
 EXAMPLES = r'''
@@ -380,6 +415,27 @@ EXAMPLES = r'''
     src_passphrase: "{{ vault_disk_passphrase }}"
     format: qcow2
 
+- name: Create a qcow2 volume in a directory pool (the pool is refreshed afterwards)
+  kvm.storage.disk_image:
+    pool: default
+    volume: vm1.qcow2
+    format: qcow2
+    size: 20G
+
+- name: Import a VMDK into an LVM pool; the logical volume gets the disk's virtual size, the data is uploaded as raw
+  kvm.storage.disk_image:
+    pool: vg_guests
+    volume: vm1-root
+    src: /srv/import/vm1.vmdk
+    uri: qemu:///system
+
+- name: Delete a volume of a remote host's LVM pool
+  kvm.storage.disk_image:
+    pool: vg_guests
+    volume: old-root
+    state: absent
+    uri: qemu+ssh://root@hv2.example.com/system
+
 - name: Grow an image to 40 GiB
   kvm.storage.disk_image:
     path: /var/lib/libvirt/images/base.qcow2
@@ -462,12 +518,92 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+path:
+  description:
+    - The path of the image; with O(pool), the path of the volume (for a volume API pool, null in check mode
+      before the volume exists).
+  returned: with O(pool)
+  type: str
+  sample: /var/lib/libvirt/images/vm1.qcow2
+volume:
+  description:
+    - The volume as libvirt describes it after the task (in check mode, before); empty when there is none.
+  returned: with O(pool)
+  type: dict
+  contains:
+    name:
+      description: The volume name.
+      type: str
+      returned: when the volume exists
+      sample: vm1.qcow2
+    pool:
+      description: The pool name.
+      type: str
+      returned: when the volume exists
+      sample: default
+    path:
+      description: The volume's path on the host.
+      type: str
+      returned: when the volume exists
+      sample: /var/lib/libvirt/images/vm1.qcow2
+    key:
+      description: The volume's key in libvirt.
+      type: str
+      returned: when the volume exists
+      sample: /var/lib/libvirt/images/vm1.qcow2
+    type:
+      description: What libvirt says the volume is (C(file), C(block), C(network), ...).
+      type: str
+      returned: when the volume exists
+      sample: file
+    format:
+      description: The volume format libvirt reports (an image format in a file pool, a partition type in a disk pool).
+      type: str
+      returned: when the volume exists
+      sample: qcow2
+    capacity:
+      description: The volume's capacity (virtual size) in bytes.
+      type: int
+      returned: when the volume exists
+      sample: 21474836480
+    allocation:
+      description: The bytes the volume occupies in the pool.
+      type: int
+      returned: when the volume exists
+      sample: 200704
+upload:
+  description:
+    - Statistics of an upload into a volume of a pool managed through libvirt's volume API (not in check mode).
+  returned: when an upload ran
+  type: dict
+  contains:
+    bytes_read:
+      description: Bytes of guest data read from O(src) (ranges that are holes or zero clusters are not read).
+      type: int
+      returned: always
+      sample: 1048576
+    bytes_sent:
+      description: Bytes of data sent to libvirt.
+      type: int
+      returned: always
+      sample: 1048576
+    holes_sent:
+      description: Bytes sent as holes (zeroes that libvirt writes itself).
+      type: int
+      returned: always
+      sample: 20970496
+    duration:
+      description: Seconds the upload took.
+      type: float
+      returned: always
+      sample: 0.5
 image:
   description:
     - Information about the image, with the keys of C(qemu-img info --output=json).
+    - With O(pool), returned for file-backed pools only.
     - In check mode, the image as it is before the change.
     - An empty dictionary when there is no image (O(state=absent), or check mode before creation).
-  returned: success
+  returned: with O(path) or a file-backed O(pool)
   type: dict
   sample:
     virtual-size: 21474836480
@@ -529,6 +665,7 @@ repair:
 stats:
   description:
     - How long the changes took and how much they wrote (not in check mode).
+    - For a volume API pool only RV(stats.duration); see RV(upload).
   returned: when something was changed
   type: dict
   contains:
@@ -552,7 +689,7 @@ stats:
       sample: [{"kind": "commit", "duration": 0.12, "bytes_written": 196608}]
 '''
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
@@ -560,21 +697,39 @@ from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
     disk_image_argument_spec,
     run_disk_image,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
+    HAS_LIBVIRT,
+    LIBVIRT_IMPORT_ERROR,
+    LibvirtModuleError,
+)
+from ansible_collections.kvm.storage.plugins.module_utils._pool_volume import (
+    DISK_IMAGE_MUTUALLY_EXCLUSIVE,
+    DISK_IMAGE_REQUIRED_ONE_OF,
+    DISK_IMAGE_REQUIRED_TOGETHER,
+    run_pool_volume,
+)
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import ImageError
 
 
 def main():
     module = AnsibleModule(
         argument_spec=disk_image_argument_spec(),
+        mutually_exclusive=DISK_IMAGE_MUTUALLY_EXCLUSIVE,
+        required_together=DISK_IMAGE_REQUIRED_TOGETHER,
+        required_one_of=DISK_IMAGE_REQUIRED_ONE_OF,
         supports_check_mode=True,
         add_file_common_args=True,
     )
+    pool = module.params['pool']
+    if pool is not None and not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib('libvirt-python'), exception=LIBVIRT_IMPORT_ERROR)
+    subject = module.params['path'] or 'volume %s of storage pool %s' % (module.params['volume'], pool)
     try:
-        result = run_disk_image(module)
-    except (ImageError, DiskImageError) as exc:
+        result = run_disk_image(module) if pool is None else run_pool_volume(module)
+    except (ImageError, DiskImageError, LibvirtModuleError) as exc:
         module.fail_json(msg=to_native(exc))
     except (OSError, IOError) as exc:
-        module.fail_json(msg='%s: %s' % (module.params['path'], to_native(exc)))
+        module.fail_json(msg='%s: %s' % (subject, to_native(exc)))
     module.exit_json(**result)
 
 
