@@ -20,6 +20,7 @@ import pytest
 
 from ansible.module_utils.testing import patch_module_args
 
+from ansible_collections.kvm.storage.plugins.module_utils import _pool_volume
 from ansible_collections.kvm.storage.plugins.module_utils._disk_image import DiskImageError
 from ansible_collections.kvm.storage.plugins.module_utils._pool_volume import (
     VolumeRequest,
@@ -304,3 +305,45 @@ def test_disk_pool_refuses_a_qcow2_volume(capsys, disk_pool, source):
     result = run_module(capsys, pool=name, volume='%sp1' % os.path.basename(device), src=str(source), format='qcow2')
     assert result['failed'] and 'format must be raw' in result['msg']
     assert pool.listAllVolumes() == []
+
+
+def test_disk_pool_upload_without_sparse_streams_sends_zeroes(capsys, disk_pool, source, monkeypatch):
+    monkeypatch.setattr(_pool_volume, '_sparse_flag', lambda: 0)
+    name, device, pool = disk_pool
+    result = run_module(capsys, pool=name, volume='%sp1' % os.path.basename(device), src=str(source))
+    assert result['changed'] and result['upload']['holes_sent'] == 0
+    assert result['upload']['bytes_sent'] == result['volume']['capacity']
+    run('qemu-img', 'compare', '-f', 'qcow2', '-F', 'raw', str(source), result['path'])
+
+
+def test_disk_pool_upload_of_an_encrypted_source(capsys, disk_pool, source, tmp_path):
+    name, device, pool = disk_pool
+    encrypted = tmp_path / 'source.luks'
+    run('qemu-img', 'convert', '--object', 'secret,id=sec0,data=pool secret', '-O', 'luks',
+        '-o', 'key-secret=sec0,iter-time=10', str(source), str(encrypted))
+    volume = '%sp1' % os.path.basename(device)
+    result = run_module(capsys, pool=name, volume=volume, src=str(encrypted))
+    assert result['failed'] and 'src_passphrase' in result['msg'] and pool.listAllVolumes() == []
+    result = run_module(capsys, pool=name, volume=volume, src=str(encrypted), src_passphrase='wrong')
+    assert result['failed'] and 'cannot unlock' in result['msg'] and pool.listAllVolumes() == []
+    result = run_module(capsys, pool=name, volume=volume, src=str(encrypted), src_passphrase='pool secret')
+    assert result['changed'] and 'pool secret' not in json.dumps(result)
+    run('qemu-img', 'compare', '-f', 'qcow2', '-F', 'raw', str(source), result['path'])
+
+
+def test_libvirt_python_is_needed_only_with_pool(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(disk_image, 'HAS_LIBVIRT', False)
+    result = run_module(capsys, pool='default', volume='a.qcow2', format='qcow2', size='1M')
+    assert result['failed'] and 'libvirt-python' in result['msg']
+    result = run_module(capsys, path=str(tmp_path / 'a.qcow2'), format='qcow2', size='1M')
+    assert result['changed'] and (tmp_path / 'a.qcow2').exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    (dict(path='/tmp/x.raw', pool='default', volume='x.raw'), 'mutually exclusive'),
+    (dict(pool='default'), 'parameters are required together'),
+    (dict(format='raw', size='1M'), 'one of the following is required'),
+])
+def test_path_or_pool_and_volume(capsys, args, message):
+    result = run_module(capsys, **args)
+    assert result['failed'] and message in result['msg']
