@@ -397,6 +397,9 @@ def domain_view(name, state, current, snapshots):
 
 def render_view(view):
     lines = ['domain: %s' % view['domain'], 'state: %s' % view['state'], 'current snapshot: %s' % (view['current'] or '(none)')]
+    if 'at_snapshot' in view:
+        # A revert's own question: whether the domain is at the snapshot (its disks may differ with nothing else changed).
+        lines.append('at snapshot %s' % view['at_snapshot'])
     if view['snapshots']:
         lines.append('snapshots:')
         lines.extend('  ' + line for line in view['snapshots'])
@@ -766,10 +769,18 @@ def _plan_revert(request, domain, before, compare):
     for other in after_snapshots.values():
         other.current = other.name == request.name
     after = domain_view(domain.name, target, request.name, after_snapshots)
-    at_snapshot = (not request.revert_always and domain.current == request.name and domain.run_state == target
-                   and (target != 'shutoff' or disks_at_snapshot(domain, record, compare)))
-    if at_snapshot:
-        return Plan([], before, before)
+    after['at_snapshot'] = '%s: yes' % request.name
+    if domain.current != request.name:
+        reason = 'no, the current snapshot is %s' % (domain.current or 'none')
+    elif domain.run_state != target:
+        reason = 'no, the domain is %s, the revert leaves it %s' % (domain.run_state, target)
+    elif target == 'shutoff' and not disks_at_snapshot(domain, record, compare):
+        reason = 'no, the disks no longer hold what the snapshot holds'
+    elif request.revert_always:
+        reason = 'yes, reverted again (revert_always)'
+    else:
+        return Plan([], dict(before, at_snapshot=after['at_snapshot']), after)
+    before = dict(before, at_snapshot='%s: %s' % (request.name, reason))
     flags = []
     if request.domain_state == 'running':
         flags.append('VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING')
