@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from lvm_testbed import FakeModule, lvm_testbed  # noqa: F401  pylint: disable=unused-import
+from lvm_testbed import FakeModule, lvm_testbed, make_thin_pool  # noqa: F401  pylint: disable=unused-import
 
 from ansible_collections.kvm.storage.plugins.module_utils import _lvm
 from ansible_collections.kvm.storage.plugins.module_utils import _lvm_volume_image as lvi
@@ -436,3 +436,68 @@ def test_info_reads_tags_and_image(lvm_testbed, tmp_path):  # noqa: F811
     assert info["image"]["format"] == "raw" and info["image"]["virtual-size"] == 3 * MIB
     missing = lvi.run_lvm_volume_image_info(FakeModule(dict(vg=vg, lv="nope", format=None, force_share=True)))
     assert missing == {"changed": False, "exists": False, "volume": None, "holds": None, "image": None}
+
+
+@needs_qemu_img
+def test_interrupted_growth_leaves_the_volume_to_be_rewritten(lvm_testbed, tmp_path, monkeypatch):  # noqa: F811
+    vg = lvm_testbed.vg
+    src = make_source(tmp_path / "src.qcow2")
+    run(vg=vg, src=src)
+    poison_free_space(lvm_testbed, 4)
+
+    def crash(device, start, end):
+        raise lvi.ImageError("simulated failure", device)
+
+    monkeypatch.setattr(lvi, "zero_range", crash)
+    with pytest.raises(lvi.ImageError, match="simulated failure"):
+        run(vg=vg, src=src, size="9M")
+    monkeypatch.undo()
+    lv = lvi.Lvm(FakeModule({})).lv(vg, "img1")
+    assert lv["size"] == 9 * MIB and lvi.TAG_WRITING in lv["tags"]
+    # No update needed: the module's own write did not complete; the whole volume is written again.
+    result, dummy = run(vg=vg, src=src, size="9M")
+    assert result["actions"] == ["write raw image from %s (the previous write did not complete)" % src]
+    rc, out = qemu_img("compare", "-f", "raw", result["volume"]["path"], src)
+    assert rc == 0, out
+
+
+@needs_qemu_img
+def test_qcow2_volume_rewritten_with_update_passes_check(lvm_testbed, tmp_path):  # noqa: F811
+    vg = lvm_testbed.vg
+    src = make_source(tmp_path / "src.qcow2")
+    run(vg=vg, src=src, format="qcow2", size="8M")
+    make_source(tmp_path / "new.qcow2", seed=b"c")
+    os.rename(str(tmp_path / "new.qcow2"), src)
+    result, dummy = run(vg=vg, src=src, format="qcow2", size="8M", update=True)
+    assert result["changed"] and result["volume"]["size"] == 8 * MIB
+    rc, out = qemu_img("check", "-f", "qcow2", result["volume"]["path"])
+    assert rc == 0, out
+    rc, out = qemu_img("compare", "-f", "qcow2", result["volume"]["path"], src)
+    assert rc == 0, out
+
+
+def test_thin_pool_and_volumes_metadata_only(lvm_testbed, tmp_path):  # noqa: F811
+    """lvm2 creates no thin volume without device-mapper: what can be checked is the metadata side."""
+    vg = lvm_testbed.vg
+    make_thin_pool(lvm_testbed, "pool0", zero=True, thin_volume="thin1", tmp_dir=str(tmp_path))
+    make_thin_pool(lvm_testbed, "pool1", zero=False, tmp_dir=str(tmp_path))
+    lvm = lvi.Lvm(FakeModule({}))
+    assert lvm.thin_pool(vg, "pool0") == {"name": "pool0", "zero": True}
+    assert lvm.thin_pool(vg, "pool1") == {"name": "pool1", "zero": False}
+    assert lvm.thin_pool(vg, "thin1") is None
+    thin = lvm.lv(vg, "thin1")
+    assert thin["pool"] == "pool0" and thin["segtype"] == "thin" and thin["size"] == 8 * MIB
+    src = str(tmp_path / "src.raw")
+    with open(src, "wb") as stream:
+        stream.write(b"t" * MIB)
+    # The volume exists in another pool (or is thick): refused before anything is done.
+    with pytest.raises(lvi.VolumeImageError, match="exists in thin pool pool0, not as a thin volume of pool pool1"):
+        run(vg=vg, lv="thin1", src=src, thinpool="pool1", force=True)
+    # Creating a thin volume: the exact lvcreate call, and lvm2's refusal shown with it.
+    result = None
+    with pytest.raises(_lvm.LvmError, match=r"^lvcreate -n img1 --yes --addtag kvmstorage.writing -V 2097152b "
+                       r"--thinpool pool0 " + vg + r" failed \(rc \d+\): .*device-mapper"):
+        result, dummy = run(vg=vg, src=src, thinpool="pool0", size="2M")
+    assert result is None
+    result, dummy = run(check_mode=True, vg=vg, src=src, thinpool="pool0", size="2M")
+    assert result["actions"][0] == "create volume %s/img1 (2097152 bytes in thin pool pool0)" % vg
