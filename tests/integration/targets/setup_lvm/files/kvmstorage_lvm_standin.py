@@ -22,6 +22,7 @@ Usage:
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import fcntl
 import json
 import os
 import re
@@ -180,9 +181,34 @@ def sync_vg(vg, wanted):
         os.rmdir(directory)
 
 
-def sync_all():
-    for vg in test_vgs():
-        sync_vg(vg, wanted_standins(vg))
+def lock_path(vg):
+    return "/run/lock/%s.standin.lock" % vg
+
+
+def named_vgs(args):
+    """The test VGs a command line names (as VG or VG/LV); all test VGs when it names none."""
+    names = set()
+    for arg in args:
+        if not arg.startswith("-"):
+            names.add(arg.split("/")[0])
+            names.add(arg.replace("/dev/", "", 1).split("/")[0])
+    vgs = test_vgs()
+    named = [vg for vg in vgs if vg in names]
+    return named or vgs
+
+
+def sync(args):
+    """Bring the stand-ins of the VGs named in ``args`` in line with their metadata (one at a time per VG)."""
+    for vg in named_vgs(args):
+        with open(lock_path(vg), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                wanted = wanted_standins(vg)
+            except RuntimeError as exc:
+                if "not found" in str(exc):
+                    continue  # removed meanwhile
+                raise
+            sync_vg(vg, wanted)
 
 
 def run(command, args):
@@ -190,7 +216,7 @@ def run(command, args):
     rc = subprocess.run(argv, env=lvm_env(), check=False).returncode
     if command in CHANGING:
         try:
-            sync_all()
+            sync(args)
         except (RuntimeError, OSError, ValueError) as exc:
             sys.stderr.write("lvm stand-in: %s\n" % exc)
             return rc or 70
@@ -246,8 +272,9 @@ def destroy_vg(vg, pv_file):
             losetup("-d", device)
         except RuntimeError as exc:
             errors.append(str(exc))
-    if os.path.exists(pv_file):
-        os.unlink(pv_file)
+    for path in (pv_file, lock_path(vg)):
+        if os.path.exists(path):
+            os.unlink(path)
     if errors:
         raise RuntimeError("; ".join(errors))
 
