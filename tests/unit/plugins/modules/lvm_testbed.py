@@ -64,38 +64,38 @@ class Testbed:
 
 
 THIN_POOL_SEGMENT = """\
-			segment1 {
-				start_extent = 0
-				extent_count = %(extents)d
+            segment1 {
+                start_extent = 0
+                extent_count = %(extents)d
 
-				type = "thin-pool"
-				metadata = "%(pool)s_tmeta"
-				pool = "%(pool)s_tdata"
-				transaction_id = %(transaction)d
-				chunk_size = 128
-				discards = "passdown"
-				zero_new_blocks = %(zero)d
-			}
+                type = "thin-pool"
+                metadata = "%(pool)s_tmeta"
+                pool = "%(pool)s_tdata"
+                transaction_id = %(transaction)d
+                chunk_size = 128
+                discards = "passdown"
+                zero_new_blocks = %(zero)d
+            }
 """
 THIN_VOLUME = """\
-		%(name)s {
-			id = "%(uuid)s"
-			status = ["READ", "WRITE", "VISIBLE"]
-			flags = []
-			creation_time = 1700000000
-			creation_host = "kvmstorage"
-			segment_count = 1
+        %(name)s {
+            id = "%(uuid)s"
+            status = ["READ", "WRITE", "VISIBLE"]
+            flags = []
+            creation_time = 1700000000
+            creation_host = "kvmstorage"
+            segment_count = 1
 
-			segment1 {
-				start_extent = 0
-				extent_count = %(extents)d
+            segment1 {
+                start_extent = 0
+                extent_count = %(extents)d
 
-				type = "thin"
-				thin_pool = "%(pool)s"
-				transaction_id = 0
-				device_id = 1
-			}
-		}
+                type = "thin"
+                thin_pool = "%(pool)s"
+                transaction_id = 0
+                device_id = 1
+            }
+        }
 
 """
 
@@ -133,11 +133,10 @@ def make_thin_pool(testbed, pool, zero=True, thin_volume=None, tmp_dir=None):
     hidden = data.replace(pool + "data {", pool + "_tdata {").replace('"READ", "WRITE", "VISIBLE"', '"READ", "WRITE"')
     text = text[:start] + pool_block + "\n" + hidden + text[end:]
     start, end = _lv_block(text, pool + "meta")
-    meta = text[start:end].replace(pool + "meta {", pool + "_tmeta {").replace('"READ", "WRITE", "VISIBLE"',
-                                                                              '"READ", "WRITE"')
+    meta = text[start:end].replace(pool + "meta {", pool + "_tmeta {")
+    meta = meta.replace('"READ", "WRITE", "VISIBLE"', '"READ", "WRITE"')
     if thin_volume:
-        meta += "\n" + THIN_VOLUME % dict(name=thin_volume, uuid=lvm_uuid(),
-                                          extents=8, pool=pool)
+        meta += "\n" + THIN_VOLUME % dict(name=thin_volume, uuid=lvm_uuid(), extents=8, pool=pool)
     text = text[:start] + meta + text[end:]
     with open(backup, "w") as stream:
         stream.write(text)
