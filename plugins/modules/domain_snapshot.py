@@ -40,6 +40,8 @@ attributes:
     details:
       - The diff shows the domain's state, its current snapshot and its snapshot tree (state, kind, overlay and memory files,
         description of every snapshot), before and after.
+      - For V(revert) it also says whether the domain is at the snapshot, and if not why (another current snapshot, another
+        state, disks that no longer hold the snapshot's content), since a revert may change nothing else that is shown.
 options:
   domain:
     description:
@@ -175,6 +177,9 @@ options:
     default: false
 notes:
   - The domain must be defined. Create it with another module first (for example community.libvirt.virt).
+  - Overlay and memory files are checked, and disks compared for the revert rule, on the managed host, where the module runs.
+    With a O(uri) naming another host those checks would look at the wrong files; manage snapshots from the hypervisor itself.
+  - Deleting an external snapshot with memory leaves its memory state file in place; remove it with M(ansible.builtin.file).
   - libvirt 9.0 refuses several deletions of external snapshots (with children, with an internal parent, outside the current
     backing chain); O(metadata_only=true) always works.
 seealso:

@@ -233,9 +233,10 @@ def test_an_external_disk_only_snapshot_of_a_running_domain_names_overlays_as_li
     assert flags_of(plan) == ['VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC', 'VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY']
     element = xml_of(plan)
     assert element.find('memory').attrib == {'snapshot': 'no'}
-    assert [(d.get('name'), d.get('snapshot'), d.get('type'), d.find('source').get('file'), d.find('driver').get('type'))
-            for d in element.findall('disks/disk')] == [('vda', 'external', 'file', str(tmp_path / 'a.snap'), 'qcow2'),
-                                                         ('vdb', 'external', 'file', str(tmp_path / 'o'), 'qcow2')]
+    described = [(d.get('name'), d.get('snapshot'), d.get('type'), d.find('source').get('file'), d.find('driver').get('type'))
+                 for d in element.findall('disks/disk')]
+    assert described == [('vda', 'external', 'file', str(tmp_path / 'a.snap'), 'qcow2'),
+                         ('vdb', 'external', 'file', str(tmp_path / 'o'), 'qcow2')]
     assert plan.after['snapshots'] == ['- snap (disk-snapshot, external, vda -> %s, vdb -> %s)' % (tmp_path / 'a.snap', tmp_path / 'o')]
 
 
@@ -564,3 +565,19 @@ def test_without_libvirt_python_the_module_says_what_to_install(capsys, monkeypa
     monkeypatch.setattr(domain_snapshot, 'HAS_LIBVIRT', False)
     result = run_module(domain_snapshot, capsys, domain='x', name='y')
     assert result['failed'] and 'libvirt-python' in result['msg']
+
+
+@pytest.mark.parametrize('domain_state, current, identical, revert_always, reason', [
+    ('shutoff', 'other', True, False, 'no, the current snapshot is other'),
+    ('running', 'snap', True, False, 'no, the domain is running, the revert leaves it shutoff'),
+    ('shutoff', 'snap', False, False, 'no, the disks no longer hold what the snapshot holds'),
+    ('shutoff', 'snap', True, True, 'yes, reverted again (revert_always)'),
+])
+def test_a_reverts_diff_says_why_the_domain_is_not_at_the_snapshot(domain_state, current, identical, revert_always, reason):
+    then = {'vda': qcow2_disk('vda')}
+    snapshots = [record('snap', current=current == 'snap', domain_disks_at_snapshot=then), record('other', current=current == 'other')]
+    plan = plan_domain_snapshot(ask(state='revert', revert_always=revert_always), domain(domain_state, disks=[then['vda']], snapshots=snapshots),
+                                lambda path, name: {'identical': identical})
+    assert plan.kinds() == ['revert']
+    assert render_view(plan.before).splitlines()[3] == 'at snapshot snap: ' + reason
+    assert render_view(plan.after).splitlines()[3] == 'at snapshot snap: yes'
