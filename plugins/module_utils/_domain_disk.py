@@ -513,8 +513,8 @@ def lookup_volume(conn, pool_name, volume_name):
     except libvirt.libvirtError as exc:
         if error_is(exc, 'VIR_ERR_NO_STORAGE_VOL'):
             raise LibvirtModuleError('source: storage pool %s has no volume %s' % (_quoted(pool_name), _quoted(volume_name)))
-        raise LibvirtModuleError('cannot look up volume %s of storage pool %s: %s' % (_quoted(volume_name), _quoted(pool_name),
-                                                                                   error_message(exc)))
+        raise LibvirtModuleError('cannot look up volume %s of storage pool %s: %s'
+                                 % (_quoted(volume_name), _quoted(pool_name), error_message(exc)))
     return pool, volume
 
 
@@ -710,7 +710,7 @@ def _set_text(disk, tag, value):
         _sub(disk, tag, value)
 
 
-def wanted_disk(request, existing, target, fmt, machine):
+def wanted_disk(request, existing, target, fmt, new_bus):
     """The disk element the task asks for: the options applied over ``existing`` (a copy without what
     libvirt computes), or a new disk with ``target``.  ``fmt`` is the driver type to write (None: none)."""
     params = request.params
@@ -729,7 +729,7 @@ def wanted_disk(request, existing, target, fmt, machine):
         target_element = _sub(disk, 'target', dev=target)
     device = params.get('device') or disk.get('device', 'disk')
     disk.set('device', device)
-    bus = params.get('bus') or (disk_bus(existing) if existing is not None else None) or default_bus(device, target, machine)
+    bus = params.get('bus') or (disk_bus(existing) if existing is not None else None) or new_bus
     if bus != target_element.get('bus'):
         target_element.set('bus', bus)
         for address in disk.findall('address'):
@@ -822,11 +822,11 @@ def plan_domain_disk(request, state, conn=None):
                                      'definition: give target' % (request.source.describe(), disk_target(found['persistent']),
                                                                   name, disk_target(found['live'])))
         target = targets[0] if targets else None
+    # The bus of a new disk: given, or the one of the target name given, or the device's usual one.
+    new_bus = request.params.get('bus') or default_bus(request.params.get('device') or 'disk', request.target, state.machine())
     if target is None:
-        device = request.params.get('device') or 'disk'
-        bus = request.params.get('bus') or default_bus(device, None, state.machine())
         used = set(disk_target(disk) for view in ('persistent', 'live') for disk in state.disks(view))
-        target = next_free_target(bus, used)
+        target = next_free_target(new_bus, used)
     elif request.params.get('bus') and target_prefix(target) in PREFIX_BUS:
         prefix = target_prefix(target)
         if TARGET_PREFIX[request.params['bus']] != prefix:
@@ -859,7 +859,7 @@ def plan_domain_disk(request, state, conn=None):
             raise LibvirtModuleError('give format for %s: the image library cannot read it%s' % (
                 source.describe(), '' if source.disk_type == 'network' else ' (the libvirt daemon is not on this host)'))
         fmt = None if source is None else choose_format(request.params.get('format'), detected, source.describe(), current)
-        wanted = wanted_disk(request, existing, target, fmt, state.machine())
+        wanted = wanted_disk(request, existing, target, fmt, new_bus)
         after[view] = normalised_xml(wanted)
         if existing is None:
             actions.append(Action('attach', view, 'attach %s %s as %s to the %s of domain %s' % (

@@ -74,7 +74,8 @@ options:
         and C(secret_type), V(ceph) for rbd and V(iscsi) for iscsi by default) and C(initiator) (iscsi: the initiator's IQN):
         a network disk (O(type=network)); or a dict with C(path), the same as a path."
       - Files and block devices must exist; their format is detected. A pool volume's format is detected when its pool
-        keeps its volumes on this host, otherwise taken from libvirt. A network disk's format cannot be read: give O(format).
+        keeps its volumes on this host, otherwise taken from libvirt. A network disk's format cannot be read, so O(format)
+        is required for it.
       - On a cdrom or floppy drive, no source (or V("")) is an empty drive; on other devices a new disk needs one.
     type: raw
   type:
@@ -94,7 +95,7 @@ options:
       - Bus of the disk. Defaults to the bus of the target name (V(vd) virtio, V(sd) scsi, V(hd) ide, V(fd) fdc), otherwise by
         device, V(virtio) for disks, V(ide) for cdroms (V(sata) on q35 machines), V(fdc) for floppies, V(scsi) for luns.
       - libvirt adds the controller a bus needs (an ide, sata, scsi or floppy controller), also live for scsi.
-      - QEMU cannot hot-plug sata, ide and fdc disks: attach those with the domain shut off (or O(live=false)).
+      - QEMU cannot hot-plug sata, ide and fdc disks; attach those with the domain shut off (or O(live=false)).
       - The target name must fit the bus (V(vdX) for virtio, V(sdX) for scsi, sata and usb, V(hdX) for ide, V(fdX) for fdc).
     type: str
     choices: [virtio, scsi, sata, ide, usb, fdc]

@@ -18,13 +18,18 @@ author:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
-  - ansible.builtin.action_common_attributes.info_module
   - kvm.storage.libvirt
 attributes:
   action_group:
     membership: [kvm.storage.libvirt]
   platform:
     platforms: posix
+  check_mode:
+    support: full
+    details:
+      - The module never changes anything; it runs the same in check mode.
+  diff_mode:
+    support: none
 options:
   domain:
     description:
