@@ -192,9 +192,6 @@ class VolumeRequest(object):
         for name in ('src_format', 'src_member', 'src_snapshot', 'src_passphrase'):
             if getattr(self, name) is not None and not self.src:
                 raise DiskImageError('%s requires src' % name)
-        if self.src is None and self.size is None:
-            raise DiskImageError('size is required to create volume %r of storage pool %r (or give src)'
-                                 % (self.volume, self.pool))
 
     def source_arguments(self):
         """Keywords of the library's open_image for ``src``."""
@@ -271,6 +268,11 @@ def plan_volume(request, described, src_info=None):
         raise DiskImageError('size %d is smaller than the virtual size of src %s (%d bytes)'
                              % (request.size, request.src, src_size))
     capacity = request.size if request.size is not None else src_size
+    if capacity is None:
+        if described is None:
+            raise DiskImageError('size is required to create volume %s (or give src)' % name)
+        # Neither size nor src: an existing volume is what the task asks for.
+        capacity = described['capacity']
     actions = []
     recreate = described is None
     if described is not None and described['capacity'] < capacity:
@@ -443,6 +445,10 @@ def run_pool_volume(module):
             # libvirt learns about the new, changed or removed file.
             refresh_pool(target)
         volume = lookup_volume(target, name)
+        if volume is None and os.path.isfile(params['path']):
+            # A file libvirt has not seen yet (made behind its back): a refresh only rereads the directory.
+            refresh_pool(target)
+            volume = lookup_volume(target, name)
         result['volume'] = {} if volume is None else describe_volume(target, volume)
         result['path'] = params['path']
         return result

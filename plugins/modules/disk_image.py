@@ -77,9 +77,10 @@ options:
       - Other pools (C(logical), C(disk), C(iscsi), C(scsi), C(rbd), ...); libvirt's volume API is used, and only
         O(state), O(format) (V(raw), the default), O(size), O(src), O(src_format), O(src_member), O(src_snapshot),
         O(src_passphrase), O(force) and O(allow_dirs) apply (other options fail the task). O(state=present) creates
-        the volume with the capacity O(size), else the virtual size of O(src). O(src) is read through the image
-        library (any format it reads) and uploaded as raw data through a libvirt stream, ranges that read as zeroes
-        sent as holes; the rest of the volume past O(src)'s size is zeroed. O(state=absent) deletes the volume.
+        the volume with the capacity O(size), else the virtual size of O(src) (one of them is needed to create it).
+        O(src) is read through the image library (any format it reads) and uploaded as raw data through a libvirt
+        stream, ranges that read as zeroes sent as holes; the rest of the volume past O(src)'s size is zeroed.
+        O(state=absent) deletes the volume.
       - Idempotence with the volume API; a volume that exists with a capacity of at least O(size) (or O(src)'s
         virtual size) is left alone, and its content is not compared with O(src) (as an image file converted from
         O(src) is not converted again). Uploads happen when the task creates the volume. A smaller volume is grown
@@ -312,6 +313,8 @@ options:
     type: bool
     default: false
 notes:
+  - libvirt 9.0 cannot delete the volumes of a C(disk) pool on a device whose partition names carry a C(p) before
+    the number (C(loop0p1), C(nvme0n1p1)); it runs C(parted rm p1), which fails, and the task reports libvirt's error.
   - Passphrases are marked C(no_log); they never appear in RV(actions), the diff or error messages.
   - Images in use by a running guest (locked the way QEMU locks them) are not written; the task fails.
   - Like QEMU, a qcow2 image left dirty by a crash with lazy refcounts is repaired when it is opened for writing.

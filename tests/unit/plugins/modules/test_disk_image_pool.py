@@ -191,6 +191,12 @@ def test_plan_refuses_a_size_below_the_source():
         plan_volume(request(src='/images/a.qcow2', size='1M'), None, {'format': 'qcow2', 'virtual-size': 2 * MIB})
 
 
+def test_plan_without_size_or_src_needs_an_existing_volume():
+    assert plan_volume(request(), described(MIB)).actions == []
+    with pytest.raises(DiskImageError, match='size is required'):
+        plan_volume(request(), None)
+
+
 def test_plan_absent():
     assert plan_volume(request(state='absent'), None).actions == []
     assert [action.kind for action in plan_volume(request(state='absent'), described(MIB)).actions] == ['delete']
@@ -202,7 +208,6 @@ def test_plan_absent():
     (dict(size='1M', options={'cluster_size': 65536}), 'options: not supported'),
     (dict(size='1M', mode='0600'), 'mode: not supported'),
     (dict(size='1M', shrink=True), 'shrink: not supported'),
-    (dict(), 'size is required'),
     (dict(size='1M', src_format='raw'), 'src_format requires src'),
     (dict(size='1M', volume='../etc'), 'one file name'),
 ])
@@ -270,6 +275,14 @@ def test_dir_pool_volume_created_converted_resized_and_listed(capsys, dir_pool, 
     four_passes(capsys, pool=name, volume='vm.qcow2', state='absent')
     assert [volume.name() for volume in pool.listAllVolumes()] == []
     assert list(directory.iterdir()) == []
+
+
+def test_dir_pool_file_made_behind_libvirts_back_is_listed(capsys, dir_pool):
+    name, directory, pool = dir_pool
+    run('qemu-img', 'create', '-q', '-f', 'raw', str(directory / 'outside.raw'), '1M')
+    result = run_module(capsys, pool=name, volume='outside.raw', format='raw', size='1M')
+    assert not result['changed'] and result['volume']['capacity'] == MIB
+    assert pool.storageVolLookupByName('outside.raw').path() == str(directory / 'outside.raw')
 
 
 def test_dir_pool_check_mode_leaves_the_pool_alone(capsys, dir_pool):
