@@ -532,8 +532,9 @@ class VolumeImage:
                 required = image_measure(src=params["src"], src_fmt=image.format, out_fmt="qcow2",
                                          allow_dirs=allow_dirs)["required"]
             size, minimum = volume_size(fmt, virtual_size, required, vg["extent_size"], requested)
+            layers = chain_files(image)
             source = {"format": image.format, "virtual_size": virtual_size,
-                      "fingerprint": source_fingerprint(chain_files(image))}
+                      "fingerprint": source_fingerprint(layers)}
             request = dict(format=fmt, size=size, size_given=requested is not None, thinpool=params["thinpool"],
                            update=params["update"], force=params["force"], resize=params["resize"],
                            shrink=params["shrink"], snapshot_before_write=params["snapshot_before_write"],
@@ -545,6 +546,8 @@ class VolumeImage:
                     hashed["sha256"] = walk_source(image, lambda offset, data: None, lambda offset, length: None)
                 return hashed["sha256"]
 
+            if lv is not None and lv["path"] and any(path == os.path.realpath(lv["path"]) for path, st in layers):
+                raise VolumeImageError("the source %s is (or is backed by) the volume itself" % params["src"])
             pool = None
             if lv is None and params["thinpool"]:
                 pool = self.lvm.thin_pool(params["vg"], params["thinpool"])

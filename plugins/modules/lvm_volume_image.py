@@ -21,8 +21,11 @@ description:
   - The source is unchanged when the fingerprint of its files (device, inode, size, modification and change times of
     every file of its backing chain) matches the volume's C(kvmstorage.source=) tag, without reading it; otherwise the
     SHA-256 of its guest-visible content (what C(qemu-img convert -O raw SRC /dev/stdout | sha256sum) prints) is
-    computed and compared with C(kvmstorage.sha256=). A changed fingerprint over an unchanged content only refreshes
-    the C(kvmstorage.source=) tag (not reported as a change).
+    computed and compared with C(kvmstorage.sha256=) (a full read of the source, holes hashed as zeroes: about a
+    second per GiB). A changed fingerprint over an unchanged content only refreshes the C(kvmstorage.source=) tag
+    (not reported as a change).
+  - A volume whose write (or the zeroing of its new end after growing) did not complete keeps the
+    C(kvmstorage.writing) tag and is written again whole by the next run, without O(update).
   - The write is sparse-aware. Holes and zero blocks of the image are made to read zero with C(BLKZEROOUT) (zeroes
     are written where the device refuses it), except where the volume is known to read zero already (a new thin
     volume in a pool that zeroes new blocks; a new qcow2 image). Old data of the volume never shows through, past
@@ -92,8 +95,8 @@ options:
   state:
     description:
       - V(present) creates the volume if needed and makes it hold O(src).
-      - V(absent) removes the volume (C(lvremove)). A volume without this module's tags is removed only with
-        O(force=true).
+      - V(absent) removes the volume (C(lvremove --yes)), with its snapshots. A volume without this module's tags is
+        removed only with O(force=true).
     type: str
     choices: [present, absent]
     default: present

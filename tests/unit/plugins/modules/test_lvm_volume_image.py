@@ -501,3 +501,13 @@ def test_thin_pool_and_volumes_metadata_only(lvm_testbed, tmp_path):  # noqa: F8
     assert result is None
     result, dummy = run(check_mode=True, vg=vg, src=src, thinpool="pool0", size="2M")
     assert result["actions"][0] == "create volume %s/img1 (2097152 bytes in thin pool pool0)" % vg
+
+
+def test_the_volume_itself_is_refused_as_source(lvm_testbed, tmp_path):  # noqa: F811
+    vg = lvm_testbed.vg
+    src = str(tmp_path / "src.raw")
+    with open(src, "wb") as stream:
+        stream.write(b"s" * MIB)
+    result, dummy = run(vg=vg, src=src)
+    with pytest.raises(lvi.VolumeImageError, match="is \\(or is backed by\\) the volume itself"):
+        run(vg=vg, src=result["volume"]["path"], src_format="raw", force=True, update=True)
