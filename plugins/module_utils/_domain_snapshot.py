@@ -50,7 +50,7 @@ DOMAIN_STATE_NAMES = ('nostate', 'running', 'blocked', 'paused', 'shutdown', 'sh
 DOMAIN_RUN_STATES = {'running': 'running', 'blocked': 'running', 'shutdown': 'running', 'paused': 'paused',
                      'pmsuspended': 'paused', 'shutoff': 'shutoff', 'crashed': 'shutoff', 'nostate': 'shutoff'}
 # Disks that are not snapshotted unless the task names them (libvirt cannot snapshot what it cannot write).
-NO_SNAPSHOT_DEVICES = ('cdrom', 'floppy')
+NO_SNAPSHOT_DEVICES = ('cdrom',)
 GUEST_AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 
 
@@ -120,13 +120,14 @@ def snapshot_call(what, lib_version, uri, function, *args, **kwargs):
 class DomainDisk(object):
     """One disk of a domain definition."""
 
-    def __init__(self, target, device='disk', disk_type='file', source=None, driver_format=None, readonly=False):
+    def __init__(self, target, device='disk', disk_type='file', source=None, driver_format=None, readonly=False, snapshot=None):
         self.target = target
         self.device = device
         self.type = disk_type
         self.source = source
         self.format = driver_format
         self.readonly = readonly
+        self.snapshot = snapshot   # the disk's own snapshot attribute (<disk snapshot='no'>), None when unset
 
     @classmethod
     def from_element(cls, element):
@@ -139,7 +140,7 @@ class DomainDisk(object):
         return cls(target=None if target is None else target.get('dev'), device=element.get('device', 'disk'),
                    disk_type=element.get('type', 'file'), source=path,
                    driver_format=None if driver is None else driver.get('type'),
-                   readonly=element.find('readonly') is not None)
+                   readonly=element.find('readonly') is not None, snapshot=element.get('snapshot'))
 
     def __repr__(self):
         return 'DomainDisk(%r, %r)' % (self.target, self.source)
@@ -529,9 +530,15 @@ def _match_disk(domain, name):
 
 
 def _default_mode(disk, external):
-    if disk.device in NO_SNAPSHOT_DEVICES or disk.readonly or not disk.source:
+    if _may_leave_out(disk):
         return 'no'
     return 'external' if external else 'internal'
+
+
+def _may_leave_out(disk):
+    """Whether libvirt accepts snapshot='no' for the disk in an internal snapshot (virDomainSnapshotAlignDisks: only
+    when the disk's own definition says 'no', which read-only disks imply, or the drive is empty)."""
+    return disk.snapshot == 'no' or disk.readonly or not disk.source or disk.device in NO_SNAPSHOT_DEVICES
 
 
 def plan_disks(request, domain, file_exists=os.path.exists):
@@ -550,12 +557,18 @@ def plan_disks(request, domain, file_exists=os.path.exists):
         given = chosen.get(disk.target, {})
         mode = given.get('snapshot') or ('external' if given.get('file') else _default_mode(disk, external))
         entry = {'name': disk.target, 'snapshot': mode, 'file': None, 'format': None}
+        if mode == 'no' and not external and not _may_leave_out(disk):
+            raise LibvirtModuleError(
+                'disk %s of domain %s: libvirt takes an internal snapshot of every writable disk, and leaves one out only '
+                'when its definition says so (<disk snapshot="no">); make an external snapshot (external=true) to leave it out'
+                % (disk.target, _quoted(domain.name)))
         if mode == 'internal':
             if disk.format != 'qcow2':
                 raise LibvirtModuleError(
-                    'disk %s of domain %s (%s) is a %s image: internal snapshots need qcow2 disks; leave it out with '
-                    'disks: [{name: %s, snapshot: "no"}] or make an external snapshot (external=true)'
-                    % (disk.target, _quoted(domain.name), disk.source, disk.format or 'raw', disk.target))
+                    'disk %s of domain %s (%s) is a %s image: internal snapshots need qcow2 disks; make an external snapshot '
+                    '(external=true), or mark the disk snapshot="no" in the domain definition%s'
+                    % (disk.target, _quoted(domain.name), disk.source, disk.format or 'raw',
+                       ' (or leave it out with disks: [{name: %s, snapshot: "no"}])' % disk.target if _may_leave_out(disk) else ''))
         elif mode == 'external':
             overlay = given.get('file')
             if not overlay:

@@ -96,8 +96,9 @@ options:
     type: path
   disks:
     description:
-      - How each disk is snapshotted (V(present)). Disks not listed are snapshotted as O(external) says, except cdrom and
-        floppy devices, read-only disks and empty drives, which are left out.
+      - How each disk is snapshotted (V(present)). Disks not listed are snapshotted as O(external) says, except cdroms,
+        read-only disks, empty drives and disks whose definition says C(snapshot='no'), which are left out.
+      - An internal snapshot takes every other disk (libvirt refuses to leave one out); an external one can leave any disk out.
       - The overlay file of an external snapshot of a file disk not given here is named as libvirt names it, beside the disk, with
         the extension of the disk's file replaced by the snapshot's name (V(/images/vm.qcow2) gets V(/images/vm.NAME)).
         The overlay file must not exist.

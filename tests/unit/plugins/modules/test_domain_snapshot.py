@@ -268,8 +268,8 @@ def test_quiesce_asks_libvirt_to_freeze_the_guest_when_it_has_an_agent():
     (dict(disk_only=True), 'running', 'disk-only snapshots of a running domain .* only as external'),
     (dict(live=True, external=True, disk_only=True), 'running', 'live applies to external snapshots with memory'),
     (dict(disks=[dict(name='vdz', snapshot='no', file=None)]), 'shutoff', "domain 'vm' has no disk vdz \\(its disks: vda"),
-    (dict(disks=[dict(name='vda', snapshot='no', file=None), dict(name='vdb', snapshot='no', file=None)]), 'shutoff',
-     'would take no disk'),
+    (dict(external=True, disks=[dict(name='vda', snapshot='no', file=None), dict(name='vdb', snapshot='no', file=None)]),
+     'shutoff', 'would take no disk'),
     (dict(disks=[dict(name='vda', snapshot='external', file=None)]), 'shutoff',
      'mixes internal and external disk snapshots \\(vda=external, vdb=internal\\)'),
     (dict(external=True, disk_only=True, disks=[dict(name='vda', snapshot=None, file='/i/o'), dict(name='vdb', snapshot=None, file='/i/o')]),
@@ -278,6 +278,16 @@ def test_quiesce_asks_libvirt_to_freeze_the_guest_when_it_has_an_agent():
 def test_snapshots_libvirt_cannot_take_are_refused_with_what_to_do(params, state, message):
     with pytest.raises(LibvirtModuleError, match=message):
         plan_domain_snapshot(ask(**params), domain(state))
+
+
+def test_internal_snapshots_leave_out_only_disks_whose_definition_allows_it():
+    disks = [qcow2_disk('vda'), qcow2_disk('vdb'), DomainDisk('vdc', source='/i/c.qcow2', driver_format='qcow2', snapshot='no')]
+    plan = plan_domain_snapshot(ask(disks=[dict(name='vdc', snapshot='no', file=None)]), domain(disks=disks))
+    assert [d.get('snapshot') for d in xml_of(plan).findall('disks/disk')] == ['internal', 'internal', 'no']
+    with pytest.raises(LibvirtModuleError, match='disk vdb .* libvirt takes an internal snapshot of every writable disk'):
+        plan_domain_snapshot(ask(disks=[dict(name='vdb', snapshot='no', file=None)]), domain(disks=disks))
+    plan = plan_domain_snapshot(ask(external=True, disks=[dict(name='vdb', snapshot='no', file=None)]), domain(disks=disks))
+    assert [d.get('snapshot') for d in xml_of(plan).findall('disks/disk')] == ['external', 'no', 'no']
 
 
 def test_internal_snapshots_need_qcow2_disks():
