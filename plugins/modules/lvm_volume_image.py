@@ -21,7 +21,7 @@ description:
   - The source is unchanged when the fingerprint of its files (device, inode, size, modification and change times of
     every file of its backing chain) matches the volume's C(kvmstorage.source=) tag, without reading it; otherwise the
     SHA-256 of its guest-visible content (what C(qemu-img convert -O raw SRC /dev/stdout | sha256sum) prints) is
-    computed and compared with C(kvmstorage.sha256=) (a full read of the source, holes hashed as zeroes: about a
+    computed and compared with C(kvmstorage.sha256=) (a full read of the source, holes hashed as zeroes, about a
     second per GiB). A changed fingerprint over an unchanged content only refreshes the C(kvmstorage.source=) tag
     (not reported as a change).
   - A volume whose write (or the zeroing of its new end after growing) did not complete keeps the
