@@ -79,6 +79,8 @@ options:
         O(format=qcow2) the C(required) size of C(qemu-img measure -O qcow2) of O(src).
       - Smaller than that is an error. An existing smaller volume is grown (see O(resize)); a larger one is kept
         unless O(shrink=true).
+      - A qcow2 image on a volume allocates new clusters as the guest writes; at the default size it has room for
+        the source's clusters only. Give O(size) (up to C(fully-allocated) of C(qemu-img measure)) for growth.
     type: str
   format:
     description:
