@@ -427,6 +427,9 @@ class SnapshotRequest(object):
             raise LibvirtModuleError('domain must not be empty')
         if not self.name:
             raise LibvirtModuleError('name must not be empty')
+        if '/' in self.name:
+            # libvirt names overlay files after the snapshot: a slash would put them in another directory.
+            raise LibvirtModuleError('name %r: a snapshot name cannot contain "/"' % self.name)
         self.description = params.get('description')
         self.external = params.get('external')
         self.disk_only = bool(params.get('disk_only'))
@@ -458,6 +461,9 @@ class SnapshotRequest(object):
                 raise LibvirtModuleError('%s: only with state=revert' % ', '.join(given))
         if self.children and self.children_only:
             raise LibvirtModuleError('children and children_only are mutually exclusive')
+        for option, path in [('memory', self.memory)] + [('disks[%s].file' % d['name'], d.get('file')) for d in self.disks]:
+            if path is not None and not os.path.isabs(path):
+                raise LibvirtModuleError('%s: libvirt needs an absolute path, found %r' % (option, path))
         if self.memory is not None:
             if self.external is False:
                 raise LibvirtModuleError('memory is the file of an external snapshot\'s memory state: it does not go with external=false')

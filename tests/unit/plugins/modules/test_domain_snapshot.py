@@ -184,6 +184,9 @@ def test_a_snapshot_definition_is_read_as_libvirt_writes_it():
     (dict(memory='/i/m', disk_only=True), 'memory and disk_only=true are mutually exclusive'),
     (dict(disks=[dict(name='vda', snapshot=None, file=None), dict(name='vda', snapshot='no', file=None)]), 'given more than once'),
     (dict(disks=[dict(name='vda', snapshot='internal', file='/i/o')]), 'only an external snapshot of it uses'),
+    (dict(name='a/b'), 'a snapshot name cannot contain "/"'),
+    (dict(memory='m.mem'), "memory: libvirt needs an absolute path, found 'm.mem'"),
+    (dict(disks=[dict(name='vda', snapshot=None, file='o.qcow2')]), "disks\\[vda\\].file: libvirt needs an absolute path"),
 ])
 def test_options_that_do_not_go_together_are_refused(params, message):
     with pytest.raises(LibvirtModuleError, match=message):
@@ -536,6 +539,19 @@ def test_libvirt_names_overlays_as_the_module_predicts(tmp_path, shut_off_domain
     sources = virsh('domblklist', shut_off_domain).stdout
     assert derived_overlay(str(tmp_path / 'disk.img.qcow2'), 'x1') in sources
     assert derived_overlay(str(tmp_path / 'data'), 'x1') in sources
+
+
+def test_the_description_of_an_external_snapshot_is_changed_by_redefining_it(shut_off_domain, capsys):
+    virsh('snapshot-create-as', shut_off_domain, 'x1', '--disk-only', '--description', 'old')
+    args = dict(domain=shut_off_domain, name='x1', description='new', external=True)
+    check = run_module(domain_snapshot, capsys, check_mode=True, **args)
+    assert '<description>old</description>' in virsh('snapshot-dumpxml', shut_off_domain, 'x1').stdout
+    real = run_module(domain_snapshot, capsys, **args)
+    assert check['changed'] and real['changed'] and check['diff'] == real['diff']
+    assert real['actions'] == ["change the description of snapshot 'x1' of domain '%s'" % shut_off_domain]
+    assert '<description>new</description>' in virsh('snapshot-dumpxml', shut_off_domain, 'x1').stdout
+    assert real['current'] == 'x1' and real['snapshot']['description'] == 'new' and real['snapshot']['external']
+    assert not run_module(domain_snapshot, capsys, **args)['changed']
 
 
 def test_the_module_creates_reverts_and_deletes_and_check_mode_predicts_it(tmp_path, shut_off_domain, capsys):
