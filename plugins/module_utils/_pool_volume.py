@@ -20,8 +20,11 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import socket
 import time
 from xml.etree import ElementTree
+
+from ansible.module_utils.six.moves.urllib.parse import urlparse
 
 from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
     DiskImageError,
@@ -110,6 +113,20 @@ def open_pool(conn, name):
     return PoolTarget(pool, name, element.get('type'), child_text(element, 'target/path'))
 
 
+def _short_name(hostname):
+    return (hostname or '').split('.')[0].lower()
+
+
+def is_local_connection(conn, uri):
+    """Whether the libvirt host of ``uri`` is this host: no host in the URI, a loopback name, or libvirt's host
+    name equal to ours.  A file pool of another host is not reachable at its target path here."""
+    host = urlparse(uri).hostname
+    if not host or host in ('localhost', '127.0.0.1', '::1'):
+        return True
+    remote = libvirt_call('cannot read the host name of %s' % uri, conn.getHostname)
+    return _short_name(remote) == _short_name(socket.gethostname())
+
+
 def refresh_pool(target):
     libvirt_call('cannot refresh storage pool %r' % target.name, target.pool.refresh, 0)
 
@@ -159,7 +176,7 @@ def _bytes(element):
 class VolumeRequest(object):
     """What the task asks of a volume in a pool managed through libvirt's volume API."""
 
-    def __init__(self, params, pool_type):
+    def __init__(self, params, pool_kind):
         self.pool = params['pool']
         self.volume = check_volume_name(params['volume'])
         self.state = params.get('state') or 'present'
@@ -172,23 +189,23 @@ class VolumeRequest(object):
         self.src_passphrase = params.get('src_passphrase')
         self.force = bool(params.get('force'))
         self.allow_dirs = list(params.get('allow_dirs') or []) or None
-        self._validate(params, pool_type)
+        self._validate(params, pool_kind)
 
-    def _validate(self, params, pool_type):
+    def _validate(self, params, pool_kind):
         unsupported = [name for name in ('backing_file', 'backing_format', 'preallocation', 'snapshots', 'rebase',
                                          'revert_to', 'encryption_passphrase') + _FILE_ATTRIBUTES
                        if params.get(name) is not None]
         unsupported.extend(name for name, default in sorted(_DEFAULTS.items())
                            if params.get(name) not in (None, default))
         if unsupported:
-            raise DiskImageError('%s: not supported for volumes of a %s pool (managed through libvirt\'s volume '
-                                 'API, which supports %s)' % (', '.join(sorted(unsupported)), pool_type,
-                                                              ', '.join(VOLUME_API_OPTIONS)))
+            raise DiskImageError('%s: not supported for volumes of %s (managed through libvirt\'s volume API, '
+                                 'which supports %s)' % (', '.join(sorted(unsupported)), pool_kind,
+                                                         ', '.join(VOLUME_API_OPTIONS)))
         if self.state != 'present':
             return
         if self.format not in (None, 'raw'):
-            raise DiskImageError('format: volumes of a %s pool hold raw data; format must be raw, found %r (an '
-                                 'image is converted to raw on its way in)' % (pool_type, self.format))
+            raise DiskImageError('format: volumes of %s hold raw data here; format must be raw, found %r (an '
+                                 'image is converted to raw on its way in)' % (pool_kind, self.format))
         for name in ('src_format', 'src_member', 'src_snapshot', 'src_passphrase'):
             if getattr(self, name) is not None and not self.src:
                 raise DiskImageError('%s requires src' % name)
@@ -299,11 +316,14 @@ def plan_volume(request, described, src_info=None):
     return VolumePlan(actions, before, after)
 
 
-def volume_xml(name, capacity):
-    """The definition of a new volume: a name and a capacity; the pool gives the rest (raw data, its format)."""
+def volume_xml(name, capacity, allocation=None):
+    """The definition of a new volume: a name, a capacity and optionally an allocation; the pool gives the rest
+    (raw data, its format)."""
     volume = ElementTree.Element('volume')
     ElementTree.SubElement(volume, 'name').text = name
     ElementTree.SubElement(volume, 'capacity', unit='bytes').text = str(capacity)
+    if allocation is not None:
+        ElementTree.SubElement(volume, 'allocation', unit='bytes').text = str(allocation)
     return ElementTree.tostring(volume, encoding='unicode')
 
 
@@ -388,8 +408,11 @@ def apply_volume_plan(conn, target, plan, request):
             libvirt_call('cannot delete volume %s' % name, volume.delete, 0)
             volume = None
         elif action.kind == 'create':
+            # A file stays sparse (the upload's holes stay holes); other pools allocate the whole volume (a
+            # logical pool would otherwise make a thin snapshot volume).
             volume = libvirt_call('cannot create volume %s' % name, target.pool.createXML,
-                                  volume_xml(request.volume, action.args['capacity']), 0)
+                                  volume_xml(request.volume, action.args['capacity'],
+                                             0 if target.file_backed else None), 0)
         elif action.kind == 'resize':
             libvirt_call('cannot grow volume %s' % name, volume.resize, action.args['capacity'], 0)
         elif action.kind == 'upload':
@@ -406,9 +429,9 @@ def apply_volume_plan(conn, target, plan, request):
     return (None if volume is None else describe_volume(target, volume)), upload_stats
 
 
-def run_volume_api(conn, target, module):
+def run_volume_api(conn, target, module, pool_kind):
     """disk_image on a volume of a pool managed through libvirt's volume API."""
-    request = VolumeRequest(module.params, target.type)
+    request = VolumeRequest(module.params, pool_kind)
     volume = lookup_volume(target, request.volume)
     described = None if volume is None else describe_volume(target, volume)
     src_info = read_source(request) if request.state == 'present' else None
@@ -435,7 +458,11 @@ def run_pool_volume(module):
     with LibvirtConnection(params['uri']) as conn:
         target = open_pool(conn, params['pool'])
         if not target.file_backed:
-            return run_volume_api(conn, target, module)
+            return run_volume_api(conn, target, module, 'a %s pool' % target.type)
+        if not is_local_connection(conn, params['uri']):
+            # The pool's directory is on the libvirt host, not here: only libvirt can write there.
+            return run_volume_api(conn, target, module, 'a %s pool on the remote host of %s' % (target.type,
+                                                                                              params['uri']))
         if not target.target_path or not os.path.isdir(target.target_path):
             raise DiskImageError('storage pool %r: its target directory %r is not a directory on this host'
                                  % (target.name, target.target_path))

@@ -70,10 +70,12 @@ options:
     description:
       - Name of the libvirt storage pool (on the host of O(uri)) holding the image as volume O(volume), instead of
         O(path). The pool must be active.
-      - File-backed pools (types C(dir), C(fs), C(netfs)); the image is the file O(volume) in the pool's target
-        directory, which must be reachable at that path on the managed host (the usual case with O(uri) pointing at
-        the managed host itself). Every option works as with O(path). After a change the pool is refreshed, so that
+      - File-backed pools (types C(dir), C(fs), C(netfs)) of the managed host; the image is the file O(volume) in the
+        pool's target directory. Every option works as with O(path). After a change the pool is refreshed, so that
         libvirt lists the new, changed or removed volume.
+      - When O(uri) names another host (libvirt's host name differs from the managed host's), a file-backed pool's
+        directory is not reachable from the managed host; its volumes are then managed through libvirt's volume API,
+        as for the other pools (raw files, created sparse).
       - Other pools (C(logical), C(disk), C(iscsi), C(scsi), C(rbd), ...); libvirt's volume API is used, and only
         O(state), O(format) (V(raw), the default), O(size), O(src), O(src_format), O(src_member), O(src_snapshot),
         O(src_passphrase), O(force) and O(allow_dirs) apply (other options fail the task). O(state=present) creates

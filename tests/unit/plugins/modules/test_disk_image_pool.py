@@ -153,7 +153,7 @@ def source(tmp_path):
 def request(**params):
     params.setdefault('pool', 'vg')
     params.setdefault('volume', 'root')
-    return VolumeRequest(params, 'logical')
+    return VolumeRequest(params, 'a logical pool')
 
 
 def described(capacity):
@@ -216,8 +216,9 @@ def test_volume_api_requests_refused(params, message):
         request(**params)
 
 
-def test_volume_xml_names_capacity_only():
+def test_volume_xml_names_capacity_and_allocation_only():
     assert volume_xml('a&b', 512) == "<volume><name>a&amp;b</name><capacity unit=\"bytes\">512</capacity></volume>"
+    assert volume_xml('a', 512, 0).endswith('<capacity unit="bytes">512</capacity><allocation unit="bytes">0</allocation></volume>')
 
 
 # --------------------------------------------------------------------------- libvirt test driver (volume API)
@@ -248,6 +249,15 @@ def test_failed_upload_removes_the_volume_it_created(capsys, test_driver_pool, s
     assert result['failed'] and result['msg'].startswith('cannot upload %s into volume ' % source)
     assert 'Traceback' not in result.get('exception', '')
     assert pool.listAllVolumes() == []
+
+
+def test_local_connection_detection(system, monkeypatch):
+    assert _pool_volume.is_local_connection(system, 'qemu:///system')
+    assert _pool_volume.is_local_connection(system, 'qemu+ssh://root@localhost/system')
+    # libvirtd runs here: its host name is ours.
+    assert _pool_volume.is_local_connection(system, 'qemu+ssh://root@hv.example.com/system')
+    monkeypatch.setattr(_pool_volume.socket, 'gethostname', lambda: 'kvmstorage-it-dimg-elsewhere')
+    assert not _pool_volume.is_local_connection(system, 'qemu+ssh://root@hv.example.com/system')
 
 
 # --------------------------------------------------------------------------- real libvirtd
@@ -360,3 +370,20 @@ def test_libvirt_python_is_needed_only_with_pool(capsys, monkeypatch, tmp_path):
 def test_path_or_pool_and_volume(capsys, args, message):
     result = run_module(capsys, **args)
     assert result['failed'] and message in result['msg']
+
+
+def test_remote_dir_pool_goes_through_the_volume_api(capsys, dir_pool, source, monkeypatch):
+    """A dir pool of another host: its directory is not reachable here, libvirt creates, fills and deletes the file.
+    (The remote host is simulated: libvirt's host name differs from ours.)"""
+    monkeypatch.setattr(_pool_volume, 'is_local_connection', lambda conn, uri: False)
+    name, directory, pool = dir_pool
+    results = four_passes(capsys, pool=name, volume='remote.img', src=str(source))
+    assert [action.split(' ')[0] for action in results[1]['actions']] == ['create', 'upload']
+    assert results[1]['path'] == str(directory / 'remote.img') and results[1]['volume']['format'] == 'raw'
+    run('qemu-img', 'compare', '-f', 'qcow2', '-F', 'raw', str(source), results[1]['path'])
+    # Holes stay holes in a file: only the data was allocated.
+    assert os.stat(results[1]['path']).st_blocks * 512 <= 2 * MIB
+    result = run_module(capsys, pool=name, volume='other.qcow2', format='qcow2', size='1M')
+    assert result['failed'] and 'remote host' in result['msg']
+    four_passes(capsys, pool=name, volume='remote.img', state='absent')
+    assert pool.listAllVolumes() == [] and list(directory.iterdir()) == []
