@@ -607,3 +607,18 @@ def test_a_reverts_diff_says_why_the_domain_is_not_at_the_snapshot(domain_state,
     assert plan.kinds() == ['revert']
     assert render_view(plan.before).splitlines()[3] == 'at snapshot snap: ' + reason
     assert render_view(plan.after).splitlines()[3] == 'at snapshot snap: yes'
+
+
+def test_a_deletion_libvirt_refuses_names_its_version_and_the_way_out(shut_off_domain, capsys):
+    # libvirt 9.0 deletes an external snapshot only when its parent is external too (or it has none).
+    virsh('snapshot-create-as', shut_off_domain, 'i1')
+    virsh('snapshot-create-as', shut_off_domain, 'x1', '--disk-only')
+    result = run_module(domain_snapshot, capsys, domain=shut_off_domain, name='x1', state='absent')
+    if not result.get('failed'):
+        pytest.skip('this libvirt (%s) deletes an external snapshot below an internal one' % result['lib_version'])
+    version = version_text(libvirt.open(URI).getLibVersion())
+    assert result['msg'].startswith("cannot delete snapshot 'x1' of domain '%s': libvirt %s (the daemon at %s) cannot do this: "
+                                    % (shut_off_domain, version, URI))
+    assert result['msg'].endswith("; metadata_only=true removes only libvirt's record of it and leaves its files")
+    forgotten = run_module(domain_snapshot, capsys, domain=shut_off_domain, name='x1', state='absent', metadata_only=True)
+    assert forgotten['changed'] and forgotten['current'] == 'i1'
