@@ -461,8 +461,8 @@ def run_pool_volume(module):
             return run_volume_api(conn, target, module, 'a %s pool' % target.type)
         if not is_local_connection(conn, params['uri']):
             # The pool's directory is on the libvirt host, not here: only libvirt can write there.
-            return run_volume_api(conn, target, module, 'a %s pool on the remote host of %s' % (target.type,
-                                                                                              params['uri']))
+            remote_kind = 'a %s pool on the remote host of %s' % (target.type, params['uri'])
+            return run_volume_api(conn, target, module, remote_kind)
         if not target.target_path or not os.path.isdir(target.target_path):
             raise DiskImageError('storage pool %r: its target directory %r is not a directory on this host'
                                  % (target.name, target.target_path))
