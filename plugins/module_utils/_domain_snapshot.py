@@ -951,10 +951,7 @@ def run_domain_snapshot_info(conn, params):
     domain = read_domain(conn, params['domain'], params.get('uri'))
     order = [name for name, dummy in tree_order(domain.snapshots)]
     if params.get('name'):
-        if params['name'] not in domain.snapshots:
-            raise LibvirtModuleError('domain %s has no snapshot %s (its snapshots: %s)' % (
-                _quoted(domain.name), _quoted(params['name']), ', '.join(order) or 'none'))
-        order = [params['name']]
+        order = [name for name in order if name == params['name']]
     tree = children_map(domain.snapshots)
     return dict(
         changed=False,

@@ -40,7 +40,8 @@ options:
     required: true
   name:
     description:
-      - Name of one snapshot to return; all of them when omitted. A snapshot that does not exist is an error.
+      - Name of one snapshot to return; all of them when omitted.
+      - A snapshot that does not exist gives an empty RV(snapshots) list, not an error.
     type: str
 seealso:
   - module: kvm.storage.domain_snapshot
@@ -67,7 +68,7 @@ EXAMPLES = r'''
 RETURN = r'''
 snapshots:
   description:
-    - The snapshots, depth first from the roots, siblings oldest first (one with O(name)).
+    - The snapshots, depth first from the roots, siblings oldest first (with O(name), that one, or none).
   returned: success
   type: list
   elements: dict

@@ -583,8 +583,10 @@ def test_the_module_creates_reverts_and_deletes_and_check_mode_predicts_it(tmp_p
 def test_module_errors_are_messages_not_tracebacks(shut_off_domain, capsys):
     result = run_module(domain_snapshot, capsys, domain=PREFIX + 'never_defined', name='s1')
     assert result['failed'] and result['msg'] == "domain '%snever_defined' is not defined" % PREFIX
+    result = run_module(domain_snapshot_info, capsys, domain=PREFIX + 'never_defined')
+    assert result['failed'] and result['msg'] == "domain '%snever_defined' is not defined" % PREFIX
     result = run_module(domain_snapshot_info, capsys, domain=shut_off_domain, name='nope')
-    assert result['failed'] and "has no snapshot 'nope'" in result['msg']
+    assert not result.get('failed') and result['snapshots'] == [] and result['current'] is None
 
 
 def test_without_libvirt_python_the_module_says_what_to_install(capsys, monkeypatch):
