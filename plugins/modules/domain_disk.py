@@ -103,6 +103,7 @@ options:
     description:
       - Format of the image, such as V(raw) or V(qcow2). It is detected for files, block devices and pool volumes, and a given
         format must equal the detected one; required for network disks (nothing here reads them).
+      - ISO images (cdrom media) are V(raw) images to QEMU.
     type: str
   cache:
     description:
@@ -171,6 +172,8 @@ options:
         (virtio, and pci devices in general) need the guest OS to acknowledge it; a disk still attached after this time
         fails the task, and the persistent definition is then left unchanged.
       - Disks on the scsi and usb buses are released by QEMU itself, without the guest.
+      - libvirt itself waits up to 5 seconds for the release before it returns, so a detach the guest ignores takes at least
+        that long to fail. Running the task again repeats the unplug request.
     type: int
     default: 30
 notes:

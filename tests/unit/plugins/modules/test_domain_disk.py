@@ -21,6 +21,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import Libvir
 from ansible_collections.kvm.storage.plugins.module_utils._domain_disk import (
     DiskRequest,
     DomainState,
+    check_conflicts,
     choose_format,
     default_bus,
     detect_format,
@@ -344,6 +345,53 @@ def test_requests_that_cannot_be_met_say_why(values, message):
     state = state_of([])
     with pytest.raises(LibvirtModuleError, match=message.replace('(', r'\(')):
         plan(state, **values)
+
+
+# --------------------------------------------------------------------------- other running domains
+class OtherDomain(object):
+    def __init__(self, name, disk_xml):
+        self._name = name
+        self.disk_xml = disk_xml
+
+    def UUIDString(self):
+        return 'uuid-' + self._name
+
+    def name(self):
+        return self._name
+
+    def XMLDesc(self, flags):
+        return "<domain><devices>%s</devices></domain>" % self.disk_xml
+
+
+class RunningDomains(object):
+    def __init__(self, *domains):
+        self.domains = domains
+
+    def listAllDomains(self, flags):
+        return list(self.domains)
+
+
+@pytest.mark.parametrize('other_extra, ours, refused', [
+    ('', dict(), True),
+    ('<shareable/>', dict(), True),
+    ('', dict(shareable=True), True),
+    ('<shareable/>', dict(shareable=True), False),
+    ('<readonly/>', dict(), False),
+])
+def test_storage_used_read_write_by_another_running_domain_is_refused_unless_both_share_it(images, other_extra, ours, refused):
+    if _domain_disk.libvirt is None:
+        pytest.skip('libvirt-python is not installed')
+    path = str(images / 'a.qcow2')
+    conn = RunningDomains(OtherDomain('d', ''), OtherDomain('other', file_disk(path.replace('/a.', '//a.'), 'vdc', 'qcow2', extra=other_extra)))
+    domain = OtherDomain('d', '')
+    state = state_of([])
+    request = DiskRequest(params(source=path, **ours), state)
+    result = plan_domain_disk(request, state)
+    if refused:
+        with pytest.raises(LibvirtModuleError, match="is attached read-write to running domain 'other' as vdc"):
+            check_conflicts(conn, request, result, domain)
+    else:
+        check_conflicts(conn, request, result, domain)
 
 
 # --------------------------------------------------------------------------- live detach wait
