@@ -75,6 +75,19 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 # Chunk for zero-filling fallbacks (same bound as formats.base.MAX_IO).
 ZERO_CHUNK = 4 * 1024 * 1024
 
+# --- block device ioctls (linux/fs.h) ------------------------------------------
+# BLKZEROOUT = _IO(0x12, 127): make uint64_t range[2] = {start, length} read zero.
+BLKZEROOUT = 0x127F
+ZEROOUT_RANGE = struct.Struct("=QQ")
+# BLKSSZGET = _IO(0x12, 104): logical sector size (int).
+BLKSSZGET = 0x1268
+SECTOR_SIZE_VALUE = struct.Struct("=i")
+# BLKZEROOUT ranges are aligned to this (or the logical sector size when larger),
+# whole pages, so the kernel's page cache invalidation never splits a page.
+ZEROOUT_ALIGN = 4096
+# errno of a BLKZEROOUT the device (or kernel) does not offer: zeroes are written instead.
+_ZEROOUT_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS)
+
 # Errors that mean "this file system cannot lock" rather than "someone holds a lock".
 _LOCK_UNSUPPORTED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOLCK, errno.ENOSYS)
 
@@ -134,6 +147,9 @@ class ImageFile:
         self.writable = bool(writable or create)
         self.fd = None
         self.is_block_device = False
+        # Block devices: None until a zeroing was needed, then whether BLKZEROOUT served it.
+        self.zeroout = None
+        self._zeroout_align = None
         self._locks_held = False
         if force_share and self.writable:
             raise InvalidOptionError("force_share can only be used with read-only images", self.path)
@@ -323,8 +339,49 @@ class ImageFile:
                              % (length, offset, exc.strerror), self.path)
 
     def write_zeroes(self, offset, length):
-        """Write explicit zeroes over the range, in bounded chunks."""
+        """Make the range read zeroes: explicit zeroes in bounded chunks; on a
+        block device the aligned middle goes to BLKZEROOUT (the device zeroes
+        it, thin or SSD devices without writing), with zeroes written where
+        the device refuses it."""
         self._check_writable()
+        if length <= 0:
+            return
+        if self.is_block_device and self.zeroout is not False:
+            align = self._zeroout_alignment()
+            end = offset + length
+            inner_start = min(-(-offset // align) * align, end)
+            inner_end = max(end // align * align, inner_start)
+            if inner_end > inner_start and self._zero_out(inner_start, inner_end - inner_start):
+                self._write_zero_bytes(offset, inner_start - offset)
+                self._write_zero_bytes(inner_end, end - inner_end)
+                return
+        self._write_zero_bytes(offset, length)
+
+    def _zeroout_alignment(self):
+        if self._zeroout_align is None:
+            try:
+                result = fcntl.ioctl(self.fd, BLKSSZGET, bytes(SECTOR_SIZE_VALUE.size))
+                sector = SECTOR_SIZE_VALUE.unpack(result)[0]
+            except OSError:
+                sector = 0
+            self._zeroout_align = max(ZEROOUT_ALIGN, sector if sector > 0 else 0)
+        return self._zeroout_align
+
+    def _zero_out(self, offset, length):
+        """BLKZEROOUT of an aligned range; False (and never tried again) when
+        the device does not offer it."""
+        try:
+            fcntl.ioctl(self.fd, BLKZEROOUT, ZEROOUT_RANGE.pack(offset, length))
+        except OSError as exc:
+            if exc.errno in _ZEROOUT_UNSUPPORTED:
+                self.zeroout = False
+                return False
+            raise ImageError("cannot zero %d bytes at offset %d of the block device (BLKZEROOUT): %s"
+                             % (length, offset, exc.strerror), self.path)
+        self.zeroout = True
+        return True
+
+    def _write_zero_bytes(self, offset, length):
         if length <= 0:
             return
         zeroes = bytes(min(length, ZERO_CHUNK))
@@ -336,8 +393,9 @@ class ImageFile:
 
     def punch_hole(self, offset, length):
         """Deallocate the range so that it reads zeroes, keeping the file size;
-        writes zeroes where the file system cannot punch holes.  Returns True
-        when a hole was punched."""
+        writes zeroes where the file system cannot punch holes.  On a block
+        device the kernel discards with a zeroing guarantee, or refuses and
+        write_zeroes (BLKZEROOUT) does it.  Returns True when a hole was punched."""
         self._check_writable()
         if length <= 0:
             return True

@@ -9,22 +9,24 @@ written, data is read in MAX_IO chunks, zero blocks found in it are skipped
 written in large runs.  Compressed qcow2 output compresses whole clusters in
 a thread pool (zlib releases the GIL) with a bounded number in flight, and
 writes them in guest order.  The output is built under a temporary name and
-renamed into place when complete and flushed.
+renamed into place when complete and flushed; with ``on_device`` it is
+written in place onto an existing block device instead (ops/create.py).
 """
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import ImageError, InvalidOptionError
 from ..formats.base import DATA, MAX_IO
-from .create import (build_image, close_quietly, creatable_driver_class, destination_path,
-                     discard, open_backing, publish, split_backing_options, sync_file,
-                     temporary_path)
+from .create import (build_image, build_on_device, close_quietly, creatable_driver_class,
+                     destination_path, device_driver_class, device_path, discard, open_backing,
+                     publish, split_backing_options, sync_file, temporary_path)
 from .image import chain_block_status, open_driver, os_error, reads_zero, translate_os_errors
 from .sizes import normalize_options, round_up, SECTOR_SIZE
 
@@ -115,7 +117,7 @@ def _cluster_size(driver):
 class _Converter:
     """State of one conversion: the opened source chain and the new target."""
 
-    def __init__(self, source, target, base, target_backing_size, has_zero_init, progress):
+    def __init__(self, source, target, base, target_backing_size, has_zero_init, progress, digest=None):
         self.source = source
         self.target = target
         self.base = base
@@ -125,7 +127,11 @@ class _Converter:
         self.progress = progress
         self.bytes_read = 0
         self.bytes_written = 0
+        self.bytes_zeroed = 0
         self.compressed_clusters = 0
+        # Hash of the guest-visible content, fed in guest order (``digested`` bytes so far).
+        self.digest = digest
+        self.digested = 0
         cluster_size = _cluster_size(target)
         self.cluster_size = cluster_size
         self.granule = max(MIN_SPARSE, cluster_size)
@@ -150,6 +156,24 @@ class _Converter:
         end = min(offset + length, self.target_backing_size)
         if offset < end:
             self.target.write_zeroes(offset, end - offset, may_unmap=True)
+            self.bytes_zeroed += end - offset
+
+    def hash_content(self, offset, data=None, length=0):
+        """Feed the digest ``data`` (or ``length`` zero bytes) found at guest ``offset``."""
+        if self.digest is None:
+            return
+        if offset != self.digested:
+            raise ImageError("internal error: content digest fed out of order (offset %d, expected %d)"
+                             % (offset, self.digested), self.source.path)
+        if data is not None:
+            self.digest.update(data)
+            self.digested += len(data)
+            return
+        end = offset + length
+        while self.digested < end:
+            count = min(MAX_IO, end - self.digested)
+            self.digest.update(memoryview(_ZEROES)[:count])
+            self.digested += count
 
     def data(self, offset, data):
         self.target.write(offset, data)
@@ -161,6 +185,7 @@ class _Converter:
             raise ImageError("short read at offset %d: expected %d bytes, got %d"
                              % (offset, length, len(data)), self.source.path)
         self.bytes_read += length
+        self.hash_content(offset, data)
         return data
 
     # ------------------------------------------------------------ plain copy
@@ -170,6 +195,7 @@ class _Converter:
             if run.kind == DATA:
                 self.copy_data(start, end)
             elif reads_zero(run.kind, self.base):
+                self.hash_content(start, length=end - start)
                 self.zeroes(start, end - start)
             # UNALLOCATED above the base: left unallocated, the backing shows through.
             self.report(end)
@@ -206,6 +232,8 @@ class _Converter:
                     runs = chain_block_status(self.source, window, length, self.base)
                     for start, end, kind in cluster_runs(runs, cluster, window + length):
                         if kind != DATA:
+                            if reads_zero(kind, self.base):
+                                self.hash_content(start, length=end - start)
                             if reads_zero(kind, self.base) and not self.has_zero_init:
                                 self._drain(in_flight, 0)
                                 self.zeroes(start, end - start)
@@ -253,6 +281,20 @@ class _Converter:
                 self.compressed_clusters += 1
 
 
+def _result(converter, size, started):
+    result = {
+        "bytes_read": converter.bytes_read,
+        "bytes_written": converter.bytes_written,
+        "bytes_zeroed": converter.bytes_zeroed,
+        "compressed_clusters": converter.compressed_clusters,
+        "virtual_size": size,
+        "duration": time.monotonic() - started,
+    }
+    if converter.digest is not None:
+        result["digest"] = converter.digest.hexdigest()
+    return result
+
+
 def _worker_count():
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -260,7 +302,7 @@ def _worker_count():
 @translate_os_errors("cannot convert image")
 def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progress=None,
             allow_dirs=None, target_is_zero=False, force_share=False, target_exists=False,
-            snapshot=None, src_member=None, key_secret=None):
+            snapshot=None, src_member=None, key_secret=None, on_device=False, zero_tail=False, digest=None):
     """Convert the image ``src`` (with its backing chain) into a new image
     ``dst`` of format ``out_fmt`` (never overwriting ``dst``).
 
@@ -282,17 +324,46 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
     ``key_secret`` is the passphrase of an encrypted (LUKS) source; a LUKS
     output takes its passphrase from the ``key-secret`` option.
 
-    Returns {"bytes_read", "bytes_written", "compressed_clusters",
-    "virtual_size", "duration"} (bytes of guest data; duration in seconds).
+    ``on_device``: ``dst`` is an existing block device (an LVM logical
+    volume) and the output (raw or qcow2) is written onto it in place
+    (create(on_device=True)); raw output makes every range that reads zero
+    in the source read zero on the device (BLKZEROOUT, else zeroes written)
+    unless ``target_is_zero`` says the device reads zero already, and with
+    ``zero_tail`` also the device past the image's end.
+    ``digest`` (a hashlib name such as "sha256"): the result's "digest" is
+    the hex digest of the source's guest-visible content (what
+    ``qemu-img convert -O raw SRC - | sha256sum`` prints); not with a backing
+    file in the output.
+
+    Returns {"bytes_read", "bytes_written", "bytes_zeroed",
+    "compressed_clusters", "virtual_size", "duration"} (bytes of guest data;
+    duration in seconds), plus "digest" when asked and, with ``on_device``,
+    "zeroout" (True when the device zeroed ranges itself with BLKZEROOUT,
+    False when zeroes were written, None when nothing was zeroed).
     """
     started = time.monotonic()
     if progress is not None and not callable(progress):
         raise InvalidOptionError("progress must be callable, found %r" % (progress,), dst)
+    hasher = None
+    if digest is not None:
+        try:
+            hasher = hashlib.new(digest)
+        except (ValueError, TypeError):
+            raise InvalidOptionError("unknown digest algorithm %r" % (digest,), dst)
+    if zero_tail and not on_device:
+        raise InvalidOptionError("zero_tail needs on_device (only a block device has a tail past the image)", dst)
+    if on_device and target_exists:
+        raise InvalidOptionError("on_device and target_exists cannot be used together", dst)
     if target_exists:
         return _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
-                                      target_is_zero, force_share, snapshot, started, src_member, key_secret)
-    destination = destination_path(dst)
-    cls = creatable_driver_class(out_fmt, destination)
+                                      target_is_zero, force_share, snapshot, started, src_member, key_secret,
+                                      hasher)
+    if on_device:
+        destination = device_path(dst)
+        cls = device_driver_class(out_fmt, destination)
+    else:
+        destination = destination_path(dst)
+        cls = creatable_driver_class(out_fmt, destination)
     options = normalize_options(options)
     if "size" in options:
         raise InvalidOptionError("option size cannot be used with convert (the output has the "
@@ -304,6 +375,9 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
     if target_is_zero and backing_file is not None:
         raise InvalidOptionError("target_is_zero cannot be used with a backing file (zeroes must "
                                  "hide the backing file)", destination)
+    if hasher is not None and backing_file is not None:
+        raise InvalidOptionError("digest cannot be used with a backing file (only the top layer is read)",
+                                 destination)
 
     source = target_backing = target = temporary = None
     try:
@@ -313,35 +387,49 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
             options["backing_file"] = backing_file
             options["backing_fmt"] = backing_fmt
         size = round_up(source.virtual_size, SECTOR_SIZE)
-        temporary = temporary_path(destination)
-        build_image(cls, temporary, size, options, target_backing, destination)
-        target = open_driver(temporary, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs,
-                             key_secret=options.get("key-secret"))
+        if on_device:
+            if os.path.realpath(source.path) == os.path.realpath(destination):
+                raise InvalidOptionError("the source and the target are the same device", destination)
+            build_on_device(cls, out_fmt, destination, size, options, target_backing)
+            target = open_driver(destination, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs)
+        else:
+            temporary = temporary_path(destination)
+            build_image(cls, temporary, size, options, target_backing, destination)
+            target = open_driver(temporary, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs,
+                                 key_secret=options.get("key-secret"))
         if target_backing is not None:
             # Zeroes must be written so that the backing file does not show through.
             base, target_backing_size, has_zero_init = source.backing, target_backing.virtual_size, False
         else:
             # A new LUKS image does not read as zeroes (has_zero_init False).
             base, target_backing_size, has_zero_init = None, size, getattr(target, "has_zero_init", True)
-        converter = _Converter(source, target, base, target_backing_size, has_zero_init, progress)
+        if on_device and out_fmt == "raw":
+            # The device keeps its old content: zeroes are written unless it is known to read zero.
+            has_zero_init = bool(target_is_zero)
+        converter = _Converter(source, target, base, target_backing_size, has_zero_init, progress, hasher)
         # Formats that store every cluster compressed (streamOptimized VMDK) get the thread pool too.
         if compress or getattr(target, "compresses_every_cluster", False):
             converter.copy_compressed(_worker_count())
         else:
             converter.copy()
+        if on_device and zero_tail and out_fmt == "raw" and not target_is_zero and target.virtual_size > source.virtual_size:
+            # Past the image's end the device keeps old data a guest would see.
+            target.write_zeroes(source.virtual_size, target.virtual_size - source.virtual_size, may_unmap=True)
+            converter.bytes_zeroed += target.virtual_size - source.virtual_size
         target.flush()
+        zeroout = getattr(getattr(target, "image_file", None), "zeroout", None)
         target, closing = None, target
         closing.close()
-        sync_file(temporary, cls)
-        publish(temporary, destination)
-        temporary = None
-        return {
-            "bytes_read": converter.bytes_read,
-            "bytes_written": converter.bytes_written,
-            "compressed_clusters": converter.compressed_clusters,
-            "virtual_size": size,
-            "duration": time.monotonic() - started,
-        }
+        if on_device:
+            sync_file(destination)
+        else:
+            sync_file(temporary, cls)
+            publish(temporary, destination)
+            temporary = None
+        result = _result(converter, size, started)
+        if on_device:
+            result["zeroout"] = zeroout
+        return result
     except ImageError:
         raise
     except OSError as exc:
@@ -368,7 +456,8 @@ def _open_source(src, src_fmt, allow_dirs, force_share, snapshot, member=None, k
 
 
 def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
-                           target_is_zero, force_share, snapshot, started, src_member=None, key_secret=None):
+                           target_is_zero, force_share, snapshot, started, src_member=None, key_secret=None,
+                           hasher=None):
     """convert(target_exists=True): qemu-img convert -n."""
     target_path = os.path.abspath(os.fspath(dst))
     if not out_fmt or not isinstance(out_fmt, str):
@@ -391,19 +480,13 @@ def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progre
                                      % (target.virtual_size, size), target_path)
         # Zeroes are written everywhere the source reads zero (they must hide old
         # target content and the target's own backing file) unless target_is_zero.
-        converter = _Converter(source, target, None, size, bool(target_is_zero), progress)
+        converter = _Converter(source, target, None, size, bool(target_is_zero), progress, hasher)
         if compress:
             converter.copy_compressed(_worker_count())
         else:
             converter.copy()
         target.flush()
-        return {
-            "bytes_read": converter.bytes_read,
-            "bytes_written": converter.bytes_written,
-            "compressed_clusters": converter.compressed_clusters,
-            "virtual_size": size,
-            "duration": time.monotonic() - started,
-        }
+        return _result(converter, size, started)
     except ImageError:
         raise
     except OSError as exc:

@@ -3,7 +3,12 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """create(): ``qemu-img create``, with new images built under a temporary
 name in the destination directory and renamed into place only when complete
-and flushed (DESIGN.md security rule 7)."""
+and flushed (DESIGN.md security rule 7).
+
+With ``on_device`` the image is written in place onto an existing block
+device (an LVM logical volume, a disk partition), as ``qemu-img create``
+onto a host device does: only block devices, never an existing file, and
+only formats whose layout suits a fixed-size device (raw, qcow2)."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -11,12 +16,17 @@ __metaclass__ = type
 import binascii
 import errno
 import os
+import stat
 
-from ..errors import ImageError, InvalidOptionError, UnsupportedOperation
+from .._io import ImageFile
+from ..errors import ImageError, ImageInUseError, InvalidOptionError, UnsupportedOperation
 from ..formats import driver_class
 from .. import policy
 from .image import open_driver, os_error, translate_os_errors
 from .sizes import normalize_options, parse_size, round_up, SECTOR_SIZE
+
+# Formats an image can be created in place on a block device in.
+DEVICE_FORMATS = ("raw", "qcow2")
 
 # errno values of link(2) on file systems without hard links.
 _NO_HARD_LINKS = frozenset((errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP,
@@ -35,6 +45,66 @@ def destination_path(path):
         raise InvalidOptionError("the destination already exists; it is never overwritten "
                                  "(delete it first)", destination)
     return destination
+
+
+def device_path(path):
+    """Absolute path of an existing block device an image is written onto in
+    place (``on_device``); anything else is refused, regular files included."""
+    destination = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(destination)
+    except OSError as exc:
+        raise os_error(exc, destination, "on_device: cannot find the block device")
+    if not stat.S_ISBLK(st.st_mode):
+        raise InvalidOptionError("on_device: the destination is not a block device (mode 0o%o); an existing "
+                                 "file is never overwritten" % stat.S_IFMT(st.st_mode), destination)
+    # An exclusive open fails while the kernel holds the device (mounted, swap, device-mapper, md).
+    try:
+        fd = os.open(destination, os.O_RDONLY | os.O_EXCL | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise ImageInUseError("on_device: the block device is in use by the system (mounted, swap, or held "
+                                  "by device-mapper or md)", destination)
+        raise os_error(exc, destination, "on_device: cannot open the block device")
+    os.close(fd)
+    return destination
+
+
+def device_driver_class(fmt, path):
+    """The driver class of ``fmt`` for an image created in place on a block device."""
+    cls = creatable_driver_class(fmt, path)
+    if fmt not in DEVICE_FORMATS:
+        raise UnsupportedOperation("creating %s images on a block device is not supported (formats: %s)"
+                                   % (fmt, ", ".join(DEVICE_FORMATS)), path)
+    return cls
+
+
+def build_on_device(cls, fmt, device, size, options, backing):
+    """Write a new image of format ``fmt`` onto block ``device`` in place.
+
+    raw has no metadata: like qemu-img, the device only has to be large
+    enough, its content is the image's (convert zeroes what must read zero).
+    The device is opened writable with QEMU's locks either way, so a device
+    in use by a running guest is refused."""
+    if fmt == "raw":
+        options = dict(options)
+        preallocation = options.pop("preallocation", "off")
+        if preallocation not in (None, False, "off"):
+            raise InvalidOptionError("preallocation %r cannot be used for a raw image on a block device "
+                                     "(the device is allocated already)" % (preallocation,), device)
+        if options:
+            raise InvalidOptionError("invalid option(s) for raw images: %s (supported: preallocation)"
+                                     % ", ".join(sorted(options)), device)
+        with ImageFile(device, writable=True) as device_file:
+            device_size = device_file.size()
+        if size > device_size:
+            raise InvalidOptionError("the block device (%d bytes) is smaller than the image (%d bytes)"
+                                     % (device_size, size), device)
+        return
+    created = cls.create(device, size, options=options, backing=backing)
+    if created is not None and hasattr(created, "close"):
+        created.close()
+    sync_file(device)
 
 
 def temporary_path(destination):
@@ -182,16 +252,26 @@ def creatable_driver_class(fmt, path):
 # ---------------------------------------------------------------------- create
 @translate_os_errors("cannot create image")
 def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=None,
-           allow_dirs=None):
+           allow_dirs=None, on_device=False):
     """Create a new image of format ``fmt`` at ``path`` (never overwriting).
 
     ``size`` in bytes or as a qemu-img size string; without it the backing
     file's virtual size.  Like qemu-img the size is rounded up to 512 bytes.
     ``backing_file`` is recorded as given and resolved relative to the new
     image through the path policy; ``backing_fmt`` is required with it.
+    ``on_device``: ``path`` is an existing block device (an LVM logical
+    volume, a partition) and the image is written onto it in place, as
+    qemu-img create onto a host device (raw or qcow2; the device is locked
+    like an image, and refused when in use; a regular file is still never
+    overwritten).  A raw image on a device writes nothing: its size
+    (default: the device's) must fit the device.
     """
-    destination = destination_path(path)
-    cls = creatable_driver_class(fmt, destination)
+    if on_device:
+        destination = device_path(path)
+        cls = device_driver_class(fmt, destination)
+    else:
+        destination = destination_path(path)
+        cls = creatable_driver_class(fmt, destination)
     options = normalize_options(options)
     if "size" in options:
         if size is not None and parse_size(size) != options["size"]:
@@ -206,6 +286,9 @@ def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=No
             backing = open_backing(destination, backing_file, backing_fmt, allow_dirs)
             options["backing_file"] = backing_file
             options["backing_fmt"] = backing_fmt
+        if size is None and on_device and fmt == "raw":
+            with ImageFile(destination) as device_file:
+                size = device_file.size()
         if size is None:
             if backing is None:
                 raise InvalidOptionError("size is required to create an image without a backing file",
@@ -214,6 +297,9 @@ def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=No
         else:
             size = parse_size(size)
         size = round_up(size, SECTOR_SIZE)
+        if on_device:
+            build_on_device(cls, fmt, destination, size, options, backing)
+            return
         temporary = temporary_path(destination)
         build_image(cls, temporary, size, options, backing, destination)
         sync_file(temporary, cls)
