@@ -13,10 +13,10 @@ unchanged source without reading it (ctime cannot be set back by users); a
 changed fingerprint makes the module hash the source's content, and only a
 different content counts as a changed source.
 
-The write is sparse-aware: the source is walked by block status, data is
-read and written in runs of up to MAX_IO bytes, zero runs (holes, and zero
-blocks found in data) are made to read zero with BLKZEROOUT (zeroes written
-where the device refuses it) unless the volume is known to read zero already
+The write is the image library's convert onto the device in place
+(on_device): sparse-aware, the source is walked by block status, zero runs
+(holes, and zero blocks found in data) are made to read zero with BLKZEROOUT
+(zeroes written where the device refuses it) unless the volume is known to read zero already
 (a new thin volume in a pool that zeroes new blocks; the unallocated clusters
 of a new qcow2 image).  Ranges past the image's end on a raw volume are zeroed
 too: nothing of a volume's old content shows through.
@@ -25,11 +25,8 @@ too: nothing of a volume's old content shows through.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import errno
-import fcntl
 import hashlib
 import os
-import struct
 import time
 
 from ansible_collections.kvm.storage.plugins.module_utils._lvm import (
@@ -40,14 +37,13 @@ from ansible_collections.kvm.storage.plugins.module_utils._lvm import (
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     ImageError,
+    convert as image_convert,
     info as image_info,
     measure as image_measure,
     open_image,
     parse_size,
 )
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import driver_class
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import DATA
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
 
 # Tags this module sets on a volume (lvm2 tag characters only).
 TAG_PREFIX = "kvmstorage."
@@ -62,12 +58,6 @@ FORMATS = ("raw", "qcow2")
 MAX_IO = 4 * 1024 * 1024
 # Guest bytes whose block status is asked for at once.
 STATUS_WINDOW = 64 * MAX_IO
-# Zero detection granule inside data, and the alignment of BLKZEROOUT requests.
-ZERO_GRANULE = 64 * 1024
-ZEROOUT_ALIGN = 4096
-# <linux/fs.h>: #define BLKZEROOUT _IO(0x12,127); argument: uint64_t range[2] = {start, length}
-BLKZEROOUT = 0x127F
-ZEROOUT_RANGE = struct.Struct("=QQ")
 _ZEROES = bytes(MAX_IO)
 
 
@@ -254,162 +244,55 @@ def held_content(held):
 
 
 # -------------------------------------------------------------------- write
-class Zeroer:
-    """Makes ranges of a block device read zero: adjacent ranges are joined,
-    the aligned middle goes to BLKZEROOUT (zeroes written when refused), the
-    unaligned edges are written."""
-
-    def __init__(self, image_file):
-        self.image_file = image_file
-        self.pending = None
-        self.zeroout = image_file.is_block_device
-        self.bytes_zeroed = 0
-
-    def add(self, start, length):
-        if length <= 0:
-            return
-        if self.pending is not None and self.pending[1] == start:
-            self.pending = (self.pending[0], start + length)
-            return
-        self.flush()
-        self.pending = (start, start + length)
-
-    def flush(self):
-        if self.pending is None:
-            return
-        start, end = self.pending
-        self.pending = None
-        self.bytes_zeroed += end - start
-        inner_start = min(round_up(start, ZEROOUT_ALIGN), end)
-        inner_end = max(end // ZEROOUT_ALIGN * ZEROOUT_ALIGN, inner_start)
-        if inner_start > start:
-            self.image_file.write_zeroes(start, inner_start - start)
-        if inner_end > inner_start:
-            self._zero_out(inner_start, inner_end - inner_start)
-        if end > inner_end:
-            self.image_file.write_zeroes(inner_end, end - inner_end)
-
-    def _zero_out(self, start, length):
-        if self.zeroout:
-            try:
-                fcntl.ioctl(self.image_file.fd, BLKZEROOUT, ZEROOUT_RANGE.pack(start, length))
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS):
-                    raise ImageError("BLKZEROOUT of %d bytes at offset %d failed: %s"
-                                     % (length, start, exc.strerror), self.image_file.path)
-                self.zeroout = False
-        self.image_file.write_zeroes(start, length)
-
-
-def _zero_granules(data, offset):
-    """(start, end, is_zero) runs of ``data`` read at guest ``offset``, in ZERO_GRANULE aligned blocks."""
-    if _ZEROES.startswith(data):
-        return [(0, len(data), True)]
-    runs = []
-    position = 0
-    while position < len(data):
-        end = min(len(data), (offset + position) // ZERO_GRANULE * ZERO_GRANULE + ZERO_GRANULE - offset)
-        zero = _ZEROES.startswith(data[position:end])
-        if runs and runs[-1][2] == zero:
-            runs[-1] = (runs[-1][0], end, zero)
-        else:
-            runs.append((position, end, zero))
-        position = end
-    return runs
-
-
-def walk_source(image, on_data, on_zero):
-    """Walk ``image`` by block status: on_data(offset, bytes) for non-zero data,
-    on_zero(offset, length) for ranges reading zero; returns the SHA-256 of
-    the guest-visible content."""
+def walk_source(image):
+    """SHA-256 of the guest-visible content of ``image`` (opened), read by
+    block status: data in runs of up to MAX_IO bytes, holes hashed as zeroes
+    without reading them."""
     digest = hashlib.sha256()
     size = image.virtual_size
     for window in range(0, size, STATUS_WINDOW):
         for run in image.block_status(window, min(STATUS_WINDOW, size - window)):
             start, end = run.start, run.start + run.length
-            if run.kind == DATA:
-                position = start
-                while position < end:
-                    chunk_end = min(end, position // MAX_IO * MAX_IO + MAX_IO)
+            position = start
+            while position < end:
+                chunk_end = min(end, position // MAX_IO * MAX_IO + MAX_IO)
+                if run.kind == DATA:
                     data = image.read(position, chunk_end - position)
                     if len(data) != chunk_end - position:
                         raise ImageError("short read at offset %d: expected %d bytes, got %d"
                                          % (position, chunk_end - position, len(data)), image.path)
                     digest.update(data)
-                    view = memoryview(data)
-                    for first, last, zero in _zero_granules(data, position):
-                        if zero:
-                            on_zero(position + first, last - first)
-                        else:
-                            on_data(position + first, view[first:last])
-                    position = chunk_end
-            else:
-                position = start
-                while position < end:
-                    count = min(MAX_IO, end - position)
-                    digest.update(memoryview(_ZEROES)[:count])
-                    position += count
-                on_zero(start, end - start)
+                else:
+                    digest.update(memoryview(_ZEROES)[:chunk_end - position])
+                position = chunk_end
     return digest.hexdigest()
 
 
 def content_sha256(src, src_format, allow_dirs):
     """SHA-256 of the guest-visible content of image ``src`` (reads it whole, skipping holes)."""
     with open_image(src, fmt=src_format, allow_dirs=allow_dirs, force_share=False) as image:
-        return walk_source(image, lambda offset, data: None, lambda offset, length: None)
+        return walk_source(image)
 
 
-def write_raw(image, device, volume_size, known_zero):
-    """Write ``image`` (opened source) raw onto block device ``device``; returns (sha256, stats)."""
-    with ImageFile(device, writable=True) as target:
-        size = target.size()
-        if size < image.virtual_size:
-            raise ImageError("the device (%d bytes) is smaller than the image (%d bytes)" % (size, image.virtual_size),
-                             device)
-        zeroer = Zeroer(target)
-        stats = {"bytes_written": 0}
+def write_image(image, device, fmt, volume_size, known_zero):
+    """Write ``image`` (opened source) as a ``fmt`` image onto block device
+    ``device`` in place; returns (sha256 of the guest-visible content, stats).
 
-        def on_data(offset, data):
-            target.pwrite(offset, data)
-            stats["bytes_written"] += len(data)
-
-        def on_zero(offset, length):
-            if not known_zero:
-                zeroer.add(offset, length)
-
-        sha256 = walk_source(image, on_data, on_zero)
-        if not known_zero and size > image.virtual_size:
-            # Past the image's end the guest sees the rest of the volume: no old data there.
-            zeroer.add(image.virtual_size, size - image.virtual_size)
-        zeroer.flush()
-        target.flush()
-        stats["bytes_zeroed"] = zeroer.bytes_zeroed
-        stats["zeroout"] = zeroer.zeroout
-        stats["volume_size"] = volume_size
-        return sha256, stats
-
-
-def write_qcow2(image, device, volume_size):
-    """Create a qcow2 image on block device ``device`` and write ``image`` into it
-    (data clusters only: a new qcow2 image reads zero everywhere else)."""
-    driver_class("qcow2", device).create(device, round_up(image.virtual_size, 512), options={})
-    stats = {"bytes_written": 0, "bytes_zeroed": 0, "volume_size": volume_size}
-    with open_image(device, fmt="qcow2", readonly=False) as target:
-        def on_data(offset, data):
-            target.write(offset, data)
-            stats["bytes_written"] += len(data)
-
-        sha256 = walk_source(image, on_data, lambda offset, length: None)
-        target.flush()
-    return sha256, stats
+    raw: zero ranges and the volume past the image's end are made to read
+    zero (BLKZEROOUT, zeroes written where refused) unless ``known_zero``;
+    qcow2: a new image reads zero where nothing is written."""
+    result = image_convert(image.path, device, fmt, src_fmt=image.format, on_device=True,
+                           target_is_zero=known_zero, zero_tail=fmt == "raw", digest="sha256")
+    stats = {"bytes_written": result["bytes_written"], "bytes_zeroed": result["bytes_zeroed"],
+             "volume_size": volume_size}
+    if fmt == "raw":
+        stats["zeroout"] = result["zeroout"]
+    return result["digest"], stats
 
 
 def zero_range(device, start, end):
-    with ImageFile(device, writable=True) as target:
-        zeroer = Zeroer(target)
-        zeroer.add(start, end - start)
-        zeroer.flush()
+    with open_image(device, fmt="raw", readonly=False) as target:
+        target.write_zeroes(start, end - start)
         target.flush()
 
 
@@ -543,7 +426,7 @@ class VolumeImage:
 
             def source_sha256():
                 if "sha256" not in hashed:
-                    hashed["sha256"] = walk_source(image, lambda offset, data: None, lambda offset, length: None)
+                    hashed["sha256"] = walk_source(image)
                 return hashed["sha256"]
 
             if lv is not None and lv["path"] and any(path == os.path.realpath(lv["path"]) for path, st in layers):
@@ -615,13 +498,10 @@ class VolumeImage:
             elif step == "write":
                 device = ensure_device(self.lvm, lv)
                 # Refused here (a running guest holds the device) before the tags say "writing".
-                ImageFile(device, writable=True).close()
+                open_image(device, fmt="raw", readonly=False).close()
                 self.lvm.change_tags(vg_name, lv_name, add=[] if TAG_WRITING in lv["tags"] else [TAG_WRITING],
                                      delete=[tag for tag in own_tags(lv["tags"]) if tag != TAG_WRITING])
-                if fmt == "raw":
-                    sha256, stats = write_raw(image, device, lv["size"], known_zero)
-                else:
-                    sha256, stats = write_qcow2(image, device, lv["size"])
+                sha256, stats = write_image(image, device, fmt, lv["size"], known_zero)
                 self.result["write"] = stats
                 final_tags = encode_tags(fmt, source["virtual_size"], sha256, source["fingerprint"])
                 self.lvm.change_tags(vg_name, lv_name, add=final_tags, delete=[TAG_WRITING])

@@ -234,32 +234,6 @@ def test_plan_refuses_a_volume_outside_the_requested_pool():
         lvi.plan_present(volume([]), SOURCE, request(thinpool="pool0"), no_hash)
 
 
-# ------------------------------------------------------------------ zeroing
-def test_zeroer_joins_ranges_and_writes_unaligned_edges(tmp_path):
-    path = tmp_path / "f"
-    path.write_bytes(b"\xaa" * (3 * 4096))
-    from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
-    with ImageFile(str(path), writable=True) as target:
-        zeroer = lvi.Zeroer(target)
-        zeroer.add(100, 1000)
-        zeroer.add(1100, 5000)
-        zeroer.add(9000, 10)
-        zeroer.flush()
-        assert zeroer.bytes_zeroed == 6010
-    data = path.read_bytes()
-    expected = bytearray(b"\xaa" * (3 * 4096))
-    expected[100:6100] = bytes(6000)
-    expected[9000:9010] = bytes(10)
-    assert data == bytes(expected)
-
-
-def test_zero_granules_split_data_at_aligned_blocks():
-    granule = lvi.ZERO_GRANULE
-    data = bytes(granule) + b"x" + bytes(granule - 1) + bytes(granule)
-    assert lvi._zero_granules(data, 0) == [(0, granule, True), (granule, 2 * granule, False),
-                                           (2 * granule, 3 * granule, True)]
-
-
 # ------------------------------------------------------- real lvm2 testbed
 def qemu_img(*args):
     proc = subprocess.run([QEMU_IMG] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
