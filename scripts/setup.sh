@@ -28,6 +28,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q "${missing[@]}" </dev/null
+elif ! apt-cache show --no-all-versions linux-image-amd64 >/dev/null 2>&1; then
+    # the guest tests download Debian's kernel package (never installed): they need the package lists
+    log "updating the apt package lists"
+    apt-get update -q
 fi
 
 # 2. libvirtd (no systemd on build machines: start the daemon directly)
