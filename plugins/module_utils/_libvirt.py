@@ -21,6 +21,8 @@ __metaclass__ = type
 import traceback
 from xml.etree import ElementTree
 
+from ansible.module_utils.basic import missing_required_lib
+
 try:
     import libvirt
 except ImportError:
@@ -112,6 +114,23 @@ class LibvirtConnection(object):
     def __exit__(self, exc_type, exc_value, tb):
         self.close()
         return False
+
+
+def run_libvirt_module(module, runner, readonly=False):
+    """The body every libvirt module's main() shares: check libvirt-python, connect to ``uri``,
+    ``runner(conn)`` -> result, failures as fail_json, ``notes`` as warnings, the diff only in diff mode."""
+    if not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib('libvirt-python'), exception=LIBVIRT_IMPORT_ERROR)
+    try:
+        with LibvirtConnection(module.params['uri'], readonly=readonly) as conn:
+            result = runner(conn)
+    except LibvirtModuleError as exc:
+        module.fail_json(msg=str(exc))
+    for warning in result.get('notes') or ():
+        module.warn(warning)
+    if not module._diff:
+        result.pop('diff', None)
+    module.exit_json(**result)
 
 
 # --------------------------------------------------------------------------- XML

@@ -442,14 +442,9 @@ notes:
   sample: []
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
-    HAS_LIBVIRT,
-    LIBVIRT_IMPORT_ERROR,
-    LibvirtConnection,
-    LibvirtModuleError,
-)
+from ansible_collections.kvm.storage.plugins.module_utils._libvirt import run_libvirt_module
 from ansible_collections.kvm.storage.plugins.module_utils._domain_disk import (
     domain_disk_argument_spec,
     run_domain_disk,
@@ -461,18 +456,7 @@ def main():
         argument_spec=domain_disk_argument_spec(),
         supports_check_mode=True,
     )
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib('libvirt-python'), exception=LIBVIRT_IMPORT_ERROR)
-    try:
-        with LibvirtConnection(module.params['uri']) as conn:
-            result = run_domain_disk(conn, module.params, module.check_mode)
-    except LibvirtModuleError as exc:
-        module.fail_json(msg=str(exc))
-    for warning in result['notes']:
-        module.warn(warning)
-    if not module._diff:
-        result.pop('diff')
-    module.exit_json(**result)
+    run_libvirt_module(module, lambda conn: run_domain_disk(conn, module.params, module.check_mode))
 
 
 if __name__ == '__main__':

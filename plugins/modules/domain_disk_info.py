@@ -184,14 +184,9 @@ live_disks:
   sample: []
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
-    HAS_LIBVIRT,
-    LIBVIRT_IMPORT_ERROR,
-    LibvirtConnection,
-    LibvirtModuleError,
-)
+from ansible_collections.kvm.storage.plugins.module_utils._libvirt import run_libvirt_module
 from ansible_collections.kvm.storage.plugins.module_utils._domain_disk import (
     domain_disk_info_argument_spec,
     run_domain_disk_info,
@@ -203,14 +198,7 @@ def main():
         argument_spec=domain_disk_info_argument_spec(),
         supports_check_mode=True,
     )
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib('libvirt-python'), exception=LIBVIRT_IMPORT_ERROR)
-    try:
-        with LibvirtConnection(module.params['uri'], readonly=True) as conn:
-            result = run_domain_disk_info(conn, module.params)
-    except LibvirtModuleError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+    run_libvirt_module(module, lambda conn: run_domain_disk_info(conn, module.params), readonly=True)
 
 
 if __name__ == '__main__':

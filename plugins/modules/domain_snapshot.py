@@ -402,14 +402,9 @@ actions:
     - "create internal snapshot 'before-upgrade' of running domain 'web1' (with memory)"
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
-    HAS_LIBVIRT,
-    LIBVIRT_IMPORT_ERROR,
-    LibvirtConnection,
-    LibvirtModuleError,
-)
+from ansible_collections.kvm.storage.plugins.module_utils._libvirt import run_libvirt_module
 from ansible_collections.kvm.storage.plugins.module_utils._domain_snapshot import (
     DOMAIN_SNAPSHOT_MUTUALLY_EXCLUSIVE,
     domain_snapshot_argument_spec,
@@ -423,16 +418,7 @@ def main():
         mutually_exclusive=DOMAIN_SNAPSHOT_MUTUALLY_EXCLUSIVE,
         supports_check_mode=True,
     )
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib('libvirt-python'), exception=LIBVIRT_IMPORT_ERROR)
-    try:
-        with LibvirtConnection(module.params['uri']) as conn:
-            result = run_domain_snapshot(conn, module.params, module.check_mode)
-    except LibvirtModuleError as exc:
-        module.fail_json(msg=str(exc))
-    if not module._diff:
-        result.pop('diff')
-    module.exit_json(**result)
+    run_libvirt_module(module, lambda conn: run_domain_snapshot(conn, module.params, module.check_mode))
 
 
 if __name__ == '__main__':

@@ -127,14 +127,9 @@ pools:
       sample: "<pool type='dir'>...</pool>"
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
-    HAS_LIBVIRT,
-    LIBVIRT_IMPORT_ERROR,
-    LibvirtConnection,
-    LibvirtModuleError,
-)
+from ansible_collections.kvm.storage.plugins.module_utils._libvirt import run_libvirt_module
 from ansible_collections.kvm.storage.plugins.module_utils._storage_pool import (
     run_storage_pool_info,
     storage_pool_info_argument_spec,
@@ -146,14 +141,7 @@ def main():
         argument_spec=storage_pool_info_argument_spec(),
         supports_check_mode=True,
     )
-    if not HAS_LIBVIRT:
-        module.fail_json(msg=missing_required_lib('libvirt-python'), exception=LIBVIRT_IMPORT_ERROR)
-    try:
-        with LibvirtConnection(module.params['uri'], readonly=True) as conn:
-            result = run_storage_pool_info(conn, module.params)
-    except LibvirtModuleError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+    run_libvirt_module(module, lambda conn: run_storage_pool_info(conn, module.params), readonly=True)
 
 
 if __name__ == '__main__':

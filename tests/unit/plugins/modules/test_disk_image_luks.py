@@ -36,8 +36,10 @@ FAST = {'iter-time': 10}
 
 
 def run(*args):
-    return subprocess.run(args, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True).stdout
+    proc = subprocess.run(args, check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    if proc.returncode != 0:
+        raise AssertionError('%s failed (%d): %s%s' % (' '.join(args), proc.returncode, proc.stdout, proc.stderr))
+    return proc.stdout
 
 
 def luks_opts(path, passphrase=PASSPHRASE):

@@ -497,7 +497,7 @@ def test_an_unknown_domain_is_a_clear_error(capsys):
 
 
 def test_without_libvirt_python_the_module_says_what_to_install(capsys, monkeypatch):
-    monkeypatch.setattr(domain_disk, 'HAS_LIBVIRT', False)
-    monkeypatch.setattr(domain_disk, 'LIBVIRT_IMPORT_ERROR', 'ImportError: No module named libvirt')
+    monkeypatch.setattr(_libvirt, 'HAS_LIBVIRT', False)
+    monkeypatch.setattr(_libvirt, 'LIBVIRT_IMPORT_ERROR', 'ImportError: No module named libvirt')
     result = run_module(domain_disk, capsys, domain='kvmstorage_it_ddisk_never', target='vdb', state='absent')
     assert result['failed'] and 'libvirt-python' in result['msg']

@@ -16,7 +16,7 @@ import pytest
 
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.kvm.storage.plugins.module_utils import _domain_snapshot as backend
+from ansible_collections.kvm.storage.plugins.module_utils import _domain_snapshot as backend, _libvirt
 from ansible_collections.kvm.storage.plugins.module_utils._libvirt import LibvirtModuleError, libvirt
 from ansible_collections.kvm.storage.plugins.module_utils._domain_snapshot import (
     DomainDisk,
@@ -590,7 +590,7 @@ def test_module_errors_are_messages_not_tracebacks(shut_off_domain, capsys):
 
 
 def test_without_libvirt_python_the_module_says_what_to_install(capsys, monkeypatch):
-    monkeypatch.setattr(domain_snapshot, 'HAS_LIBVIRT', False)
+    monkeypatch.setattr(_libvirt, 'HAS_LIBVIRT', False)
     result = run_module(domain_snapshot, capsys, domain='x', name='y')
     assert result['failed'] and 'libvirt-python' in result['msg']
 

@@ -335,7 +335,7 @@ def test_a_start_failure_names_the_pool_and_says_why(tmp_path, capsys, pool_name
 
 
 def test_without_libvirt_python_the_module_says_what_to_install(capsys, monkeypatch):
-    monkeypatch.setattr(storage_pool, 'HAS_LIBVIRT', False)
-    monkeypatch.setattr(storage_pool, 'LIBVIRT_IMPORT_ERROR', 'ImportError: No module named libvirt')
+    monkeypatch.setattr(_libvirt, 'HAS_LIBVIRT', False)
+    monkeypatch.setattr(_libvirt, 'LIBVIRT_IMPORT_ERROR', 'ImportError: No module named libvirt')
     result = run_module(capsys, name='kvmstorage_test_unit_never', state='absent')
     assert result['failed'] and 'libvirt-python' in result['msg']

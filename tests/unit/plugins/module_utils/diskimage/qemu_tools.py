@@ -5,6 +5,7 @@
 import hashlib
 import json
 import subprocess
+import time
 
 
 def run(*args, **kwargs):
@@ -65,3 +66,19 @@ def file_digest(path):
                 break
             h.update(chunk)
     return h.hexdigest()
+
+
+def wait_until_write_locked(path, holder, timeout=120):
+    """Wait until ``holder`` (a qemu-io/qemu process) holds its write lock on ``path``: until
+    `qemu-img info` is refused.  Fails the test when the holder exits or never takes the lock,
+    so that a slow start on a loaded machine never passes for "the library ignored the lock"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if holder.poll() is not None:
+            raise AssertionError("the lock holder exited (%s) before locking %s" % (holder.returncode, path))
+        proc = subprocess.run(["qemu-img", "info", str(path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, check=False)
+        if proc.returncode != 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("%s was not locked by the holder within %d s" % (path, timeout))

@@ -5,11 +5,10 @@ overlay view, the overlay is emptied (unless empty=False), qemu-img check is
 clean on both, and a backing file in use is never written."""
 
 import subprocess
-import time
 
 import pytest
 
-from qemu_tools import file_digest, qemu_img, qemu_img_json, qemu_io
+from qemu_tools import file_digest, qemu_img, qemu_img_json, qemu_io, wait_until_write_locked
 
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
@@ -148,13 +147,7 @@ def test_commit_refuses_a_backing_file_in_use(tmp_path):
     holder = subprocess.Popen(["qemu-io", "-f", "qcow2", str(base)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:   # wait until qemu-io holds its locks
-            proc = subprocess.run(["qemu-img", "info", str(base)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, check=False)
-            if proc.returncode != 0:
-                break
-            time.sleep(0.05)
+        wait_until_write_locked(base, holder)
         with pytest.raises(ImageInUseError):
             diskimage.commit(str(top))
     finally:
