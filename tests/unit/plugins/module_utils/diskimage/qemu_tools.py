@@ -83,7 +83,8 @@ def wait_until_write_locked(path, holder, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if holder.poll() is not None:
-            raise AssertionError("the lock holder exited (%s) before locking %s" % (holder.returncode, path))
+            output = holder.stdout.read() if holder.stdout is not None else ""
+            raise AssertionError("the lock holder exited (%s) before locking %s: %s" % (holder.returncode, path, output))
         proc = subprocess.run(["qemu-img", "info", str(path)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, check=False)
         if proc.returncode != 0:

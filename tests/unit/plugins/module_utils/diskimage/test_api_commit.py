@@ -144,14 +144,16 @@ def test_commit_with_internal_snapshot_in_the_overlay(tmp_path):
 def test_commit_refuses_a_backing_file_in_use(tmp_path):
     base, top = make_pair(tmp_path)
     digests = (file_digest(base), file_digest(top))
-    holder = subprocess.Popen(["qemu-io", "-f", "qcow2", str(base)], stdin=subprocess.PIPE,
+    # a scripted qemu-io (not its interactive prompt, which now and then exits at once in a busy suite)
+    holder = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 600000", str(base)], stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     try:
         wait_until_write_locked(base, holder)
         with pytest.raises(ImageInUseError):
             diskimage.commit(str(top))
     finally:
-        holder.communicate("quit\n", timeout=10)
+        holder.kill()
+        holder.communicate(timeout=10)
     assert (file_digest(base), file_digest(top)) == digests
     assert_clean(top)
 
