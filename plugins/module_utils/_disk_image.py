@@ -745,12 +745,7 @@ def read_state(request):
                                    **_secret_argument(request.src_passphrase))) as source:
                 source.driver.select_snapshot(request.src_snapshot)
                 src_info = dict(src_info, **{'virtual-size': source.driver.virtual_size})
-        if is_encrypted(src_info):
-            if request.src_passphrase is None:
-                raise DiskImageError('src %s is an encrypted %s image: its passphrase is required in src_passphrase'
-                                     % (request.src, src_info['format']))
-            verify_passphrase(request.src, src_info['format'], request.src_passphrase, 'src_passphrase',
-                              request.allow_dirs, request.src_member)
+        check_src_passphrase(request, src_info)
     backing_info = None
     if request.backing_name is not None:
         # Resolved exactly as the image will resolve it: the policy decides before anything is opened.
@@ -843,6 +838,17 @@ def verify_passphrase(path, fmt, passphrase, option, allow_dirs=None, member=Non
         raise
     except ImageError as exc:
         raise DiskImageError('cannot unlock %s with %s: %s' % (path, option, exc))
+
+
+def check_src_passphrase(request, src_info):
+    """An encrypted ``src`` needs ``src_passphrase``, and it must unlock the image (checked before any write)."""
+    if not is_encrypted(src_info):
+        return
+    if request.src_passphrase is None:
+        raise DiskImageError('src %s is an encrypted %s image: its passphrase is required in src_passphrase'
+                             % (request.src, src_info['format']))
+    verify_passphrase(request.src, src_info['format'], request.src_passphrase, 'src_passphrase',
+                      request.allow_dirs, request.src_member)
 
 
 # vmdk subformats that keep the data in extent files beside the descriptor.

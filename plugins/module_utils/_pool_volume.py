@@ -29,11 +29,10 @@ from ansible.module_utils.six.moves.urllib.parse import urlparse
 from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
     DiskImageError,
     align_size,
-    is_encrypted,
+    check_src_passphrase,
     member_selector,
     parse_size,
     run_disk_image,
-    verify_passphrase,
 )
 from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     LibvirtConnection,
@@ -251,12 +250,7 @@ def read_source(request):
         return None
     member = {} if request.src_member is None else {'member': request.src_member}
     src_info = image_info(request.src, fmt=request.src_format, allow_dirs=request.allow_dirs, **member)
-    if is_encrypted(src_info):
-        if request.src_passphrase is None:
-            raise DiskImageError('src %s is an encrypted %s image: its passphrase is required in src_passphrase'
-                                 % (request.src, src_info['format']))
-        verify_passphrase(request.src, src_info['format'], request.src_passphrase, 'src_passphrase',
-                          request.allow_dirs, request.src_member)
+    check_src_passphrase(request, src_info)
     if request.src_snapshot is not None:
         with open_image(request.src, fmt=src_info['format'], allow_dirs=request.allow_dirs,
                         **request.source_arguments()) as source:

@@ -24,9 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import ImageError, InvalidOptionError
 from ..formats.base import DATA, MAX_IO
-from .create import (build_image, build_on_device, close_quietly, creatable_driver_class,
-                     destination_path, device_driver_class, device_path, discard, open_backing,
-                     publish, split_backing_options, sync_file, temporary_path)
+from .create import (build_image, build_on_device, close_quietly, discard, open_backing, publish,
+                     split_backing_options, sync_file, target_and_driver_class, temporary_path)
 from .image import chain_block_status, open_driver, os_error, reads_zero, translate_os_errors
 from .sizes import normalize_options, round_up, SECTOR_SIZE
 
@@ -358,12 +357,7 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         return _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
                                       target_is_zero, force_share, snapshot, started, src_member, key_secret,
                                       hasher)
-    if on_device:
-        destination = device_path(dst)
-        cls = device_driver_class(out_fmt, destination)
-    else:
-        destination = destination_path(dst)
-        cls = creatable_driver_class(out_fmt, destination)
+    destination, cls = target_and_driver_class(dst, out_fmt, on_device)
     options = normalize_options(options)
     if "size" in options:
         raise InvalidOptionError("option size cannot be used with convert (the output has the "

@@ -240,6 +240,16 @@ def build_image(cls, temporary, size, options, backing, destination):
         created.close()
 
 
+def target_and_driver_class(path, fmt, on_device):
+    """(checked destination path, driver class) of an image written at ``path``: an existing block device
+    when ``on_device``, else a new file."""
+    if on_device:
+        destination = device_path(path)
+        return destination, device_driver_class(fmt, destination)
+    destination = destination_path(path)
+    return destination, creatable_driver_class(fmt, destination)
+
+
 def creatable_driver_class(fmt, path):
     if not fmt or not isinstance(fmt, str):
         raise InvalidOptionError("the image format is required to write an image (never guessed)", path)
@@ -266,12 +276,7 @@ def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=No
     overwritten).  A raw image on a device writes nothing: its size
     (default: the device's) must fit the device.
     """
-    if on_device:
-        destination = device_path(path)
-        cls = device_driver_class(fmt, destination)
-    else:
-        destination = destination_path(path)
-        cls = creatable_driver_class(fmt, destination)
+    destination, cls = target_and_driver_class(path, fmt, on_device)
     options = normalize_options(options)
     if "size" in options:
         if size is not None and parse_size(size) != options["size"]:
