@@ -21,3 +21,6 @@ atexit.register(shutil.rmtree, _TMP, True)
 for _name in list(sys.modules):
     if _name == "ansible_collections" or _name.startswith("ansible_collections.kvm"):
         del sys.modules[_name]
+
+# qemu_tools (the oracle: qemu-img and qemu-io) serves the module tests too.
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins", "module_utils", "diskimage"))

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 
 import pytest
+from qemu_tools import run
 
 from ansible.module_utils.testing import patch_module_args
 
@@ -33,16 +34,6 @@ from ansible_collections.kvm.storage.plugins.modules import disk_image, disk_ima
 MIB = 1 << 20
 PASSPHRASE = 'correct horse battery staple'
 FAST = {'iter-time': 10}
-
-
-def run(*args):
-    for dummy in range(5):  # qemu-img's PBKDF2 benchmark now and then finds no CPU time spent: retried
-        proc = subprocess.run(args, check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-        if proc.returncode == 0 or 'Unable to get accurate CPU usage' not in proc.stderr:
-            break
-    if proc.returncode != 0:
-        raise AssertionError('%s failed (%d): %s%s' % (' '.join(args), proc.returncode, proc.stdout, proc.stderr))
-    return proc.stdout
 
 
 def luks_opts(path, passphrase=PASSPHRASE):

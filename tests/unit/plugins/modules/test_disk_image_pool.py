@@ -17,6 +17,7 @@ import os
 import subprocess
 
 import pytest
+from qemu_tools import run
 
 from ansible.module_utils.testing import patch_module_args
 
@@ -33,16 +34,6 @@ libvirt = pytest.importorskip('libvirt')
 
 MIB = 1 << 20
 PREFIX = 'kvmstorage_it_dimg_u'
-
-
-def run(*args):
-    for dummy in range(5):  # qemu-img's PBKDF2 benchmark now and then finds no CPU time spent: retried
-        proc = subprocess.run(args, check=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-        if proc.returncode == 0 or 'Unable to get accurate CPU usage' not in proc.stderr:
-            break
-    if proc.returncode != 0:
-        raise AssertionError('%s failed (%d): %s%s' % (' '.join(args), proc.returncode, proc.stdout, proc.stderr))
-    return proc.stdout
 
 
 def run_module(capsys, **args):
@@ -114,7 +105,8 @@ def disk_pool(system, tmp_path):
         for dummy in range(48):
             image.write(b'\xff' * MIB)
     try:
-        device = run('losetup', '-P', '-f', '--show', str(backing)).strip()
+        device = subprocess.run(['losetup', '-P', '-f', '--show', str(backing)], check=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip('no loop device: %s' % exc)
     name = '%s_disk_%d' % (PREFIX, os.getpid())
