@@ -28,6 +28,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     libvirt,
     libvirt_argument_spec,
     libvirt_call,
+    lookup_domain,
     parse_xml,
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import ImageError, snapshot_compare
@@ -266,15 +267,6 @@ class DomainSnapshots(object):
         return None
 
 
-def lookup_domain(conn, name):
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as exc:
-        if error_is(exc, 'VIR_ERR_NO_DOMAIN'):
-            raise LibvirtModuleError('domain %s is not defined' % _quoted(name))
-        raise LibvirtModuleError('cannot look up domain %s: %s' % (_quoted(name), error_message(exc)))
-
-
 def read_snapshots(domain, what):
     """SnapshotRecords of every snapshot of a virDomain."""
     records = []
@@ -286,7 +278,7 @@ def read_snapshots(domain, what):
 
 def read_domain(conn, name, uri):
     """DomainSnapshots of the domain named ``name`` (a LibvirtModuleError when it is not defined)."""
-    domain = lookup_domain(conn, name)
+    domain = lookup_domain(conn, name, uri)
     what = 'cannot read domain %s' % _quoted(name)
     state_code = libvirt_call(what, domain.state, 0)[0]
     element = parse_xml(libvirt_call(what, domain.XMLDesc, 0), 'definition of domain %s' % _quoted(name))
@@ -887,7 +879,7 @@ def _flags(names):
 
 
 def apply_plan(conn, plan, request, domain):
-    virdomain = lookup_domain(conn, request.domain)
+    virdomain = lookup_domain(conn, request.domain, domain.uri)
     name = _quoted(request.name)
     version, uri = domain.lib_version, domain.uri
     for action in plan.actions:

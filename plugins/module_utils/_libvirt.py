@@ -74,6 +74,29 @@ def libvirt_call(what, function, *args):
         raise LibvirtModuleError('%s: %s' % (what, error_message(exc)))
 
 
+def domain_not_defined_message(name, uri):
+    """The one wording of every module for a domain libvirt does not know."""
+    return "domain '%s' is not defined on %s" % (name, uri)
+
+
+def lookup_domain(conn, name, uri=None):
+    """The virDomain named ``name``; a LibvirtModuleError worded by domain_not_defined_message when there is none.
+
+    ``uri`` names the connection in the message (the connection's own URI when not given).
+    """
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if error_is(exc, 'VIR_ERR_NO_DOMAIN'):
+            if uri is None:
+                try:
+                    uri = conn.getURI()
+                except libvirt.libvirtError:
+                    uri = 'this libvirt connection'
+            raise LibvirtModuleError(domain_not_defined_message(name, uri))
+        raise LibvirtModuleError("cannot look up domain '%s': %s" % (name, error_message(exc)))
+
+
 def _ignore_libvirt_error(context, error):
     """libvirt's default handler prints every error on stderr; the module reports them itself."""
 

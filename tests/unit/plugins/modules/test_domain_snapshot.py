@@ -581,10 +581,14 @@ def test_the_module_creates_reverts_and_deletes_and_check_mode_predicts_it(tmp_p
 
 
 def test_module_errors_are_messages_not_tracebacks(shut_off_domain, capsys):
+    # One wording across the libvirt modules (_libvirt.domain_not_defined_message), naming the connection.
+    unknown = "domain '%snever_defined' is not defined on %s" % (PREFIX, URI)
     result = run_module(domain_snapshot, capsys, domain=PREFIX + 'never_defined', name='s1')
-    assert result['failed'] and result['msg'] == "domain '%snever_defined' is not defined" % PREFIX
+    assert result['failed'] and result['msg'] == unknown
+    result = run_module(domain_snapshot, capsys, check_mode=True, domain=PREFIX + 'never_defined', name='s1', state='absent')
+    assert result['failed'] and result['msg'] == unknown
     result = run_module(domain_snapshot_info, capsys, domain=PREFIX + 'never_defined')
-    assert result['failed'] and result['msg'] == "domain '%snever_defined' is not defined" % PREFIX
+    assert result['failed'] and result['msg'] == unknown
     result = run_module(domain_snapshot_info, capsys, domain=shut_off_domain, name='nope')
     assert not result.get('failed') and result['snapshots'] == [] and result['current'] is None
 
