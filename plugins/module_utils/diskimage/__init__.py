@@ -18,7 +18,7 @@ __metaclass__ = type
 from .errors import (  # noqa: F401 (re-exported)
     ImageError, ImageNotFoundError, FormatError, CorruptImageError, UnsupportedFeature,
     UnsupportedOperation, InvalidOptionError, PolicyError, ProbeError, ImageInUseError,
-    ReadOnlyImageError,
+    ReadOnlyImageError, NoSpaceError,
 )
 from .ops.info import info  # noqa: F401
 from .ops.create import create  # noqa: F401
@@ -44,5 +44,5 @@ __all__ = [
     "snapshot_list", "snapshot_create", "snapshot_apply", "snapshot_delete", "snapshot_compare", "ova_disks",
     "ImageError", "ImageNotFoundError", "FormatError", "CorruptImageError", "UnsupportedFeature",
     "UnsupportedOperation", "InvalidOptionError", "PolicyError", "ProbeError", "ImageInUseError",
-    "ReadOnlyImageError",
+    "ReadOnlyImageError", "NoSpaceError",
 ]

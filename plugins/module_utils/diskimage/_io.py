@@ -35,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - ctypes is missing only on exotic builds
     ctypes = None
 
-from .errors import (FormatError, ImageError, ImageInUseError, ImageNotFoundError,
+from .errors import (FormatError, ImageError, ImageInUseError, ImageNotFoundError, NoSpaceError,
                      InvalidOptionError, ReadOnlyImageError, UnsupportedOperation)
 
 # --- QEMU lock layout (block/file-posix.c, include/block/block-common.h) --------
@@ -151,6 +151,8 @@ class ImageFile:
         self.zeroout = None
         self._zeroout_align = None
         self._locks_held = False
+        # While a change may have to be taken back (start_undo): the size and overwritten bytes.
+        self._undo = None
         if force_share and self.writable:
             raise InvalidOptionError("force_share can only be used with read-only images", self.path)
 
@@ -312,11 +314,48 @@ class ImageFile:
             view = view.cast("B")
         done = 0
         total = len(view)
+        self._save_for_undo(offset, total)
         while done < total:
-            written = os.pwrite(self.fd, view[done:], offset + done)
+            try:
+                written = os.pwrite(self.fd, view[done:], offset + done)
+            except OSError as exc:
+                raise _write_error(exc, "cannot write %d bytes at offset %d" % (total - done, offset + done),
+                                   self.path)
             if written <= 0:
                 raise ImageError("short write at offset %d" % (offset + done), self.path)
             done += written
+
+    # ------------------------------------------------------------------ undo
+    def start_undo(self):
+        """Record from now on what each change overwrites, so that undo() can put
+        the file back as it is now (a grow that fails half-way, out of space)."""
+        self._undo = {"size": self.size(), "saved": []}
+
+    def stop_undo(self):
+        """Keep the changes made since start_undo() and forget what they overwrote."""
+        self._undo = None
+
+    def _save_for_undo(self, offset, length):
+        undo = getattr(self, "_undo", None)
+        if undo is None or length <= 0:
+            return
+        end = min(offset + length, undo["size"])
+        if offset < end:
+            # only bytes inside the old end matter: undo() cuts the file back to it
+            undo["saved"].append((offset, self.pread(offset, end - offset)))
+
+    def undo(self):
+        """Put the file back as it was at start_undo(): its length, then the bytes
+        overwritten since (newest first, so the oldest contents win)."""
+        undo, self._undo = self._undo, None
+        if undo is None:
+            return
+        if not self.is_block_device and self.size() != undo["size"]:
+            # first, so that the space the change took is free for the restoring writes
+            os.ftruncate(self.fd, undo["size"])
+        for offset, data in reversed(undo["saved"]):
+            self.pwrite(offset, data)
+        self.flush()
 
     def truncate(self, size):
         self._check_writable()
@@ -325,6 +364,9 @@ class ImageFile:
                 return
             raise UnsupportedOperation("cannot change the size of a block device (size %d, "
                                        "requested %d)" % (self.size(), size), self.path)
+        current = self.size()
+        if size < current:
+            self._save_for_undo(size, current - size)
         os.ftruncate(self.fd, size)
 
     def allocate(self, offset, length):
@@ -335,8 +377,7 @@ class ImageFile:
         try:
             os.posix_fallocate(self.fd, offset, length)
         except OSError as exc:
-            raise ImageError("cannot allocate %d bytes at offset %d: %s"
-                             % (length, offset, exc.strerror), self.path)
+            raise _write_error(exc, "cannot allocate %d bytes at offset %d" % (length, offset), self.path)
 
     def write_zeroes(self, offset, length):
         """Make the range read zeroes: explicit zeroes in bounded chunks; on a
@@ -351,6 +392,8 @@ class ImageFile:
             end = offset + length
             inner_start = min(-(-offset // align) * align, end)
             inner_end = max(end // align * align, inner_start)
+            if inner_end > inner_start:
+                self._save_for_undo(inner_start, inner_end - inner_start)
             if inner_end > inner_start and self._zero_out(inner_start, inner_end - inner_start):
                 self._write_zero_bytes(offset, inner_start - offset)
                 self._write_zero_bytes(inner_end, end - inner_end)
@@ -406,6 +449,7 @@ class ImageFile:
         length = min(length, size - offset)
         function = _fallocate()
         if function is not None:
+            self._save_for_undo(offset, length)
             result = function(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
             if result == 0:
                 return True
@@ -495,6 +539,21 @@ class ImageFile:
 
     def __repr__(self):
         return "<ImageFile %s %s>" % (self.path, "rw" if self.writable else "ro")
+
+
+def no_space_reason(error_number):
+    """ENOSPC or EDQUOT in words."""
+    if error_number == errno.EDQUOT:
+        return "no space left: the disk quota of the file system holding the image is used up"
+    return "no space left on the device (file system) holding the image"
+
+
+def _write_error(exc, action, path):
+    """The ImageError for an OSError met while ``action``: NoSpaceError, in words, when the
+    file system (or device) is full or the quota is reached."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError("%s: %s" % (action, no_space_reason(exc.errno)), path)
+    return ImageError("%s: %s" % (action, exc.strerror or exc), path)
 
 
 def _merge(extents):

@@ -60,3 +60,7 @@ class ImageInUseError(ImageError):
 
 class ReadOnlyImageError(ImageError):
     """A write was attempted on an image opened read-only."""
+
+
+class NoSpaceError(ImageError):
+    """The file system (or device) holding an image has no space left for a write (ENOSPC, EDQUOT)."""

@@ -157,6 +157,12 @@ class Driver:
     def flush(self):
         pass
 
+    def host_files(self):
+        """The files this layer writes (ImageFile objects: the image file, an external
+        data file): what ops/resize.py puts back when a change fails half-way."""
+        image_file = getattr(self, "_file", None)
+        return [image_file] if image_file is not None else []
+
     def _check_writable(self):
         if self.readonly:
             raise ReadOnlyImageError("image is opened read-only", self.path)

@@ -345,6 +345,12 @@ class Qcow2Driver(Driver):
             self._data_file.flush()
         self._file.flush()
 
+    def host_files(self):
+        files = [self._file] if self._file is not None else []
+        if self._data_file is not None and self._data_file is not self._file:
+            files.append(self._data_file)
+        return files
+
     # ================================================================== queries
     def info(self):
         h = self.header

@@ -186,6 +186,9 @@ class RawDriver(Driver):
         if self.image_file is not None:
             self.image_file.flush()
 
+    def host_files(self):
+        return [self.image_file] if self.image_file is not None else []
+
     # ----------------------------------------------------------------- queries
     def info(self):
         return {}

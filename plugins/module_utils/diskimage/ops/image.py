@@ -12,9 +12,10 @@ import errno
 import functools
 import os
 
-from ..errors import ImageError, ImageNotFoundError, InvalidOptionError
+from ..errors import ImageError, ImageNotFoundError, InvalidOptionError, NoSpaceError
 from ..formats.base import ZERO, UNALLOCATED, Extent
 from .. import chain
+from .._io import no_space_reason
 
 
 def os_error(exc, path, action):
@@ -24,6 +25,8 @@ def os_error(exc, path, action):
     reason = exc.strerror or str(exc)
     if exc.errno == errno.ENOENT:
         return ImageNotFoundError("%s: %s" % (action, reason), path)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError("%s: %s" % (action, no_space_reason(exc.errno)), path)
     return ImageError("%s: %s" % (action, reason), path)
 
 

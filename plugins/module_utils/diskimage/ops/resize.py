@@ -10,7 +10,7 @@ Growing is always allowed; shrinking only with ``shrink=True`` (qemu-img's
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-from ..errors import InvalidOptionError
+from ..errors import ImageError, InvalidOptionError, NoSpaceError
 from .image import open_driver
 from .sizes import parse_size
 
@@ -39,8 +39,40 @@ def resize(path, size, fmt=None, shrink=False, preallocation=None, allow_dirs=No
             raise InvalidOptionError(
                 "shrinking from %d to %d bytes deletes the data past the new end; "
                 "pass shrink=True to do it" % (current, new_size), path)
-        driver.resize(new_size, preallocation=preallocation)
-        driver.flush()
+        if new_size > current:
+            _grow(driver, current, new_size, preallocation)
+        else:
+            driver.resize(new_size, preallocation=preallocation)
+            driver.flush()
         return {"old-size": current, "new-size": driver.virtual_size}
     finally:
         driver.close()
+
+
+def _grow(driver, current, new_size, preallocation):
+    """Grow, or leave the image as it was: a grow that fails half-way (out of space
+    for falloc/full preallocation) has its writes taken back, as qemu-img resize,
+    which commits the new size only once the space is there."""
+    files = driver.host_files()
+    for image_file in files:
+        image_file.start_undo()
+    try:
+        driver.resize(new_size, preallocation=preallocation)
+        driver.flush()
+    except BaseException as exc:
+        try:
+            for image_file in files:
+                image_file.undo()
+        except BaseException as undo_exc:
+            raise ImageError("growing from %d to %d bytes failed (%s), and putting the image back failed "
+                             "too (%s): check it with qemu-img check" % (current, new_size, exc, undo_exc),
+                             driver.path)
+        if isinstance(exc, NoSpaceError):
+            raise NoSpaceError("cannot grow the image from %d to %d bytes%s: no space left on the device "
+                               "(file system) holding it; the image was left as it was (%d bytes)"
+                               % (current, new_size, " with %s preallocation" % preallocation
+                                  if preallocation not in (None, "off") else "", current), driver.path)
+        raise
+    finally:
+        for image_file in files:
+            image_file.stop_undo()
