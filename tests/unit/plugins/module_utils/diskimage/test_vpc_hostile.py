@@ -53,8 +53,22 @@ def patch_both_footers(data, offset, fmt, *values):
 
 
 HEADER = 512
-# Damaged variants per seed in the random test (raise it in the environment for a longer run).
-ATTEMPTS = int(os.environ.get("VPC_FUZZ_ATTEMPTS", "60"))
+# Damaged variants per seed in the random test: VPC_FUZZ_ATTEMPTS in the environment raises it for a
+# longer run, never below the minimum (a run that tried nothing would pass having tested nothing).
+MIN_FUZZ_ATTEMPTS = 60
+
+
+def fuzz_attempts(environ):
+    wanted = environ.get("VPC_FUZZ_ATTEMPTS", "").strip()
+    if not wanted:
+        return MIN_FUZZ_ATTEMPTS
+    try:
+        return max(MIN_FUZZ_ATTEMPTS, int(wanted))
+    except ValueError:
+        raise ValueError("VPC_FUZZ_ATTEMPTS must be a whole number of attempts, found %r" % wanted)
+
+
+ATTEMPTS = fuzz_attempts(os.environ)
 BAT = 1536
 
 
@@ -186,6 +200,16 @@ def test_declared_table_larger_than_the_file_does_not_move_new_blocks_away(tmp_p
     assert path.stat().st_size == len(data) + 512 + 2 * M
 
 
+@pytest.mark.parametrize("setting, attempts", [(None, 60), ("0", 60), ("-5", 60), ("", 60), ("500", 500)])
+def test_the_environment_raises_the_fuzz_attempts_but_never_lowers_them(setting, attempts):
+    assert fuzz_attempts({} if setting is None else {"VPC_FUZZ_ATTEMPTS": setting}) == attempts
+
+
+def test_a_fuzz_setting_that_is_not_a_number_is_refused():
+    with pytest.raises(ValueError, match="VPC_FUZZ_ATTEMPTS must be a whole number of attempts, found 'many'"):
+        fuzz_attempts({"VPC_FUZZ_ATTEMPTS": "many"})
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_random_metadata_damage_gives_image_errors_only(tmp_path, seed):
     chain_parent = vhd.sparse_image(4 * 65536, 65536, {0: (b"\xff" * 512, b"p" * 65536)}, b"P" * 16)
@@ -194,7 +218,9 @@ def test_random_metadata_damage_gives_image_errors_only(tmp_path, seed):
                                 disk_type=vhd.DIFFERENCING, parent_id=b"P" * 16,
                                 locators=[(b"W2ru", ".\\parent.vhd"), (b"W2ku", "C:\\parent.vhd")])
     rng = random.Random(seed)
+    attempts = 0
     for _attempt in range(ATTEMPTS):
+        attempts += 1
         data = bytearray(pristine)
         for _flip in range(rng.randrange(1, 4)):
             # Damage the footers, the header, the BAT or a locator, then fix checksums half of the time.
@@ -210,3 +236,4 @@ def test_random_metadata_damage_gives_image_errors_only(tmp_path, seed):
                 image.read(0, size)
         except ImageError:
             pass
+    assert attempts >= MIN_FUZZ_ATTEMPTS  # an environment setting never makes the run try less
