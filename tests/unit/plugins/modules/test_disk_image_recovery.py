@@ -1,0 +1,83 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to kvm.storage
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""disk_image when the image or the host does not cooperate: a grow out of space, damage a
+repair cannot fix, a file that looks like an image of a version it cannot read."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import hashlib
+import json
+import os
+import subprocess
+
+import pytest
+
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.kvm.storage.plugins.modules import disk_image
+
+MIB = 1 << 20
+
+
+def qemu_img(*args):
+    return subprocess.run(('qemu-img',) + tuple(str(arg) for arg in args), check=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True).stdout
+
+
+def qemu_check(path):
+    proc = subprocess.run(['qemu-img', 'check', '--output=json', str(path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, check=False)
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}
+
+
+def digest(path):
+    with open(str(path), 'rb') as image:
+        return hashlib.sha256(image.read()).hexdigest()
+
+
+def run_module(capsys, check_mode=False, **args):
+    args.update(_ansible_check_mode=check_mode, _ansible_diff=True)
+    with patch_module_args(args):
+        with pytest.raises(SystemExit):
+            disk_image.main()
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """An 8 MiB tmpfs mounted inside the test's temp dir (root only), unmounted afterwards."""
+    mount_point = tmp_path / 'small'
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip('mounting a small tmpfs needs root')
+    proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=8M', 'tmpfs', str(mount_point)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip('cannot mount a tmpfs: %s' % proc.stdout.strip())
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(['umount', str(mount_point)], check=True)
+
+
+@pytest.mark.parametrize('fmt', ['raw', 'qcow2'])
+@pytest.mark.parametrize('preallocation', ['falloc', 'full'])
+def test_grow_out_of_space_fails_in_words_and_leaves_the_image(small_fs, capsys, fmt, preallocation):
+    path = small_fs / ('disk.' + fmt)
+    qemu_img('create', '-q', '-f', fmt, path, '2M')
+    before = digest(path)
+    result = run_module(capsys, path=str(path), format=fmt, size='64M', preallocation=preallocation)
+    assert result.get('failed'), result
+    assert 'no space left on' in result['msg'] and str(path) in result['msg'], result['msg']
+    assert 'Errno' not in result['msg'] and 'exception' not in result
+    assert result.get('changed', False) is False
+    assert os.path.getsize(str(path)) == 2 * MIB or fmt == 'qcow2'
+    assert digest(path) == before
+    if fmt == 'qcow2':
+        assert qemu_check(path)[0] == 0
+    # the same task with a size that fits then works, and a second run changes nothing
+    runs = [run_module(capsys, path=str(path), format=fmt, size='3M', preallocation=preallocation) for dummy in (1, 2)]
+    assert [run.get('failed', False) for run in runs] == [False, False], runs
+    assert [run['changed'] for run in runs] == [True, False]
