@@ -37,7 +37,15 @@ DEFAULT_URI = 'qemu:///system'
 
 
 class LibvirtModuleError(Exception):
-    """A libvirt failure or a refused request, with a message meant for the user."""
+    """A libvirt failure or a refused request, with a message meant for the user.
+
+    ``result``: keys the failed task reports besides ``msg``, such as ``changed=True`` and the ``actions``
+    already done when a step failed after others succeeded and could not be undone.
+    """
+
+    def __init__(self, message, **result):
+        super(LibvirtModuleError, self).__init__(message)
+        self.result = result
 
 
 def libvirt_argument_spec():
@@ -148,7 +156,7 @@ def run_libvirt_module(module, runner, readonly=False):
         with LibvirtConnection(module.params['uri'], readonly=readonly) as conn:
             result = runner(conn)
     except LibvirtModuleError as exc:
-        module.fail_json(msg=str(exc))
+        module.fail_json(msg=str(exc), **exc.result)
     for warning in result.get('notes') or ():
         module.warn(warning)
     if not module._diff:
