@@ -81,7 +81,12 @@ _COMPAT_ALIASES = {'v2': '0.10', 'v3': '1.1', '0.10': '0.10', '1.1': '1.1'}
 
 
 class DiskImageError(Exception):
-    """A request the module refuses (as opposed to an ImageError from the library)."""
+    """A request the module refuses (as opposed to an ImageError from the library).  ``result``: what
+    the task did before it failed (changed, actions, ...), returned with the failure."""
+
+    def __init__(self, message, result=None):
+        super(DiskImageError, self).__init__(message)
+        self.result = result or {}
 
 
 # --------------------------------------------------------------------------- argument specs
@@ -1006,6 +1011,9 @@ def apply_plan(plan, request):
             result = _run_in_place(action, request)
             if action.kind == 'repair' and isinstance(result, dict):
                 outcome['repair'] = result
+                if _count(result, 'corruptions') or _count(result, 'check-errors'):
+                    # qemu-img check -r exits 2 here: nothing more is done on a still damaged image
+                    outcome['unrepaired'] = action
             elif isinstance(result, dict) and isinstance(result.get('bytes_written'), int):
                 written = result['bytes_written']
         if written is None:
@@ -1013,6 +1021,8 @@ def apply_plan(plan, request):
             written = max(0, _allocated(request.path) - allocated_before)
         outcome['operations'].append({'kind': action.kind, 'duration': round(time.time() - started, 3),
                                       'bytes_written': written})
+        if 'unrepaired' in outcome:
+            break
     outcome['duration'] = round(sum(operation['duration'] for operation in outcome['operations']), 3)
     outcome['bytes_written'] = sum(operation['bytes_written'] for operation in outcome['operations'])
     return outcome
@@ -1021,6 +1031,26 @@ def apply_plan(plan, request):
 def repaired_something(repair_result):
     """Whether a repair fixed anything (qemu-img check -r: leaks-fixed, corruptions-fixed)."""
     return bool(_count(repair_result, 'leaks-fixed') or _count(repair_result, 'corruptions-fixed'))
+
+
+def _plural(count, noun):
+    return '%d %s%s' % (count, noun, '' if count == 1 else 's')
+
+
+def unrepaired_message(path, mode, repair_result):
+    """Why a task fails when its repair left damage (the check after the repair still finds it)."""
+    fixed = [_plural(_count(repair_result, key), noun) for key, noun in
+             (('leaks-fixed', 'leaked cluster'), ('corruptions-fixed', 'corruption')) if _count(repair_result, key)]
+    left = [_plural(_count(repair_result, key), noun) for key, noun in
+            (('corruptions', 'corruption'), ('check-errors', 'check error'), ('leaks', 'leaked cluster'))
+            if _count(repair_result, key)]
+    findings = [message for message in repair_result.get('messages') or [] if message.startswith('ERROR')][:3]
+    return '%s: repair=%s %s, but %s remain%s after the repair (qemu-img check -r fails the same way)%s; ' \
+           'the damage needs more than a metadata repair: copy out what is readable (qemu-img convert) or ' \
+           'restore the image from a backup' % (
+               path, mode, 'fixed ' + ' and '.join(fixed) if fixed else 'fixed nothing', ' and '.join(left),
+               '' if len(left) > 1 or not left[0].startswith('1 ') else 's',
+               ' (%s)' % '; '.join(findings) if findings else '')
 
 
 def run_disk_image(module):
@@ -1044,6 +1074,16 @@ def run_disk_image(module):
         if [action.kind for action in plan.actions] == ['repair'] and not repaired_something(outcome.get('repair') or {}):
             # The check found something the repair then did not need to fix (qemu-img check -r fixed nothing).
             result['changed'] = False
+        if 'unrepaired' in outcome:
+            done = plan.actions[:len(outcome['operations'])]
+            repair = outcome['repair']
+            result['changed'] = any(action.kind != 'repair' for action in done) or repaired_something(repair)
+            result['actions'] = [action.description for action in done]
+            diff['after']['consistency'] = {'leaks': _count(repair, 'leaks'), 'corruptions': _count(repair, 'corruptions')}
+            if module._diff:
+                result['diff'] = diff
+            raise DiskImageError(unrepaired_message(request.path, outcome['unrepaired'].args['mode'], repair),
+                                 result=result)
 
     if request.state == 'present':
         file_args = module.load_file_common_arguments(module.params)

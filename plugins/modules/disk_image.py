@@ -291,6 +291,10 @@ options:
       - V(all) also repairs corruptions (refcounts too low, wrong copied flags) and rebuilds the refcount structure.
       - The task reports a change only when the check finds something and the repair fixes it. Formats without a
         consistency check (raw) are left alone.
+      - The image is checked again after the repair. Damage the repair cannot fix (for example an L1 table entry
+        pointing past the end of the file) fails the task, as C(qemu-img check -r) exits with status 2; the
+        failure still reports what was fixed (RV(repair), and C(changed=true) when the repair wrote anything), and
+        nothing after the repair is done.
     type: str
     choices: [none, leaks, all]
     default: none
@@ -731,7 +735,10 @@ def main():
     subject = module.params['path'] or 'volume %s of storage pool %s' % (module.params['volume'], pool)
     try:
         result = run_disk_image(module) if pool is None else run_pool_volume(module)
-    except (ImageError, DiskImageError, LibvirtModuleError) as exc:
+    except DiskImageError as exc:
+        # with what the task did before it failed (changed, actions), when it did something
+        module.fail_json(msg=to_native(exc), **exc.result)
+    except (ImageError, LibvirtModuleError) as exc:
         module.fail_json(msg=to_native(exc))
     except (OSError, IOError) as exc:
         module.fail_json(msg='%s: %s' % (subject, to_native(exc)))

@@ -81,3 +81,43 @@ def test_grow_out_of_space_fails_in_words_and_leaves_the_image(small_fs, capsys,
     runs = [run_module(capsys, path=str(path), format=fmt, size='3M', preallocation=preallocation) for dummy in (1, 2)]
     assert [run.get('failed', False) for run in runs] == [False, False], runs
     assert [run['changed'] for run in runs] == [True, False]
+
+
+def damage_beyond_repair(path):
+    """A qcow2 image whose first L1 entry points far past the end of the file (an L2 table
+    that does not exist): qemu-img check -r all fixes the leaks around it, not the entry."""
+    qemu_img('create', '-q', '-f', 'qcow2', path, '4M')
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x11 0 300k', '-c', 'write -P 0x22 1M 64k', str(path)],
+                   check=True, stdout=subprocess.PIPE)
+    with open(str(path), 'r+b') as image:
+        image.seek(40)      # l1_table_offset (qcow2 header)
+        l1_table_offset = int.from_bytes(image.read(8), 'big')
+        image.seek(l1_table_offset)
+        image.write(((1 << 63) | (1 << 40)).to_bytes(8, 'big'))
+
+
+def test_repair_that_leaves_corruption_fails_and_says_what_it_fixed(tmp_path, capsys):
+    path = tmp_path / 'damaged.qcow2'
+    damage_beyond_repair(path)
+    twin = tmp_path / 'twin.qcow2'
+    qemu_img('create', '-q', '-f', 'qcow2', twin, '1M')
+    with open(str(path), 'rb') as source, open(str(twin), 'wb') as copy:
+        copy.write(source.read())
+    assert subprocess.run(['qemu-img', 'check', '-r', 'all', str(twin)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE).returncode == 2
+
+    first = run_module(capsys, path=str(path), format='qcow2', repair='all')
+    assert first.get('failed'), first
+    assert first['changed'] is True and 'exception' not in first
+    assert 'remain' in first['msg'] and '1 corruption' in first['msg'], first['msg']
+    assert first['repair']['corruptions'] == 1 and first['repair']['leaks-fixed'] == 7, first['repair']
+    assert first['actions'] and 'repair' in first['actions'][0]
+    # the result agrees with qemu-img check: the corruption is still there
+    code, found = qemu_check(path)
+    assert code == 2 and found['corruptions'] == 1
+    assert first['repair']['corruptions'] == found['corruptions']
+
+    second = run_module(capsys, path=str(path), format='qcow2', repair='all')
+    assert second.get('failed'), second
+    assert second.get('changed', False) is False
+    assert 'remain' in second['msg']

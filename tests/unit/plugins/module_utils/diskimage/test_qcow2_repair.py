@@ -542,3 +542,22 @@ def test_repair_clears_the_corrupt_bit(tmp_path, mode):
     assert_repaired_like_qemu(path, mode)
     assert not Qcow2Editor(path).header.corrupt
     assert not Qcow2Editor(str(path) + ".qemu").header.corrupt
+
+
+@pytest.mark.parametrize("mode", ["leaks", "all"])
+def test_damage_repair_cannot_fix_is_still_reported_after_the_repair(tmp_path, mode):
+    """An L1 entry far past the end of the file: the repair fixes the leaks around it, and the
+    result (the check after the repair) still counts the corruption, as qemu-img check -r does."""
+    from ansible_collections.kvm.storage.plugins.module_utils import diskimage
+    path = _written(tmp_path / "image.qcow2")
+    Qcow2Editor(path).set_l1_entry(0, qcow2_layout.OFLAG_COPIED | (1 << 40))
+    twin = tmp_path / "twin.qcow2"
+    shutil.copyfile(str(path), str(twin))
+    expected = qemu_check(twin, "-r", mode)
+    result = diskimage.check(str(path), repair=mode)
+    del result["filename"], result["format"], result["messages"]
+    assert result == expected and result["corruptions"] >= 1, (result, expected)
+    after = diskimage.check(str(path))
+    del after["filename"], after["format"], after["messages"]
+    assert after == qemu_check(path) == qemu_check(twin)
+    assert after["corruptions"] >= 1
