@@ -720,7 +720,10 @@ def _plan_present(request, domain, before):
     detail.extend('%s left out' % disk['name'] for disk in disks if disk['snapshot'] == 'no')
     text = 'create %s snapshot %s of %s domain %s (%s)' % (kind, name, 'running' if active else 'shut-off', _quoted(domain.name),
                                                            ', '.join(detail))
-    action = Action('create', text, xml=ElementTree.tostring(element, encoding='unicode'), flags=flags)
+    files = [('memory: the directory of %s' % memory_file, memory_file)] if memory_file else []
+    files.extend(('the directory of the overlay file %s for disk %s' % (disk['file'], disk['name']), disk['file'])
+                 for disk in disks if disk['snapshot'] == 'external')
+    action = Action('create', text, xml=ElementTree.tostring(element, encoding='unicode'), flags=flags, files=files)
     return Plan([action], before, domain_view(domain.name, domain.run_state, request.name, after))
 
 
@@ -827,7 +830,8 @@ def _plan_absent(request, domain, before):
             raise LibvirtModuleError(unsupported_message(what, domain.lib_version, domain.uri, 'deleting external snapshots (%s) needs '
                                                          'libvirt %s or later' % (', '.join(external), version_text(EXTERNAL_DELETE_VERSION)),
                                                          hint))
-        if external and len(removed) > 1:
+        if external and (len(removed) > 1 or (request.children_only and below)):
+            # qemuSnapshotDeleteValidate refuses children / children_only as soon as one descendant is external.
             raise LibvirtModuleError(unsupported_message(what, domain.lib_version, domain.uri, 'libvirt deletes external snapshots (%s) '
                                                          'one at a time, never with their children' % ', '.join(external),
                                                          'delete the children first, newest first, or ' + hint))
@@ -835,6 +839,11 @@ def _plan_absent(request, domain, before):
             raise LibvirtModuleError(unsupported_message(what, domain.lib_version, domain.uri, 'external snapshot %s has children '
                                                          '(%s), and libvirt deletes only external snapshots without children'
                                                          % (name, ', '.join(below)), 'delete the children first, or ' + hint))
+        parent = _internal_parent_merged_into(record, snapshots, domain.current)
+        if parent is not None:
+            raise LibvirtModuleError(unsupported_message(what, domain.lib_version, domain.uri, 'external snapshot %s is the current one and '
+                                                         'its parent %s is internal: libvirt merges a current external snapshot '
+                                                         'into its parent, and only into an external one' % (name, parent), hint))
     after = copy.deepcopy(snapshots)
     current = domain.current
     if current in removed:
@@ -855,8 +864,40 @@ def _plan_absent(request, domain, before):
     else:
         scope = 'snapshot %s' % name
     text = 'delete %s of domain %s%s' % (scope, _quoted(domain.name), ' (metadata only: their files stay)' if request.metadata_only else '')
-    action = Action('delete', text, removed=removed)
+    # The flags libvirt gets: CHILDREN only when there are children (libvirt refuses it on any external snapshot).
+    flags = []
+    if request.children and below:
+        flags.append('VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN')
+    if request.children_only:
+        flags.append('VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN_ONLY')
+    if request.metadata_only:
+        flags.append('VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY')
+    action = Action('delete', text, removed=removed, flags=flags)
     return Plan([action], before, domain_view(domain.name, domain.run_state, current, after))
+
+
+def _internal_parent_merged_into(record, snapshots, current):
+    """The internal snapshot libvirt would have to merge external snapshot ``record`` into, or None.
+
+    libvirt (qemuSnapshotDeleteExternalPrepareData) merges the overlays of an external snapshot that is the
+    current one (or has children, refused before) into the snapshot each disk had before, the nearest ancestor
+    that took that disk, and refuses when that ancestor is not external.
+    """
+    if not record.external or record.name != current:
+        return None
+    for disk in record.disks:
+        if disk['snapshot'] != 'external':
+            continue
+        parent = snapshots.get(record.parent)
+        seen = set()
+        while parent is not None and parent.name not in seen:
+            seen.add(parent.name)
+            if any(other['name'] == disk['name'] and other['snapshot'] != 'no' for other in parent.disks):
+                if not parent.external:
+                    return parent.name
+                break
+            parent = snapshots.get(parent.parent)
+    return None
 
 
 def plan_domain_snapshot(request, domain, compare=_image_compare):
@@ -871,6 +912,15 @@ def plan_domain_snapshot(request, domain, compare=_image_compare):
 
 
 # --------------------------------------------------------------------------- apply
+def check_plan_files(plan, isdir=os.path.isdir):
+    """Refuse, before anything is done (in check mode too), a plan whose new files (overlays, memory state) would go
+    to a directory that does not exist: libvirt creates the files, not their directories."""
+    for action in plan.actions:
+        for what, path in action.args.get('files', ()):
+            if not isdir(os.path.dirname(path)):
+                raise LibvirtModuleError('%s does not exist: libvirt creates the file, not its directory' % what)
+
+
 def _flags(names):
     value = 0
     for flag in names:
@@ -904,14 +954,7 @@ def apply_plan(conn, plan, request, domain):
         elif action.kind == 'delete':
             what = 'cannot delete snapshot %s of domain %s' % (name, _quoted(request.domain))
             snapshot = libvirt_call(what, virdomain.snapshotLookupByName, request.name, 0)
-            flags = []
-            if request.children:
-                flags.append('VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN')
-            if request.children_only:
-                flags.append('VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN_ONLY')
-            if request.metadata_only:
-                flags.append('VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY')
-            snapshot_call(what, version, uri, snapshot.delete, _flags(flags),
+            snapshot_call(what, version, uri, snapshot.delete, _flags(action.args['flags']),
                           hint='metadata_only=true removes only libvirt\'s record of it and leaves its files')
         else:
             raise LibvirtModuleError('internal error: unknown action %r' % action.kind)
@@ -923,6 +966,7 @@ def run_domain_snapshot(conn, params, check_mode):
     request = SnapshotRequest(params)
     domain = read_domain(conn, request.domain, request.uri)
     plan = plan_domain_snapshot(request, domain)
+    check_plan_files(plan)
     if not check_mode and plan.actions:
         apply_plan(conn, plan, request, domain)
         domain = read_domain(conn, request.domain, request.uri)

@@ -33,8 +33,13 @@ attributes:
     support: full
     details:
       - Check mode computes the same plan as a real run, with the same checks, RV(actions), diff and C(changed).
+      - Check mode predicts the refusals the module knows: overlay or memory files that exist or whose directory is
+        missing, operations the connected libvirt version cannot do (reverting to external snapshots before 9.9.0,
+        deleting external snapshots before 9.0.0), and the deletions of external snapshots libvirt refuses (with
+        O(children) or O(children_only) over an external descendant, with children, or the current one on an internal parent).
       - A few refusals are known only to libvirt (for example deleting an external snapshot outside the disks' current
-        backing chain); check mode cannot foresee those.
+        backing chain); check mode cannot foresee those. A snapshot is created, reverted or deleted by one libvirt call,
+        atomic for a creation (a failure leaves no overlay and no snapshot).
   diff_mode:
     support: full
     details:
@@ -136,11 +141,15 @@ options:
   children:
     description:
       - Delete the snapshot's descendants too (V(absent)).
+      - libvirt deletes no external snapshot this way; the module refuses when a descendant, or the snapshot with
+        descendants, is external. For a snapshot without descendants it is the same as a plain deletion.
     type: bool
     default: false
   children_only:
     description:
       - Delete only the snapshot's descendants, keep the snapshot (V(absent)).
+      - Refused, in check mode too, when a descendant is external (libvirt deletes those one at a time), unless
+        O(metadata_only=true).
     type: bool
     default: false
   metadata_only:
@@ -148,7 +157,8 @@ options:
       - Delete only libvirt's record of the snapshots (V(absent)); internal snapshots stay in the qcow2 images, overlay and
         memory files of external snapshots stay where they are.
       - Deleting external snapshots for real merges each overlay into its backing file, which libvirt does from version 9.0.0,
-        one snapshot at a time, only for a snapshot without children in the disks' current backing chain.
+        one snapshot at a time, only for a snapshot without children in the disks' current backing chain, and the current
+        snapshot only when the snapshot before it (for each of its disks) is external too.
     type: bool
     default: false
   domain_state:
@@ -181,8 +191,10 @@ notes:
   - Overlay and memory files are checked, and disks compared for the revert rule, on the managed host, where the module runs.
     With a O(uri) naming another host those checks would look at the wrong files; manage snapshots from the hypervisor itself.
   - Deleting an external snapshot with memory leaves its memory state file in place; remove it with M(ansible.builtin.file).
-  - libvirt 9.0 refuses several deletions of external snapshots (with children, with an internal parent, outside the current
-    backing chain); O(metadata_only=true) always works.
+  - libvirt refuses several deletions of external snapshots (with children, the current one on an internal parent, outside
+    the current backing chain); O(metadata_only=true) always works.
+  - The directory of an overlay or memory file must exist; libvirt creates the file, not its directory.
+  - A domain that is not defined fails the task with C(domain 'NAME' is not defined on URI), as in every module of the collection.
 seealso:
   - module: kvm.storage.domain_snapshot_info
   - name: libvirt snapshot XML format

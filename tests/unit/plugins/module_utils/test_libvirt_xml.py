@@ -15,6 +15,8 @@ import uuid as uuid_module
 
 import pytest
 
+import components
+
 from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     HAS_LIBVIRT,
     LibvirtConnection,
@@ -67,7 +69,7 @@ def test_paths_are_sanitised_as_libvirt_stores_them(path, expected):
 
 def test_libvirt_call_names_what_failed():
     if not HAS_LIBVIRT:
-        pytest.skip('libvirt-python is not installed')
+        components.missing('libvirt-python')
     with LibvirtConnection(URI, readonly=True) as conn:
         with pytest.raises(LibvirtModuleError, match="^cannot look up pool 'kvmstorage_test_nothing': .*kvmstorage_test_nothing"):
             libvirt_call("cannot look up pool 'kvmstorage_test_nothing'", conn.storagePoolLookupByName, 'kvmstorage_test_nothing')
@@ -75,7 +77,7 @@ def test_libvirt_call_names_what_failed():
 
 def test_a_bad_uri_is_a_clear_error():
     if not HAS_LIBVIRT:
-        pytest.skip('libvirt-python is not installed')
+        components.missing('libvirt-python')
     with pytest.raises(LibvirtModuleError, match='cannot connect to libvirt at nosuchdriver:///x'):
         with LibvirtConnection('nosuchdriver:///x'):
             pass
@@ -160,12 +162,12 @@ def test_not_a_pool_is_refused():
 @pytest.fixture
 def conn():
     if not HAS_LIBVIRT:
-        pytest.skip('libvirt-python is not installed')
+        components.missing('libvirt-python')
     try:
         connection = LibvirtConnection(URI)
         handle = connection.open()
     except LibvirtModuleError as exc:
-        pytest.skip('no libvirtd: %s' % exc)
+        components.missing('libvirtd', exc)
     yield handle
     connection.close()
 

@@ -19,6 +19,8 @@ import sys
 
 import pytest
 
+import components
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 STANDIN = os.path.join(ROOT, "tests", "integration", "targets", "setup_lvm", "files", "kvmstorage_lvm_standin.py")
 PREFIX = "kvmstorage_it_lvm"
@@ -155,7 +157,7 @@ def standin(*args):
 def lvm_testbed(tmp_path, monkeypatch):
     """A fresh VG (kvmstorage_it_lvm_u<pid>_<n>, 1 MiB extents) on a loop device; removed afterwards."""
     if not lvm2_available():
-        pytest.skip("needs root, lvm2 and losetup")
+        components.missing("lvm2", "needs root, /sbin/lvcreate and losetup")
     bindir = str(tmp_path / "bin")
     standin("install", bindir)
     vg = "%s_u%d_%d" % (PREFIX, os.getpid(), next(_VG_NUMBERS))

@@ -17,6 +17,8 @@ import os
 import subprocess
 
 import pytest
+
+import components
 from qemu_tools import run
 
 from ansible.module_utils.testing import patch_module_args
@@ -30,7 +32,10 @@ from ansible_collections.kvm.storage.plugins.module_utils._pool_volume import (
 )
 from ansible_collections.kvm.storage.plugins.modules import disk_image
 
-libvirt = pytest.importorskip('libvirt')
+try:
+    import libvirt
+except ImportError:  # the fixtures that need it say so (components.missing)
+    libvirt = None
 
 MIB = 1 << 20
 PREFIX = 'kvmstorage_it_dimg_u'
@@ -63,11 +68,13 @@ def _ignore(context, error):
 
 @pytest.fixture
 def system():
+    if libvirt is None:
+        components.missing('libvirt-python')
     libvirt.registerErrorHandler(_ignore, None)
     try:
         conn = libvirt.open('qemu:///system')
     except libvirt.libvirtError as exc:
-        pytest.skip('no libvirtd: %s' % exc)
+        components.missing('libvirtd', exc)
     yield conn
     conn.close()
 
@@ -108,7 +115,7 @@ def disk_pool(system, tmp_path):
         device = subprocess.run(['losetup', '-P', '-f', '--show', str(backing)], check=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, universal_newlines=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip('no loop device: %s' % exc)
+        components.missing('loop device', exc)
     name = '%s_disk_%d' % (PREFIX, os.getpid())
     pool = None
     try:
@@ -127,6 +134,8 @@ def disk_pool(system, tmp_path):
 @pytest.fixture
 def test_driver_pool():
     """A logical pool of libvirt's test driver; the open connection keeps the in-memory state for the module."""
+    if libvirt is None:
+        components.missing('libvirt-python')
     libvirt.registerErrorHandler(_ignore, None)
     conn = libvirt.open('test:///default')
     name = '%s_lv' % PREFIX

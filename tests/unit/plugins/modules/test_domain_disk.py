@@ -14,6 +14,8 @@ import uuid as uuid_module
 
 import pytest
 
+import components
+
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.kvm.storage.plugins.module_utils import _domain_disk, _libvirt
@@ -380,7 +382,7 @@ class RunningDomains(object):
 ])
 def test_storage_used_read_write_by_another_running_domain_is_refused_unless_both_share_it(images, other_extra, ours, refused):
     if _domain_disk.libvirt is None:
-        pytest.skip('libvirt-python is not installed')
+        components.missing('libvirt-python')
     path = str(images / 'a.qcow2')
     conn = RunningDomains(OtherDomain('d', ''), OtherDomain('other', file_disk(path.replace('/a.', '//a.'), 'vdc', 'qcow2', extra=other_extra)))
     domain = OtherDomain('d', '')
@@ -442,9 +444,9 @@ def virsh(*args, check=True):
 @pytest.fixture
 def domain_name(tmp_path):
     if not _libvirt.HAS_LIBVIRT:
-        pytest.skip('libvirt-python is not installed')
+        components.missing('libvirt-python')
     if virsh('uri', check=False).returncode != 0:
-        pytest.skip('no libvirtd at %s' % URI)
+        components.missing('libvirtd', 'virsh cannot connect to %s' % URI)
     name = 'kvmstorage_it_ddisk_unit_%s' % uuid_module.uuid4().hex[:8]
     (tmp_path / 'domain.xml').write_text(
         "<domain type='qemu'><name>%s</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
@@ -490,8 +492,10 @@ def test_libvirt_refusals_name_what_was_being_done(images, capsys, domain_name):
 
 
 def test_an_unknown_domain_is_a_clear_error(capsys):
-    if not _libvirt.HAS_LIBVIRT or virsh('uri', check=False).returncode != 0:
-        pytest.skip('no libvirtd')
+    if not _libvirt.HAS_LIBVIRT:
+        components.missing('libvirt-python')
+    if virsh('uri', check=False).returncode != 0:
+        components.missing('libvirtd', 'virsh cannot connect to %s' % URI)
     result = run_module(domain_disk_info, capsys, domain='kvmstorage_it_ddisk_never')
     assert result['failed'] and result['msg'] == "domain 'kvmstorage_it_ddisk_never' not found"
 

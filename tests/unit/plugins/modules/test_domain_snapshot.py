@@ -489,6 +489,60 @@ def test_external_snapshots_with_children_are_refused_naming_the_version_and_met
     assert plan_domain_snapshot(ask(state='absent', name='e2'), domain('running', snapshots=snapshots)).kinds() == ['delete']
 
 
+def test_children_only_over_one_external_child_is_refused_before_anything_is_done():
+    # libvirt (qemuSnapshotDeleteValidate) refuses children/children_only whenever a descendant is external,
+    # one external child included: the plan refuses it too, so check mode predicts the refusal.
+    snapshots = [record('i1', created=1), external_record('x1', 'i1', created=2, current=True)]
+    with pytest.raises(LibvirtModuleError, match="cannot delete snapshot 'i1' of domain 'vm': libvirt 9.0.0 .*cannot do this: "
+                                                 "libvirt deletes external snapshots \\(x1\\) one at a time"):
+        plan_domain_snapshot(ask(state='absent', name='i1', children_only=True), domain(snapshots=snapshots))
+    with pytest.raises(LibvirtModuleError, match='one at a time'):
+        plan_domain_snapshot(ask(state='absent', name='i1', children=True), domain(snapshots=snapshots))
+    forget = plan_domain_snapshot(ask(state='absent', name='i1', children_only=True, metadata_only=True), domain(snapshots=snapshots))
+    assert forget.actions[0].args['removed'] == ['x1']
+
+
+def test_an_external_snapshot_on_an_internal_parent_is_refused_when_libvirt_would_merge_it():
+    # libvirt merges the current external snapshot into its parent, and refuses when that parent is internal.
+    snapshots = [record('i1', created=1), external_record('x1', 'i1', created=2, current=True)]
+    with pytest.raises(LibvirtModuleError, match="cannot delete snapshot 'x1' .*libvirt 9.0.0 .*cannot do this: external snapshot 'x1' "
+                                                 "is the current one and its parent i1 is internal.*metadata_only=true"):
+        plan_domain_snapshot(ask(state='absent', name='x1'), domain(snapshots=snapshots))
+    # Not current: libvirt only removes its overlay, whatever the parent.
+    leaf = [record('i1', created=1, current=True), external_record('x1', 'i1', created=2)]
+    assert plan_domain_snapshot(ask(state='absent', name='x1'), domain(snapshots=leaf)).kinds() == ['delete']
+    # A disk the internal parent left out has no parent for that disk.
+    left_out = record('i1', created=1, disks=[{'name': 'vda', 'snapshot': 'no', 'file': None, 'format': None},
+                                             {'name': 'vdb', 'snapshot': 'internal', 'file': None, 'format': None}])
+    assert plan_domain_snapshot(ask(state='absent', name='x1'), domain(snapshots=[
+        left_out, external_record('x1', 'i1', created=2, current=True)])).kinds() == ['delete']
+
+
+def test_children_is_not_passed_to_libvirt_for_a_snapshot_without_descendants():
+    # libvirt refuses the CHILDREN flag on any external snapshot, even one without children.
+    plan = plan_domain_snapshot(ask(state='absent', name='x1', children=True),
+                                domain(snapshots=[external_record('x1', current=True)]))
+    assert plan.actions[0].args['removed'] == ['x1'] and plan.actions[0].args['flags'] == []
+    plan = plan_domain_snapshot(ask(state='absent', name='a', children=True), domain(snapshots=tree()))
+    assert plan.actions[0].args['flags'] == ['VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN']
+    plan = plan_domain_snapshot(ask(state='absent', name='a', children_only=True, metadata_only=True), domain(snapshots=tree()))
+    assert plan.actions[0].args['flags'] == ['VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN_ONLY', 'VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY']
+
+
+def test_an_overlay_or_memory_file_in_a_missing_directory_is_refused(tmp_path):
+    missing = str(tmp_path / 'nowhere' / 'vda.qcow2')
+    plan = plan_domain_snapshot(ask(external=True, disks=[{'name': 'vda', 'file': missing}, {'name': 'vdb', 'snapshot': 'no'}]), domain())
+    with pytest.raises(LibvirtModuleError, match="the directory of the overlay file %s for disk vda does not exist" % missing):
+        backend.check_plan_files(plan)
+    memory = str(tmp_path / 'nowhere' / 'm')
+    plan = plan_domain_snapshot(ask(memory=memory, disks=[{'name': 'vda', 'file': str(tmp_path / 'o')}, {'name': 'vdb', 'snapshot': 'no'}]),
+                                domain('running'))
+    with pytest.raises(LibvirtModuleError, match='memory: the directory of %s does not exist' % memory):
+        backend.check_plan_files(plan)
+    (tmp_path / 'nowhere').mkdir()
+    backend.check_plan_files(plan)
+
+
 def test_the_rendered_view_names_domain_state_current_and_tree():
     view = plan_domain_snapshot(ask(state='absent', name='zz'), domain('running', snapshots=tree())).before
     assert render_view(view) == ('domain: vm\nstate: running\ncurrent snapshot: c\nsnapshots:\n  - a (shutoff, internal)\n'
@@ -615,16 +669,66 @@ def test_a_reverts_diff_says_why_the_domain_is_not_at_the_snapshot(domain_state,
     assert render_view(plan.after).splitlines()[3] == 'at snapshot snap: yes'
 
 
-def test_a_deletion_libvirt_refuses_names_its_version_and_the_way_out(shut_off_domain, capsys):
-    # libvirt 9.0 deletes an external snapshot only when its parent is external too (or it has none).
+def snapshot_tree(domain_name):
+    return virsh('snapshot-list', domain_name, '--tree').stdout
+
+
+def test_a_deletion_libvirt_refuses_is_refused_in_check_mode_and_for_real_leaving_the_snapshots(shut_off_domain, capsys):
+    # libvirt merges a current external snapshot into its parent, and refuses when the parent is internal: the module
+    # knows it, so check mode predicts the refusal, and the real run fails the same way before asking libvirt.
     virsh('snapshot-create-as', shut_off_domain, 'i1')
     virsh('snapshot-create-as', shut_off_domain, 'x1', '--disk-only')
-    result = run_module(domain_snapshot, capsys, domain=shut_off_domain, name='x1', state='absent')
-    if not result.get('failed'):
-        pytest.skip('this libvirt (%s) deletes an external snapshot below an internal one' % result['lib_version'])
+    before = snapshot_tree(shut_off_domain)
     version = version_text(libvirt.open(URI).getLibVersion())
+    check = run_module(domain_snapshot, capsys, check_mode=True, domain=shut_off_domain, name='x1', state='absent')
+    result = run_module(domain_snapshot, capsys, domain=shut_off_domain, name='x1', state='absent')
+    assert check.get('failed') and result.get('failed') and check['msg'] == result['msg']
     assert result['msg'].startswith("cannot delete snapshot 'x1' of domain '%s': libvirt %s (the daemon at %s) cannot do this: "
                                     % (shut_off_domain, version, URI))
+    assert "its parent 'i1' is internal" in result['msg'] or 'its parent i1 is internal' in result['msg']
     assert result['msg'].endswith("; metadata_only=true removes only libvirt's record of it and leaves its files")
+    assert snapshot_tree(shut_off_domain) == before
+    # libvirt itself refuses it too (the prediction is libvirt's rule, not a guess).
+    assert virsh('snapshot-delete', shut_off_domain, 'x1', check=False).returncode != 0
     forgotten = run_module(domain_snapshot, capsys, domain=shut_off_domain, name='x1', state='absent', metadata_only=True)
     assert forgotten['changed'] and forgotten['current'] == 'i1'
+
+
+def test_children_only_over_an_external_child_is_refused_in_check_mode_as_libvirt_refuses_it(shut_off_domain, capsys):
+    virsh('snapshot-create-as', shut_off_domain, 'e1', '--disk-only')
+    virsh('snapshot-create-as', shut_off_domain, 'e2', '--disk-only')
+    before = snapshot_tree(shut_off_domain)
+    args = dict(domain=shut_off_domain, name='e1', state='absent', children_only=True)
+    check = run_module(domain_snapshot, capsys, check_mode=True, **args)
+    result = run_module(domain_snapshot, capsys, **args)
+    assert check.get('failed') and result.get('failed') and check['msg'] == result['msg']
+    assert 'libvirt deletes external snapshots (e2) one at a time' in result['msg']
+    assert snapshot_tree(shut_off_domain) == before
+    assert virsh('snapshot-delete', shut_off_domain, 'e1', '--children-only', check=False).returncode != 0
+
+
+def test_a_create_that_fails_on_its_second_disk_leaves_the_domain_as_it_was(tmp_path, shut_off_domain, capsys):
+    # The overlay of vda is made first, then qemu-img cannot open vdb's image (removed behind libvirt's back):
+    # the snapshot is atomic, libvirt removes the first overlay, and the task fails with nothing changed.
+    (tmp_path / 'data').unlink()
+    blocks = virsh('domblklist', shut_off_domain).stdout
+    args = dict(domain=shut_off_domain, name='x1', external=True,
+                disks=[dict(name='vda', file=str(tmp_path / 'vda.x1')), dict(name='vdb', file=str(tmp_path / 'vdb.x1'))])
+    check = run_module(domain_snapshot, capsys, check_mode=True, **args)
+    assert check['changed'] and len(check['actions']) == 1
+    result = run_module(domain_snapshot, capsys, **args)
+    assert result.get('failed') and not result.get('changed')
+    assert result['msg'].startswith("cannot create snapshot 'x1' of domain '%s': " % shut_off_domain)
+    assert virsh('snapshot-list', shut_off_domain, '--name').stdout.strip() == ''
+    assert virsh('domblklist', shut_off_domain).stdout == blocks
+    assert not (tmp_path / 'vda.x1').exists() and not (tmp_path / 'vdb.x1').exists()
+
+
+def test_an_overlay_in_a_missing_directory_is_refused_in_check_mode_too(tmp_path, shut_off_domain, capsys):
+    args = dict(domain=shut_off_domain, name='x1', external=True,
+                disks=[dict(name='vda', file=str(tmp_path / 'no' / 'vda.x1')), dict(name='vdb', snapshot='no')])
+    check = run_module(domain_snapshot, capsys, check_mode=True, **args)
+    result = run_module(domain_snapshot, capsys, **args)
+    assert check.get('failed') and result.get('failed') and check['msg'] == result['msg']
+    assert 'the directory of the overlay file %s for disk vda does not exist' % (tmp_path / 'no' / 'vda.x1') in result['msg']
+    assert virsh('snapshot-list', shut_off_domain, '--name').stdout.strip() == ''

@@ -15,6 +15,8 @@ import subprocess
 
 import pytest
 
+import components
+
 from lvm_testbed import FakeModule, lvm_testbed, make_thin_pool  # noqa: F401  pylint: disable=unused-import
 
 from ansible_collections.kvm.storage.plugins.module_utils import _lvm
@@ -22,7 +24,7 @@ from ansible_collections.kvm.storage.plugins.module_utils import _lvm_volume_ima
 
 MIB = 1024 * 1024
 QEMU_IMG = shutil.which("qemu-img")
-needs_qemu_img = pytest.mark.skipif(QEMU_IMG is None, reason="needs qemu-img")
+needs_qemu_img = components.needs(QEMU_IMG is not None, "qemu-img")
 
 
 # ------------------------------------------------------------------ sizes

@@ -14,6 +14,8 @@ import uuid as uuid_module
 
 import pytest
 
+import components
+
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.kvm.storage.plugins.module_utils import _libvirt
@@ -283,9 +285,9 @@ def virsh(*args, check=True):
 @pytest.fixture
 def pool_name():
     if not _libvirt.HAS_LIBVIRT:
-        pytest.skip('libvirt-python is not installed')
+        components.missing('libvirt-python')
     if virsh('uri', check=False).returncode != 0:
-        pytest.skip('no libvirtd at %s' % URI)
+        components.missing('libvirtd', 'virsh cannot connect to %s' % URI)
     name = 'kvmstorage_test_unit_%s' % uuid_module.uuid4().hex[:8]
     yield name
     virsh('pool-destroy', name, check=False)

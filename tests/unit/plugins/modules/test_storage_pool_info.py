@@ -12,6 +12,8 @@ import uuid as uuid_module
 
 import pytest
 
+import components
+
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.kvm.storage.plugins.module_utils import _libvirt
@@ -37,9 +39,9 @@ def run_module(capsys, **args):
 def pools(tmp_path):
     """An active and an inactive dir pool, made with virsh."""
     if not _libvirt.HAS_LIBVIRT:
-        pytest.skip('libvirt-python is not installed')
+        components.missing('libvirt-python')
     if virsh('uri', check=False).returncode != 0:
-        pytest.skip('no libvirtd at %s' % URI)
+        components.missing('libvirtd', 'virsh cannot connect to %s' % URI)
     tag = uuid_module.uuid4().hex[:8]
     names = ['kvmstorage_test_unit_info_a_%s' % tag, 'kvmstorage_test_unit_info_b_%s' % tag]
     for name in names:

@@ -10,14 +10,16 @@ import time
 
 import pytest
 
+import components
+
 import qemu_tools
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 
 MIB = 1024 * 1024
 POISON = b"\xaa"
 
-needs_loop = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("losetup") is None,
-                                reason="needs root and losetup for loop devices")
+needs_loop = components.needs(os.geteuid() == 0 and shutil.which("losetup") is not None, "loop device",
+                              "needs root and losetup")
 
 
 @pytest.fixture

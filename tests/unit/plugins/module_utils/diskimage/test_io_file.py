@@ -7,6 +7,8 @@ import subprocess
 
 import pytest
 
+import components
+
 import qemu_tools
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import _io
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
@@ -146,11 +148,11 @@ def loop_device(tmp_path):
         f.write(b"\x5a" * 4096)
         f.truncate(4 * MIB)
     if os.geteuid() != 0:
-        pytest.skip("loop devices need root")
+        components.missing("loop device", "loop devices need root")
     proc = subprocess.run(["losetup", "-f", "--show", str(backing)], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if proc.returncode != 0:
-        pytest.skip("no loop device: %s" % proc.stderr)
+        components.missing("loop device", proc.stderr.strip())
     device = proc.stdout.strip()
     yield device
     subprocess.run(["losetup", "-d", device], check=False)

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+import components
+
 import qemu_tools
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
@@ -242,7 +244,7 @@ def paused_guest(request):
         try:
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError:
-            pytest.skip("qemu-system-x86_64 is not installed")
+            components.missing("qemu-system-x86_64")
         procs.append(proc)
         deadline = time.time() + 30
         while 101 not in lock_bytes(path):

@@ -10,6 +10,8 @@ import zlib
 
 import pytest
 
+import components
+
 import qemu_tools
 from qemu_tools import qemu_img, qemu_img_json, qemu_io
 
@@ -491,7 +493,7 @@ def loop_device(tmp_path):
     proc = subprocess.run(["losetup", "-f", "--show", str(backing)], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if proc.returncode != 0:
-        pytest.skip("no loop device: %s" % proc.stderr.strip())
+        components.missing("loop device", proc.stderr.strip())
     device = proc.stdout.strip()
     try:
         yield device
