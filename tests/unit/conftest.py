@@ -4,6 +4,8 @@
 
 A symlink in a private temporary directory points at the checkout, so the
 tests always import the code under test, whatever is installed elsewhere.
+
+With CI=true, a test skipped because a component is missing fails (components.py).
 """
 
 import atexit
@@ -11,6 +13,8 @@ import os
 import shutil
 import sys
 import tempfile
+
+import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _TMP = tempfile.mkdtemp(prefix="kvm-storage-import-")
@@ -24,3 +28,22 @@ for _name in list(sys.modules):
 
 # qemu_tools (the oracle: qemu-img and qemu-io) serves the module tests too.
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins", "module_utils", "diskimage"))
+# components (skips for a missing component) serves every test.
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
+
+import components  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # pylint: disable=unused-argument
+    """With CI=true, a test skipped for a missing component fails (components.py says why)."""
+    outcome = yield
+    components.point_at_the_test(outcome.get_result(), item)
+    components.fail_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):  # pylint: disable=unused-argument
+    """The same for a whole module skipped while it was collected."""
+    outcome = yield
+    components.fail_in_ci(outcome.get_result())
