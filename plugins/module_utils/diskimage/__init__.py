@@ -6,7 +6,9 @@
 One function per qemu-img subcommand; dictionaries have the keys and meanings
 of ``qemu-img ... --output=json`` (see DESIGN.md).  Every function that opens
 images takes ``allow_dirs`` (more directories whose files an image may name,
-e.g. as its backing file); read-only ones take ``force_share`` (qemu-img -U).
+e.g. as its backing file) and ``trusted_files`` (files the caller names itself,
+accepted wherever they are when an image names them: see ``policy``);
+read-only ones take ``force_share`` (qemu-img -U).
 Errors are ImageError subclasses from ``errors``.
 
 Operations not implemented yet are deliberately absent rather than stubbed.

@@ -32,6 +32,13 @@ from .ova import locate
 MAX_CHAIN_DEPTH = 64
 
 
+def _as_list(paths):
+    """``allow_dirs``/``trusted_files`` as a list (one path may be given bare), None when empty."""
+    if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__"):
+        paths = [paths]
+    return list(paths) if paths else None
+
+
 def _describe(trail):
     return " -> ".join(trail)
 
@@ -39,8 +46,10 @@ def _describe(trail):
 class _Chain:
     """State shared by the openers of one open_driver call."""
 
-    def __init__(self, allow_dirs, force_share, key_secret=None, check_open=False):
+    def __init__(self, allow_dirs, force_share, key_secret=None, check_open=False, trusted_files=None):
         self.allow_dirs = list(allow_dirs) if allow_dirs else None
+        # Files the caller names itself (policy.resolve_reference): accepted wherever they are.
+        self.trusted_files = _as_list(trusted_files)
         self.force_share = force_share
         # Opened writable by check with repair (qemu's BDRV_O_CHECK): the top layer only.
         self.check_open = check_open
@@ -93,7 +102,8 @@ class _Opener:
 
     def __call__(self, referrer_path, name, fmt=None):
         """Open backing file ``name`` of ``referrer_path`` read-only, as a Driver."""
-        resolved = resolve_reference(referrer_path, name, self._chain.allow_dirs, kind="backing file")
+        resolved = resolve_reference(referrer_path, name, self._chain.allow_dirs, kind="backing file",
+                                     trusted_files=self._chain.trusted_files)
         try:
             return self._chain.open_layer(resolved, fmt or None, True, self._trail)
         except ImageError as exc:
@@ -107,6 +117,11 @@ class _Opener:
     def allow_dirs(self):
         """The caller's extra allowed directories (None when none)."""
         return self._chain.allow_dirs
+
+    @property
+    def trusted_files(self):
+        """The files the caller names itself (None when none)."""
+        return self._chain.trusted_files
 
     @property
     def check_open(self):
@@ -139,7 +154,8 @@ class _Opener:
     def data_file(self, referrer_path, name, writable=None):
         """Open external data file ``name`` of ``referrer_path`` as an ImageFile,
         writable when the referring layer is (unless ``writable`` says otherwise)."""
-        resolved = resolve_reference(referrer_path, name, self._chain.allow_dirs, kind="data file")
+        resolved = resolve_reference(referrer_path, name, self._chain.allow_dirs, kind="data file",
+                                     trusted_files=self._chain.trusted_files)
         if writable is None:
             writable = self._writable
         image_file = ImageFile(resolved, writable=bool(writable) and self._writable,
@@ -149,16 +165,16 @@ class _Opener:
 
 
 def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None,
-                check_open=False):
+                check_open=False, trusted_files=None):
     """Open image ``path`` (format ``fmt``, probed when None) with its backing
     chain; backing layers and data files go through the path policy with
-    ``allow_dirs``.  Returns the top Driver; closing it closes the chain.
+    ``allow_dirs`` and ``trusted_files`` (files the caller names itself).  Returns the top Driver; closing it closes the chain.
     ``member`` selects a disk inside an OVA or Vagrant box (ova.locate: read
     only; ``.ova``/``.box`` files open their first disk without it).
     ``key_secret``: the passphrase of encrypted (LUKS) layers.
     ``check_open``: only for ops/check.py repairing (qemu's BDRV_O_CHECK)."""
     path = locate(path, fmt, member, readonly)
-    chain = _Chain(allow_dirs, force_share, key_secret, check_open)
+    chain = _Chain(allow_dirs, force_share, key_secret, check_open, trusted_files)
     try:
         return chain.open_layer(path, fmt, readonly, [])
     except BaseException:

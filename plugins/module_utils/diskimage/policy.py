@@ -16,17 +16,33 @@ The rules:
   ``nbd:``, ``http:``, ``file:`` ... there), so ``./a:b`` is a file name but
   ``a:b`` is refused;
 * relative names resolve against the referrer's directory as the referrer was
-  named (QEMU does the same), absolute names are allowed only inside one of
-  ``allow_dirs``;
-* ``..`` components are refused by the default policy.  When the caller gives
-  ``allow_dirs``, a relative name with ``..`` is accepted if it resolves inside
-  the referrer's directory or one of ``allow_dirs`` (the usual
-  ``../base/base.qcow2`` layout, with ``allow_dirs=[".../base"]``);
+  named (QEMU does the same);
+* the default policy accepts a name, relative or absolute, whose real path
+  (symbolic links resolved) lies in the referrer's own directory or below it:
+  libvirt records the backing file of an external snapshot as an absolute name
+  in the same directory.  Absolute names anywhere else are refused, unless
+  inside one of ``allow_dirs``;
+* ``..`` components (in relative and absolute names) are refused by the
+  default policy.  When the caller gives ``allow_dirs``, a name with ``..`` is
+  accepted if it resolves inside the referrer's directory or one of
+  ``allow_dirs`` (the usual ``../base/base.qcow2`` layout, with
+  ``allow_dirs=[".../base"]``);
 * after resolving symbolic links (realpath) the file must lie inside the
-  referrer's directory or one of ``allow_dirs``;
+  referrer's directory or one of ``allow_dirs``: a symbolic link in the
+  directory that leads out of it is refused;
+* ``trusted_files``: files the caller itself names (an Ansible task's
+  ``path``, ``src``, ``backing_file``: the operator's word, not the image's).
+  A name whose real path is the real path of one of them is accepted
+  wherever it lies, ``..`` and symbolic links included; only those exact
+  files, nothing beside them.  The other rules (text, no protocol prefix,
+  regular file) still apply;
 * the target must be a regular file (``stat``): device nodes, FIFOs, sockets
   and directories are refused whatever the directory;
 * a target that does not exist raises ImageNotFoundError.
+
+Nothing else is accepted: compared with earlier versions, only absolute names
+in the referrer's own directory and the caller's trusted files are newly
+accepted by default.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -49,6 +65,13 @@ def _real_dirs(dirs):
     if isinstance(dirs, (str, bytes)) or hasattr(dirs, "__fspath__"):
         dirs = [dirs]  # one directory given bare: never iterate over its characters
     return [os.path.realpath(os.path.abspath(os.fsdecode(d))) for d in (dirs or ())]
+
+
+def _real_files(files):
+    """Real paths of the caller's trusted files (one file may be given bare)."""
+    if isinstance(files, (str, bytes)) or hasattr(files, "__fspath__"):
+        files = [files]
+    return set(os.path.realpath(os.path.abspath(os.fsdecode(f))) for f in (files or ()))
 
 
 def has_protocol(name):
@@ -81,10 +104,11 @@ def search_dirs(referrer_path, allow_dirs=None):
     return dirs
 
 
-def resolve_reference(referrer_path, name, allow_dirs=None, kind="backing file"):
+def resolve_reference(referrer_path, name, allow_dirs=None, kind="backing file", trusted_files=None):
     """Absolute real path of file ``name`` recorded in image ``referrer_path``,
     or PolicyError saying why it may not be opened.  ImageNotFoundError when it
-    is allowed but missing."""
+    is allowed but missing.  ``trusted_files``: files the caller names itself
+    (accepted wherever they are, see the module docstring)."""
     resolve_sibling = getattr(referrer_path, "resolve_sibling", None)
     if resolve_sibling is not None:
         # An archive member (ova.MemberPath): names resolve to members of the same archive only.
@@ -112,27 +136,24 @@ def resolve_reference(referrer_path, name, allow_dirs=None, kind="backing file")
     own_dir = referrer_dir(referrer)
     allowed = _real_dirs(allow_dirs)
     real_own_dir = os.path.realpath(own_dir)
-    # The referrer's own directory is always allowed for relative names.
+    # The referrer's own directory is always allowed, for relative and absolute names.
     permitted = [real_own_dir] + [d for d in allowed if d != real_own_dir]
-    if os.path.isabs(name):
-        if not allowed:
-            raise refuse("absolute paths are not allowed (pass allow_dirs to permit a directory)")
-        candidate = name
-        permitted_here = allowed
-    else:
+    candidate = name if os.path.isabs(name) else os.path.join(own_dir, name)
+    # No lexical normalisation first: like the kernel, '..' applies after the
+    # symbolic links before it are followed (realpath does the same; it reads
+    # links, it opens nothing).
+    real = os.path.realpath(candidate)
+    if real not in _real_files(trusted_files):
         if ".." in name.split("/") and not allowed:
             raise refuse("'..' components are not allowed (pass allow_dirs to permit a directory)")
-        candidate = os.path.join(own_dir, name)
-        permitted_here = permitted
-
-    # No lexical normalisation first: like the kernel, '..' applies after the
-    # symbolic links before it are followed (realpath does the same).
-    real = os.path.realpath(candidate)
-    if not any(_is_inside(real, directory) for directory in permitted_here):
-        where = ", ".join(permitted_here)
-        if real != os.path.normpath(candidate):
-            raise refuse("it resolves to %s, outside the allowed directories (%s)" % (real, where))
-        raise refuse("it is outside the allowed directories (%s)" % where)
+        if not any(_is_inside(real, directory) for directory in permitted):
+            where = ", ".join(permitted)
+            if os.path.isabs(name) and not allowed:
+                raise refuse("absolute paths are not allowed outside the image's directory %s (it resolves "
+                             "to %s; pass allow_dirs to permit a directory)" % (real_own_dir, real))
+            if real != os.path.normpath(candidate):
+                raise refuse("it resolves to %s, outside the allowed directories (%s)" % (real, where))
+            raise refuse("it is outside the allowed directories (%s)" % where)
 
     try:
         st = os.stat(real)

@@ -451,7 +451,7 @@ class VpcDriver(Driver):
         details = "; ".join("%s locator %r: %s" % (code, windows_path, exc) for code, windows_path, exc in failures)
         error = PolicyError if all(isinstance(exc, PolicyError) for _c, _w, exc in failures) else ImageNotFoundError
         raise error("differencing VHD: the parent could not be opened under the path policy (relative names in "
-                    "the image's directory, absolute names only inside allow_dirs): %s" % details, path)
+                    "the image's directory, other names only inside allow_dirs): %s" % details, path)
 
     def close(self):
         image_file, self.image_file = self.image_file, None

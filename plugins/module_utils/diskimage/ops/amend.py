@@ -18,12 +18,12 @@ from .sizes import normalize_options
 
 
 @translate_os_errors("cannot amend image")
-def amend(path, options, fmt=None, allow_dirs=None):
+def amend(path, options, fmt=None, allow_dirs=None, trusted_files=None):
     """Apply the qemu-img ``-o`` ``options`` to the existing image ``path``."""
     options = normalize_options(options)
     if not options:
         raise InvalidOptionError("amend needs at least one option", path)
-    driver = open_driver(path, fmt=fmt, readonly=False, allow_dirs=allow_dirs)
+    driver = open_driver(path, fmt=fmt, readonly=False, allow_dirs=allow_dirs, trusted_files=trusted_files)
     try:
         driver.amend(options)
         driver.flush()

@@ -16,7 +16,7 @@ REPAIR_MODES = (None, "leaks", "all")
 
 
 @translate_os_errors("cannot check image")
-def check(path, fmt=None, repair=None, allow_dirs=None, force_share=False, member=None):
+def check(path, fmt=None, repair=None, allow_dirs=None, force_share=False, member=None, trusted_files=None):
     """Check the consistency of the image at ``path``; with ``repair``
     ("leaks" or "all") fix what can be fixed, as qemu-img check -r does.
 
@@ -31,7 +31,8 @@ def check(path, fmt=None, repair=None, allow_dirs=None, force_share=False, membe
         raise InvalidOptionError("force_share cannot be used when repairing", path)
     filename = os.fspath(path)
     driver = open_driver(filename, fmt=fmt, readonly=repair is None, allow_dirs=allow_dirs,
-                         force_share=force_share, member=member, check_open=repair is not None)
+                         force_share=force_share, member=member, check_open=repair is not None,
+                         trusted_files=trusted_files)
     try:
         if type(driver).check is Driver.check:
             raise UnsupportedOperation("This image format does not support checks (format %s)"

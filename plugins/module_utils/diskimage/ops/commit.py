@@ -64,14 +64,14 @@ def _copy_top_layer(top, base, progress):
 
 
 @translate_os_errors("cannot commit image")
-def commit(path, fmt=None, allow_dirs=None, empty=True, progress=None):
+def commit(path, fmt=None, allow_dirs=None, empty=True, progress=None, trusted_files=None):
     """Write the data of ``path`` into its backing file, then (``empty=True``,
     qemu-img's default; ``empty=False`` is qemu-img commit -d) drop it from
     ``path``.  Returns {"bytes_written", "backing_file", "duration"}."""
     started = time.monotonic()
     if progress is not None and not callable(progress):
         raise InvalidOptionError("progress must be callable, found %r" % (progress,), path)
-    top = open_driver(path, fmt=fmt, readonly=False, allow_dirs=allow_dirs)
+    top = open_driver(path, fmt=fmt, readonly=False, allow_dirs=allow_dirs, trusted_files=trusted_files)
     base = None
     try:
         if top.backing is None:
@@ -81,7 +81,8 @@ def commit(path, fmt=None, allow_dirs=None, empty=True, progress=None):
         # The chain holds the backing read-only; that open would conflict with ours.
         old_backing, top.backing = top.backing, None
         old_backing.close()
-        base = open_driver(base_path, fmt=base_fmt, readonly=False, allow_dirs=allow_dirs)
+        base = open_driver(base_path, fmt=base_fmt, readonly=False, allow_dirs=allow_dirs,
+                           trusted_files=trusted_files)
         if base.virtual_size < top.virtual_size:
             base.resize(top.virtual_size)
         written = _copy_top_layer(top, base, progress)

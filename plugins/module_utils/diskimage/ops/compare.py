@@ -148,7 +148,7 @@ def align_window(offset):
 
 @translate_os_errors("cannot compare images")
 def compare_detail(a, b, fmt_a=None, fmt_b=None, strict=False, allow_dirs=None, force_share=False,
-                   member_a=None, member_b=None, key_secret=None):
+                   member_a=None, member_b=None, key_secret=None, trusted_files=None):
     """The first offset (sector-aligned, as qemu-img reports it) where the
     images ``a`` and ``b`` differ, or None when they compare equal.  In strict
     mode a size difference is reported at the end of the smaller image.
@@ -157,9 +157,9 @@ def compare_detail(a, b, fmt_a=None, fmt_b=None, strict=False, allow_dirs=None, 
     image_a = image_b = None
     try:
         image_a = open_driver(a, fmt=fmt_a, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
-                              member=member_a, key_secret=key_secret)
+                              member=member_a, key_secret=key_secret, trusted_files=trusted_files)
         image_b = open_driver(b, fmt=fmt_b, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
-                              member=member_b, key_secret=key_secret)
+                              member=member_b, key_secret=key_secret, trusted_files=trusted_files)
         size_a, size_b = image_a.virtual_size, image_b.virtual_size
         common = min(size_a, size_b)
         if strict and size_a != size_b:
@@ -175,8 +175,8 @@ def compare_detail(a, b, fmt_a=None, fmt_b=None, strict=False, allow_dirs=None, 
 
 
 def compare(a, b, fmt_a=None, fmt_b=None, strict=False, allow_dirs=None, force_share=False,
-            member_a=None, member_b=None, key_secret=None):
+            member_a=None, member_b=None, key_secret=None, trusted_files=None):
     """Whether images ``a`` and ``b`` have the same guest content (qemu-img compare)."""
     return compare_detail(a, b, fmt_a=fmt_a, fmt_b=fmt_b, strict=strict, allow_dirs=allow_dirs,
                           force_share=force_share, member_a=member_a, member_b=member_b,
-                          key_secret=key_secret) is None
+                          key_secret=key_secret, trusted_files=trusted_files) is None

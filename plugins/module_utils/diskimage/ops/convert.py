@@ -301,7 +301,8 @@ def _worker_count():
 @translate_os_errors("cannot convert image")
 def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progress=None,
             allow_dirs=None, target_is_zero=False, force_share=False, target_exists=False,
-            snapshot=None, src_member=None, key_secret=None, on_device=False, zero_tail=False, digest=None):
+            snapshot=None, src_member=None, key_secret=None, on_device=False, zero_tail=False, digest=None,
+            trusted_files=None):
     """Convert the image ``src`` (with its backing chain) into a new image
     ``dst`` of format ``out_fmt`` (never overwriting ``dst``).
 
@@ -356,7 +357,7 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
     if target_exists:
         return _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
                                       target_is_zero, force_share, snapshot, started, src_member, key_secret,
-                                      hasher)
+                                      hasher, trusted_files)
     destination, cls = target_and_driver_class(dst, out_fmt, on_device)
     options = normalize_options(options)
     if "size" in options:
@@ -375,9 +376,10 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
 
     source = target_backing = target = temporary = None
     try:
-        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member, key_secret)
+        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member, key_secret,
+                              trusted_files)
         if backing_file is not None:
-            target_backing = open_backing(destination, backing_file, backing_fmt, allow_dirs)
+            target_backing = open_backing(destination, backing_file, backing_fmt, allow_dirs, trusted_files)
             options["backing_file"] = backing_file
             options["backing_fmt"] = backing_fmt
         size = round_up(source.virtual_size, SECTOR_SIZE)
@@ -385,12 +387,13 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
             if os.path.realpath(source.path) == os.path.realpath(destination):
                 raise InvalidOptionError("the source and the target are the same device", destination)
             build_on_device(cls, out_fmt, destination, size, options, target_backing)
-            target = open_driver(destination, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs)
+            target = open_driver(destination, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs,
+                                 trusted_files=trusted_files)
         else:
             temporary = temporary_path(destination)
             build_image(cls, temporary, size, options, target_backing, destination)
             target = open_driver(temporary, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs,
-                                 key_secret=options.get("key-secret"))
+                                 key_secret=options.get("key-secret"), trusted_files=trusted_files)
         if target_backing is not None:
             # Zeroes must be written so that the backing file does not show through.
             base, target_backing_size, has_zero_init = source.backing, target_backing.virtual_size, False
@@ -436,10 +439,11 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         close_quietly(source)
 
 
-def _open_source(src, src_fmt, allow_dirs, force_share, snapshot, member=None, key_secret=None):
+def _open_source(src, src_fmt, allow_dirs, force_share, snapshot, member=None, key_secret=None,
+                 trusted_files=None):
     """The source chain, read-only; showing internal snapshot ``snapshot`` when given."""
     source = open_driver(src, fmt=src_fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
-                         member=member, key_secret=key_secret)
+                         member=member, key_secret=key_secret, trusted_files=trusted_files)
     if snapshot is not None:
         try:
             source.select_snapshot(str(snapshot))
@@ -451,7 +455,7 @@ def _open_source(src, src_fmt, allow_dirs, force_share, snapshot, member=None, k
 
 def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
                            target_is_zero, force_share, snapshot, started, src_member=None, key_secret=None,
-                           hasher=None):
+                           hasher=None, trusted_files=None):
     """convert(target_exists=True): qemu-img convert -n."""
     target_path = os.path.abspath(os.fspath(dst))
     if not out_fmt or not isinstance(out_fmt, str):
@@ -461,10 +465,12 @@ def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progre
                                  target_path)
     source = target = None
     try:
-        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member, key_secret)
+        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member, key_secret,
+                              trusted_files)
         if os.path.realpath(source.path) == os.path.realpath(target_path):
             raise InvalidOptionError("the source and the target are the same image", target_path)
-        target = open_driver(target_path, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs)
+        target = open_driver(target_path, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs,
+                             trusted_files=trusted_files)
         if compress and not hasattr(target, "compress_cluster"):
             raise InvalidOptionError("compressed output is not supported for format %s (qcow2 only)"
                                      % out_fmt, target_path)

@@ -217,14 +217,14 @@ def split_backing_options(options, backing_file, backing_fmt, path):
     return backing_file, backing_fmt
 
 
-def open_backing(destination, backing_file, backing_fmt, allow_dirs):
+def open_backing(destination, backing_file, backing_fmt, allow_dirs, trusted_files=None):
     """Open the backing file named ``backing_file`` for a new image at
     ``destination``, through the path policy, read-only and shared (a running
     guest may use it)."""
     resolved = policy.resolve_reference(destination, backing_file, allow_dirs=allow_dirs,
-                                        kind="backing file")
+                                        kind="backing file", trusted_files=trusted_files)
     return open_driver(resolved, fmt=backing_fmt, readonly=True, allow_dirs=allow_dirs,
-                       force_share=True)
+                       force_share=True, trusted_files=trusted_files)
 
 
 def build_image(cls, temporary, size, options, backing, destination):
@@ -262,7 +262,7 @@ def creatable_driver_class(fmt, path):
 # ---------------------------------------------------------------------- create
 @translate_os_errors("cannot create image")
 def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=None,
-           allow_dirs=None, on_device=False):
+           allow_dirs=None, on_device=False, trusted_files=None):
     """Create a new image of format ``fmt`` at ``path`` (never overwriting).
 
     ``size`` in bytes or as a qemu-img size string; without it the backing
@@ -288,7 +288,7 @@ def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=No
     temporary = None
     try:
         if backing_file is not None:
-            backing = open_backing(destination, backing_file, backing_fmt, allow_dirs)
+            backing = open_backing(destination, backing_file, backing_fmt, allow_dirs, trusted_files)
             options["backing_file"] = backing_file
             options["backing_fmt"] = backing_fmt
         if size is None and on_device and fmt == "raw":

@@ -57,7 +57,7 @@ def translate_os_errors(action):
 
 
 def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None,
-                check_open=False):
+                check_open=False, trusted_files=None):
     """chain.open_driver, with OSError turned into ImageError naming the file.
     ``member``: a disk inside an OVA or Vagrant box (name or index; ova.py).
     ``key_secret``: the passphrase of encrypted (LUKS) layers."""
@@ -65,7 +65,7 @@ def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=Fals
     try:
         return chain.open_driver(path, fmt=fmt, readonly=readonly, allow_dirs=allow_dirs,
                                  force_share=force_share, member=member, key_secret=key_secret,
-                                 check_open=check_open)
+                                 check_open=check_open, trusted_files=trusted_files)
     except ImageError:
         raise
     except OSError as exc:
@@ -209,10 +209,12 @@ class Image:
 
 
 @translate_os_errors("cannot open image")
-def open_image(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None):
+def open_image(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None,
+               trusted_files=None):
     """Open ``path`` (format probed when ``fmt`` is None; a probed raw image
     refuses writes to sector 0) with its backing chain, under the path policy.
     ``member`` selects a disk inside an OVA or Vagrant box (read-only).
     ``key_secret`` is the passphrase of an encrypted (LUKS) image."""
     return Image(open_driver(path, fmt=fmt, readonly=readonly, allow_dirs=allow_dirs,
-                             force_share=force_share, member=member, key_secret=key_secret))
+                             force_share=force_share, member=member, key_secret=key_secret,
+                             trusted_files=trusted_files))

@@ -23,19 +23,21 @@ class _TopOnlyOpener:
     does not hide the image's own information).  Data files, part of the
     image itself, are opened under the path policy."""
 
-    def __init__(self, allow_dirs, force_share):
+    def __init__(self, allow_dirs, force_share, trusted_files=None):
         self.allow_dirs = list(allow_dirs) if allow_dirs else None
         self.force_share = force_share
+        self.trusted_files = trusted_files
 
     def __call__(self, referrer_path, name, fmt=None):
         return None
 
     def data_file(self, referrer_path, name, writable=None):
-        resolved = resolve_reference(referrer_path, name, self.allow_dirs, kind="data file")
+        resolved = resolve_reference(referrer_path, name, self.allow_dirs, kind="data file",
+                                     trusted_files=self.trusted_files)
         return ImageFile(resolved, writable=False, force_share=self.force_share)
 
 
-def open_top_layer(path, fmt=None, allow_dirs=None, force_share=False, member=None):
+def open_top_layer(path, fmt=None, allow_dirs=None, force_share=False, member=None, trusted_files=None):
     """Open only the top layer of ``path``, read-only (format probed when None;
     ``member``: a disk inside an OVA or Vagrant box)."""
     try:
@@ -43,7 +45,7 @@ def open_top_layer(path, fmt=None, allow_dirs=None, force_share=False, member=No
         if fmt is None:
             fmt = probe_format(path)
         cls = driver_class(fmt, path)
-        return cls.open(path, readonly=True, opener=_TopOnlyOpener(allow_dirs, force_share),
+        return cls.open(path, readonly=True, opener=_TopOnlyOpener(allow_dirs, force_share, trusted_files),
                         force_share=force_share)
     except ImageError:
         raise
@@ -97,7 +99,8 @@ def layer_info(driver, filename):
 
 
 @translate_os_errors("cannot read image information")
-def info(path, fmt=None, backing_chain=False, allow_dirs=None, force_share=False, member=None):
+def info(path, fmt=None, backing_chain=False, allow_dirs=None, force_share=False, member=None,
+         trusted_files=None):
     """``qemu-img info --output=json [--backing-chain]`` of ``path``.
 
     Returns a dict, or with ``backing_chain`` a list of dicts, top layer first.
@@ -109,10 +112,10 @@ def info(path, fmt=None, backing_chain=False, allow_dirs=None, force_share=False
     filename = os.fspath(path)
     if backing_chain:
         driver = open_driver(filename, fmt=fmt, readonly=True, allow_dirs=allow_dirs,
-                             force_share=force_share, member=member)
+                             force_share=force_share, member=member, trusted_files=trusted_files)
     else:
         driver = open_top_layer(filename, fmt=fmt, allow_dirs=allow_dirs, force_share=force_share,
-                                member=member)
+                                member=member, trusted_files=trusted_files)
     try:
         if getattr(driver.path, "member_name", None) is not None:
             filename = "%s/%s" % (os.fsdecode(filename), driver.path.member_name)

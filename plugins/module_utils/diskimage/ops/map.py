@@ -417,13 +417,14 @@ def _mergeable(current, following):
 
 
 @translate_os_errors("map failed")
-def map(path, fmt=None, allow_dirs=None, force_share=False, member=None):  # pylint: disable=redefined-builtin
+def map(path, fmt=None, allow_dirs=None, force_share=False, member=None,  # pylint: disable=redefined-builtin
+        trusted_files=None):
     """The allocation map of ``path`` and its backing chain, as the list
     ``qemu-img map --output=json`` prints: dicts with start, length, depth,
     present, zero, data and (when the host offset is known) offset.
     ``member``: a disk inside an OVA or Vagrant box (offsets within the member)."""
     driver = open_driver(path, fmt=fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
-                         member=member)
+                         member=member, trusted_files=trusted_files)
     try:
         entries = []
         for start, length, depth, flags, host in chain_status(driver, 0, qemu_length(driver)):

@@ -222,7 +222,7 @@ def _supports_persistent_bitmaps(driver):
 
 @translate_os_errors("measure failed")
 def measure(size=None, src=None, out_fmt="qcow2", options=None, src_fmt=None, allow_dirs=None,
-            force_share=False, snapshot=None, src_member=None):
+            force_share=False, snapshot=None, src_member=None, trusted_files=None):
     """What ``qemu-img measure --output=json`` prints, as a dict: ``required``
     and ``fully-allocated`` bytes for an ``out_fmt`` image of ``size`` bytes
     (metadata only) or converted from image ``src`` (its data), plus
@@ -256,7 +256,7 @@ def measure(size=None, src=None, out_fmt="qcow2", options=None, src_fmt=None, al
     if src is None:
         return _result(out_fmt, qcow2, size, None, None)
     driver = open_driver(src, fmt=src_fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
-                         member=src_member)
+                         member=src_member, trusted_files=trusted_files)
     try:
         length = qemu_length(driver)
         l1_table = None

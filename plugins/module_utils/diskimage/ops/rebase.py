@@ -42,23 +42,25 @@ class _TopLayerOpener:
     """Opener for header-only changes: the backing file is not opened (it may be
     missing); external data files still go through the path policy."""
 
-    def __init__(self, allow_dirs):
+    def __init__(self, allow_dirs, trusted_files=None):
         self._allow_dirs = list(allow_dirs) if allow_dirs else None
+        self._trusted_files = trusted_files
 
     def __call__(self, referrer_path, name, fmt=None):
         return None
 
     def data_file(self, referrer_path, name, writable=None):
-        resolved = resolve_reference(referrer_path, name, self._allow_dirs, kind="data file")
+        resolved = resolve_reference(referrer_path, name, self._allow_dirs, kind="data file",
+                                     trusted_files=self._trusted_files)
         return ImageFile(resolved, writable=bool(writable))
 
 
-def open_top_layer(path, fmt, allow_dirs):
+def open_top_layer(path, fmt, allow_dirs, trusted_files=None):
     """Open ``path`` writable without its backing chain."""
     path = os.path.abspath(os.fspath(path))
     cls = driver_class(fmt or probe_format(path), path)
     try:
-        return cls.open(path, readonly=False, opener=_TopLayerOpener(allow_dirs))
+        return cls.open(path, readonly=False, opener=_TopLayerOpener(allow_dirs, trusted_files))
     except ImageError:
         raise
     except OSError as exc:
@@ -206,7 +208,8 @@ def _check_backing_args(path, backing_file, backing_fmt):
 
 
 @translate_os_errors("cannot rebase image")
-def rebase(path, backing_file, backing_fmt=None, unsafe=False, fmt=None, allow_dirs=None, progress=None):
+def rebase(path, backing_file, backing_fmt=None, unsafe=False, fmt=None, allow_dirs=None, progress=None,
+           trusted_files=None):
     """Make ``backing_file`` (format ``backing_fmt``; "" or None: none) the
     backing file of ``path``, as ``qemu-img rebase [-u]`` does.  The new name
     is recorded as given and resolved relative to ``path`` through the path
@@ -217,7 +220,7 @@ def rebase(path, backing_file, backing_fmt=None, unsafe=False, fmt=None, allow_d
     if progress is not None and not callable(progress):
         raise InvalidOptionError("progress must be callable, found %r" % (progress,), path)
     if unsafe:
-        driver = open_top_layer(path, fmt, allow_dirs)
+        driver = open_top_layer(path, fmt, allow_dirs, trusted_files)
         try:
             _check_backing_support(driver)
             driver.set_backing(backing_file, backing_fmt)
@@ -225,12 +228,12 @@ def rebase(path, backing_file, backing_fmt=None, unsafe=False, fmt=None, allow_d
         finally:
             driver.close()
         return {"bytes_written": 0, "duration": time.monotonic() - started}
-    overlay = open_driver(path, fmt=fmt, readonly=False, allow_dirs=allow_dirs)
+    overlay = open_driver(path, fmt=fmt, readonly=False, allow_dirs=allow_dirs, trusted_files=trusted_files)
     new_backing = None
     try:
         _check_backing_support(overlay)
         if backing_file is not None:
-            new_backing = open_backing(overlay.path, backing_file, backing_fmt, allow_dirs)
+            new_backing = open_backing(overlay.path, backing_file, backing_fmt, allow_dirs, trusted_files)
             layer = new_backing
             while layer is not None:
                 if os.path.realpath(layer.path) == os.path.realpath(overlay.path):

@@ -15,7 +15,8 @@ from .image import open_driver
 from .sizes import parse_size
 
 
-def resize(path, size, fmt=None, shrink=False, preallocation=None, allow_dirs=None, key_secret=None):
+def resize(path, size, fmt=None, shrink=False, preallocation=None, allow_dirs=None, key_secret=None,
+           trusted_files=None):
     """Set the virtual size of ``path`` to ``size`` (bytes or a size string;
     a leading ``+``/``-`` is relative to the current size, as in qemu-img).
     ``key_secret``: the passphrase of an encrypted (LUKS) image."""
@@ -24,7 +25,8 @@ def resize(path, size, fmt=None, shrink=False, preallocation=None, allow_dirs=No
         relative = size.strip()[0]
         size = size.strip()[1:]
     new_size = parse_size(size)
-    driver = open_driver(path, fmt=fmt, readonly=False, allow_dirs=allow_dirs, key_secret=key_secret)
+    driver = open_driver(path, fmt=fmt, readonly=False, allow_dirs=allow_dirs, key_secret=key_secret,
+                         trusted_files=trusted_files)
     try:
         current = driver.virtual_size
         if relative == "+":

@@ -101,21 +101,22 @@ def _find(snapshots, name):
 
 
 @translate_os_errors("cannot list snapshots")
-def snapshot_list(path, fmt=None, allow_dirs=None, force_share=False):
+def snapshot_list(path, fmt=None, allow_dirs=None, force_share=False, trusted_files=None):
     """The internal snapshots of ``path`` as ``qemu-img snapshot -l`` lists
     them (the ``snapshots`` list of ``qemu-img info --output=json``: id, name,
     vm-state-size, date-sec, date-nsec, vm-clock-sec, vm-clock-nsec, icount).
     Formats without internal snapshots (raw) give an empty list."""
-    driver = open_top_layer(path, fmt=fmt, allow_dirs=allow_dirs, force_share=force_share)
+    driver = open_top_layer(path, fmt=fmt, allow_dirs=allow_dirs, force_share=force_share,
+                            trusted_files=trusted_files)
     try:
         return list(driver.snapshots())
     finally:
         driver.close()
 
 
-def _modify(path, name, fmt, allow_dirs, method, must_exist):
+def _modify(path, name, fmt, allow_dirs, method, must_exist, trusted_files=None):
     _check_name(path, name)
-    driver = open_driver(path, fmt=fmt, readonly=False, allow_dirs=allow_dirs)
+    driver = open_driver(path, fmt=fmt, readonly=False, allow_dirs=allow_dirs, trusted_files=trusted_files)
     try:
         function = _snapshot_method(driver, method, path)
         existing = _find(driver.snapshots(), name)
@@ -131,26 +132,26 @@ def _modify(path, name, fmt, allow_dirs, method, must_exist):
 
 
 @translate_os_errors("cannot create snapshot")
-def snapshot_create(path, name, fmt=None, allow_dirs=None):
+def snapshot_create(path, name, fmt=None, allow_dirs=None, trusted_files=None):
     """Create internal snapshot ``name`` of the current disk (qemu-img snapshot -c).
     A name already used by a snapshot of the image is refused."""
-    _modify(path, name, fmt, allow_dirs, "snapshot_create", must_exist=False)
+    _modify(path, name, fmt, allow_dirs, "snapshot_create", must_exist=False, trusted_files=trusted_files)
 
 
 @translate_os_errors("cannot apply snapshot")
-def snapshot_apply(path, name, fmt=None, allow_dirs=None):
+def snapshot_apply(path, name, fmt=None, allow_dirs=None, trusted_files=None):
     """Revert the disk to snapshot ``name`` (by name, else by ID; qemu-img snapshot -a)."""
-    _modify(path, name, fmt, allow_dirs, "snapshot_apply", must_exist=True)
+    _modify(path, name, fmt, allow_dirs, "snapshot_apply", must_exist=True, trusted_files=trusted_files)
 
 
 @translate_os_errors("cannot delete snapshot")
-def snapshot_delete(path, name, fmt=None, allow_dirs=None):
+def snapshot_delete(path, name, fmt=None, allow_dirs=None, trusted_files=None):
     """Delete snapshot ``name`` (by name, else by ID; qemu-img snapshot -d)."""
-    _modify(path, name, fmt, allow_dirs, "snapshot_delete", must_exist=True)
+    _modify(path, name, fmt, allow_dirs, "snapshot_delete", must_exist=True, trusted_files=trusted_files)
 
 
 @translate_os_errors("cannot compare with snapshot")
-def snapshot_compare(path, name, fmt=None, allow_dirs=None, force_share=False):
+def snapshot_compare(path, name, fmt=None, allow_dirs=None, force_share=False, trusted_files=None):
     """Whether the current disk of ``path`` is what applying snapshot ``name``
     (by name, else by ID) would make it.  Returns {"identical": same size and
     content, "identical-prefix": the same content up to the smaller of the two
@@ -160,7 +161,8 @@ def snapshot_compare(path, name, fmt=None, allow_dirs=None, force_share=False):
     shares with the snapshot are not read; the others are compared byte for
     byte."""
     _check_name(path, name)
-    current = open_driver(path, fmt=fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share)
+    current = open_driver(path, fmt=fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
+                          trusted_files=trusted_files)
     snapshot = None
     try:
         if getattr(type(current), "snapshot_apply", None) is getattr(Driver, "snapshot_apply"):
@@ -169,7 +171,7 @@ def snapshot_compare(path, name, fmt=None, allow_dirs=None, force_share=False):
             raise ImageError("no snapshot named %r (snapshots: %s)" % (
                 name, ", ".join(repr(s["name"]) for s in current.snapshots()) or "none"), path)
         snapshot = open_driver(path, fmt=current.format_name, readonly=True, allow_dirs=allow_dirs,
-                               force_share=True)
+                               force_share=True, trusted_files=trusted_files)
         snapshot.select_snapshot(name, snapshot_size=True)
         common = min(snapshot.virtual_size, current.virtual_size)
         prefix = _same_content(current, snapshot, common)

@@ -263,7 +263,7 @@ def test_unknown_format(tmp_path):
 
 
 @pytest.mark.parametrize("readonly", [True, False])
-def test_data_file_goes_through_the_policy_and_follows_writability(tmp_path, readonly):
+def test_data_file_goes_through_the_policy_and_follows_writability(tmp_path, tmp_path_factory, readonly):
     top = create(tmp_path / "top.qcow2", size="1M", options="data_file=data.raw", cwd=tmp_path)
     data = tmp_path / "data.raw"
     # QEMU opens a relative data file name from its working directory; we resolve it
@@ -278,12 +278,20 @@ def test_data_file_goes_through_the_policy_and_follows_writability(tmp_path, rea
         assert 100 in lock_bytes(data)
     assert open_fds() == before
     assert lock_bytes(data) == set()
-    # An absolute data file name outside allow_dirs is refused.
+    # An absolute data file name in the image's own directory is accepted like a relative one ...
     qemu_tools.run("qemu-img", "amend", "-f", "qcow2", "-o", "data_file=%s" % data, top, cwd=str(tmp_path))
+    with open_driver(str(top), readonly=readonly) as driver:
+        assert driver.read(0, 1) == b"\x44"
+    # ... one outside it and outside allow_dirs is refused.
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    os.link(str(data), str(elsewhere / "data.raw"))
+    qemu_tools.run("qemu-img", "amend", "-f", "qcow2", "-o", "data_file=%s" % (elsewhere / "data.raw"),
+                   top, cwd=str(tmp_path))
+    os.unlink(str(data))
     with pytest.raises(PolicyError, match="data file"):
         open_driver(str(top), readonly=readonly)
     assert open_fds() == before
-    with open_driver(str(top), readonly=readonly, allow_dirs=[str(tmp_path)]) as driver:
+    with open_driver(str(top), readonly=readonly, allow_dirs=[str(elsewhere)]) as driver:
         assert driver.read(0, 1) == b"\x44"
 
 

@@ -196,8 +196,13 @@ def test_parent_in_a_subdirectory_and_in_allow_dirs(tmp_path):
     child, block4 = make_child(tmp_path, parent, relative_path=".\\parents\\base.vhdx")
     with diskimage.open_image(str(child)) as image:
         assert image.read(0, SIZE) == model(content, block4)
-    # An absolute name is followed only inside allow_dirs.
+    # An absolute name is followed inside the child's directory (below it too, like a relative name) ...
     child, block4 = make_child(tmp_path, parent, relative_path=str(parent))
+    with diskimage.open_image(str(child)) as image:
+        assert image.read(0, SIZE) == model(content, block4)
+    # ... and elsewhere only inside allow_dirs.
+    (tmp_path / "vm").mkdir()
+    child, block4 = make_child(tmp_path / "vm", parent, relative_path=str(parent))
     with pytest.raises(PolicyError):
         diskimage.open_image(str(child))
     driver = open_driver(str(child), allow_dirs=[str(tmp_path / "parents")])

@@ -75,10 +75,14 @@ def test_extent_path_allowed_by_allow_dirs(tmp_path):
 
 
 def test_absolute_parent_hint_is_refused(sparse, tmp_path):
-    child = tmp_path / "child.vmdk"
+    # Outside the child's directory (an absolute name in its own directory is accepted like a relative one).
+    (tmp_path / "vm").mkdir()
+    child = tmp_path / "vm" / "child.vmdk"
     qemu_tools.qemu_img("create", "-q", "-f", "vmdk", "-b", str(sparse), "-F", "vmdk", child)
     with pytest.raises(PolicyError):
         diskimage.open_image(str(child))
+    with diskimage.open_image(str(child), allow_dirs=[str(tmp_path)]) as image:
+        assert image.read(0, 1) == b"\x11"
     # info names the parent without opening it, as qemu-img info does
     assert diskimage.info(str(child))["backing-filename"] == str(sparse)
 
