@@ -14,6 +14,8 @@ import subprocess
 
 import pytest
 
+import components
+
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.kvm.storage.plugins.modules import disk_image
@@ -51,11 +53,11 @@ def small_fs(tmp_path):
     mount_point = tmp_path / 'small'
     mount_point.mkdir()
     if os.geteuid() != 0:
-        pytest.skip('mounting a small tmpfs needs root')
+        components.missing('tmpfs mount', 'mounting a small tmpfs needs root')
     proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=8M', 'tmpfs', str(mount_point)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
     if proc.returncode != 0:
-        pytest.skip('cannot mount a tmpfs: %s' % proc.stdout.strip())
+        components.missing('tmpfs mount', proc.stdout.strip())
     try:
         yield mount_point
     finally:

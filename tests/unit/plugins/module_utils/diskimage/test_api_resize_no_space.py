@@ -9,6 +9,8 @@ import subprocess
 
 import pytest
 
+import components
+
 from qemu_tools import file_digest, qemu_img, qemu_img_json, qemu_io
 
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
@@ -21,11 +23,11 @@ def small_fs(tmp_path):
     mount_point = tmp_path / "small"
     mount_point.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        components.missing("tmpfs mount", "mounting a small tmpfs needs root")
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(mount_point)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
     if proc.returncode != 0:
-        pytest.skip("cannot mount a tmpfs: %s" % proc.stdout.strip())
+        components.missing("tmpfs mount", proc.stdout.strip())
     try:
         yield mount_point
     finally:
