@@ -19,7 +19,7 @@ import collections
 import os
 
 from ._io import ImageFile
-from .errors import ProbeError
+from .errors import ProbeError, UnsupportedFeature
 from .formats import DRIVERS
 
 # Bytes handed to the drivers' probe() (Driver.probe gets "first 4 KiB or less").
@@ -95,7 +95,12 @@ def probe(source, filename=None):
                          % ", ".join("%s (score %d)" % (name, score) for score, name in sorted(matches)),
                          where)
     if matches:
-        return ProbeResult(matches[0][1], None)
+        name = matches[0][1]
+        unsupported = DRIVERS[name].unsupported_version(header)
+        if unsupported:
+            # its magic says what it is: refused by name (as qemu-img), never taken for raw
+            raise UnsupportedFeature(unsupported, where)
+        return ProbeResult(name, None)
 
     warning = None
     lookalike = signature_format(header)

@@ -65,6 +65,13 @@ class Driver:
         """Score 0..100 for how surely ``header`` (first 4 KiB or less) is this format."""
         return 0
 
+    @classmethod
+    def unsupported_version(cls, header):
+        """For a ``header`` this driver's probe() claimed: a sentence naming the version
+        of the format this driver cannot open (probe.py refuses the file with it, as
+        qemu-img does, never calling it raw), else None."""
+        return None
+
     # --------------------------------------------------------------- lifecycle
     @classmethod
     def open(cls, path, readonly=True, opener=None, force_share=False):

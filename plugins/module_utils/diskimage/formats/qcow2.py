@@ -199,8 +199,16 @@ class Qcow2Driver(Driver):
     def probe(cls, header, filename):
         if len(header) >= 8 and header[:4] == L.QCOW2_MAGIC:
             version = struct.unpack(">I", header[4:8])[0]
-            return 100 if version in (2, 3) else 0
+            # any later version too, as QEMU's qcow2_probe: refused by name, never raw
+            return 100 if version >= 2 else 0
         return 0
+
+    @classmethod
+    def unsupported_version(cls, header):
+        version = struct.unpack(">I", header[4:8])[0]
+        if version in (2, 3):
+            return None
+        return L.unsupported_version_message(version)
 
     @classmethod
     def open(cls, path, readonly=True, opener=None, force_share=False):

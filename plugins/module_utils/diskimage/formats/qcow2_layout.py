@@ -233,6 +233,12 @@ class Header:
         self.extensions_end = off
 
 
+def unsupported_version_message(version):
+    """QEMU's words for a qcow2 header of another version (qemu-img: "Unsupported qcow2 version N")."""
+    return ("unsupported qcow2 version %d (versions 2 and 3 are supported, as by qemu-img); the file is a "
+            "qcow2 image of a version this library cannot read, not a raw image" % version)
+
+
 def parse_header(buf, path=None, file_size=None):
     """Parse the header and its extensions from ``buf`` (the first cluster of the
     file, or at least the header area).  Validates magic → version → sizes and
@@ -246,7 +252,7 @@ def parse_header(buf, path=None, file_size=None):
     if magic != QCOW2_MAGIC:
         raise FormatError("qcow2 header: magic expected %r, found %r" % (QCOW2_MAGIC, magic), path)
     if version not in (2, 3):
-        raise UnsupportedFeature("qcow2 header: version expected 2 or 3, found %d" % version, path)
+        raise UnsupportedFeature("qcow2 header: %s" % unsupported_version_message(version), path)
     h = Header()
     h.version = version
     h.backing_file_offset = backing_file_offset

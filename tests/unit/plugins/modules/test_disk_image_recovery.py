@@ -123,3 +123,19 @@ def test_repair_that_leaves_corruption_fails_and_says_what_it_fixed(tmp_path, ca
     assert second.get('failed'), second
     assert second.get('changed', False) is False
     assert 'remain' in second['msg']
+
+
+@pytest.mark.parametrize('version', [4, 7])
+def test_qcow2_of_an_unsupported_version_is_named_never_raw_never_force(tmp_path, capsys, version):
+    path = tmp_path / 'future.qcow2'
+    qemu_img('create', '-q', '-f', 'qcow2', path, '1M')
+    with open(str(path), 'r+b') as image:
+        image.seek(4)
+        image.write(version.to_bytes(4, 'big'))
+    before = digest(path)
+    for check_mode in (True, False):
+        result = run_module(capsys, check_mode=check_mode, path=str(path), format='qcow2', size='1M')
+        assert result.get('failed'), result
+        assert 'unsupported qcow2 version %d' % version in result['msg'], result['msg']
+        assert 'force' not in result['msg'] and "format is 'raw'" not in result['msg'] and 'exception' not in result
+    assert digest(path) == before
