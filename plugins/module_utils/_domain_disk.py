@@ -33,6 +33,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     libvirt,
     libvirt_argument_spec,
     libvirt_call,
+    lookup_domain,
     parse_xml,
     sanitize_path,
 )
@@ -49,6 +50,10 @@ DETECT_ZEROES_MODES = ('off', 'on', 'unmap')
 NETWORK_PROTOCOLS = ('nbd', 'iscsi', 'rbd', 'ssh', 'http', 'https', 'ftp', 'ftps', 'tftp', 'gluster', 'nfs')
 # Removable devices: their source is the medium; no source is an empty drive (ejected).
 REMOVABLE_DEVICES = ('cdrom', 'floppy')
+# Buses QEMU cannot hot-plug or hot-unplug a disk on (libvirt passes the refusal on after trying).
+COLD_PLUG_BUSES = ('ide', 'sata', 'fdc')
+# Cache modes without the host's page cache: the only ones libvirt accepts with io=native.
+UNCACHED_MODES = ('none', 'directsync')
 # Target name prefix of each bus (libvirt's naming: sd is shared by scsi, sata and usb).
 TARGET_PREFIX = {'virtio': 'vd', 'scsi': 'sd', 'sata': 'sd', 'usb': 'sd', 'ide': 'hd', 'fdc': 'fd'}
 # The bus libvirt gives a target name prefix when no bus is written (virDomainDiskDefAssignAddress).
@@ -86,6 +91,7 @@ def domain_disk_argument_spec():
         serial=dict(type='str'),
         wwn=dict(type='str'),
         boot_order=dict(type='int'),
+        replace_source=dict(type='bool', default=False),
         state=dict(type='str', default='present', choices=['present', 'absent']),
         persistent=dict(type='bool', default=True),
         live=dict(type='bool'),
@@ -574,15 +580,6 @@ class DomainState(object):
         return '' if element is None else (element.get('machine') or '')
 
 
-def lookup_domain(conn, name):
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as exc:
-        if error_is(exc, 'VIR_ERR_NO_DOMAIN'):
-            raise LibvirtModuleError('domain %s not found' % _quoted(name))
-        raise LibvirtModuleError('cannot look up domain %s: %s' % (_quoted(name), error_message(exc)))
-
-
 def read_domain_state(domain):
     name = domain.name()
     what = 'cannot read domain %s' % _quoted(name)
@@ -734,8 +731,8 @@ def wanted_disk(request, existing, target, fmt, new_bus):
         target_element.set('bus', bus)
         for address in disk.findall('address'):
             disk.remove(address)
-    if request.source_given or device in REMOVABLE_DEVICES:
-        # A source given replaces the old one; on a removable drive, no source means no medium.
+    if request.source_given:
+        # A source given replaces the old one (source "" empties a removable drive); no source keeps it.
         for element in disk.findall('source'):
             disk.remove(element)
         if request.source is not None:
@@ -809,6 +806,8 @@ def plan_domain_disk(request, state, conn=None):
         after = dict((view, None) for view in request.views)
         for view in request.views:
             if found[view] is not None:
+                if view == 'live':
+                    check_hot_plug(found[view], 'hot-unplug', request.domain)
                 actions.append(Action('detach', view, 'detach disk %s from the %s of domain %s' % (
                     disk_target(found[view]), _view_name(view), name), old=found[view]))
         targets = [disk_target(disk) for disk in found.values() if disk is not None]
@@ -837,14 +836,25 @@ def plan_domain_disk(request, state, conn=None):
     fmt_cache = {}
     for view in request.views:
         existing = found[view]
+        # A source not given is kept (a removable drive keeps its medium); source "" empties a removable drive.
         source = request.source if request.source_given else (source_of(existing) if existing is not None else None)
         device = request.params.get('device') or (existing.get('device', 'disk') if existing is not None else 'disk')
-        if not request.source_given and device in REMOVABLE_DEVICES:
-            source = None
         if source is None and device not in REMOVABLE_DEVICES:
             if existing is None:
                 raise LibvirtModuleError('disk %s is not in the %s of domain %s: give source to attach it' % (target, _view_name(view), name))
             raise LibvirtModuleError('a %s needs a source (only cdrom and floppy drives can be empty)' % device)
+        old_source = None if existing is None else source_of(existing)
+        swapped = (old_source is not None and source is not None and source_key(old_source, conn) != source_key(source, conn)
+                   and not (existing.get('device', 'disk') in REMOVABLE_DEVICES and device in REMOVABLE_DEVICES))
+        if swapped and not request.params.get('replace_source'):
+            raise LibvirtModuleError(
+                'target %s of domain %s is disk %s in the %s; refusing to put %s in its place: set replace_source=true to '
+                'replace the image the guest sees as %s, or give another target (or none: a new disk gets the next free one)'
+                % (target, name, old_source.describe(), _view_name(view), source.describe(), target))
+        if swapped and view == 'live':
+            raise LibvirtModuleError('the source of disk %s of running domain %s cannot change live (libvirt changes the source '
+                                     'of cdrom and floppy drives only): set live=false to change the persistent definition, '
+                                     'and restart the domain' % (target, name))
         key = None if source is None else source.describe()
         if key not in fmt_cache:
             fmt_cache[key] = detect_format(source, conn, request.local)
@@ -861,7 +871,10 @@ def plan_domain_disk(request, state, conn=None):
         fmt = None if source is None else choose_format(request.params.get('format'), detected, source.describe(), current)
         wanted = wanted_disk(request, existing, target, fmt, new_bus)
         after[view] = normalised_xml(wanted)
+        check_wanted_disk(request, state, view, existing, wanted)
         if existing is None:
+            if view == 'live':
+                check_hot_plug(wanted, 'hot-plug', request.domain)
             actions.append(Action('attach', view, 'attach %s %s as %s to the %s of domain %s' % (
                 device, source.describe() if source is not None else '(empty)', target, _view_name(view), name), element=wanted))
         elif after[view] != before[view]:
@@ -873,14 +886,95 @@ def plan_domain_disk(request, state, conn=None):
                                                  wanted.get('device'), disk_bus(wanted)))
                 actions.append(Action('replace', view, 'replace disk %s in the %s of domain %s (a %s on bus %s now)' % (
                     target, _view_name(view), name, wanted.get('device'), disk_bus(wanted)), element=wanted, old=existing))
-            elif device in REMOVABLE_DEVICES and _without_source(before[view]) == _without_source(after[view]):
-                what = 'eject the medium of' if source is None else 'insert %s into' % source.describe()
-                actions.append(Action('update', view, '%s %s %s in the %s of domain %s' % (what, device, target, _view_name(view), name),
-                                      element=wanted, old=existing))
             else:
-                actions.append(Action('update', view, 'update disk %s in the %s of domain %s' % (target, _view_name(view), name),
+                if view == 'live':
+                    check_live_update(existing, wanted, request.domain)
+                actions.append(Action('update', view, _update_description(existing, wanted, source, old_source, swapped, view, name),
                                       element=wanted, old=existing))
     return Plan(actions, before, after, target, warnings)
+
+
+def _update_description(existing, wanted, source, old_source, swapped, view, name):
+    """What an update does, naming a media change (an eject above all) and a replaced source."""
+    target = disk_target(wanted)
+    where = 'in the %s of domain %s' % (_view_name(view), name)
+    device = wanted.get('device')
+    if swapped:
+        what = 'replace the source of disk %s (%s) by %s' % (target, old_source.describe(), source.describe())
+    elif device in REMOVABLE_DEVICES and source_key(source) != source_key(old_source):
+        what = ('eject the medium of %s %s' if source is None else 'insert ' + source.describe() + ' into %s %s') % (device, target)
+    else:
+        return 'update disk %s %s' % (target, where)
+    if _without_source(normalised_xml(existing)) != _without_source(normalised_xml(wanted)):
+        what += ' and update its other options'
+    return '%s %s' % (what, where)
+
+
+def check_wanted_disk(request, state, view, existing, wanted):
+    """Refuse up front (check mode too) a disk libvirt would refuse in that definition, for reasons known here."""
+    name = _quoted(request.domain)
+    target = disk_target(wanted)
+    driver = wanted.find('driver')
+    driver = {} if driver is None else driver.attrib
+    if driver.get('io') == 'native' and driver.get('cache') not in UNCACHED_MODES:
+        def origin(option):
+            return 'given' if request.params.get(option) is not None else 'kept'
+        raise LibvirtModuleError('io=native needs cache=none or cache=directsync, but disk %s would have io=native (%s) with cache=%s '
+                                 '(%s) in the %s of domain %s; libvirt refuses that combination: give cache=none or '
+                                 'cache=directsync, or another io' % (target, origin('io'), driver.get('cache') or 'default',
+                                                                      origin('cache'), _view_name(view), name))
+    boot = wanted.find('boot')
+    old_boot = None if existing is None else existing.find('boot')
+    if boot is None or (old_boot is not None and old_boot.get('order') == boot.get('order')):
+        return
+    definition = state.config if view == 'persistent' else state.live
+    os_boot = definition.find('os/boot')
+    if os_boot is not None:
+        raise LibvirtModuleError("boot_order=%s: the %s of domain %s boots by <os><boot dev='%s'/></os> (libvirt adds it to a "
+                                 "domain defined without any boot order), and libvirt refuses per-device boot orders with it: "
+                                 "remove it from <os> and give the boot device a boot order instead, or leave boot_order out"
+                                 % (boot.get('order'), _view_name(view), name, os_boot.get('dev')))
+    devices = definition.find('devices')
+    for device in () if devices is None else devices:
+        if device is existing:
+            continue
+        for other in device.iter('boot'):
+            if other.get('order') == boot.get('order'):
+                what = device.tag if device.tag != 'disk' else 'disk %s' % disk_target(device)
+                raise LibvirtModuleError('boot_order=%s: boot order %s is already used by %s in the %s of domain %s; '
+                                         'libvirt refuses two devices with one boot order' % (
+                                             boot.get('order'), boot.get('order'), what, _view_name(view), name))
+
+
+def check_hot_plug(disk, what, domain):
+    """Refuse a live attach or detach QEMU cannot make (an ide, sata or fdc bus; a cdrom or floppy outside scsi and usb)."""
+    device = disk.get('device', 'disk')
+    bus = disk_bus(disk)
+    if bus in COLD_PLUG_BUSES or (device in REMOVABLE_DEVICES and bus not in ('scsi', 'usb')):
+        raise LibvirtModuleError('QEMU cannot %s a %s on bus %s, and domain %s is running: set live=false to change the '
+                                 'persistent definition only (the change comes with the next start), or shut the domain off '
+                                 'first' % (what, device, bus, _quoted(domain)))
+
+
+# Fields of a disk libvirt cannot modify in a running domain (qemuDomainDiskChangeSupported), as the task names them.
+def _live_fields(disk):
+    driver = disk.find('driver')
+    driver = {} if driver is None else driver.attrib
+    boot = disk.find('boot')
+    return dict(cache=driver.get('cache'), io=driver.get('io'), discard=driver.get('discard'),
+                readonly=disk.find('readonly') is not None, shareable=disk.find('shareable') is not None,
+                serial=child_text(disk, 'serial'), wwn=child_text(disk, 'wwn'),
+                boot_order=None if boot is None else boot.get('order'))
+
+
+def check_live_update(existing, wanted, domain):
+    old, new = _live_fields(normalise_disk(existing)), _live_fields(normalise_disk(wanted))
+    changed = [field for field in ('cache', 'io', 'discard', 'readonly', 'shareable', 'serial', 'wwn', 'boot_order')
+               if old[field] != new[field]]
+    if changed:
+        raise LibvirtModuleError('cannot change %s of disk %s of running domain %s live: libvirt cannot modify %s in a running '
+                                 'domain; set live=false to change the persistent definition, and restart the domain'
+                                 % (', '.join(changed), disk_target(wanted), _quoted(domain), 'it' if len(changed) == 1 else 'them'))
 
 
 def _without_source(xml):
@@ -940,32 +1034,111 @@ def _xml(element):
     return ElementTree.tostring(element, encoding='unicode')
 
 
+def _reusable(element):
+    """A copy of a disk element read from libvirt that libvirt accepts back (no alias, backing chain, source index)."""
+    disk = copy.deepcopy(element)
+    for tag in ('alias', 'backingStore', 'mirror'):
+        for child in disk.findall(tag):
+            disk.remove(child)
+    for source in disk.findall('source'):
+        source.attrib.pop('index', None)
+    return disk
+
+
+def _without_address(element):
+    disk = copy.deepcopy(element)
+    for address in disk.findall('address'):
+        disk.remove(address)
+    return disk
+
+
+def _attach(domain, what, element, view):
+    libvirt_call(what, domain.attachDeviceFlags, _xml(element), _flag(view))
+
+
+def _detach(domain, what, element, view, request):
+    libvirt_call(what, domain.detachDeviceFlags, _xml(element), _flag(view))
+    if view == 'live':
+        wait_for_removal(domain, disk_target(element), request.params.get('detach_timeout', 30), _quoted(request.domain))
+
+
+def _update(domain, what, element, view):
+    flags = _flag(view)
+    if view == 'live' and element.get('device') in REMOVABLE_DEVICES:
+        # Open the tray even when the guest (or its firmware) has locked it, as a user's eject does.
+        flags |= libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE
+    libvirt_call(what, domain.updateDeviceFlags, _xml(element), flags)
+
+
+class _PartlyDone(LibvirtModuleError):
+    """An action that failed half-way and left a change behind (a replace whose old disk could not come back)."""
+
+
+def apply_action(domain, action, request):
+    what = 'cannot %s' % action.description
+    if action.kind == 'attach':
+        _attach(domain, what, action.element, action.view)
+    elif action.kind == 'update':
+        _update(domain, what, action.element, action.view)
+    elif action.kind == 'replace':
+        _detach(domain, what, _reusable(action.old), action.view, request)
+        try:
+            _attach(domain, what, _without_address(action.element), action.view)
+        except LibvirtModuleError as exc:
+            try:
+                _attach(domain, what, _reusable(action.old), action.view)
+            except LibvirtModuleError as undo:
+                raise _PartlyDone('%s; putting the old disk back failed too: %s' % (exc, undo))
+            raise
+    elif action.kind == 'detach':
+        _detach(domain, what, _reusable(action.old), action.view, request)
+    else:
+        raise LibvirtModuleError('internal error: unknown action %r' % action.kind)
+
+
+def undo_action(domain, action, request):
+    """Put back what a done action changed."""
+    what = 'cannot undo "%s"' % action.description
+    if action.kind == 'attach':
+        _detach(domain, what, _without_address(action.element), action.view, request)
+    elif action.kind == 'update':
+        _update(domain, what, _reusable(action.old), action.view)
+    elif action.kind == 'replace':
+        _detach(domain, what, _without_address(action.element), action.view, request)
+        _attach(domain, what, _reusable(action.old), action.view)
+    elif action.kind == 'detach':
+        _attach(domain, what, _reusable(action.old), action.view)
+
+
 def apply_plan(domain, plan, request):
-    """Carry out the plan, live changes first (the likelier to fail) so that a failure leaves the persistent definition as it was."""
-    name = _quoted(request.domain)
+    """Carry out the plan, live changes first (the likelier to fail) so that a failure leaves the persistent definition as it was.
+
+    When a step fails after others succeeded, those are undone, latest first; what cannot be undone is reported
+    in the error (``changed=True`` and the ``actions`` done), never hidden behind ``changed: false``.
+    """
+    done = []
     for action in sorted(plan.actions, key=lambda action: 0 if action.view == 'live' else 1):
-        what = 'cannot %s' % action.description
-        if action.kind == 'attach':
-            libvirt_call(what, domain.attachDeviceFlags, _xml(action.element), _flag(action.view))
-        elif action.kind == 'update':
-            flags = _flag(action.view)
-            if action.view == 'live' and action.element.get('device') in REMOVABLE_DEVICES:
-                # Open the tray even when the guest (or its firmware) has locked it, as a user's eject does.
-                flags |= libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE
-            libvirt_call(what, domain.updateDeviceFlags, _xml(action.element), flags)
-        elif action.kind == 'replace':
-            libvirt_call(what, domain.detachDeviceFlags, _xml(action.old), _flag(action.view))
-            new = copy.deepcopy(action.element)
-            for address in new.findall('address'):
-                new.remove(address)
-            libvirt_call(what, domain.attachDeviceFlags, _xml(new), _flag(action.view))
-        elif action.kind == 'detach':
-            old = copy.deepcopy(action.old)
-            libvirt_call(what, domain.detachDeviceFlags, _xml(old), _flag(action.view))
-            if action.view == 'live':
-                wait_for_removal(domain, disk_target(action.old), request.params.get('detach_timeout', 30), name)
-        else:
-            raise LibvirtModuleError('internal error: unknown action %r' % action.kind)
+        try:
+            apply_action(domain, action, request)
+        except LibvirtModuleError as exc:
+            partly = [action] if isinstance(exc, _PartlyDone) else []
+            if not done and not partly:
+                raise
+            left, undo_errors = list(partly), []
+            for earlier in reversed(done):
+                try:
+                    undo_action(domain, earlier, request)
+                except LibvirtModuleError as undo:
+                    left.insert(0, earlier)
+                    undo_errors.append(str(undo))
+            if not left:
+                raise LibvirtModuleError('%s; what was done before (%s) was undone: domain %s is as it was' % (
+                    exc, '; '.join(earlier.description for earlier in done), _quoted(request.domain)))
+            raise LibvirtModuleError(
+                '%s; done and not undone: %s%s' % (exc, '; '.join(item.description for item in left),
+                                                   ''.join('; %s' % error for error in undo_errors)),
+                changed=True, actions=[item.description for item in left])
+        done.append(action)
 
 
 def wait_for_removal(domain, target, timeout, name, clock=time.monotonic, sleep=time.sleep):

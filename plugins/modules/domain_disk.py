@@ -24,8 +24,13 @@ description:
   - Options that are not given keep the value the disk has; a new disk gets libvirt's defaults. The disk found and the
     disk asked for are compared as normalised disk elements, without what libvirt adds on its own (addresses, aliases,
     the backing chain, the driver name).
-  - On a cdrom or floppy drive the source is the medium. Changing it is a media change (live too), and a task that gives
-    no O(source) (or an empty one) for a cdrom or floppy ejects the medium.
+  - On a cdrom or floppy drive the source is the medium. Changing it is a media change (live too). A task without O(source)
+    keeps the medium the drive has; only O(source=\"\") ejects it, and the eject is named in RV(actions).
+  - A disk found by O(target) whose source is another image keeps it, and the task fails, unless O(replace_source=true).
+  - Everything the module can know is checked before anything changes, in check mode too, against the disk the task
+    produces (the options given over the ones kept) - O(io=native) with a cache mode that is not V(none) or
+    V(directsync), a O(boot_order) that libvirt refuses, a hot-plug or hot-unplug QEMU cannot make, a live change libvirt
+    cannot make - so that such a task fails without changing anything.
   - A source attached read-write to another running domain is refused, unless both disks are shareable.
 author:
   - kvm.storage contributors (@kvm-storage)
@@ -41,8 +46,9 @@ attributes:
   check_mode:
     support: full
     details:
-      - Check mode computes the same plan as a real run (including the format detection and the conflict check) and returns
-        the same RV(actions), diff and C(changed). It cannot tell whether a guest would acknowledge a live detach.
+      - Check mode computes the same plan as a real run (including the format detection, the conflict check and the
+        refusals the module knows, see the description) and returns the same RV(actions), diff and C(changed). It cannot
+        tell whether a guest would acknowledge a live detach, nor foresee other refusals of libvirt.
   diff_mode:
     support: full
     details:
@@ -76,8 +82,19 @@ options:
       - Files and block devices must exist; their format is detected. A pool volume's format is detected when its pool
         keeps its volumes on this host, otherwise taken from libvirt. A network disk's format cannot be read, so O(format)
         is required for it.
-      - On a cdrom or floppy drive, no source (or V("")) is an empty drive; on other devices a new disk needs one.
+      - On a cdrom or floppy drive, V("") is an empty drive (it ejects the medium of a drive that has one); without
+        O(source), the drive keeps its medium, and a new drive is empty. On other devices a new disk needs a source.
+      - Given with O(target), a source that is not the one the disk at that target has replaces the image the guest sees
+        there only with O(replace_source=true) (a medium change of a cdrom or floppy drive needs nothing).
     type: raw
+  replace_source:
+    description:
+      - Whether a disk found by O(target) with another source gets O(source) in its place (the guest then sees another
+        image under the same target). Without it such a task fails, so that a target already taken is never silently
+        given another image.
+      - A running domain cannot change the source of a disk that is not a cdrom or floppy live; set O(live=false) for it.
+    type: bool
+    default: false
   type:
     description:
       - Type of the source. Usually implied by O(source), see there; a given type must agree with it.
@@ -95,7 +112,9 @@ options:
       - Bus of the disk. Defaults to the bus of the target name (V(vd) virtio, V(sd) scsi, V(hd) ide, V(fd) fdc), otherwise by
         device, V(virtio) for disks, V(ide) for cdroms (V(sata) on q35 machines), V(fdc) for floppies, V(scsi) for luns.
       - libvirt adds the controller a bus needs (an ide, sata, scsi or floppy controller), also live for scsi.
-      - QEMU cannot hot-plug sata, ide and fdc disks; attach those with the domain shut off (or O(live=false)).
+      - QEMU cannot hot-plug or hot-unplug sata, ide and fdc disks, nor a cdrom or floppy drive on another bus than scsi or
+        usb; attach or detach those with the domain shut off (or O(live=false)). The task fails on them before changing
+        anything.
       - The target name must fit the bus (V(vdX) for virtio, V(sdX) for scsi, sata and usb, V(hdX) for ide, V(fdX) for fdc).
     type: str
     choices: [virtio, scsi, sata, ide, usb, fdc]
@@ -112,7 +131,9 @@ options:
     choices: [default, none, writethrough, writeback, directsync, unsafe]
   io:
     description:
-      - Asynchronous I/O mode (V(native) needs O(cache=none) or V(directsync)).
+      - Asynchronous I/O mode.
+      - V(native) needs O(cache=none) or V(directsync) in the disk the task produces (a cache mode the disk keeps counts too);
+        libvirt refuses the other combinations, so the task fails before changing anything.
     type: str
     choices: [threads, native, io_uring]
   discard:
@@ -145,7 +166,9 @@ options:
   boot_order:
     description:
       - Boot order of the disk (1 first). V(0) removes it.
-      - libvirt refuses it for domains whose definition has C(<os><boot dev=.../></os>).
+      - libvirt refuses it for domains whose definition has C(<os><boot dev=.../></os>), which libvirt adds to a domain
+        defined without any boot order, and a boot order another device has; the task fails on both before changing
+        anything.
     type: int
   state:
     description:
@@ -163,8 +186,9 @@ options:
     description:
       - Manage the disk in the running domain. Defaults to V(true) when the domain runs, V(false) otherwise.
       - V(true) for a domain that does not run is an error.
-      - Some changes cannot be made live (libvirt says which), such as the cache mode of a disk; set O(live=false) and restart
-        the domain for them.
+      - Some changes cannot be made live - O(cache), O(io), O(discard), O(readonly), O(shareable), O(serial), O(wwn),
+        O(boot_order), and the source of a disk that is not a cdrom or floppy; the task fails on them before changing
+        anything. Set O(live=false) and restart the domain for them.
     type: bool
   detach_timeout:
     description:
@@ -179,6 +203,9 @@ options:
 notes:
   - Changes are made live first, then in the persistent definition, so that a change the running domain refuses leaves the
     persistent definition as it was.
+  - When a step fails after others succeeded (libvirt refuses the persistent change after the live one was made), the
+    steps done are undone, latest first. What cannot be undone (a live attach of a virtio disk that no guest releases)
+    is reported in the failed result with C(changed=true) and the RV(actions) done.
   - Format detection reads the image's header on the managed host; with a remote O(uri), files and block devices are the
     remote host's, so the format is not detected and must be given (or be the disk's current one).
 seealso:
@@ -211,7 +238,9 @@ EXAMPLES = r'''
     wwn: "5000c50015ea71ad"
   loop: [node1, node2]
 
-- name: Attach a pool volume to the persistent definition only, read-only, booting from it first
+- name: >-
+    Attach a pool volume to the persistent definition only, read-only, second in the boot order (the system disk has boot
+    order 1; libvirt refuses boot orders in a domain that boots by <os><boot dev=.../></os>)
   kvm.storage.domain_disk:
     domain: web1
     target: vdc
@@ -219,7 +248,7 @@ EXAMPLES = r'''
       pool: images
       volume: tools.qcow2
     readonly: true
-    boot_order: 1
+    boot_order: 2
     live: false
 
 - name: Attach a Ceph RBD image (its format cannot be read here, so it is given)
@@ -274,11 +303,11 @@ EXAMPLES = r'''
     device: cdrom
     source: /var/lib/libvirt/images/debian-12.iso
 
-- name: Eject it
+- name: Eject it (a task without source keeps the medium)
   kvm.storage.domain_disk:
     domain: web1
     target: hdc
-    device: cdrom
+    source: ""
 
 - name: A floppy image
   kvm.storage.domain_disk:
@@ -287,7 +316,7 @@ EXAMPLES = r'''
     device: floppy
     source: /srv/floppies/boot.img
 
-- name: A usb stick image on a q35 machine's sata bus and a usb one
+- name: A disk image on the sata bus and a usb stick image, in the persistent definition only
   kvm.storage.domain_disk:
     domain: web1
     source: "{{ item.source }}"
@@ -299,17 +328,26 @@ EXAMPLES = r'''
     - {source: /srv/sata.img, bus: sata}
     - {source: /srv/stick.img, bus: usb}
 
-- name: Change the cache mode of vdb in the persistent definition (it cannot change live)
+- name: Change the cache mode of vdb in the persistent definition (it cannot change live); io=native needs cache none
   kvm.storage.domain_disk:
     domain: web1
     target: vdb
     cache: writeback
+    io: threads
+    live: false
+
+- name: Give vdb another image (a target already used keeps its image unless replace_source is true)
+  kvm.storage.domain_disk:
+    domain: web1
+    target: vdb
+    source: /var/lib/libvirt/images/web1-data2.qcow2
+    replace_source: true
     live: false
 
 - name: Detach a disk found by its source, waiting up to 2 minutes for the guest to release it
   kvm.storage.domain_disk:
     domain: web1
-    source: /var/lib/libvirt/images/web1-data.qcow2
+    source: /var/lib/libvirt/images/web1-data2.qcow2
     state: absent
     detach_timeout: 120
 
@@ -427,7 +465,8 @@ live_disk:
 actions:
   description:
     - What was done, or in check mode what would be done, in order; empty when nothing changed.
-  returned: success
+    - In a failed task, the steps done before the failure that could not be undone (C(changed) is then true).
+  returned: success, and failures that leave steps done
   type: list
   elements: str
   sample:

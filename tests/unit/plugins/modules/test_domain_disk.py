@@ -9,7 +9,10 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 import uuid as uuid_module
 
 import pytest
@@ -271,11 +274,12 @@ def test_a_disk_as_requested_needs_nothing_and_unset_options_are_kept(images):
 def test_a_changed_option_is_an_update_in_each_view(images):
     path = str(images / 'a.qcow2')
     state = state_of([file_disk(path, 'vdb', 'qcow2')], [file_disk(path, 'vdb', 'qcow2')])
-    result = plan(state, target='vdb', cache='none', readonly=True)
+    result = plan(state, target='vdb', detect_zeroes='on')
     assert [(action.kind, action.view) for action in result.actions] == [('update', 'live'), ('update', 'persistent')]
-    assert 'cache="none"' in result.after['persistent'] and '<readonly />' in result.after['persistent']
-    only_config = plan(state, target='vdb', cache='none', live=False)
+    assert 'detect_zeroes="on"' in result.after['live'] and 'detect_zeroes="on"' in result.after['persistent']
+    only_config = plan(state, target='vdb', cache='none', readonly=True, live=False)
     assert [(action.kind, action.view) for action in only_config.actions] == [('update', 'persistent')]
+    assert 'cache="none"' in only_config.after['persistent'] and '<readonly />' in only_config.after['persistent']
 
 
 def test_a_wrongly_declared_format_is_corrected(images):
@@ -303,12 +307,103 @@ def test_cdrom_media_are_inserted_changed_and_ejected(images):
         "insert %s into cdrom hdc in the live definition of domain 'd'" % iso,
         "insert %s into cdrom hdc in the persistent definition of domain 'd'" % iso]
     assert plan(state_of([loaded], [loaded]), target='hdc', source=iso).actions == []
-    eject = plan(state_of([loaded], [loaded]), target='hdc')
+    eject = plan(state_of([loaded], [loaded]), target='hdc', source='')
     assert [action.description for action in eject.actions][0] == "eject the medium of cdrom hdc in the live definition of domain 'd'"
     assert eject.after['live'] == normalised_xml(parse_xml(empty))
     assert plan(state_of([empty]), target='hdc', source='').actions == []
     new_drive = plan(state_of([]), target='hdc', device='cdrom')
     assert [action.kind for action in new_drive.actions] == ['attach'] and '<readonly />' in new_drive.after['persistent']
+
+
+def test_a_cdrom_task_without_source_keeps_the_medium_and_unset_options(images):
+    iso = str(images / 'b.iso')
+    loaded = ("<disk type='file' device='cdrom'><driver name='qemu' type='raw' cache='none'/><source file='%s'/>"
+              "<target dev='hdc' bus='ide'/><readonly/><boot order='1'/></disk>" % iso)
+    state = state_of([loaded], [loaded])
+    assert plan(state, target='hdc', device='cdrom').actions == []
+    assert plan(state, target='hdc').actions == []
+    persistent_only = plan(state, target='hdc', device='cdrom', io='threads', live=False)
+    assert [action.description for action in persistent_only.actions] == [
+        "update disk hdc in the persistent definition of domain 'd'"]
+    assert iso in persistent_only.after['persistent'] and 'cache="none"' in persistent_only.after['persistent']
+    assert '<boot order="1" />' in persistent_only.after['persistent']
+
+
+def test_an_eject_is_named_in_the_actions_even_with_other_changes(images):
+    iso = str(images / 'b.iso')
+    loaded = ("<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='%s'/>"
+              "<target dev='hdc' bus='ide'/><readonly/></disk>" % iso)
+    result = plan(state_of([loaded]), target='hdc', source='', serial='CD1')
+    assert [action.description for action in result.actions] == [
+        "eject the medium of cdrom hdc and update its other options in the persistent definition of domain 'd'"]
+
+
+def test_a_target_used_by_another_image_is_not_swapped_unless_asked(images):
+    path = str(images / 'a.qcow2')
+    other = str(images / 'b.iso')
+    state = state_of([file_disk(path, 'vdb', 'qcow2', extra='<serial>S1</serial>')])
+    with pytest.raises(LibvirtModuleError, match="target vdb of domain 'd' is disk %s in the persistent definition; refusing to "
+                       "put %s in its place: set replace_source=true" % (path, other)):
+        plan(state, target='vdb', source=other)
+    swap = plan(state, target='vdb', source=other, replace_source=True)
+    assert [action.description for action in swap.actions] == [
+        "replace the source of disk vdb (%s) by %s in the persistent definition of domain 'd'" % (path, other)]
+    assert 'S1' in swap.after['persistent'] and other in swap.after['persistent']
+    assert plan(state, target='vdb', source=path).actions == []  # the same image is no swap
+
+
+def test_a_live_swap_is_refused_before_anything_changes(images):
+    path = str(images / 'a.qcow2')
+    disk = file_disk(path, 'vdb', 'qcow2')
+    with pytest.raises(LibvirtModuleError, match="the source of disk vdb of running domain 'd' cannot change live"):
+        plan(state_of([disk], [disk]), target='vdb', source=str(images / 'b.iso'), replace_source=True)
+
+
+@pytest.mark.parametrize('disk_extra, values, message', [
+    ('', dict(io='native'), 'io=native needs cache=none or cache=directsync, but disk vda would have io=native (given) with '
+                            'cache=default (kept)'),
+    ('', dict(io='native', cache='writeback'), 'with cache=writeback (given)'),
+    ("io='native' cache='none'", dict(cache='writeback'), 'disk vda would have io=native (kept) with cache=writeback (given)'),
+])
+def test_io_native_needs_a_cache_mode_without_host_cache_in_the_disk_produced(images, disk_extra, values, message):
+    path = str(images / 'a.qcow2')
+    disk = ("<disk type='file' device='disk'><driver name='qemu' type='qcow2' %s/><source file='%s'/><target dev='vda' bus='virtio'/>"
+            "</disk>" % (disk_extra, path))
+    state = state_of([disk] if disk_extra else [])
+    with pytest.raises(LibvirtModuleError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        plan(state, target='vda', source=path, **values)
+    assert plan(state, target='vda', source=path, io='native', cache='directsync').actions
+
+
+def test_a_boot_order_is_refused_where_the_definition_boots_by_os_boot_or_the_order_is_taken(images):
+    path = str(images / 'a.qcow2')
+    os_boot = state_of([])
+    os_boot.config.find('os').append(parse_xml("<boot dev='hd'/>"))
+    with pytest.raises(LibvirtModuleError, match=r"boot_order=1: the persistent definition of domain 'd' boots by <os><boot dev='hd'/>"):
+        plan(os_boot, target='vdb', source=path, boot_order=1)
+    taken = state_of(["<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/><boot order='1'/></disk>"])
+    with pytest.raises(LibvirtModuleError, match="boot_order=1: boot order 1 is already used by disk hdc in the persistent definition"):
+        plan(taken, target='vdb', source=path, boot_order=1)
+    assert plan(taken, target='vdb', source=path, boot_order=2).actions
+
+
+@pytest.mark.parametrize('live_disk, values, message', [
+    (None, dict(target='hdb', source='A'), 'QEMU cannot hot-plug a disk on bus ide'),
+    (None, dict(target='sdb', bus='sata', source='A'), 'QEMU cannot hot-plug a disk on bus sata'),
+    (None, dict(target='fda', device='floppy', source='A'), 'QEMU cannot hot-plug a floppy on bus fdc'),
+    ("<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>", dict(target='hdc', state='absent'),
+     'QEMU cannot hot-unplug a cdrom on bus ide'),
+    ("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='A'/><target dev='vdb' bus='virtio'/></disk>",
+     dict(target='vdb', cache='none', serial='X'), "cannot change cache, serial of disk vdb of running domain 'd' live"),
+])
+def test_live_changes_qemu_or_libvirt_refuse_are_refused_in_the_plan(images, live_disk, values, message):
+    path = str(images / 'a.qcow2')
+    disks = [] if live_disk is None else [live_disk.replace("'A'", "'%s'" % path)]
+    if values.get('source') == 'A':
+        values['source'] = path
+    with pytest.raises(LibvirtModuleError, match=message):
+        plan(state_of(disks, disks), **values)
+    assert plan(state_of(disks, disks), live=False, **values) is not None  # the persistent definition alone is fine
 
 
 def test_a_cdrom_gets_a_sata_target_on_q35(images):
@@ -483,6 +578,64 @@ def test_check_mode_predicts_the_real_run_and_the_second_run_changes_nothing(ima
     assert run_module(domain_disk_info, capsys, domain=domain_name)['disks'] == []
 
 
+@pytest.fixture
+def running_domain(domain_name):
+    virsh('start', domain_name)
+    yield domain_name
+    virsh('destroy', domain_name, check=False)
+
+
+@pytest.fixture
+def qemu_image():
+    """A qcow2 image the qemu process (another user) can open: pytest's own temporary directories are private."""
+    work = tempfile.mkdtemp(prefix='kvmstorage_it_ddisk_unit_')
+    os.chmod(work, 0o755)
+    path = os.path.join(work, 'a.qcow2')
+    create_image(path, 'qcow2', size=1 << 20)
+    os.chmod(path, 0o644)
+    yield path
+    shutil.rmtree(work)
+
+
+class PersistentStepFails(object):
+    """The real domain, except that libvirt refuses attaching to its persistent definition (as it refuses, for example,
+    a definition whose PCI slots are all taken): the step after the live hot-plug fails."""
+
+    def __init__(self, domain):
+        self.domain = domain
+
+    def __getattr__(self, name):
+        return getattr(self.domain, name)
+
+    def attachDeviceFlags(self, xml, flags):
+        if flags & _libvirt.libvirt.VIR_DOMAIN_AFFECT_CONFIG:
+            _libvirt.libvirt.virResetLastError()
+            raise _libvirt.libvirt.libvirtError('no more available PCI slots (a refusal made for this test)')
+        return self.domain.attachDeviceFlags(xml, flags)
+
+
+@pytest.mark.parametrize('target, undone', [('sda', True), ('vda', False)])
+def test_a_failure_after_the_live_step_undoes_it_or_reports_it_done(qemu_image, capsys, running_domain, monkeypatch, target, undone):
+    real_lookup = _domain_disk.lookup_domain
+    monkeypatch.setattr(_domain_disk, 'lookup_domain', lambda conn, name: PersistentStepFails(real_lookup(conn, name)))
+    path = qemu_image
+    result = run_module(domain_disk, capsys, domain=running_domain, target=target, source=path, detach_timeout=1)
+    live_attach = "attach disk %s as %s to the live definition of domain '%s'" % (path, target, running_domain)
+    assert result['failed']
+    assert result['msg'].startswith("cannot attach disk %s as %s to the persistent definition of domain '%s': no more available PCI "
+                                    "slots" % (path, target, running_domain))
+    live = virsh('dumpxml', running_domain).stdout
+    if undone:  # QEMU releases a scsi disk by itself: the live attach is undone
+        assert not result.get('changed') and result.get('actions', []) == []
+        assert "what was done before (%s) was undone" % live_attach in result['msg']
+        assert path not in live
+    else:  # a virtio disk needs a guest OS to release it, and there is none: the live attach stays, and is reported
+        assert result['changed'] and result['actions'] == [live_attach]
+        assert 'done and not undone: %s; ' % live_attach in result['msg'] and 'detach_timeout=1' in result['msg']
+        assert path in live
+    assert path not in virsh('dumpxml', '--inactive', running_domain).stdout
+
+
 def test_libvirt_refusals_name_what_was_being_done(images, capsys, domain_name):
     result = run_module(domain_disk, capsys, domain=domain_name, target='vdb', source=str(images / 'a.qcow2'), wwn='5000c50015ea71ad')
     assert result['failed']
@@ -496,8 +649,9 @@ def test_an_unknown_domain_is_a_clear_error(capsys):
         components.missing('libvirt-python')
     if virsh('uri', check=False).returncode != 0:
         components.missing('libvirtd', 'virsh cannot connect to %s' % URI)
-    result = run_module(domain_disk_info, capsys, domain='kvmstorage_it_ddisk_never')
-    assert result['failed'] and result['msg'] == "domain 'kvmstorage_it_ddisk_never' not found"
+    for module in (domain_disk_info, domain_disk):
+        result = run_module(module, capsys, domain='kvmstorage_it_ddisk_never', target='vdb')
+        assert result['failed'] and result['msg'] == "domain 'kvmstorage_it_ddisk_never' is not defined on qemu:///system"
 
 
 def test_without_libvirt_python_the_module_says_what_to_install(capsys, monkeypatch):
@@ -505,3 +659,102 @@ def test_without_libvirt_python_the_module_says_what_to_install(capsys, monkeypa
     monkeypatch.setattr(_libvirt, 'LIBVIRT_IMPORT_ERROR', 'ImportError: No module named libvirt')
     result = run_module(domain_disk, capsys, domain='kvmstorage_it_ddisk_never', target='vdb', state='absent')
     assert result['failed'] and 'libvirt-python' in result['msg']
+
+
+# --------------------------------------------------------------------------- the EXAMPLES, as written
+EXAMPLE_DOMAINS = ('web1', 'web2', 'node1', 'node2', 'db1', 'test1', 'dos1')
+
+
+@pytest.fixture
+def example_world(capsys):
+    """What the EXAMPLES assume: the domains (shut off, machine pc; web1 with a system disk that boots first), the images,
+    a dir pool 'images' holding tools.qcow2, and a block device (a loop device) for /dev/mapper/shared_lun."""
+    if not _libvirt.HAS_LIBVIRT or virsh('uri', check=False).returncode != 0:
+        pytest.skip('no libvirtd at %s' % URI)
+    tag = 'kvmstorage_it_ddisk_ex_%s' % uuid_module.uuid4().hex[:8]
+    work = tempfile.mkdtemp(prefix=tag + '_')
+    os.chmod(work, 0o755)
+    names = dict((name, '%s_%s' % (tag, name)) for name in EXAMPLE_DOMAINS)
+    names['images'] = tag + '_pool'
+    loop = None
+    try:
+        os.mkdir(os.path.join(work, 'pool'))
+        for name in ('web1-data.qcow2', 'web1-data2.qcow2', 'web2-data.qcow2', 'pool/tools.qcow2'):
+            create_image(os.path.join(work, name), 'qcow2', size=1 << 20)
+        for name in ('system.raw', 'debian-12.iso', 'boot.img', 'sata.img', 'stick.img', 'lun.raw'):
+            with open(os.path.join(work, name), 'wb') as image:
+                image.truncate(1 << 20)
+        loop = subprocess.run(['losetup', '--find', '--show', os.path.join(work, 'lun.raw')], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True)
+        if loop.returncode != 0:
+            pytest.skip('no loop device for the block device example: %s' % loop.stderr.strip())
+        loop = loop.stdout.strip()
+        for name in EXAMPLE_DOMAINS:
+            system = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s/system.raw'/>"
+                      "<target dev='vda' bus='virtio'/><boot order='1'/></disk>" % work) if name == 'web1' else ''
+            with open(os.path.join(work, name + '.xml'), 'w') as definition:
+                definition.write("<domain type='qemu'><name>%s</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
+                                 "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>%s</devices></domain>"
+                                 % (names[name], system))
+            virsh('define', os.path.join(work, name + '.xml'))
+        virsh('pool-define-as', names['images'], 'dir', '--target', os.path.join(work, 'pool'))
+        virsh('pool-start', names['images'])
+        yield dict(names=names, work=work, loop=loop)
+    finally:
+        for name in EXAMPLE_DOMAINS:
+            virsh('undefine', names[name], check=False)
+        virsh('pool-destroy', names['images'], check=False)
+        virsh('pool-undefine', names['images'], check=False)
+        if loop:
+            subprocess.run(['losetup', '-d', loop], check=False)
+        shutil.rmtree(work)
+
+
+def _example_value(value, world):
+    """A value of an example with this test's names: domains, the pool, paths in the work directory, the local URI."""
+    if isinstance(value, dict):
+        return dict((key, _example_value(item, world)) for key, item in value.items())
+    if isinstance(value, list):
+        return [_example_value(item, world) for item in value]
+    if not isinstance(value, str):
+        return value
+    if value in world['names']:
+        return world['names'][value]
+    if value == '/dev/mapper/shared_lun':
+        return world['loop']
+    if value.startswith('qemu+ssh://'):
+        return URI
+    for prefix in ('/var/lib/libvirt/images/', '/srv/floppies/', '/srv/'):
+        if value.startswith(prefix):
+            return os.path.join(world['work'], value[len(prefix):])
+    return value
+
+
+def test_the_examples_work_as_written_in_order_and_check_mode_predicts_them(example_world, capsys):
+    """Every task of EXAMPLES, in order, with the domains shut off (the state the cdrom and sata examples ask for): check mode,
+    then the real run, which must succeed and do what check mode said."""
+    from jinja2.nativetypes import NativeEnvironment
+    import yaml
+    environment = NativeEnvironment()
+    tasks = yaml.safe_load(domain_disk.EXAMPLES)
+    assert tasks
+    ran = 0
+    for task in tasks:
+        arguments = task['kvm.storage.domain_disk']
+        for item in task.get('loop', [None]):
+            def render(value):
+                if isinstance(value, dict):
+                    return dict((key, render(entry)) for key, entry in value.items())
+                if isinstance(value, str) and '{{' in value:
+                    return environment.from_string(value).render(item=item)
+                return value
+            args = _example_value(render(arguments), example_world)
+            check = run_module(domain_disk, capsys, check_mode=True, **args)
+            real = run_module(domain_disk, capsys, **args)
+            assert not real.get('failed'), '%s (%s): %s' % (task['name'], item, real['msg'])
+            assert not check.get('failed') and check['actions'] == real['actions'] and real['changed'], task['name']
+            ran += 1
+    assert ran == sum(len(task.get('loop', [None])) for task in tasks)
+    web1 = virsh('dumpxml', '--inactive', example_world['names']['web1']).stdout
+    assert "<target dev='hdc' bus='ide'/>" in web1 and 'debian-12.iso' not in web1  # inserted, then ejected
+    assert "<boot order='2'/>" in web1 and 'web1-data' not in web1
