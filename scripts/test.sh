@@ -16,16 +16,28 @@ WORK=$(mktemp -d /tmp/kvm-storage-test.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
 # ansible-test needs the collection under .../ansible_collections/kvm/storage:
-# copy what git knows about (tracked and new, not ignored) there.
+# copy what git knows about (tracked and new, not ignored) there.  Any failure of the
+# copy (git, tar on either side) fails it: a suite never runs on a partial copy.
 collection_copy() {
     local dest="$WORK/ansible_collections/kvm/storage"
-    if [ ! -d "$dest" ]; then
-        mkdir -p "$dest"
-        (cd "$ROOT" && git ls-files -z -co --exclude-standard \
-            | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
-            | tar --null -T - -cf -) | tar -C "$dest" -xf -
+    if [ ! -e "$WORK/collection-copied" ]; then
+        rm -rf "$dest" && mkdir -p "$dest" || return 1
+        (set -o pipefail
+         cd "$ROOT" && git ls-files -z -co --exclude-standard \
+            | while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done \
+            | tar --null -T - -cf -) | tar -C "$dest" -xf - || return 1
+        touch "$WORK/collection-copied" || return 1
     fi
     echo "$dest"
+}
+
+# The copy for sanity and integration, or stop the whole run (`all` too) with a clear message.
+collection_copy_or_stop() {
+    if ! collection_copy; then
+        echo "test.sh: copying the collection to $WORK/ansible_collections/kvm/storage failed; stopping" \
+            "(the errors above say why)" >&2
+        exit 1
+    fi
 }
 
 suite_unit() {
@@ -34,7 +46,7 @@ suite_unit() {
 
 suite_sanity() {
     local dest
-    dest=$(collection_copy)
+    dest=$(collection_copy_or_stop) || exit 1
     # extra arguments go to ansible-test (e.g. --test pylint plugins/modules/x.py)
     (cd "$dest" && ansible-test sanity --python "$PYVER" --venv --color no "$@")
 }
@@ -45,7 +57,7 @@ suite_lint() {
 
 suite_integration() {
     local dest
-    dest=$(collection_copy)
+    dest=$(collection_copy_or_stop) || exit 1
     # extra arguments name targets to run (default: every target)
     (cd "$dest" && ansible-test integration --local --python "$PYVER" --color no -v "$@")
 }
