@@ -49,7 +49,7 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors impor
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import driver_class
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import Driver
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.vpc import rounded_size as vhd_rounded_size
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy import resolve_reference
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy import has_protocol, resolve_reference
 
 # qemu-img rounds every virtual size up to whole 512-byte sectors.
 SECTOR_SIZE = 512
@@ -204,13 +204,13 @@ def can_resize(fmt):
     return getattr(cls, 'resize', None) is not getattr(Driver, 'resize')
 
 
-def read_layout_options(path, info_dict, allow_dirs=None):
+def read_layout_options(path, info_dict, allow_dirs=None, trusted_files=None):
     """Creation options recorded in the image that info() does not report: vdi ``static`` (image type),
     vpc ``subformat`` (disk type), vhdx ``subformat`` (fixed images leave their blocks allocated)."""
     fmt = info_dict.get('format')
     if fmt not in ('vdi', 'vpc', 'vhdx'):
         return {}
-    with open_image(path, fmt=fmt, allow_dirs=allow_dirs, force_share=True) as image:
+    with open_image(path, fmt=fmt, allow_dirs=allow_dirs, force_share=True, trusted_files=trusted_files) as image:
         driver = image.driver
         if fmt == 'vdi':
             return {'static': getattr(driver.header, 'image_type', None) == 2}
@@ -335,6 +335,15 @@ class DiskImageRequest(object):
             states[name] = state
             wanted.append((name, state))
         return wanted
+
+    @property
+    def trusted_files(self):
+        """The files the task names (path, src, backing_file): the operator's word, accepted wherever they are
+        when an image names them (diskimage.policy); a relative backing_file is resolved as the image resolves it."""
+        names = [self.path, self.src]
+        if self.backing_file and not has_protocol(self.backing_file):
+            names.append(os.path.join(os.path.dirname(os.path.abspath(self.path)), self.backing_file))
+        return [os.path.abspath(name) for name in names if name]
 
     @property
     def backing_name(self):
@@ -715,7 +724,7 @@ def read_state(request):
         if not os.path.isfile(request.path):
             raise DiskImageError('%s exists and is not a regular file' % request.path)
         try:
-            current_info = image_info(request.path, allow_dirs=request.allow_dirs)
+            current_info = image_info(request.path, allow_dirs=request.allow_dirs, trusted_files=request.trusted_files)
             if request.state == 'present' and request.format == 'vpc' and current_info.get('format') == 'raw':
                 # A fixed VHD is probed as raw (its footer is at the end, as qemu-img probes it too): read it as
                 # the vpc image the task names when it is one.
@@ -736,6 +745,7 @@ def read_state(request):
     src_info = None
     if request.src is not None:
         src_info = image_info(request.src, fmt=request.src_format, allow_dirs=request.allow_dirs,
+                              trusted_files=request.trusted_files,
                               **_member_argument('member', request.src_member))
         if request.src_snapshot is not None:
             # Refused in check mode too: the snapshot must exist (looked up by name, else by ID, as convert does).
@@ -746,6 +756,7 @@ def read_state(request):
                     ', '.join(repr(snapshot.get('name')) for snapshot in listed) or 'none'))
             # The snapshot must be readable; the conversion keeps the current virtual size (qemu-img convert -l).
             with open_image(request.src, fmt=src_info['format'], allow_dirs=request.allow_dirs,
+                            trusted_files=request.trusted_files,
                             **dict(_member_argument('member', request.src_member),
                                    **_secret_argument(request.src_passphrase))) as source:
                 source.driver.select_snapshot(request.src_snapshot)
@@ -755,8 +766,10 @@ def read_state(request):
     if request.backing_name is not None:
         # Resolved exactly as the image will resolve it: the policy decides before anything is opened.
         backing_path = resolve_reference(os.path.abspath(request.path), request.backing_file,
-                                         allow_dirs=request.allow_dirs, kind='backing file')
-        backing_info = image_info(backing_path, fmt=request.backing_format, allow_dirs=request.allow_dirs)
+                                         allow_dirs=request.allow_dirs,
+                                         trusted_files=request.trusted_files, kind='backing file')
+        backing_info = image_info(backing_path, fmt=request.backing_format, allow_dirs=request.allow_dirs,
+                                  trusted_files=request.trusted_files)
         if request.backing_format is None:
             # Never leave the backing format to be probed later: record the detected one (security rule 2).
             request.backing_format = backing_info['format']
@@ -765,25 +778,27 @@ def read_state(request):
         if is_encrypted(current_info):
             # The image is kept: the passphrase the task gives must be its own.
             verify_passphrase(request.path, request.format, request.encryption_passphrase, 'encryption_passphrase',
-                              request.allow_dirs)
-        facts['layout'] = read_layout_options(request.path, current_info, request.allow_dirs)
+                              request.allow_dirs, trusted_files=request.trusted_files)
+        facts['layout'] = read_layout_options(request.path, current_info, request.allow_dirs, request.trusted_files)
         if request.repair is not None:
             try:
-                facts['check'] = image_check(request.path, fmt=request.format, allow_dirs=request.allow_dirs)
+                facts['check'] = image_check(request.path, fmt=request.format, allow_dirs=request.allow_dirs,
+                                             trusted_files=request.trusted_files)
             except (UnsupportedOperation, UnsupportedFeature):
                 facts['check'] = None
         if request.commit:
-            facts['uncommitted'] = uncommitted_bytes(request.path, current_info, request.allow_dirs)
+            facts['uncommitted'] = uncommitted_bytes(request.path, current_info, request.allow_dirs,
+                                                     request.trusted_files)
         if request.revert_to is not None:
             facts['revert'] = snapshot_compare(request.path, request.revert_to, fmt=request.format,
-                                               allow_dirs=request.allow_dirs)
+                                               allow_dirs=request.allow_dirs, trusted_files=request.trusted_files)
     return current_info, src_info, backing_info, facts
 
 
 def _info_as_vpc(request, probed_info):
     """info() of ``request.path`` read as vpc when it is a VHD, else ``probed_info`` (its probed raw info)."""
     try:
-        return image_info(request.path, fmt='vpc', allow_dirs=request.allow_dirs)
+        return image_info(request.path, fmt='vpc', allow_dirs=request.allow_dirs, trusted_files=request.trusted_files)
     except ImageInUseError:
         raise
     except ImageError:
@@ -795,12 +810,13 @@ def _member_argument(name, member):
     return {} if member is None else {name: member}
 
 
-def uncommitted_bytes(path, current_info, allow_dirs=None):
+def uncommitted_bytes(path, current_info, allow_dirs=None, trusted_files=None):
     """Bytes of the guest view the image's own layer holds (data or zeroes: what a commit writes into the
     backing file), from its allocation map; None when the image has no backing file."""
     if not current_info.get('backing-filename'):
         return None
-    return sum(entry['length'] for entry in image_map(path, fmt=current_info['format'], allow_dirs=allow_dirs)
+    return sum(entry['length'] for entry in image_map(path, fmt=current_info['format'], allow_dirs=allow_dirs,
+                                                      trusted_files=trusted_files)
                if entry.get('depth') == 0 and entry.get('present'))
 
 
@@ -831,11 +847,11 @@ def is_encrypted(info_dict):
     return bool(info_dict) and (info_dict.get('format') == 'luks' or bool(info_dict.get('encrypted')))
 
 
-def verify_passphrase(path, fmt, passphrase, option, allow_dirs=None, member=None):
+def verify_passphrase(path, fmt, passphrase, option, allow_dirs=None, member=None, trusted_files=None):
     """Unlock an encrypted image with ``passphrase`` (read-only), so that a wrong passphrase fails before anything
     is written, in check mode too; the error names ``option``, never the passphrase."""
     try:
-        with open_image(path, fmt=fmt, allow_dirs=allow_dirs, key_secret=passphrase,
+        with open_image(path, fmt=fmt, allow_dirs=allow_dirs, key_secret=passphrase, trusted_files=trusted_files,
                         **_member_argument('member', member)):
             pass
     except (ImageInUseError, UnsupportedFeature):
@@ -853,7 +869,7 @@ def check_src_passphrase(request, src_info):
         raise DiskImageError('src %s is an encrypted %s image: its passphrase is required in src_passphrase'
                              % (request.src, src_info['format']))
     verify_passphrase(request.src, src_info['format'], request.src_passphrase, 'src_passphrase',
-                      request.allow_dirs, request.src_member)
+                      request.allow_dirs, request.src_member, request.trusted_files)
 
 
 # vmdk subformats that keep the data in extent files beside the descriptor.
@@ -917,7 +933,7 @@ def _build(request, action, target):
     if action.kind == 'create':
         image_create(target, request.format, size=action.args['size'], backing_file=request.backing_name,
                      backing_fmt=request.backing_format, options=_creation_options(request) or None,
-                     allow_dirs=request.allow_dirs)
+                     allow_dirs=request.allow_dirs, trusted_files=request.trusted_files)
         return {}
     started = time.time()
     extra = _member_argument('src_member', request.src_member)
@@ -925,7 +941,8 @@ def _build(request, action, target):
         extra['snapshot'] = request.src_snapshot
     outcome = image_convert(request.src, target, request.format, src_fmt=action.args['src_format'],
                             options=_backing_options(request) or None, compress=request.compress,
-                            allow_dirs=request.allow_dirs, **dict(extra, **_secret_argument(request.src_passphrase)))
+                            allow_dirs=request.allow_dirs, trusted_files=request.trusted_files,
+                            **dict(extra, **_secret_argument(request.src_passphrase)))
     stats = {'duration': round(time.time() - started, 3), 'bytes_written': os.stat(target).st_blocks * 512}
     if isinstance(outcome, dict):
         stats.update((key, outcome[key]) for key in ('bytes_read', 'bytes_written', 'compressed_clusters') if key in outcome)
@@ -949,22 +966,29 @@ def _run_in_place(action, request):
         if args.get('preallocation') not in (None, 'off'):
             extra['preallocation'] = args['preallocation']
         return image_resize(request.path, args['size'], fmt=request.format, shrink=args['shrink'],
-                            allow_dirs=request.allow_dirs, **extra)
+                            allow_dirs=request.allow_dirs, trusted_files=request.trusted_files, **extra)
     if kind == 'repair':
-        return image_check(request.path, fmt=request.format, repair=args['mode'], allow_dirs=request.allow_dirs)
+        return image_check(request.path, fmt=request.format, repair=args['mode'], allow_dirs=request.allow_dirs,
+                           trusted_files=request.trusted_files)
     if kind == 'revert':
-        return snapshot_apply(request.path, args['name'], fmt=request.format, allow_dirs=request.allow_dirs)
+        return snapshot_apply(request.path, args['name'], fmt=request.format, allow_dirs=request.allow_dirs,
+                              trusted_files=request.trusted_files)
     if kind == 'snapshot_create':
-        return snapshot_create(request.path, args['name'], fmt=request.format, allow_dirs=request.allow_dirs)
+        return snapshot_create(request.path, args['name'], fmt=request.format, allow_dirs=request.allow_dirs,
+                               trusted_files=request.trusted_files)
     if kind == 'snapshot_delete':
-        return snapshot_delete(request.path, args['name'], fmt=request.format, allow_dirs=request.allow_dirs)
+        return snapshot_delete(request.path, args['name'], fmt=request.format, allow_dirs=request.allow_dirs,
+                               trusted_files=request.trusted_files)
     if kind == 'commit':
-        return image_commit(request.path, fmt=request.format, allow_dirs=request.allow_dirs)
+        return image_commit(request.path, fmt=request.format, allow_dirs=request.allow_dirs,
+                            trusted_files=request.trusted_files)
     if kind == 'rebase':
         return image_rebase(request.path, args['backing_file'], backing_fmt=args['backing_format'],
-                            unsafe=args['unsafe'], fmt=request.format, allow_dirs=request.allow_dirs)
+                            unsafe=args['unsafe'], fmt=request.format, allow_dirs=request.allow_dirs,
+                            trusted_files=request.trusted_files)
     if kind == 'amend':
-        return image_amend(request.path, args['options'], fmt=request.format, allow_dirs=request.allow_dirs)
+        return image_amend(request.path, args['options'], fmt=request.format, allow_dirs=request.allow_dirs,
+                           trusted_files=request.trusted_files)
     raise DiskImageError('internal error: unknown action %r' % kind)
 
 
@@ -1101,7 +1125,7 @@ def run_disk_image(module):
     if module.check_mode or request.state == 'absent':
         result['image'] = current_info if request.state == 'present' and current_info is not None else {}
     elif plan.changed:
-        result['image'] = image_info(request.path, allow_dirs=request.allow_dirs)
+        result['image'] = image_info(request.path, allow_dirs=request.allow_dirs, trusted_files=request.trusted_files)
     else:
         result['image'] = current_info
     if module._diff:
@@ -1133,7 +1157,7 @@ def is_tar_archive(path):
 
 
 def describe_image(path, backing_chain=False, check=False, allow_dirs=None, force_share=False, allocation_map=False,
-                   measure=None, member=None):
+                   measure=None, member=None, trusted_files=None):
     """Info dict of one image for disk_image_info (``exists`` false when there is no file).
 
     ``allocation_map`` adds ``map`` (qemu-img map --output=json); ``measure`` ({out_format, options}) adds
@@ -1148,38 +1172,44 @@ def describe_image(path, backing_chain=False, check=False, allow_dirs=None, forc
         return {'filename': path, 'exists': True, 'ova_disks': []}
     selected = _member_argument('member', member)
     if backing_chain:
-        chain = image_info(path, backing_chain=True, allow_dirs=allow_dirs, force_share=force_share, **selected)
+        chain = image_info(path, backing_chain=True, allow_dirs=allow_dirs, force_share=force_share,
+                           trusted_files=trusted_files, **selected)
         described = dict(chain[0])
         described['backing-chain'] = chain
     else:
-        described = dict(image_info(path, allow_dirs=allow_dirs, force_share=force_share, **selected))
+        described = dict(image_info(path, allow_dirs=allow_dirs, force_share=force_share,
+                                    trusted_files=trusted_files, **selected))
     described['exists'] = True
     if disks is not None:
         described['ova_disks'] = disks
     if check:
         try:
             described['check'] = image_check(path, fmt=described['format'], allow_dirs=allow_dirs,
+                                             trusted_files=trusted_files,
                                              force_share=force_share, **selected)
         except (UnsupportedOperation, UnsupportedFeature) as exc:
             described['check_note'] = str(exc)
     if allocation_map:
         described['map'] = image_map(path, fmt=described['format'], allow_dirs=allow_dirs, force_share=force_share,
+                                     trusted_files=trusted_files,
                                      **selected)
     if measure is not None:
         described['measure'] = image_measure(src=path, src_fmt=described['format'],
                                              out_fmt=measure.get('out_format') or 'qcow2',
                                              options=measure.get('options') or None,
                                              allow_dirs=allow_dirs, force_share=force_share,
-                                             **_member_argument('src_member', member))
+                                             trusted_files=trusted_files, **_member_argument('src_member', member))
     return described
 
 
 def run_disk_image_info(params):
     allow_dirs = list(params.get('allow_dirs') or []) or None
     member = member_selector(params.get('member'), 'member')
+    paths = _paths(params['path'])
+    # The files the task names are the operator's word: an image naming one of them may open it.
     images = [describe_image(path, backing_chain=params['backing_chain'], check=params['check'],
                              allow_dirs=allow_dirs, force_share=params['force_share'],
                              allocation_map=params.get('map') or False, measure=params.get('measure'),
-                             member=member)
-              for path in _paths(params['path'])]
+                             member=member, trusted_files=paths)
+              for path in paths]
     return dict(changed=False, images=images)

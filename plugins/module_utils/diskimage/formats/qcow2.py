@@ -1891,10 +1891,12 @@ class Qcow2Driver(Driver):
         if new_size < old_size:
             if mode != "off":
                 raise InvalidOptionError("qcow2 resize: preallocation applies only when growing", self.path)
-            self._discard_beyond(new_size, old_size)
+            released = self._discard_beyond(new_size, old_size)
             self._file.pwrite(L.OFF_SIZE, struct.pack(">Q", new_size))
             h.size = new_size
             self.virtual_size = new_size
+            released.extend(self._drop_unused_refblocks())
+            self._give_back(released)
             return
         raw_data_file = self._data_file is not self._file and h.autoclear_features & L.AUTOCLEAR_DATA_FILE_RAW
         self._grow_l1(new_size)
@@ -1911,7 +1913,10 @@ class Qcow2Driver(Driver):
             self._preallocate(mode, -(-old_size // self._cs))
 
     def _discard_beyond(self, new_size, old_size):
-        """Drop every cluster wholly past ``new_size`` (shrink)."""
+        """Drop every cluster wholly past ``new_size`` (shrink).  Returns the host
+        offsets of the image file's clusters whose references were dropped."""
+        released = []
+        in_image_file = self._data_file is self._file
         cs = self._cs
         first = -(-new_size // cs)
         total = -(-old_size // cs)
@@ -1931,7 +1936,10 @@ class Qcow2Driver(Driver):
                 for i in range(0, len(table), step):
                     if table[i] & (L.L2E_OFFSET_MASK | L.OFLAG_COMPRESSED):
                         self._free_entry(table[i])
+                        if in_image_file and not table[i] & L.OFLAG_COMPRESSED:
+                            released.append(table[i] & L.L2E_OFFSET_MASK)
                 self._refcount_update(l2_offset, 1, -1)
+                released.append(l2_offset)
                 continue
             l2_offset, table = self._l2_for_write(l1_index)
             freed = []
@@ -1945,6 +1953,61 @@ class Qcow2Driver(Driver):
             self._write_l2_entries(l2_offset, table, start, self._l2e - 1)
             for entry in freed:
                 self._free_entry(entry)
+                if in_image_file and not entry & L.OFLAG_COMPRESSED:
+                    released.append(entry & L.L2E_OFFSET_MASK)
+        return released
+
+    def _drop_unused_refblocks(self):
+        """Unhook the refcount blocks that count nothing but themselves (QEMU's
+        qcow2_shrink_reftable); returns their offsets."""
+        dropped = []
+        for block_index in range(1, len(self._reftable)):
+            offset = self._reftable[block_index]
+            if not offset:
+                continue
+            block = self._load_refblock(offset)
+            own_cluster = offset >> self._cb
+            own = own_cluster // self._rbe == block_index
+            if own:
+                count = self._rc_get(block, own_cluster % self._rbe)
+                self._rc_set(block, own_cluster % self._rbe, 0)
+                unused = not any(block)
+                self._rc_set(block, own_cluster % self._rbe, count)
+            else:
+                unused = not any(block)
+            if not unused:
+                continue
+            self._file.pwrite(self.header.refcount_table_offset + block_index * 8, bytes(8))
+            self._reftable[block_index] = 0
+            self._refblock_set.discard(offset)
+            self._refblock_cache.pop(offset, None)
+            if not own:
+                self._refcount_update(offset, 1, -1)
+            dropped.append(offset)
+        return dropped
+
+    def _give_back(self, released):
+        """After a shrink, as QEMU (discard, then truncate after the last used cluster):
+        the clusters of ``released`` nothing references any more become holes, and the
+        file ends after its last cluster in use."""
+        if self._file.is_block_device:
+            return
+        cs = self._cs
+        runs = []
+        for host in sorted(set(host for host in released if host and not self._refcount(host))):
+            if runs and runs[-1][1] == host:
+                runs[-1][1] = host + cs
+            else:
+                runs.append([host, host + cs])
+        end = L.align_up(self._find_refcounted_end(), cs)
+        for start, stop in runs:
+            if start < end:
+                self._file.punch_hole(start, min(stop, end) - start)
+        if end < self._file_size:
+            self._file.truncate(end)
+            self._file_size = end
+            self._next_free = end
+            self._refcounted_end = min(self._refcounted_end, end)
 
     # ============================================= header edits, emptying, amend
     # (used by ops/rebase.py, ops/commit.py, ops/amend.py and convert -l)

@@ -164,3 +164,21 @@ def test_resize_refuses_an_image_in_use(tmp_path):
         holder.kill()
         holder.wait()
     assert virtual_size(path) == 1 << 20
+
+
+@pytest.mark.parametrize("create_options", ["cluster_size=64k", "cluster_size=4k", "cluster_size=16k,extended_l2=on",
+                                            "cluster_size=4k,refcount_bits=64", "cluster_size=4k,refcount_bits=1"])
+def test_qcow2_shrink_gives_back_the_file_tail_like_qemu_img(tmp_path, create_options):
+    path = tmp_path / "disk.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", create_options, path, "40M")
+    qemu_io(path, "write -P 0x71 0 40M", fmt="qcow2")
+    theirs = resized_by_qemu(path, "1M", tmp_path, "qcow2", shrink=True)
+    diskimage.resize(str(path), "1M", fmt="qcow2", shrink=True)
+    assert_clean(path)
+    qemu_img("compare", "-s", "-f", "qcow2", "-F", "qcow2", path, theirs)
+    ours_size, theirs_size = os.path.getsize(str(path)), os.path.getsize(str(theirs))
+    # the file ends after its last used cluster, as qemu-img leaves it (a few clusters of margin)
+    margin = 4 * 65536
+    assert ours_size <= theirs_size + margin, (ours_size, theirs_size)
+    assert os.stat(str(path)).st_blocks * 512 <= os.stat(str(theirs)).st_blocks * 512 + margin
+    assert qemu_img_json("check", path)["image-end-offset"] <= ours_size
