@@ -268,21 +268,23 @@ def walk_source(image):
     return digest.hexdigest()
 
 
-def content_sha256(src, src_format, allow_dirs):
+def content_sha256(src, src_format, allow_dirs, trusted_files=None):
     """SHA-256 of the guest-visible content of image ``src`` (reads it whole, skipping holes)."""
-    with open_image(src, fmt=src_format, allow_dirs=allow_dirs, force_share=False) as image:
+    with open_image(src, fmt=src_format, allow_dirs=allow_dirs, force_share=False, trusted_files=trusted_files) as image:
         return walk_source(image)
 
 
-def write_image(image, device, fmt, volume_size, known_zero):
+def write_image(image, device, fmt, volume_size, known_zero, allow_dirs=None, trusted_files=None):
     """Write ``image`` (opened source) as a ``fmt`` image onto block device
     ``device`` in place; returns (sha256 of the guest-visible content, stats).
 
     raw: zero ranges and the volume past the image's end are made to read
     zero (BLKZEROOUT, zeroes written where refused) unless ``known_zero``;
-    qcow2: a new image reads zero where nothing is written."""
+    qcow2: a new image reads zero where nothing is written.  ``allow_dirs``, ``trusted_files``: the path
+    policy the source was opened with."""
     result = image_convert(image.path, device, fmt, src_fmt=image.format, on_device=True,
-                           target_is_zero=known_zero, zero_tail=fmt == "raw", digest="sha256")
+                           target_is_zero=known_zero, zero_tail=fmt == "raw", digest="sha256",
+                           allow_dirs=allow_dirs, trusted_files=trusted_files)
     stats = {"bytes_written": result["bytes_written"], "bytes_zeroed": result["bytes_zeroed"],
              "volume_size": volume_size}
     if fmt == "raw":
@@ -333,8 +335,8 @@ def volume_view(lv):
 
 
 def read_image_info(path, fmt, force_share=True):
-    """Library info of what a device holds (``fmt`` None: probed)."""
-    return image_info(path, fmt=fmt, force_share=force_share)
+    """Library info of what a device holds (``fmt`` None: probed); the device is the task's own."""
+    return image_info(path, fmt=fmt, force_share=force_share, trusted_files=[path])
 
 
 def ensure_device(lvm, lv):
@@ -359,6 +361,8 @@ class VolumeImage:
         self.lvm = lvm or Lvm(module)
         self.actions = []
         self.result = {"changed": False, "actions": self.actions}
+        # The path policy the source is opened with (allow_dirs, trusted_files), set by present().
+        self.policy = {}
 
     def validate(self):
         params = self.params
@@ -407,13 +411,16 @@ class VolumeImage:
         params = self.params
         fmt = params["format"]
         allow_dirs = list(params["allow_dirs"] or []) or None
+        # The task names src and the volume: the operator's word (diskimage.policy).
+        trusted_files = [os.path.abspath(params["src"])] + ([lv["path"]] if lv and lv["path"] else [])
+        self.policy = dict(allow_dirs=allow_dirs, trusted_files=trusted_files)
         requested = parse_size(params["size"], "size") if params["size"] is not None else None
-        with open_image(params["src"], fmt=params["src_format"], allow_dirs=allow_dirs) as image:
+        with open_image(params["src"], fmt=params["src_format"], **self.policy) as image:
             virtual_size = image.virtual_size
             required = None
             if fmt == "qcow2":
                 required = image_measure(src=params["src"], src_fmt=image.format, out_fmt="qcow2",
-                                         allow_dirs=allow_dirs)["required"]
+                                         **self.policy)["required"]
             size, minimum = volume_size(fmt, virtual_size, required, vg["extent_size"], requested)
             layers = chain_files(image)
             source = {"format": image.format, "virtual_size": virtual_size,
@@ -501,7 +508,7 @@ class VolumeImage:
                 open_image(device, fmt="raw", readonly=False).close()
                 self.lvm.change_tags(vg_name, lv_name, add=[] if TAG_WRITING in lv["tags"] else [TAG_WRITING],
                                      delete=[tag for tag in own_tags(lv["tags"]) if tag != TAG_WRITING])
-                sha256, stats = write_image(image, device, fmt, lv["size"], known_zero)
+                sha256, stats = write_image(image, device, fmt, lv["size"], known_zero, **self.policy)
                 self.result["write"] = stats
                 final_tags = encode_tags(fmt, source["virtual_size"], sha256, source["fingerprint"])
                 self.lvm.change_tags(vg_name, lv_name, add=final_tags, delete=[TAG_WRITING])
