@@ -392,7 +392,7 @@ class PoolState(object):
     """The pool as libvirt has it, read once."""
 
     def __init__(self, name, uuid, pool_type, active, persistent, autostart, inactive_xml, live_xml,
-                 target_exists=None, storage_exists=None):
+                 target_exists=None, storage_exists=None, contents=None):
         self.name = name
         self.uuid = uuid
         self.type = pool_type
@@ -403,6 +403,8 @@ class PoolState(object):
         self.live_xml = live_xml
         self.target_exists = target_exists
         self.storage_exists = storage_exists
+        # What the storage holds, when known (read for state=deleted): entries of the target directory, or volumes.
+        self.contents = contents
 
     @property
     def inactive_element(self):
@@ -461,7 +463,24 @@ def read_pool_state(conn, name, want_storage=False):
         elif state.type == 'logical':
             volume_group = child_text(normalise_pool_element(state.inactive_element), 'source/name')
             state.storage_exists = volume_group in _volume_groups(conn)
+        state.contents = _storage_contents(pool, state, what)
     return state
+
+
+def _storage_contents(pool, state, what):
+    """What deleting the pool's storage would destroy, as far as it can be seen before anything is done: the entries of a
+    dir pool's directory (or of an fs/netfs pool's directory when it is not mounted), the volumes of an active pool."""
+    if not state.storage_exists:
+        return []
+    if state.type == 'dir' or (state.type in TARGET_DIRECTORY_TYPES and not state.active):
+        try:
+            return sorted(os.listdir(state.target))
+        except OSError as exc:
+            raise LibvirtModuleError('cannot read the target directory %s of storage pool %s: %s' % (state.target, _quoted(state.name), exc))
+    if state.active:
+        libvirt_call(what, pool.refresh, 0)
+        return sorted(libvirt_call(what, pool.listVolumes))
+    return None
 
 
 # --------------------------------------------------------------------------- plan
@@ -561,6 +580,13 @@ def _plan_deleted(request, state):
     if not state.persistent:
         raise LibvirtModuleError('state=deleted: storage pool %s is transient, stopping it would remove it before its storage '
                                  'could be deleted; define it first (state=present)' % _quoted(request.name))
+    if state.storage_exists and state.contents:
+        shown = ', '.join(state.contents[:5]) + (', ...' if len(state.contents) > 5 else '')
+        raise LibvirtModuleError('state=deleted: the storage of storage pool %s (%s) is not empty: it holds %d entries (%s); the '
+                                 'module deletes only empty storage: remove them first (kvm.storage.disk_image with state=absent, '
+                                 'or virsh vol-delete); nothing was changed' % (
+                                     _quoted(request.name), state.target if state.type in TARGET_DIRECTORY_TYPES else 'its volume group',
+                                     len(state.contents), shown))
     actions = []
     if state.active:
         actions.append(Action('stop', 'stop storage pool %s' % _quoted(request.name)))
@@ -571,8 +597,12 @@ def _plan_deleted(request, state):
     return Plan(actions, before, after)
 
 
-def plan_storage_pool(request, state, directory=None):
+def plan_storage_pool(request, state, directory=None, target_exists=None):
     """Compare the pool (``state``: PoolState, or None when it is not defined) with the request; returns a Plan.
+
+    ``target_exists``: whether the target directory of the requested definition exists (None: not known).  A start or
+    restart of a dir, fs or netfs pool whose target directory is missing is refused unless the plan builds it, so that
+    a task fails before it changes anything rather than after it defined the pool.
 
     ``directory`` is ``read_directory()`` of the requested target.  libvirt copies the permissions of an
     existing target directory into the definition when it starts or refreshes the pool, so for pools
@@ -621,15 +651,17 @@ def plan_storage_pool(request, state, directory=None):
             actions.append(Action('define', 'define transient storage pool %s persistently' % name, new=False))
         after['persistent'] = True
 
-    if request.build and _needs_build(request, state, definition):
-        element = definition if definition is not None else state.inactive_element
+    element = definition if definition is not None else state.inactive_element
+    missing = _target_missing(element, state, definition, target_exists)
+    if request.build and _needs_build(request, state, definition, missing):
         actions.append(Action('build', 'build storage pool %s%s' % (name, _build_detail(element)), pool_type=element.get('type')))
 
     if on_directory:
         after['directory'] = describe_permissions(directory['path'], wanted_permissions)
         if after['directory'] != before.get('directory'):
             actions.append(Action('permissions', 'set permissions of target %s' % after['directory'],
-                                  path=directory['path'], permissions=wanted_permissions))
+                                  path=directory['path'], permissions=wanted_permissions,
+                                  previous=dict((key, directory[key]) for key in wanted_permissions)))
 
     if request.state == 'active' and not was_active:
         actions.append(Action('start', 'start storage pool %s' % name))
@@ -644,7 +676,10 @@ def plan_storage_pool(request, state, directory=None):
         after['restart_pending'] = False
     elif was_active and (redefined or before['restart_pending']):
         if request.restart:
-            actions.append(Action('restart', 'restart storage pool %s to apply its new definition' % name))
+            build = request.build and missing
+            actions.append(Action('restart', 'restart storage pool %s to apply its new definition%s' % (
+                name, ' (stop it, build it%s, start it)' % _build_detail(element) if build else ''),
+                build=build, pool_type=element.get('type')))
             after['restart_pending'] = False
         else:
             after['restart_pending'] = True
@@ -657,19 +692,33 @@ def plan_storage_pool(request, state, directory=None):
         after['autostart'] = request.autostart
 
     restarted = any(action.kind in ('start', 'restart') for action in actions)
+    if restarted and missing and not any(action.kind == 'build' or action.args.get('build') for action in actions):
+        raise LibvirtModuleError('storage pool %s cannot %s: its target directory %s does not exist; create it, or set build=true '
+                                 'to have it built; nothing was changed' % (
+                                     name, 'start' if 'start' in [action.kind for action in actions] else 'restart',
+                                     sanitize_path(child_text(element, 'target/path'))))
     if request.refresh and after['state'] == 'active' and not restarted:
         actions.append(Action('refresh', 'refresh storage pool %s' % name))
     return Plan(actions, before, after, warnings, restart_pending=after.get('restart_pending', False))
 
 
-def _needs_build(request, state, definition):
-    """Build before the first start: a new definition, or a target directory that is missing."""
+def _target_missing(element, state, definition, target_exists):
+    """Whether the target directory of the definition the pool starts with (dir, fs, netfs) is known to be missing."""
+    if element.get('type') not in TARGET_DIRECTORY_TYPES:
+        return False
+    if definition is None or (target_exists is None and state is not None
+                              and sanitize_path(child_text(definition, 'target/path')) == sanitize_path(state.target)):
+        return state is not None and state.target_exists is False
+    return target_exists is False
+
+
+def _needs_build(request, state, definition, missing):
+    """Build before the first start: a new definition, or a target directory that is missing (the pool not active)."""
     if state is None:
         return True
     if state.active:
         return False
-    pool_type = state.type if definition is None else definition.get('type')
-    return pool_type in TARGET_DIRECTORY_TYPES and state.target_exists is False
+    return missing
 
 
 def _build_detail(element):
@@ -693,50 +742,163 @@ def _definition_with_uuid(definition, state):
 
 
 def apply_plan(conn, plan, request, state):
-    """Carry out the plan.  Returns notes on what libvirt reported but did not fail on."""
+    """Carry out the plan.  Returns notes on what libvirt reported but did not fail on.
+
+    When a step fails, the steps done before it are undone where they can be, in reverse order (a new definition
+    undefined, a previous definition restored, a started pool stopped, a stopped one started, a directory the build
+    created removed, permissions and autostart set back).  The LibvirtModuleError raised says what failed and what
+    was undone; whatever could not be undone is reported as ``changed=True`` with those ``actions``.
+    """
     notes = []
-    name = _quoted(request.name)
-    pool = None if state is None else lookup_pool(conn, request.name)
-    for action in plan.actions:
+    run = _Run(conn, request, state)
+    try:
+        for action in plan.actions:
+            run.do(action, notes)
+    except LibvirtModuleError as exc:
+        raise run.failure(str(exc))
+    return notes
+
+
+class _Run(object):
+    """The steps of one apply_plan, with how to undo each of those done."""
+
+    def __init__(self, conn, request, state):
+        self.conn = conn
+        self.request = request
+        self.state = state
+        self.name = _quoted(request.name)
+        self.pool = None if state is None else lookup_pool(conn, request.name)
+        self.done = []        # [(description, None or (undo description, undo function))], in order
+        self.deferred = []    # [(description, function)]: undone last (start a pool again once its definition is restored)
+
+    def _call(self, what, function, *args):
+        return libvirt_call('%s storage pool %s' % (what, self.name), function, *args)
+
+    def _build(self, action, notes):
+        """Build the pool; returns the undo of the build (None when it cannot be undone)."""
+        # NO_OVERWRITE makes a filesystem / PV / label only on a device that has none; the
+        # directory-only types refuse the flag.
+        flags = 0 if action.args['pool_type'] in ('dir', 'netfs') else libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE
+        xml = self._call('cannot read', self.pool.XMLDesc, 0)
+        target = sanitize_path(child_text(parse_xml(xml, 'definition of storage pool %s' % self.name), 'target/path'))
+        created = action.args['pool_type'] in TARGET_DIRECTORY_TYPES and bool(target) and not os.path.isdir(target)
+        try:
+            self.pool.build(flags)
+        except libvirt.libvirtError as exc:
+            if not error_is(exc, 'VIR_ERR_STORAGE_POOL_BUILT'):
+                raise LibvirtModuleError('cannot build storage pool %s: %s' % (self.name, error_message(exc)))
+            notes.append('storage pool %s: %s' % (self.name, error_message(exc)))
+        if created and os.path.isdir(target):
+            return ('remove the directory %s the build created' % target, lambda: os.rmdir(target))
+        return None
+
+    def do(self, action, notes):
+        name, state = self.name, self.state
+        pool = self.pool
+        undo = None
         if action.kind == 'define':
-            if request.definition is not None:
-                xml = _definition_with_uuid(request.definition, state)
+            if self.request.definition is not None:
+                xml = _definition_with_uuid(self.request.definition, state)
             else:
                 xml = state.live_xml
-            pool = libvirt_call('cannot define storage pool %s' % name, conn.storagePoolDefineXML, xml, 0)
+            self.pool = pool = self._call('cannot define', self.conn.storagePoolDefineXML, xml, 0)
+            if state is None or not state.persistent:
+                undo = ('undefine storage pool %s' % name, lambda: self._call('cannot undefine', pool.undefine))
+            else:
+                undo = ('restore the previous definition of storage pool %s' % name,
+                        lambda: self._call('cannot restore the previous definition of', self.conn.storagePoolDefineXML,
+                                           state.inactive_xml, 0))
         elif action.kind == 'build':
-            # NO_OVERWRITE makes a filesystem / PV / label only on a device that has none; the
-            # directory-only types refuse the flag.
-            flags = 0 if action.args['pool_type'] in ('dir', 'netfs') else libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE
-            try:
-                pool.build(flags)
-            except libvirt.libvirtError as exc:
-                if not error_is(exc, 'VIR_ERR_STORAGE_POOL_BUILT'):
-                    raise LibvirtModuleError('cannot build storage pool %s: %s' % (name, error_message(exc)))
-                notes.append('storage pool %s: %s' % (name, error_message(exc)))
+            undo = self._build(action, notes)
         elif action.kind == 'permissions':
-            _set_permissions(action.args['path'], action.args['permissions'])
-            if libvirt_call('cannot read storage pool %s' % name, pool.isActive):
+            path, previous = action.args['path'], action.args.get('previous')
+            _set_permissions(path, action.args['permissions'])
+            if previous:
+                undo = ('set the permissions of %s back' % path, lambda: _set_permissions(path, previous))
+            if self._call('cannot read', pool.isActive):
                 # libvirt reads the directory's permissions into the pool definition on a refresh.
-                libvirt_call('cannot refresh storage pool %s' % name, pool.refresh, 0)
+                self._call('cannot refresh', pool.refresh, 0)
         elif action.kind == 'start':
-            libvirt_call('cannot start storage pool %s' % name, pool.create, 0)
+            self._call('cannot start', pool.create, 0)
+            undo = ('stop storage pool %s' % name, lambda: self._call('cannot stop', pool.destroy))
         elif action.kind == 'stop':
-            libvirt_call('cannot stop storage pool %s' % name, pool.destroy)
+            self._call('cannot stop', pool.destroy)
+            undo = ('start storage pool %s again' % name, lambda: self._call('cannot start', pool.create, 0))
         elif action.kind == 'restart':
-            libvirt_call('cannot stop storage pool %s' % name, pool.destroy)
-            libvirt_call('cannot start storage pool %s again' % name, pool.create, 0)
+            self._restart(action, notes)
+            return
         elif action.kind == 'undefine':
-            libvirt_call('cannot undefine storage pool %s' % name, pool.undefine)
+            self._call('cannot undefine', pool.undefine)
+            undo = ('define storage pool %s again' % name, self._define_again)
         elif action.kind == 'delete':
-            libvirt_call('cannot delete the storage of storage pool %s' % name, pool.delete, 0)
+            self._call('cannot delete the storage of', pool.delete, 0)
         elif action.kind == 'autostart':
-            libvirt_call('cannot set autostart of storage pool %s' % name, pool.setAutostart, 1 if action.args['value'] else 0)
+            self._call('cannot set autostart of', pool.setAutostart, 1 if action.args['value'] else 0)
+            previous = not action.args['value']
+            undo = ('%s autostart of storage pool %s again' % ('enable' if previous else 'disable', name),
+                    lambda: self._call('cannot set autostart of', pool.setAutostart, 1 if previous else 0))
         elif action.kind == 'refresh':
-            libvirt_call('cannot refresh storage pool %s' % name, pool.refresh, 0)
+            self._call('cannot refresh', pool.refresh, 0)
+            return
         else:
             raise LibvirtModuleError('internal error: unknown action %r' % action.kind)
-    return notes
+        self.done.append((action.description, undo))
+
+    def _restart(self, action, notes):
+        """Stop, (build,) start.  Until the start succeeds, a failure leaves the pool stopped: the rollback starts it
+        again last, once its previous definition is restored."""
+        pool, name = self.pool, self.name
+        self._call('cannot stop', pool.destroy)
+        steps = len(self.done)
+        self.done.append(('stop storage pool %s (to restart it)' % name, None))
+        self.deferred.append(('start storage pool %s again' % name, lambda: self._call('cannot start', pool.create, 0)))
+        if action.args.get('build'):
+            self.done.append(('build storage pool %s' % name, self._build(action, notes)))
+        self._call('cannot start', pool.create, 0)
+        # Running with its new definition: one step done, which nothing undoes on its own.
+        del self.done[steps:]
+        self.deferred.pop()
+        self.done.append((action.description, None))
+
+    def _define_again(self):
+        pool = self._call('cannot define again', self.conn.storagePoolDefineXML, self.state.inactive_xml, 0)
+        if self.state.autostart:
+            self._call('cannot set autostart of', pool.setAutostart, 1)
+        self.pool = pool
+
+    def failure(self, message):
+        """The error to raise after a failed step: undo what can be undone, report what stays done."""
+        undone, kept, problems = [], [], []
+        for description, undo in reversed(self.done):
+            if undo is None:
+                kept.append(description)
+                continue
+            try:
+                undo[1]()
+            except (LibvirtModuleError, OSError) as exc:
+                problems.append('cannot %s: %s' % (undo[0], exc))
+                kept.append(description)
+            else:
+                undone.append(undo[0])
+        for description, function in self.deferred:
+            try:
+                function()
+            except (LibvirtModuleError, OSError) as exc:
+                problems.append('cannot %s: %s' % (description, exc))
+            else:
+                undone.append(description)
+                kept = [step for step in kept if not step.endswith('(to restart it)')]
+        kept.reverse()
+        if undone:
+            message += '; undone: %s' % ', '.join(undone)
+        if problems:
+            message += '; ' + '; '.join(problems)
+        if kept:
+            message += '; done before the failure and left so: %s' % ', '.join(kept)
+            return LibvirtModuleError(message, changed=True, actions=kept)
+        if undone:
+            message += '; storage pool %s is as it was before the task' % self.name
+        return LibvirtModuleError(message, changed=False, actions=[])
 
 
 def _set_permissions(path, permissions):
@@ -779,9 +941,12 @@ def run_storage_pool(conn, params, check_mode):
     request = StoragePoolRequest(params)
     state = read_pool_state(conn, request.name, want_storage=request.state == 'deleted')
     directory = None
+    target_exists = None
     if request.definition is not None:
-        directory = read_directory(sanitize_path(child_text(request.definition, 'target/path')))
-    plan = plan_storage_pool(request, state, directory)
+        target = sanitize_path(child_text(request.definition, 'target/path'))
+        directory = read_directory(target)
+        target_exists = bool(target) and os.path.isdir(target)
+    plan = plan_storage_pool(request, state, directory, target_exists)
     result = dict(changed=plan.changed, actions=[action.description for action in plan.actions if action.changes],
                   restart_pending=plan.restart_pending, refreshed=False, notes=list(plan.warnings))
     if not check_mode and plan.actions:

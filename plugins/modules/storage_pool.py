@@ -19,6 +19,12 @@ description:
     task sets is compared, so a pool changed behind Ansible's back is redefined (drift), never reported as unchanged.
   - An active pool whose definition changes keeps running with the old definition until it restarts;
     with O(restart=true) the module restarts it, otherwise it reports RV(restart_pending) and a warning.
+  - The task checks what it can before it changes anything. A start or restart of a dir, fs or netfs pool whose target
+    directory is missing is refused unless O(build=true) builds it, and O(state=deleted) refuses storage that is not empty.
+  - When a step fails after others succeeded, the module undoes those it can, in reverse order (a pool it defined is
+    undefined, a previous definition restored and the pool started again, a directory its build created removed,
+    permissions and autostart set back) and fails saying what it undid. What cannot be undone is reported with
+    C(changed=true) and the RV(actions) done.
 author:
   - kvm.storage contributors (@kvm-storage)
 extends_documentation_fragment:
@@ -34,6 +40,9 @@ attributes:
     support: full
     details:
       - Check mode computes the same plan as a real run and returns the same RV(actions), diff and C(changed).
+      - It makes the same checks, so it fails where the real run would refuse (a missing target directory without
+        O(build), storage to delete that is not empty). Failures only libvirt finds (a device that cannot be mounted, for
+        example) are not predicted.
   diff_mode:
     support: full
     details:
@@ -150,8 +159,10 @@ options:
       - V(active) also starts it. V(inactive) also stops it.
       - V(absent) stops the pool when it is active and undefines it. Its storage is left alone.
       - V(deleted) stops the pool when it is active and deletes its storage with virStoragePoolDelete (the target directory
-        of dir, fs and netfs pools, which must be empty; the volume group of logical pools). The pool stays defined.
+        of dir, fs and netfs pools; the volume group of logical pools). The pool stays defined.
         A pool that is not defined is left alone. Other pool types are refused.
+      - The storage must be empty (no file in the directory of a dir pool, or of an fs or netfs pool that is not mounted;
+        no volume in an active pool); otherwise the task fails before it stops the pool. Remove the volumes first.
       - With V(absent) and V(deleted) only O(name) (or the name in O(xml)) is used.
     type: str
     choices: [present, absent, active, inactive, deleted]
@@ -164,6 +175,9 @@ options:
     description:
       - Build the pool before its first start, when it is defined by this task or, for dir, fs and netfs pools, when its
         target directory is missing (and the pool is not active).
+      - Without O(build), a pool whose target directory is missing is not started (the task fails before it changes
+        anything); a pool is defined without its directory only with O(state=present) or O(state=inactive).
+      - With O(restart=true), a new definition whose target directory is missing is built between the stop and the start.
       - Building creates the target directory with the target permissions; for fs pools it also makes a filesystem on
         the device, for logical pools a volume group, for disk pools a partition table, but only on a device that holds
         none (libvirt's no-overwrite build). A device that holds one already counts as built.
@@ -214,7 +228,7 @@ EXAMPLES = r'''
     build: true
     state: active
 
-- name: An NFS export
+- name: An NFS export, mounted on a directory made for it
   kvm.storage.storage_pool:
     name: shared
     type: netfs
@@ -223,6 +237,7 @@ EXAMPLES = r'''
       dir: /export/images
       format: nfs
     target: /var/lib/libvirt/shared
+    build: true
     state: active
 
 - name: An LVM volume group
@@ -250,9 +265,10 @@ EXAMPLES = r'''
         secret_usage: client.libvirt secret
     state: active
 
-- name: A pool from its whole XML definition, restarted if it changed
+- name: A pool from its whole XML definition (files/pools/backup.xml), its directory built, restarted if it changed
   kvm.storage.storage_pool:
     xml: "{{ lookup('ansible.builtin.file', 'pools/backup.xml') }}"
+    build: true
     state: active
     restart: true
 
@@ -340,7 +356,9 @@ pool:
 actions:
   description:
     - What was done, or in check mode what would be done, in order; empty when nothing changed.
-  returned: success
+    - On a failure, the steps done before it that could not be undone (then C(changed) is true); empty when the
+      module undid them all or failed before it changed anything.
+  returned: always
   type: list
   elements: str
   sample:

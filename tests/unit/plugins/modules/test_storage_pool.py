@@ -23,6 +23,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import Libvir
 from ansible_collections.kvm.storage.plugins.module_utils._storage_pool import (
     PoolState,
     StoragePoolRequest,
+    apply_plan,
     build_pool_element,
     normalise_mode,
     plan_storage_pool,
@@ -130,16 +131,16 @@ def test_absent_and_deleted_need_only_the_name():
 
 # --------------------------------------------------------------------------- plan (pure)
 def pool_state(xml=None, active=False, persistent=True, autostart=False, live_xml=None, target_exists=True,
-               storage_exists=None):
+               storage_exists=None, contents=None):
     xml = xml or "<pool type='dir'><name>p</name><uuid>%s</uuid><target><path>/srv/p</path></target></pool>" % POOL_UUID
     element = parse_xml(xml)
     return PoolState('p', POOL_UUID, element.get('type'), active, persistent, autostart, xml, live_xml or xml,
-                     target_exists=target_exists, storage_exists=storage_exists)
+                     target_exists=target_exists, storage_exists=storage_exists, contents=contents)
 
 
-def plan(pool, directory=None, **values):
+def plan(pool, directory=None, target_exists=None, **values):
     values.setdefault('name', 'p')
-    return plan_storage_pool(StoragePoolRequest(params(**values)), pool, directory)
+    return plan_storage_pool(StoragePoolRequest(params(**values)), pool, directory, target_exists)
 
 
 DIR_POOL = dict(type='dir', target='/srv/p')
@@ -228,7 +229,41 @@ def test_autostart_is_changed_only_when_given():
 def test_build_when_the_target_directory_is_missing_and_not_otherwise():
     assert plan(pool_state(target_exists=False), state='active', build=True, **DIR_POOL).kinds() == ['build', 'start']
     assert plan(pool_state(target_exists=True), state='active', build=True, **DIR_POOL).kinds() == ['start']
-    assert plan(pool_state(target_exists=False), state='active', **DIR_POOL).kinds() == ['start']
+    with pytest.raises(LibvirtModuleError, match="storage pool 'p' cannot start: its target directory /srv/p does not exist; "
+                                                 "create it, or set build=true to have it built; nothing was changed"):
+        plan(pool_state(target_exists=False), state='active', **DIR_POOL)
+
+
+def test_a_new_pool_whose_target_directory_is_missing_is_refused_before_it_is_defined_unless_built():
+    with pytest.raises(LibvirtModuleError, match="storage pool 'p' cannot start: its target directory /srv/p does not exist"):
+        plan(None, target_exists=False, state='active', **DIR_POOL)
+    assert plan(None, target_exists=False, state='active', build=True, **DIR_POOL).kinds() == ['define', 'build', 'start']
+    # Defining without starting needs no directory yet.
+    assert plan(None, target_exists=False, **DIR_POOL).kinds() == ['define']
+    # Pools whose target is not a directory libvirt builds are not concerned.
+    assert plan(None, target_exists=False, state='active', type='iscsi', target='/dev/disk/by-path',
+                source=dict(host=['san'], device=['iqn.2013-06.com.example:t'])).kinds() == ['define', 'start']
+
+
+def test_a_redefinition_is_refused_when_its_restart_would_find_no_target_directory():
+    with pytest.raises(LibvirtModuleError, match="storage pool 'p' cannot restart: its target directory /srv/q does not exist"):
+        plan(pool_state(active=True), target_exists=False, state='active', restart=True, type='dir', target='/srv/q')
+    built = plan(pool_state(active=True), target_exists=False, state='active', restart=True, build=True, type='dir', target='/srv/q')
+    assert built.kinds() == ['define', 'restart'] and built.actions[1].args['build']
+    assert built.actions[1].description == "restart storage pool 'p' to apply its new definition (stop it, build it (create /srv/q), start it)"
+    # Without restart, the new definition waits for the next start: nothing to refuse yet.
+    assert plan(pool_state(active=True), target_exists=False, state='active', type='dir', target='/srv/q').kinds() == ['define']
+    # An inactive pool redefined to a missing directory and started: the new target is what counts.
+    assert plan(pool_state(), target_exists=False, state='active', build=True, type='dir', target='/srv/q').kinds() == [
+        'define', 'build', 'start']
+
+
+def test_deleting_storage_that_is_not_empty_is_refused_before_the_pool_is_stopped():
+    full = pool_state(active=True, storage_exists=True, contents=['a.qcow2', 'b.raw'])
+    with pytest.raises(LibvirtModuleError, match="state=deleted: the storage of storage pool 'p' \\(/srv/p\\) is not empty: it holds "
+                                                 "2 entries \\(a.qcow2, b.raw\\).*nothing was changed"):
+        plan(full, state='deleted')
+    assert plan(pool_state(active=True, storage_exists=True, contents=[]), state='deleted').kinds() == ['stop', 'delete']
 
 
 def test_refresh_is_not_a_change_and_is_skipped_when_starting():
@@ -329,11 +364,125 @@ def test_drift_made_with_virsh_is_fixed(tmp_path, capsys, pool_name):
     assert not run_module(capsys, **args)['changed']
 
 
-def test_a_start_failure_names_the_pool_and_says_why(tmp_path, capsys, pool_name):
-    result = run_module(capsys, name=pool_name, type='dir', target=str(tmp_path / 'missing'), state='active')
-    assert result['failed']
+def pool_xml(name, inactive=False):
+    """The pool's definition without the sizes libvirt recomputes."""
+    result = virsh('pool-dumpxml', '--inactive', name) if inactive else virsh('pool-dumpxml', name)
+    return '\n'.join(line for line in result.stdout.splitlines()
+                     if not line.strip().startswith(('<capacity', '<allocation', '<available')))
+
+
+def pool_state_of(name):
+    info = virsh('pool-info', name, check=False)
+    if info.returncode != 0:
+        return None
+    fields = dict(line.split(':', 1) for line in info.stdout.splitlines() if ':' in line)
+    return dict((key.strip(), value.strip()) for key, value in fields.items() if key.strip() in ('State', 'Persistent', 'Autostart'))
+
+
+def test_a_start_that_cannot_succeed_is_refused_before_the_pool_is_defined(tmp_path, capsys, pool_name):
+    args = dict(name=pool_name, type='dir', target=str(tmp_path / 'missing'), state='active')
+    check = run_module(capsys, check_mode=True, **args)
+    result = run_module(capsys, **args)
+    assert check['failed'] and result['failed'] and check['msg'] == result['msg']
+    assert result['msg'] == ("storage pool '%s' cannot start: its target directory %s does not exist; create it, or set build=true "
+                             "to have it built; nothing was changed" % (pool_name, tmp_path / 'missing'))
+    assert not result.get('changed') and pool_state_of(pool_name) is None
+
+
+def test_a_new_pool_that_fails_to_start_is_undefined_again(tmp_path, capsys, pool_name):
+    # An fs pool on a device that does not exist: defined, then mount fails (deterministically) when it starts.
+    (tmp_path / 'mnt').mkdir()
+    device = '/dev/kvmstorage-test-none-%s' % pool_name[-8:]
+    result = run_module(capsys, name=pool_name, type='fs', source=dict(device=[device]), target=str(tmp_path / 'mnt'), state='active',
+                        autostart=True)
+    assert result['failed'] and not result['changed'] and result['actions'] == []
+    assert result['msg'].startswith("cannot start storage pool '%s': " % pool_name) and device in result['msg']
+    assert result['msg'].endswith("; undone: undefine storage pool '%s'; storage pool '%s' is as it was before the task"
+                                  % (pool_name, pool_name))
+    assert pool_state_of(pool_name) is None
+
+
+def test_a_redefinition_that_fails_to_restart_restores_the_previous_definition_and_starts_it_again(tmp_path, capsys, pool_name):
+    (tmp_path / 'pool').mkdir()
+    run_module(capsys, name=pool_name, type='dir', target=str(tmp_path / 'pool'), state='active')
+    before = pool_xml(pool_name, inactive=True)
+    device = '/dev/kvmstorage-test-none-%s' % pool_name[-8:]
+    result = run_module(capsys, name=pool_name, type='fs', source=dict(device=[device]), target=str(tmp_path / 'pool'), state='active',
+                        restart=True)
+    assert result['failed'] and not result['changed'] and result['actions'] == []
     assert result['msg'].startswith("cannot start storage pool '%s': " % pool_name)
-    assert str(tmp_path / 'missing') in result['msg']
+    assert ("undone: restore the previous definition of storage pool '{0}', start storage pool '{0}' again; storage pool '{0}' "
+            "is as it was before the task".format(pool_name)) in result['msg']
+    assert pool_state_of(pool_name)['State'] == 'running'
+    assert pool_xml(pool_name, inactive=True) == before and "<pool type='dir'>" in pool_xml(pool_name)
+
+
+def test_deleting_a_pool_that_holds_volumes_is_refused_before_it_is_stopped(tmp_path, capsys, pool_name):
+    (tmp_path / 'pool').mkdir()
+    run_module(capsys, name=pool_name, type='dir', target=str(tmp_path / 'pool'), state='active')
+    (tmp_path / 'pool' / 'vm1.qcow2').write_bytes(b'')
+    check = run_module(capsys, check_mode=True, name=pool_name, state='deleted')
+    result = run_module(capsys, name=pool_name, state='deleted')
+    assert check['failed'] and result['failed'] and check['msg'] == result['msg']
+    assert "is not empty: it holds 1 entries (vm1.qcow2)" in result['msg'] and not result.get('changed')
+    assert pool_state_of(pool_name)['State'] == 'running' and (tmp_path / 'pool' / 'vm1.qcow2').exists()
+    (tmp_path / 'pool' / 'vm1.qcow2').unlink()
+    deleted = run_module(capsys, name=pool_name, state='deleted')
+    assert deleted['changed'] and not (tmp_path / 'pool').exists() and pool_state_of(pool_name)['State'] == 'inactive'
+
+
+class FailingPool(object):
+    """A pool whose steps after the first fail, and whose undo fails too: what cannot be undone is reported."""
+
+    def __init__(self):
+        self.calls = []
+
+    def XMLDesc(self, flags):
+        return "<pool type='dir'><name>p</name><target><path>/nonexistent/p</path></target></pool>"
+
+    def create(self, flags):
+        self.calls.append('create')
+        raise FakeLibvirtError('VIR_ERR_INTERNAL_ERROR', 'cannot mount')
+
+    def undefine(self):
+        self.calls.append('undefine')
+        raise FakeLibvirtError('VIR_ERR_OPERATION_INVALID', 'busy')
+
+
+class FakeLibvirtError(_libvirt.libvirt.libvirtError if _libvirt.HAS_LIBVIRT else Exception):
+    def __init__(self, code_name, message):
+        Exception.__init__(self, message)
+        self.code = getattr(_libvirt.libvirt, code_name)
+        self.text = message
+
+    def get_error_code(self):
+        return self.code
+
+    def get_error_message(self):
+        return self.text
+
+
+class FakeConnection(object):
+    def __init__(self, pool):
+        self.pool = pool
+
+    def storagePoolDefineXML(self, xml, flags):
+        self.pool.calls.append('define')
+        return self.pool
+
+
+def test_what_cannot_be_undone_is_reported_as_changed_with_its_actions():
+    if not _libvirt.HAS_LIBVIRT:
+        pytest.skip('libvirt-python is not installed')
+    request = StoragePoolRequest(params(name='p', state='active', autostart=True, **DIR_POOL))
+    planned = plan_storage_pool(request, None, None, True)
+    pool = FailingPool()
+    with pytest.raises(LibvirtModuleError) as caught:
+        apply_plan(FakeConnection(pool), planned, request, None)
+    assert pool.calls == ['define', 'create', 'undefine']
+    assert caught.value.result == dict(changed=True, actions=["define dir storage pool 'p'"])
+    assert str(caught.value) == ("cannot start storage pool 'p': cannot mount; cannot undefine storage pool 'p': cannot undefine "
+                                 "storage pool 'p': busy; done before the failure and left so: define dir storage pool 'p'")
 
 
 def test_without_libvirt_python_the_module_says_what_to_install(capsys, monkeypatch):
