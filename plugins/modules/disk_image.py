@@ -173,7 +173,9 @@ options:
   backing_file:
     description:
       - Backing file of the image (an overlay), recorded in the image as written here.
-      - A relative name is resolved in the directory of O(path). An absolute name must be inside one of O(allow_dirs).
+      - A relative name is resolved in the directory of O(path). The file named here is the task's own: it is trusted
+        wherever it is (an absolute name in another directory needs no O(allow_dirs)), for the creation and for every
+        later run of the task that reads the image again; it must still be a regular file, not a protocol name.
       - With O(src), the converted image holds only what differs from the backing file (like C(qemu-img convert -B)).
       - When an existing image has another backing file (or backing format), the task fails unless O(rebase) is set,
         which changes it in place, or O(force=true), which recreates the image.

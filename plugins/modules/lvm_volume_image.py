@@ -64,7 +64,7 @@ options:
   src:
     description:
       - The image to put on the volume, in any format the image library reads (its backing chain is followed under
-        the path policy, see O(allow_dirs)).
+        the path policy, see O(allow_dirs); this file itself is the task's own and trusted).
       - Required with O(state=present).
     type: path
   src_format:
