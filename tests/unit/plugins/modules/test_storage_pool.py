@@ -30,7 +30,9 @@ from ansible_collections.kvm.storage.plugins.module_utils._storage_pool import (
     render_view,
     storage_pool_argument_spec,
 )
-from ansible_collections.kvm.storage.plugins.modules import storage_pool
+from ansible_collections.kvm.storage.plugins.modules import storage_pool, storage_pool_info
+
+import examples_playbook
 
 URI = 'qemu:///system'
 POOL_UUID = '1fe18640-6d19-48a1-9d25-a3683dcdec29'
@@ -490,3 +492,59 @@ def test_without_libvirt_python_the_module_says_what_to_install(capsys, monkeypa
     monkeypatch.setattr(_libvirt, 'LIBVIRT_IMPORT_ERROR', 'ImportError: No module named libvirt')
     result = run_module(capsys, name='kvmstorage_test_unit_never', state='absent')
     assert result['failed'] and 'libvirt-python' in result['msg']
+
+
+# --------------------------------------------------------------------------- the EXAMPLES, as written
+# Examples that name hardware or servers this host does not have run in check mode (which makes the same checks).
+EXAMPLES_IN_CHECK_MODE = ('fast', 'shared', 'guests', 'ceph')
+
+
+@pytest.fixture
+def example_names(pool_name):
+    prefix = pool_name + '_'
+    yield prefix
+    pools = virsh('pool-list', '--all', '--name').stdout.split()
+    for name in pools:
+        if name.startswith(prefix):
+            virsh('pool-destroy', name, check=False)
+            virsh('pool-undefine', name, check=False)
+
+
+def test_the_examples_run_in_the_order_written(tmp_path, example_names):
+    """storage_pool's and storage_pool_info's EXAMPLES, as written, but for the names of this host's objects."""
+    prefix = example_names
+    paths = {'/var/lib/libvirt/images': str(tmp_path / 'images'), '/srv/fast': str(tmp_path / 'fast'),
+             '/var/lib/libvirt/shared': str(tmp_path / 'shared'), '/dev/vg_guests': '/dev/%svg' % prefix}
+    # The file the XML example reads (files/pools/backup.xml beside the playbook).
+    (tmp_path / 'files' / 'pools').mkdir(parents=True)
+    (tmp_path / 'files' / 'pools' / 'backup.xml').write_text(
+        "<pool type='dir'>\n  <name>%sbackup</name>\n  <target>\n    <path>%s</path>\n  </target>\n</pool>\n"
+        % (prefix, tmp_path / 'backup'))
+
+    tasks = []
+    for task in examples_playbook.example_tasks(storage_pool) + examples_playbook.example_tasks(storage_pool_info):
+        args = task.get('kvm.storage.storage_pool', task.get('kvm.storage.storage_pool_info'))
+        if isinstance(args, dict):
+            if args.get('name') in EXAMPLES_IN_CHECK_MODE:
+                task['check_mode'] = True
+            if 'name' in args:
+                args['name'] = prefix + args['name']
+            if args.get('target') in paths:
+                args['target'] = paths[args['target']]
+            if args.get('source', {}).get('name') == 'vg_guests':
+                args['source']['name'] = prefix + 'vg'
+        tasks.append(task)
+    results = examples_playbook.run_examples(tasks, str(tmp_path), examples_playbook.collections_path(storage_pool))
+
+    built = results['A directory pool, built, started now and whenever libvirt starts']
+    assert built['changed'] and built['pool']['state'] == 'active' and built['pool']['autostart']
+    assert oct(os.stat(str(tmp_path / 'images')).st_mode & 0o7777) == '0o711'
+    from_xml = results['A pool from its whole XML definition (files/pools/backup.xml), its directory built, restarted if it changed']
+    assert from_xml['changed'] and from_xml['pool']['state'] == 'active' and os.path.isdir(str(tmp_path / 'backup'))
+    assert results['Rescan the volumes of an existing pool']['refreshed']
+    assert not results['Remove a pool (its storage stays)']['changed']
+    for name in ('An ext4 filesystem on a disk, mounted by libvirt', 'An NFS export, mounted on a directory made for it',
+                 'An LVM volume group', 'A Ceph RBD pool'):
+        assert results[name]['changed'] and results[name]['actions'], name
+    assert results['Free bytes of the images pool']['pools'][0]['target'] == str(tmp_path / 'images')
+    assert pool_state_of(prefix + 'images')['State'] == 'running' and pool_state_of(prefix + 'fast') is None
