@@ -203,11 +203,43 @@ seealso:
 '''
 
 EXAMPLES = r'''
+# In this order on one domain: internal snapshots first (libvirt deletes no internal snapshot together with
+# external ones, and reverts to external snapshots only from libvirt 9.9.0).
 - name: Internal snapshot of a running or shut-off domain (qcow2 disks), with a description
   kvm.storage.domain_snapshot:
     domain: web1
     name: before-upgrade
     description: Before the distribution upgrade
+
+- name: Revert to a snapshot and leave the domain paused
+  kvm.storage.domain_snapshot:
+    domain: web1
+    name: before-upgrade
+    state: revert
+    domain_state: paused
+
+- name: Reset a test machine to its snapshot every time, even if libvirt deems it risky
+  kvm.storage.domain_snapshot:
+    domain: test1
+    name: clean
+    state: revert
+    domain_state: running
+    revert_always: true
+    force: true
+
+- name: Delete only the descendants of a snapshot
+  kvm.storage.domain_snapshot:
+    domain: web1
+    name: before-upgrade
+    state: absent
+    children_only: true
+
+- name: Delete a snapshot and every snapshot taken from it since
+  kvm.storage.domain_snapshot:
+    domain: web1
+    name: before-upgrade
+    state: absent
+    children: true
 
 - name: External disk-only snapshot, overlays named by libvirt beside the disks, the second disk left out
   kvm.storage.domain_snapshot:
@@ -238,36 +270,6 @@ EXAMPLES = r'''
     name: with-memory
     memory: /var/lib/libvirt/images/web1-with-memory.mem
     live: true
-
-- name: Revert to a snapshot and leave the domain paused
-  kvm.storage.domain_snapshot:
-    domain: web1
-    name: before-upgrade
-    state: revert
-    domain_state: paused
-
-- name: Reset a test machine to its snapshot every time, even if libvirt deems it risky
-  kvm.storage.domain_snapshot:
-    domain: test1
-    name: clean
-    state: revert
-    domain_state: running
-    revert_always: true
-    force: true
-
-- name: Delete a snapshot and all snapshots taken after it from it
-  kvm.storage.domain_snapshot:
-    domain: web1
-    name: before-upgrade
-    state: absent
-    children: true
-
-- name: Delete only the descendants of a snapshot
-  kvm.storage.domain_snapshot:
-    domain: web1
-    name: base
-    state: absent
-    children_only: true
 
 - name: Forget an external snapshot, keeping its files
   kvm.storage.domain_snapshot:

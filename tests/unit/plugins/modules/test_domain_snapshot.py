@@ -9,7 +9,10 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 from xml.etree import ElementTree
 
 import pytest
@@ -36,6 +39,8 @@ from ansible_collections.kvm.storage.plugins.module_utils._domain_snapshot impor
     version_text,
 )
 from ansible_collections.kvm.storage.plugins.modules import domain_snapshot, domain_snapshot_info
+
+import examples_playbook
 
 URI = 'qemu:///system'
 LIBVIRT_9_0 = 9000000
@@ -732,3 +737,86 @@ def test_an_overlay_in_a_missing_directory_is_refused_in_check_mode_too(tmp_path
     assert check.get('failed') and result.get('failed') and check['msg'] == result['msg']
     assert 'the directory of the overlay file %s for disk vda does not exist' % (tmp_path / 'no' / 'vda.x1') in result['msg']
     assert virsh('snapshot-list', shut_off_domain, '--name').stdout.strip() == ''
+
+
+# --------------------------------------------------------------------------- the EXAMPLES, as written
+EXAMPLE_DOMAIN_XML = '''<domain type='qemu'>
+  <name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{vda}'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{vdb}'/><target dev='vdb' bus='virtio'/></disk>
+    {channel}
+  </devices>
+</domain>'''
+GUEST_AGENT = "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+
+
+@pytest.fixture
+def example_domains(request):
+    """web1, db1 (with a guest agent channel) and test1 (with a snapshot 'clean'), as the examples presume, running,
+    their images in a directory of their own the qemu process can read (tmp_path's parents are private to root)."""
+    prefix = PREFIX + 'ex_%s_' % os.urandom(3).hex()
+    directory = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(directory, 0o755)
+    names = dict((short, prefix + short) for short in ('web1', 'db1', 'test1'))
+    disks = {'web1': ('web1-vda.qcow2', 'web1-vdb.qcow2'), 'db1': ('db1-system.qcow2', 'db1-data.qcow2'),
+             'test1': ('test1-vda.qcow2', 'test1-vdb.qcow2')}
+    try:
+        for short, name in names.items():
+            paths = [os.path.join(directory, image) for image in disks[short]]
+            for path in paths:
+                qemu('qemu-img', 'create', '-q', '-f', 'qcow2', path, '4M')
+            xml = os.path.join(directory, short + '.xml')
+            with open(xml, 'w') as stream:
+                stream.write(EXAMPLE_DOMAIN_XML.format(name=name, vda=paths[0], vdb=paths[1], channel=GUEST_AGENT if short == 'db1' else ''))
+            virsh('define', xml)
+        virsh('snapshot-create-as', names['test1'], 'clean')
+        for name in names.values():
+            virsh('start', name)
+        yield directory, names
+    finally:
+        for name in names.values():
+            virsh('destroy', name, check=False)
+            virsh('undefine', name, '--snapshots-metadata', check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_examples_run_in_the_order_written(tmp_path, example_domains):
+    """domain_snapshot's and domain_snapshot_info's EXAMPLES, as written, but for the names and paths of this host's
+    objects; the quiesce example in check mode (the test domain has no guest OS, hence no agent to answer)."""
+    directory, names = example_domains
+    tasks = []
+    for task in examples_playbook.example_tasks(domain_snapshot) + examples_playbook.example_tasks(domain_snapshot_info):
+        args = task.get('kvm.storage.domain_snapshot', task.get('kvm.storage.domain_snapshot_info'))
+        if isinstance(args, dict):
+            if args.get('quiesce'):
+                task['check_mode'] = True
+            args['domain'] = names[args['domain']]
+            if 'uri' in args:
+                args['uri'] = URI
+            if 'memory' in args:
+                args['memory'] = args['memory'].replace('/var/lib/libvirt/images', directory)
+            for disk in args.get('disks', []):
+                for key in ('name', 'file'):
+                    if key in disk:
+                        disk[key] = disk[key].replace('/var/lib/libvirt/images', directory)
+        tasks.append(task)
+    results = examples_playbook.run_examples(tasks, str(tmp_path), examples_playbook.collections_path(domain_snapshot))
+
+    web1 = names['web1']
+    assert results['Internal snapshot of a running or shut-off domain (qcow2 disks), with a description']['changed']
+    assert results['Revert to a snapshot and leave the domain paused']['domain_state'] == 'paused'
+    assert results['Reset a test machine to its snapshot every time, even if libvirt deems it risky']['changed']
+    assert not results['Delete only the descendants of a snapshot']['changed']
+    assert results['Delete a snapshot and every snapshot taken from it since']['changed']
+    nightly = results['External disk-only snapshot, overlays named by libvirt beside the disks, the second disk left out']
+    assert nightly['snapshot']['disks'][0]['file'] == os.path.join(directory, 'web1-vda.nightly')
+    assert results["External disk-only snapshot with the guest's file systems frozen, overlay files given"]['changed']
+    memory = results['External snapshot of a running domain with its memory, the guest kept running meanwhile']
+    assert memory['snapshot']['memory']['file'] == os.path.join(directory, 'web1-with-memory.mem')
+    assert results['Forget an external snapshot, keeping its files']['changed']
+    assert virsh('snapshot-list', web1, '--name').stdout.split() == ['with-memory']
+    assert virsh('snapshot-list', names['db1'], '--name').stdout.split() == []
+    assert results['The snapshots of a domain']['current'] == 'with-memory'
+    assert results['One snapshot, on another host']['snapshots'] == []
