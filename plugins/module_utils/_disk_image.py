@@ -17,8 +17,16 @@ __metaclass__ = type
 
 import binascii
 import os
+import shutil
+import tempfile
 import time
 
+from ansible_collections.kvm.storage.plugins.module_utils._file_attributes import (
+    FileAttributeError,
+    check_file_attributes,
+    set_file_attributes,
+    unknown_in_check_mode,
+)
 from ansible_collections.kvm.storage.plugins.module_utils._libvirt import libvirt_argument_spec
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     amend as image_amend,
@@ -157,6 +165,15 @@ def parse_size(value, what='size'):
     return library_parse_size(value, what)
 
 
+def relative_size(value):
+    """The signed number of bytes of a relative size ('+10G', '-512M'), or None for an absolute one."""
+    if not isinstance(value, str) or not value.strip().startswith(('+', '-')):
+        return None
+    text = value.strip()
+    amount = parse_size(text[1:].lstrip(), 'size')
+    return -amount if text.startswith('-') else amount
+
+
 def align_size(size):
     """Virtual size as images record it: rounded up to whole sectors."""
     return -(-size // SECTOR_SIZE) * SECTOR_SIZE
@@ -168,6 +185,13 @@ def normalise_options(options):
     if 'compat' in normalised:
         normalised['compat'] = _COMPAT_ALIASES.get(normalised['compat'], normalised['compat'])
     return normalised
+
+
+def option_spelling(value):
+    """An option value as qemu-img spells it (on/off for booleans), for actions and messages."""
+    if isinstance(value, bool):
+        return 'on' if value else 'off'
+    return str(value)
 
 
 def comparable_options(fmt):
@@ -292,7 +316,10 @@ class DiskImageRequest(object):
         self.path = path
         self.state = state
         self.format = fmt
-        self.size = None if size is None else parse_size(size)
+        # A signed size ('+10G', '-1G') is relative to the virtual size of the existing image (qemu-img resize).
+        self.size_delta = relative_size(size)
+        self.size_text = size if self.size_delta is not None else None
+        self.size = None if size is None or self.size_delta is not None else parse_size(size)
         self.shrink = shrink
         self.src = src
         self.src_format = src_format
@@ -380,6 +407,12 @@ class DiskImageRequest(object):
                                  'encrypted src goes in src_passphrase)' % self.format)
         if self.encryption_passphrase == '':
             raise DiskImageError('encryption_passphrase must not be empty')
+        if self.size_delta is not None and self.src:
+            raise DiskImageError('size %s is a relative size, which resizes an existing image: with src give the '
+                                 'virtual size of the converted image, or leave size unset' % self.size_text)
+        if self.size_delta is not None and self.revert_to is not None:
+            raise DiskImageError('size %s is a relative size: it cannot be combined with revert_to (give the '
+                                 'virtual size the image should have after the revert)' % self.size_text)
         if self.src_passphrase is not None and not self.src:
             raise DiskImageError('src_passphrase requires src')
         if self.compress and not self.src:
@@ -505,7 +538,10 @@ def _resolvable_in_place(request, difference):
 
 
 def _describe_differences(differences):
-    return ', '.join('%s is %r, requested %r' % difference for difference in differences)
+    def spelled(value):
+        return option_spelling(value) if isinstance(value, bool) else repr(value)
+    return ', '.join('%s is %s, requested %s' % (field, spelled(actual), spelled(requested))
+                     for field, actual, requested in differences)
 
 
 def _plan_repair(request, facts, before, after):
@@ -600,11 +636,18 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
     old_extents = dict(old_extents=extent_files(request.path, current_info)) if current_info else {}
     if not old_extents.get('old_extents'):
         old_extents = {}
+    if recreate and request.size_delta is not None:
+        raise DiskImageError('size %s is a relative size: it resizes an existing image, and %s %s; give the '
+                             'virtual size of the new image (for example %s)' % (
+                                 request.size_text, request.path,
+                                 'does not exist' if current_info is None else 'is recreated (force)',
+                                 request.size_text.strip().lstrip('+-')))
     if recreate:
         after = {'path': request.path, 'state': 'present', 'format': request.format,
                  'backing_file': request.backing_name, 'backing_format': request.backing_format,
-                 'options': dict((name, value) for name, value in request.options.items()
-                                 if name in comparable_options(request.format)),
+                 'options': facts.get('created_options') or dict(
+                     (name, value) for name, value in request.options.items()
+                     if name in comparable_options(request.format)),
                  'snapshots': []}
         if request.src is not None:
             actions.append(Action(
@@ -665,7 +708,7 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
         amended = dict((difference[0][len('options.'):], difference[2]) for difference in in_place
                        if difference[0].startswith('options.'))
         if amended:
-            changes = ', '.join('%s %r -> %r' % (name, before['options'][name], value)
+            changes = ', '.join('%s %s -> %s' % (name, option_spelling(before['options'][name]), option_spelling(value))
                                 for name, value in sorted(amended.items()))
             actions.append(Action('amend', 'amend options of %s image %s: %s' % (before['format'], request.path, changes),
                                   options=amended))
@@ -685,8 +728,15 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
             after['backing_file'] = request.backing_name
             after['backing_format'] = request.backing_format
 
-    if request.size is not None and not _size_matches(request, current_size, request.size):
-        new_size = align_size(request.size)
+    requested_size = request.size
+    if request.size_delta is not None:
+        requested_size = current_size + request.size_delta
+        if requested_size <= 0:
+            # qemu-img resize refuses it the same way.
+            raise DiskImageError('size %s: %s has a virtual size of %d bytes; the new size must be positive, '
+                                 'found %d' % (request.size_text, request.path, current_size, requested_size))
+    if requested_size is not None and not _size_matches(request, current_size, requested_size):
+        new_size = align_size(requested_size)
         if not can_resize(request.format):
             # Refused before anything is written, in check mode too (qemu-img resize refuses these formats).
             raise DiskImageError('%s images cannot be resized (qemu-img cannot resize them either): %s %s %d bytes, '
@@ -700,10 +750,11 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
             raise DiskImageError('refusing to shrink %s from %d to %d bytes, which discards data at its end; '
                                  'set shrink=true to allow it' % (request.path, current_size, new_size))
         growing = new_size > current_size
-        actions.append(Action('resize', '%s %s image %s from %d to %d bytes%s' % (
+        actions.append(Action('resize', '%s %s image %s from %d to %d bytes%s%s' % (
             'grow' if growing else 'shrink', request.format, request.path, current_size, new_size,
             ' with preallocation=%s' % request.preallocation
-            if growing and request.preallocation not in (None, 'off') else ''),
+            if growing and request.preallocation not in (None, 'off') else '',
+            '' if request.size_delta is None else ' (size %s)' % request.size_text),
             size=new_size, shrink=new_size < current_size,
             preallocation=request.preallocation if growing else None))
         after['virtual_size'] = new_size
@@ -792,7 +843,37 @@ def read_state(request):
         if request.revert_to is not None:
             facts['revert'] = snapshot_compare(request.path, request.revert_to, fmt=request.format,
                                                allow_dirs=request.allow_dirs, trusted_files=request.trusted_files)
+    if current_info is not None and request.force:
+        # A recreation's diff shows the options the new image reports, its defaults included, as the image's do.
+        facts['created_options'] = created_image_options(request, request.size or (src_info or {}).get(
+            'virtual-size') or (backing_info or {}).get('virtual-size') or current_info.get('virtual-size'))
     return current_info, src_info, backing_info, facts
+
+
+# Options left out of the scratch image (they allocate space, or name other files); the request's value is shown.
+_SCRATCH_SKIPPED_OPTIONS = ('preallocation', 'subformat', 'static', 'data_file', 'data_file_raw', 'key-secret')
+
+
+def created_image_options(request, virtual_size):
+    """The options (image_options) a new image made for ``request`` reports, its defaults included: read from a
+    sparse scratch image created the same way in a private temporary directory.  None when it cannot be made."""
+    options = dict((name, value) for name, value in request.options.items() if name not in _SCRATCH_SKIPPED_OPTIONS)
+    if request.format == 'luks':
+        # The key derivation's cost changes no reported option.
+        options.update({'iter-time': 1, 'key-secret': 'scratch'})
+    scratch_dir = tempfile.mkdtemp(prefix='kvmstorage-scratch-')
+    try:
+        scratch = os.path.join(scratch_dir, 'image')
+        image_create(scratch, request.format, size=virtual_size or SECTOR_SIZE, options=options or None)
+        scratch_info = image_info(scratch)
+        predicted = image_options(scratch_info, read_layout_options(scratch, scratch_info))
+    except (ImageError, OSError, ValueError):
+        return None
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+    predicted.update((name, value) for name, value in request.options.items()
+                     if name in comparable_options(request.format))
+    return predicted
 
 
 def _info_as_vpc(request, probed_info):
@@ -992,10 +1073,11 @@ def _run_in_place(action, request):
     raise DiskImageError('internal error: unknown action %r' % kind)
 
 
-def apply_plan(plan, request):
+def apply_plan(plan, request, done=None):
     """Carry out the plan.  Returns the run's statistics: ``duration`` (seconds) and ``bytes_written`` in
     total, ``conversion`` (statistics of a conversion), ``repair`` (the check result after a repair) and
-    ``operations`` (one entry per action: kind, duration, bytes_written)."""
+    ``operations`` (one entry per action: kind, duration, bytes_written).  ``done`` (a list) receives each
+    action once it is carried out, so that a caller knows what a later failure leaves done."""
     outcome = {'operations': []}
     for action in plan.actions:
         started = time.time()
@@ -1045,6 +1127,8 @@ def apply_plan(plan, request):
             written = max(0, _allocated(request.path) - allocated_before)
         outcome['operations'].append({'kind': action.kind, 'duration': round(time.time() - started, 3),
                                       'bytes_written': written})
+        if done is not None:
+            done.append(action)
         if 'unrepaired' in outcome:
             break
     outcome['duration'] = round(sum(operation['duration'] for operation in outcome['operations']), 3)
@@ -1083,14 +1167,71 @@ def run_disk_image(module):
     Raises ImageError (library) or DiskImageError (request); the module turns both into fail_json.
     """
     request = DiskImageRequest.from_params(module.params)
-    state = read_state(request)
+    if request.state == 'present':
+        # File attributes are checked before anything changes (a bad mode must not fail after a conversion).
+        try:
+            for warning in check_file_attributes(module.params, module.check_mode):
+                module.warn(warning)
+        except FileAttributeError as exc:
+            raise DiskImageError(str(exc))
+    try:
+        state = read_state(request)
+    except ImageInUseError as exc:
+        raise DiskImageError(in_use_message(exc))
     current_info = state[0]
     plan = plan_disk_image(request, *state)
+    done = []
+    try:
+        return _carry_out(module, request, plan, current_info, done)
+    except (ImageError, DiskImageError, FileAttributeError, OSError, IOError) as exc:
+        if isinstance(exc, DiskImageError) and exc.result:
+            raise
+        raise failure_after(request, plan, current_info, done, exc)
 
+
+def in_use_message(exc):
+    """disk_image's words for an image in use (ImageInUseError): the library's advice names its own force_share,
+    which disk_image does not have."""
+    return ('%s; disk_image does not open images in use: shut the guest down (or let the other process finish) and '
+            'run the task again%s' % (exc.reason, '; kvm.storage.disk_image_info (option force_share) can read it '
+                                                  'meanwhile' if exc.read_only_look else ''))
+
+
+def _failure_text(exc):
+    return in_use_message(exc) if isinstance(exc, ImageInUseError) else str(exc)
+
+
+def failure_after(request, plan, current_info, done, exc):
+    """The error to raise when a step failed: ``exc`` itself when nothing was done yet; when ``done`` (the actions
+    carried out) created a new image, that image is removed again and the task changed nothing; otherwise the
+    error carries ``changed`` and the actions done, which the module reports with the failure."""
+    if not done:
+        return DiskImageError(_failure_text(exc)) if isinstance(exc, (FileAttributeError, ImageInUseError)) else exc
+    remaining = [action for action in plan.actions if action not in done]
+    failed = remaining[0].description if remaining else 'set file attributes of %s' % request.path
+    if current_info is None and done[0].kind in ('create', 'convert'):
+        # A new image: taking it back leaves everything as it was.
+        try:
+            leftovers = extent_files(request.path, image_info(request.path, allow_dirs=request.allow_dirs,
+                                                              trusted_files=request.trusted_files))
+        except (ImageError, OSError):
+            leftovers = []
+        for name in [request.path] + leftovers:
+            if os.path.lexists(name):
+                os.unlink(name)
+        return DiskImageError('%s failed: %s; the new image %s made before it is removed again, so nothing is '
+                              'changed' % (failed, _failure_text(exc), request.path))
+    return DiskImageError('%s failed: %s; done before the failure: %s' % (
+        failed, _failure_text(exc), '; '.join(action.description for action in done)),
+        result={'changed': True, 'actions': [action.description for action in done]})
+
+
+def _carry_out(module, request, plan, current_info, done):
+    """Apply the plan (not in check mode) and the file attributes; returns the result dict."""
     result = dict(changed=plan.changed, actions=[action.description for action in plan.actions])
     diff = dict(before=plan.before, after=plan.after)
     if not module.check_mode and plan.changed:
-        outcome = apply_plan(plan, request)
+        outcome = apply_plan(plan, request, done)
         for key in ('conversion', 'repair'):
             if key in outcome:
                 result[key] = outcome[key]
@@ -1111,13 +1252,17 @@ def run_disk_image(module):
 
     if request.state == 'present':
         file_args = module.load_file_common_arguments(module.params)
+        # Check mode: an owner or group that does not exist yet (a warning already) would be set for real.
+        unknown = unknown_in_check_mode(module.params, module.check_mode)
+        for name in unknown:
+            file_args[name] = None
         if plan.replaces_file:
             # A new file: the diff shows the requested attributes, the same in check mode and for real.
             diff['after'].update((name, module.params[name]) for name in ('mode', 'owner', 'group')
                                  if module.params.get(name) is not None)
             if not module.check_mode:
-                module.set_fs_attributes_if_different(file_args, True)
-        elif module.set_fs_attributes_if_different(file_args, False, diff=diff):
+                set_file_attributes(module, file_args, True)
+        elif set_file_attributes(module, file_args, False, diff=diff) or (unknown and os.path.exists(request.path)):
             result['changed'] = True
             if not plan.actions:
                 result['actions'].append('set file attributes of %s' % request.path)
@@ -1207,9 +1352,22 @@ def run_disk_image_info(params):
     member = member_selector(params.get('member'), 'member')
     paths = _paths(params['path'])
     # The files the task names are the operator's word: an image naming one of them may open it.
-    images = [describe_image(path, backing_chain=params['backing_chain'], check=params['check'],
-                             allow_dirs=allow_dirs, force_share=params['force_share'],
-                             allocation_map=params.get('map') or False, measure=params.get('measure'),
-                             member=member, trusted_files=paths)
-              for path in paths]
-    return dict(changed=False, images=images)
+    # One rule for every path: nothing there is no error (exists: false); a path that is there but cannot be
+    # described gets its error in the entry, and the task fails once every path was described.
+    images = []
+    errors = []
+    for path in paths:
+        try:
+            images.append(describe_image(path, backing_chain=params['backing_chain'], check=params['check'],
+                                         allow_dirs=allow_dirs, force_share=params['force_share'],
+                                         allocation_map=params.get('map') or False, measure=params.get('measure'),
+                                         member=member, trusted_files=paths))
+        except (ImageError, DiskImageError, OSError, IOError) as exc:
+            message = str(exc) if path in str(exc) else '%s: %s' % (path, exc)
+            images.append({'filename': path, 'exists': os.path.lexists(path), 'error': message})
+            errors.append(message)
+    result = dict(changed=False, images=images)
+    if errors:
+        raise DiskImageError('%s of %d paths cannot be described (images[].error): %s' % (
+            len(errors), len(paths), '; '.join(errors)), result=result)
+    return result

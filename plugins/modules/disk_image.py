@@ -127,6 +127,13 @@ options:
         C(force_size) is set in O(options); an existing V(vpc) image of that rounded size matches O(size).
       - Only V(raw), V(qcow2), V(qed) and V(luks) images can change their size; for other formats (V(vmdk), V(vdi),
         V(vpc), V(vhdx), V(qcow)) a different O(size) fails, in check mode too, as C(qemu-img resize) does.
+      - A size with a sign is relative to the virtual size the existing image has, as with C(qemu-img resize);
+        V(+10G) grows it by 10 GiB, V(-1G) shrinks it by 1 GiB (with O(shrink=true) only). The result is rounded up
+        to whole sectors and must be positive.
+      - A relative size is not idempotent; every run grows (or shrinks) the image again, as running
+        C(qemu-img resize +10G) twice does. Give the absolute size for a task that changes nothing on its second run.
+      - A relative size needs an existing image; it fails (in check mode too) when the image would be created or
+        recreated, with O(src), and with O(revert_to).
     type: raw
   shrink:
     description:
@@ -321,10 +328,18 @@ options:
     type: bool
     default: false
 notes:
+  - The file attributes (O(mode), O(owner), O(group)) are checked before anything changes; a mode that is neither
+    octal nor symbolic, or an owner or group unknown on the host, fails the task with the image untouched. In check
+    mode an unknown owner or group is a warning, as with M(ansible.builtin.file) (an earlier task may create it).
+  - A O(mode) given as a number (an unquoted V(711) in YAML is the decimal number 711, which is C(01307)) is applied
+    as it is, with a warning that says what it means; quote modes (V('0711')).
+  - When a step fails after others succeeded, a new image the task created is removed again (the task changed
+    nothing); otherwise the task fails with C(changed=true) and RV(actions) listing the steps that were done.
   - libvirt 9.0 cannot delete the volumes of a C(disk) pool on a device whose partition names carry a C(p) before
     the number (C(loop0p1), C(nvme0n1p1)); it runs C(parted rm p1), which fails, and the task reports libvirt's error.
   - Passphrases are marked C(no_log); they never appear in RV(actions), the diff or error messages.
-  - Images in use by a running guest (locked the way QEMU locks them) are not written; the task fails.
+  - Images in use by a running guest (locked the way QEMU locks them) are not written; the task fails. To read such
+    an image meanwhile, use M(kvm.storage.disk_image_info) with its C(force_share) option.
   - Like QEMU, a qcow2 image left dirty by a crash with lazy refcounts is repaired when it is opened for writing.
   - The image at O(path) must be a regular file.
 seealso:
@@ -518,9 +533,10 @@ EXAMPLES = r'''
     repair: leaks
   register: repaired
 
-- name: Show what the repair found
+- name: Show what the repair found (repair is returned only when something was repaired, never in check mode)
   ansible.builtin.debug:
     var: repaired.repair
+  when: repaired.repair is defined
 
 - name: Remove an image
   kvm.storage.disk_image:
@@ -635,6 +651,8 @@ image:
 actions:
   description:
     - What was done, or in check mode what would be done, in order; empty when nothing changed.
+    - Option values are spelled as qemu-img spells them (V(on)/V(off) for booleans).
+    - When the task fails after some steps were done, the steps that were done (with C(changed=true)).
   returned: success
   type: list
   elements: str

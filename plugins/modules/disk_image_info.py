@@ -21,6 +21,9 @@ description:
   - Encrypted (V(luks)) images are described from their header without a passphrase (cipher, key slots, virtual
     size); their allocation map and measure need none either, and their data is never read.
   - Never writes to the images.
+  - Every path is described on its own, in one rule; a missing path is reported with RV(images[].exists=false) and
+    is no error; a path that exists but cannot be described gets RV(images[].error), and the task fails once every
+    path was described, returning RV(images) with the failure.
 author:
   - kvm.storage contributors (@kvm-storage)
 extends_documentation_fragment:
@@ -166,18 +169,29 @@ RETURN = r'''
 images:
   description:
     - One entry per O(path), in order, with the keys of C(qemu-img info --output=json) when the image exists.
-  returned: success
+  returned: always (with a failure too, see RV(images[].error))
   type: list
   elements: dict
   contains:
     exists:
       description:
-        - Whether the file exists. When it does not, only RV(images[].filename) is returned besides.
+        - Whether the file exists. When it does not, only RV(images[].filename) is returned besides; a missing path
+          is not an error (as with M(ansible.builtin.stat)).
+        - A path that exists but cannot be described (a directory, a device, a damaged image, a backing file the
+          path policy refuses) has RV(images[].error) instead of the image's keys; the task then fails, after every
+          path was described, and still returns RV(images).
         - For a tar archive holding no disk (and no O(member) given), only RV(images[].filename) and
           RV(images[].ova_disks) are returned besides.
       type: bool
       returned: always
       sample: true
+    error:
+      description:
+        - Why an existing path cannot be described; the task fails when an entry has it (RV(images) is returned with
+          the failure).
+      type: str
+      returned: when the path exists but cannot be described
+      sample: "/var/lib/libvirt/images: is a directory, not an image file"
     filename:
       description: The path of the image; for a disk inside an archive, C(<archive>/<member>).
       type: str
@@ -352,7 +366,10 @@ def main():
     )
     try:
         result = run_disk_image_info(module.params)
-    except (ImageError, DiskImageError) as exc:
+    except DiskImageError as exc:
+        # with every path's entry (images) when the task failed on some of them
+        module.fail_json(msg=to_native(exc), **exc.result)
+    except ImageError as exc:
         module.fail_json(msg=to_native(exc))
     except (OSError, IOError) as exc:
         module.fail_json(msg=to_native(exc))

@@ -236,8 +236,8 @@ class ImageFile:
                 raise ImageInUseError(
                     "%s is in use by another process (QEMU lock on byte %d): it holds the "
                     "\"%s\" permission, which this open does not share (a running guest or "
-                    "another qemu-img? force_share allows a read-only look)"
-                    % (self.path, byte, PERM_NAMES[bit]), self.path)
+                    "another qemu-img?)" % (self.path, byte, PERM_NAMES[bit]), self.path,
+                    read_only_look=not self.writable)
 
     def _set_lock(self, lock_type, byte):
         try:

@@ -55,7 +55,19 @@ class ProbeError(ImageError):
 
 
 class ImageInUseError(ImageError):
-    """Another process holds a conflicting lock on the image (QEMU-compatible locks)."""
+    """Another process holds a conflicting lock on the image (QEMU-compatible locks).
+
+    ``reason`` is the message without advice; ``read_only_look`` says whether a read-only open that shares
+    every permission (``force_share``, like ``qemu-img -U``) would succeed, which the message then suggests.
+    Callers without a force_share of their own build their advice from ``reason``.
+    """
+
+    def __init__(self, message, path=None, read_only_look=False):
+        super(ImageInUseError, self).__init__(message, path)
+        self.reason = str(self)
+        self.read_only_look = read_only_look
+        if read_only_look:
+            self.args = ("%s; force_share allows a read-only look" % self.reason,)
 
 
 class ReadOnlyImageError(ImageError):

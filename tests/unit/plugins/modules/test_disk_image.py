@@ -61,7 +61,7 @@ def test_size_accepts_bytes_and_qemu_suffixes(size, expected):
     assert DiskImageRequest('/x', fmt='raw', size=size).size == expected
 
 
-@pytest.mark.parametrize('size', ['ten', '-1', True, '1.5'])
+@pytest.mark.parametrize('size', ['ten', '+-1', '-', True, '1.5'])
 def test_size_rejects_what_qemu_img_rejects(size):
     with pytest.raises(ImageError):
         DiskImageRequest('/x', fmt='raw', size=size)

@@ -108,3 +108,20 @@ def test_measure_of_an_unsupported_format_is_an_error(capsys, chain):
     base, top = chain
     result = run_module(capsys, path=top, measure={'out_format': 'vmdk'})
     assert result.get('failed') and 'vmdk' in result['msg'] and 'exception' not in result
+
+
+def test_one_rule_per_path_missing_is_no_error_unreadable_fails_with_every_entry(tmp_path, capsys, chain):
+    base, top = chain
+    missing = str(tmp_path / 'missing.qcow2')
+    directory = str(tmp_path / 'a-directory')
+    os.mkdir(directory)
+    result = run_module(capsys, path=[top, directory, missing, base])
+    # The directory fails the task, but every path is still described, each on its own.
+    assert result['failed'] and directory in result['msg'] and 'exception' not in result, result
+    images = result['images']
+    assert [image['filename'] for image in images] == [top, directory, missing, base]
+    assert [image['exists'] for image in images] == [True, True, False, True]
+    assert 'is a directory' in images[1]['error'] and 'format' not in images[1]
+    assert images[2] == {'filename': missing, 'exists': False}
+    assert images[0]['format'] == 'qcow2' and images[3]['format'] == 'raw'
+    assert not any('error' in image for image in (images[0], images[2], images[3]))

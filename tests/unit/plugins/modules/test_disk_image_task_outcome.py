@@ -236,3 +236,37 @@ def test_library_lock_error_keeps_its_advice_for_library_callers(tmp_path):
             ImageFile(path)
     assert str(caught.value).endswith('; force_share allows a read-only look') and caught.value.read_only_look
     assert 'force_share' not in caught.value.reason and caught.value.reason.startswith('%s is in use' % path)
+
+
+# --------------------------------------------------------------------------- the repair example, as written
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+
+
+@pytest.mark.parametrize('check_mode', [True, False])
+def test_repair_example_and_its_debug_run_in_check_mode_and_for_real(tmp_path, check_mode):
+    """The EXAMPLES' repair and the debug task after it, run by ansible-playbook as written (path replaced)."""
+    import shutil
+    import sys
+    import yaml
+    playbook_bin = os.path.join(os.path.dirname(sys.executable), 'ansible-playbook')
+    if not os.path.exists(playbook_bin):
+        playbook_bin = shutil.which('ansible-playbook')
+    tasks = yaml.safe_load(disk_image.EXAMPLES)
+    names = [task['name'] for task in tasks]
+    start = names.index('Free leaked clusters')
+    example = tasks[start:start + 2]
+    assert example[1]['name'].startswith('Show what the repair found')
+    path = make_image(tmp_path / 'base.qcow2', 'qcow2', MIB)
+    example[0]['kvm.storage.disk_image']['path'] = path
+    (tmp_path / 'collections' / 'ansible_collections' / 'kvm').mkdir(parents=True)
+    os.symlink(ROOT, str(tmp_path / 'collections' / 'ansible_collections' / 'kvm' / 'storage'))
+    with open(str(tmp_path / 'play.yml'), 'w') as play:
+        yaml.safe_dump([{'hosts': 'localhost', 'gather_facts': False,
+                         'vars': {'ansible_python_interpreter': sys.executable}, 'tasks': example}], play)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(tmp_path / 'collections'), ANSIBLE_NOCOLOR='1',
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / 'tmp'), ANSIBLE_HOME=str(tmp_path / 'home'))
+    proc = subprocess.run([playbook_bin, '-c', 'local', '-i', 'localhost,', str(tmp_path / 'play.yml')]
+                          + (['--check'] if check_mode else []), env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True, check=False)
+    assert proc.returncode == 0 and 'failed=0' in proc.stdout, proc.stdout
+    assert '<< error' not in proc.stdout and 'has no attribute' not in proc.stdout, proc.stdout
