@@ -31,6 +31,7 @@ import time
 
 from ansible_collections.kvm.storage.plugins.module_utils._lvm import (
     Lvm,
+    LvmError,
     check_lv_name,
     check_vg_name,
     round_up,
@@ -43,6 +44,7 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     open_image,
     parse_size,
 )
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import ImageInUseError
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import DATA
 
 # Tags this module sets on a volume (lvm2 tag characters only).
@@ -62,7 +64,21 @@ _ZEROES = bytes(MAX_IO)
 
 
 class VolumeImageError(Exception):
-    """A request the module refuses, or a step that failed (message says which)."""
+    """A request the module refuses, or a step that failed (message says which).  ``result``: what the task
+    did before it failed (changed, actions), returned with the failure."""
+
+    def __init__(self, message, result=None):
+        super(VolumeImageError, self).__init__(message)
+        self.result = result or {}
+
+
+def failure_text(exc):
+    """An error's message for this module's user: the library's advice for an image in use names its own
+    force_share, which lvm_volume_image does not have."""
+    if isinstance(exc, ImageInUseError):
+        return ("%s; lvm_volume_image does not open images in use: shut the guest down (or let the other process "
+                "finish) and run the task again" % exc.reason)
+    return str(exc)
 
 
 # --------------------------------------------------------------------- tags
@@ -374,6 +390,10 @@ class VolumeImage:
             raise VolumeImageError("src is required with state: present (the image to put on the volume)")
         if params["src_format"] and not params["src"]:
             raise VolumeImageError("src_format requires src")
+        if isinstance(params["size"], str) and params["size"].strip().startswith(("+", "-")):
+            # Never read "+4G" as 4G: the size is the volume's, not a change of it.
+            raise VolumeImageError("size %s: a relative size is not supported; give the size the volume should have "
+                                   "(an existing smaller volume is grown to it, see resize)" % params["size"])
 
     def run(self):
         self.validate()
@@ -477,6 +497,48 @@ class VolumeImage:
         return self.result
 
     def execute(self, plan, lv, image, source, pool, fmt, size):
+        """Carry out the plan's steps; a failure after a first step is reported by failure_after."""
+        done = []
+        begun = {}
+        try:
+            return self._execute_steps(plan, lv, image, source, pool, fmt, size, done, begun)
+        except (LvmError, ImageError, VolumeImageError, OSError, IOError) as exc:
+            raise self.failure_after(plan, done, begun, exc)
+
+    def failure_after(self, plan, done, begun, exc):
+        """The error to raise when a step failed.  ``done``: indexes of the steps carried out; ``begun``: what the
+        failed step itself changed (``write``: the tags say "writing"; ``tagged``: the writing tag put on before
+        growing).  A volume this run created is removed again (the task changed nothing); otherwise the error
+        carries changed and the actions done, or is ``exc`` itself when nothing changed."""
+        vg_name, lv_name = self.params["vg"], self.params["lv"]
+        failed = self.actions[len(done)] if len(done) < len(self.actions) else "the last step"
+        reason = "%s failed: %s" % (failed, failure_text(exc))
+        extra = {}
+        if isinstance(exc, LvmError):
+            extra = {"cmd": exc.cmd, "rc": exc.rc, "stderr": exc.stderr}
+        if done and plan["steps"][done[0]][0] == "create":
+            try:
+                self.lvm.remove(vg_name, lv_name)
+            except (LvmError, OSError) as removal:
+                reason = "%s; removing the new volume again failed too: %s" % (reason, removal)
+            else:
+                return VolumeImageError("%s; the volume %s created before it is removed again, so nothing is changed"
+                                        % (reason, self.name()), result=dict(extra, changed=False, actions=[]))
+        if not done and "write" not in begun:
+            if begun.get("tagged"):
+                try:
+                    self.lvm.change_tags(vg_name, lv_name, delete=[TAG_WRITING])
+                except (LvmError, OSError):
+                    pass
+            return exc
+        actions = [self.actions[index] for index in done]
+        if "write" in begun:
+            actions.append("%s (interrupted: the volume carries the %s tag and is written again whole by the next "
+                           "run)" % (self.actions[begun["write"]], TAG_WRITING))
+        return VolumeImageError("%s; done before the failure: %s" % (reason, "; ".join(actions)),
+                                result=dict(extra, changed=True, actions=actions))
+
+    def _execute_steps(self, plan, lv, image, source, pool, fmt, size, done, begun):
         params = self.params
         vg_name, lv_name = params["vg"], params["lv"]
         known_zero = False
@@ -484,7 +546,8 @@ class VolumeImage:
             # Until the new end reads zero the volume counts as incomplete: a failure in between
             # leaves it to be rewritten whole by the next run, never grown with old data showing.
             self.lvm.change_tags(vg_name, lv_name, add=[TAG_WRITING])
-        for step, detail in plan["steps"]:
+            begun["tagged"] = True
+        for index, (step, detail) in enumerate(plan["steps"]):
             if step == "create":
                 self.lvm.create(vg_name, lv_name, size, thinpool=params["thinpool"], tags=[TAG_WRITING])
                 # A new thin volume reads zero where nothing was written, and written blocks are
@@ -508,11 +571,14 @@ class VolumeImage:
                 open_image(device, fmt="raw", readonly=False).close()
                 self.lvm.change_tags(vg_name, lv_name, add=[] if TAG_WRITING in lv["tags"] else [TAG_WRITING],
                                      delete=[tag for tag in own_tags(lv["tags"]) if tag != TAG_WRITING])
+                begun["write"] = index
                 sha256, stats = write_image(image, device, fmt, lv["size"], known_zero, **self.policy)
                 self.result["write"] = stats
                 final_tags = encode_tags(fmt, source["virtual_size"], sha256, source["fingerprint"])
                 self.lvm.change_tags(vg_name, lv_name, add=final_tags, delete=[TAG_WRITING])
+                begun.pop("write")
                 lv = self.reload()
+            done.append(index)
         return self.reload() if lv is not None else lv
 
     def reload(self):

@@ -81,6 +81,7 @@ options:
         unless O(shrink=true).
       - A qcow2 image on a volume allocates new clusters as the guest writes; at the default size it has room for
         the source's clusters only. Give O(size) (up to C(fully-allocated) of C(qemu-img measure)) for growth.
+      - A relative size (V(+4G), V(-1G)) is refused; the size is the volume's, never a change of it.
     type: str
   format:
     description:
@@ -138,6 +139,10 @@ options:
     default: false
 notes:
   - Writing refuses a device that a running guest holds open (QEMU's image locks), as C(qemu-img) does.
+  - When a step fails after others succeeded, a volume the task created is removed again (the task changed nothing);
+    otherwise the task fails with C(changed=true) and RV(actions) listing the steps that were done (an interrupted
+    write is listed as such; the volume keeps the C(kvmstorage.writing) tag and is written again whole by the next
+    run).
   - Without O(update) or O(force), a changed source makes the task fail rather than leave an old image in place
     silently.
 seealso:
@@ -284,6 +289,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kvm.storage.plugins.module_utils._lvm import LvmError
 from ansible_collections.kvm.storage.plugins.module_utils._lvm_volume_image import (
     VolumeImageError,
+    failure_text,
     lvm_volume_image_argument_spec,
     run_lvm_volume_image,
 )
@@ -300,8 +306,11 @@ def main():
         result = run_lvm_volume_image(module)
     except LvmError as exc:
         module.fail_json(msg=str(exc), cmd=exc.cmd, rc=exc.rc, stderr=exc.stderr)
-    except (VolumeImageError, ImageError) as exc:
-        module.fail_json(msg='%s/%s: %s' % (module.params['vg'], module.params['lv'], exc))
+    except VolumeImageError as exc:
+        # with what the task did before it failed (changed, actions), when a step failed after others
+        module.fail_json(msg='%s/%s: %s' % (module.params['vg'], module.params['lv'], exc), **exc.result)
+    except ImageError as exc:
+        module.fail_json(msg='%s/%s: %s' % (module.params['vg'], module.params['lv'], failure_text(exc)))
     module.exit_json(**result)
 
 

@@ -427,7 +427,7 @@ def test_interrupted_growth_leaves_the_volume_to_be_rewritten(lvm_testbed, tmp_p
         raise lvi.ImageError("simulated failure", device)
 
     monkeypatch.setattr(lvi, "zero_range", crash)
-    with pytest.raises(lvi.ImageError, match="simulated failure"):
+    with pytest.raises(lvi.VolumeImageError, match="simulated failure"):
         run(vg=vg, src=src, size="9M")
     monkeypatch.undo()
     lv = lvi.Lvm(FakeModule({})).lv(vg, "img1")
@@ -489,3 +489,81 @@ def test_the_volume_itself_is_refused_as_source(lvm_testbed, tmp_path):  # noqa:
     result, dummy = run(vg=vg, src=src)
     with pytest.raises(lvi.VolumeImageError, match="is \\(or is backed by\\) the volume itself"):
         run(vg=vg, src=result["volume"]["path"], src_format="raw", force=True, update=True)
+
+
+# ------------------------------------------------- a step fails after others succeeded
+@needs_qemu_img
+def test_failed_write_into_a_new_volume_removes_the_volume_again(lvm_testbed, tmp_path, monkeypatch):  # noqa: F811
+    vg = lvm_testbed.vg
+    src = make_source(tmp_path / "src.qcow2")
+
+    def crash(*args, **kwargs):
+        raise lvi.ImageError("simulated failure", src)
+
+    monkeypatch.setattr(lvi, "write_image", crash)
+    with pytest.raises(lvi.VolumeImageError, match="simulated failure.* removed again") as caught:
+        run(vg=vg, src=src)
+    # Taken back: the task changed nothing, and says so.
+    assert caught.value.result == {"changed": False, "actions": []}
+    assert lvi.Lvm(FakeModule({})).lv(vg, "img1") is None
+
+
+@needs_qemu_img
+def test_failure_after_a_grow_reports_changed_with_the_grow(lvm_testbed, tmp_path, monkeypatch):  # noqa: F811
+    vg = lvm_testbed.vg
+    src = make_source(tmp_path / "src.qcow2")
+    run(vg=vg, src=src)
+
+    def crash(device, start, end):
+        raise lvi.ImageError("simulated failure", device)
+
+    monkeypatch.setattr(lvi, "zero_range", crash)
+    with pytest.raises(lvi.VolumeImageError, match="zero the new end .* failed: .*simulated failure") as caught:
+        run(vg=vg, src=src, size="9M")
+    assert caught.value.result["changed"] is True
+    assert caught.value.result["actions"] == ["grow volume %s/img1 from %d to %d bytes" % (vg, 6 * MIB, 9 * MIB)]
+
+
+def test_signed_size_is_refused_not_read_without_its_sign(lvm_testbed, tmp_path):  # noqa: F811
+    src = str(tmp_path / "src.raw")
+    with open(src, "wb") as stream:
+        stream.truncate(MIB)
+    with pytest.raises(lvi.VolumeImageError, match=r"size \+4M: a relative size"):
+        run(vg=lvm_testbed.vg, src=src, size="+4M")
+    assert lvi.Lvm(FakeModule({})).lv(lvm_testbed.vg, "img1") is None
+
+
+def test_module_failure_after_a_step_reports_changed_and_actions(monkeypatch):
+    from ansible_collections.kvm.storage.plugins.modules import lvm_volume_image
+    reported = {}
+
+    class Module:
+        params = {"vg": "vg0", "lv": "lv0"}
+
+        def __init__(self, **kwargs):
+            pass
+
+        def fail_json(self, **kwargs):
+            reported.update(kwargs)
+            raise SystemExit(1)
+
+    def failing(module):
+        raise lvi.VolumeImageError("write failed", result={"changed": True, "actions": ["grow volume vg0/lv0"]})
+
+    monkeypatch.setattr(lvm_volume_image, "AnsibleModule", Module)
+    monkeypatch.setattr(lvm_volume_image, "run_lvm_volume_image", failing)
+    with pytest.raises(SystemExit):
+        lvm_volume_image.main()
+    assert reported == {"msg": "vg0/lv0: write failed", "changed": True, "actions": ["grow volume vg0/lv0"]}
+
+
+def test_source_in_use_message_says_what_this_module_can_do(tmp_path):
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
+    src = str(tmp_path / "src.raw")
+    with open(src, "wb") as stream:
+        stream.truncate(MIB)
+    with ImageFile(src, writable=True):
+        with pytest.raises(lvi.ImageError) as caught:
+            lvi.content_sha256(src, "raw", None)
+    text = lvi.failure_text(caught.value)
+    assert "in use by another process" in text and "shut the guest down" in text and "force_share" not in text
