@@ -49,6 +49,9 @@ class Driver:
     can_write = False
     # What _check_range raises for a request outside the image.
     range_error = ImageError
+    # Whether write_zeroes() stores the zeroes as data, byte for byte (an encrypted payload):
+    # conversions count them as written.
+    zeroes_written_as_data = False
 
     def __init__(self):
         self.path = None

@@ -156,6 +156,8 @@ class _Converter:
         if offset < end:
             self.target.write_zeroes(offset, end - offset, may_unmap=True)
             self.bytes_zeroed += end - offset
+            if self.target.zeroes_written_as_data:
+                self.bytes_written += end - offset
 
     def hash_content(self, offset, data=None, length=0):
         """Feed the digest ``data`` (or ``length`` zero bytes) found at guest ``offset``."""

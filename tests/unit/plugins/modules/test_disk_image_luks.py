@@ -241,3 +241,16 @@ def test_info_describes_luks_without_passphrase(capsys, encrypted):
     assert image['format-specific']['data']['cipher-alg'] == expected['format-specific']['data']['cipher-alg']
     assert 'check_note' in image
     assert sum(entry['length'] for entry in image['map']) == expected['virtual-size']
+
+
+def test_conversion_to_luks_reports_every_encrypted_byte_as_written(tmp_path):
+    """A fully allocated source: every sector of the LUKS payload is written (zeroes encrypted too)."""
+    plain = tmp_path / 'full.raw'
+    run('qemu-img', 'create', '-f', 'raw', '-o', 'preallocation=full', str(plain), '4M')
+    run('qemu-io', '-f', 'raw', '-c', 'write -P 0x5a 0 1M', str(plain))
+    request, plan = plan_for(path=str(tmp_path / 'full.luks'), fmt='luks', src=str(plain), src_format='raw',
+                             encryption_passphrase=PASSPHRASE, options=FAST)
+    outcome = apply_plan(plan, request)
+    assert outcome['conversion']['bytes_written'] == 4 * MIB, outcome
+    assert outcome['bytes_written'] == 4 * MIB, outcome
+    assert qemu_compare_plain_with_luks(plain, 'raw', tmp_path / 'full.luks') == 0

@@ -159,6 +159,23 @@ def test_convert_to_luks_and_back(tmp_path):
         diskimage.convert(str(raw), str(image), "luks", src_fmt="raw", target_exists=True)
 
 
+@pytest.mark.parametrize("preallocation", ["full", "off"])
+def test_convert_to_luks_counts_the_zeroes_it_encrypts_as_written(tmp_path, preallocation):
+    """Every sector of a LUKS payload is written (zeroes too, encrypted): bytes_written says so,
+    while a qcow2 target writes only the data."""
+    raw = tmp_path / "src.raw"
+    qemu_img("create", "-f", "raw", "-o", "preallocation=" + preallocation, raw, "4M")
+    qemu_tools.qemu_io(raw, "write -P 0x61 1M 64k", fmt="raw")
+    image = tmp_path / "out.luks"
+    result = diskimage.convert(str(raw), str(image), "luks", src_fmt="raw",
+                               options={"key-secret": PASSPHRASE, "iter-time": 10})
+    assert result["bytes_written"] == 4 * M, result
+    assert result["bytes_zeroed"] == 4 * M - 64 * 1024, result
+    luks_tools.qemu_compare(image, raw)
+    plain = diskimage.convert(str(raw), str(tmp_path / "out.qcow2"), "qcow2", src_fmt="raw")
+    assert plain["bytes_written"] == 64 * 1024, plain
+
+
 def test_qemu_written_after_us(tmp_path):
     image = tmp_path / "shared.luks"
     create(image, M, **{"cipher-alg": "aes-128"})
