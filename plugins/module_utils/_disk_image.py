@@ -750,6 +750,13 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
             raise DiskImageError('refusing to shrink %s from %d to %d bytes, which discards data at its end; '
                                  'set shrink=true to allow it' % (request.path, current_size, new_size))
         growing = new_size > current_size
+        if growing and request.preallocation in ('falloc', 'full') and facts.get('free_space') is not None \
+                and new_size - current_size > facts['free_space']:
+            # Known before anything is written, in check mode too (a failed grow would be taken back anyway).
+            raise DiskImageError('no space left on the file system holding %s to grow it from %d to %d bytes with '
+                                 'preallocation=%s: that needs at least %d bytes, %d are free; nothing was changed'
+                                 % (request.path, current_size, new_size, request.preallocation,
+                                    new_size - current_size, facts['free_space']))
         actions.append(Action('resize', '%s %s image %s from %d to %d bytes%s%s' % (
             'grow' if growing else 'shrink', request.format, request.path, current_size, new_size,
             ' with preallocation=%s' % request.preallocation
@@ -763,12 +770,23 @@ def plan_disk_image(request, current_info, src_info=None, backing_info=None, fac
 
 
 # --------------------------------------------------------------------------- reading and applying
+def free_space(path):
+    """Bytes this process may still allocate on the file system holding ``path`` (root may use the blocks
+    reserved for it); None when unknown."""
+    try:
+        stats = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return None
+    return (stats.f_bfree if os.geteuid() == 0 else stats.f_bavail) * stats.f_frsize
+
+
 def read_state(request):
     """Read once what the plan needs: (current_info, src_info, backing_info, facts); fills request.backing_format.
 
     ``facts`` holds what only some requests need: ``check`` (repair requested: the check result, None for a
     format without checks), ``uncommitted`` (commit requested: bytes the image's own layer holds, None
-    when it has no backing file) and ``revert`` (revert_to requested: how the disk compares with the snapshot).
+    when it has no backing file), ``revert`` (revert_to requested: how the disk compares with the snapshot) and
+    ``free_space`` (preallocation falloc or full: bytes free on the file system, None when unknown).
     """
     current_info = None
     if os.path.lexists(request.path):
@@ -843,6 +861,8 @@ def read_state(request):
         if request.revert_to is not None:
             facts['revert'] = snapshot_compare(request.path, request.revert_to, fmt=request.format,
                                                allow_dirs=request.allow_dirs, trusted_files=request.trusted_files)
+        if request.preallocation in ('falloc', 'full'):
+            facts['free_space'] = free_space(request.path)
     if current_info is not None and request.force:
         # A recreation's diff shows the options the new image reports, its defaults included, as the image's do.
         facts['created_options'] = created_image_options(request, request.size or (src_info or {}).get(

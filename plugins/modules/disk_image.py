@@ -231,6 +231,9 @@ options:
       - V(off) allocates nothing, V(metadata) writes the qcow2 tables (qcow2 only), V(falloc) reserves the space
         without writing it, V(full) writes zeroes.
       - The preallocation of an existing image is not compared; it only applies when the image is created or grown.
+      - A grow with V(falloc) or V(full) by more than the free space of the file system is refused before anything
+        is written (in check mode too). A grow that runs out of space all the same is taken back, as
+        C(qemu-img resize) leaves the image: same size, no leaked clusters; the task fails saying no space is left.
       - Same as C(preallocation) in O(options), which may be given instead; the two must agree.
     type: str
     choices: ["off", metadata, falloc, full]
