@@ -678,7 +678,9 @@ conversion:
       returned: always
       sample: 1048576
     bytes_written:
-      description: Bytes of guest data written to the new image (zeroes are not written, except into a LUKS payload, where they are encrypted and written like any data).
+      description:
+        - Bytes of guest data written to the new image (zeroes are not written, except into a LUKS payload, where
+          they are encrypted and written like any data).
       type: int
       returned: always
       sample: 1048576
