@@ -162,7 +162,8 @@ def test_forced_recreate_diff_compares_the_same_view(tmp_path, capsys):
     assert sorted(before) == sorted(after)
     assert dict((name, value) for name, value in after.items() if before[name] != value) == {'cluster_size': 131072}
     assert predicted['diff'] == result['diff']
-    assert run_module(capsys, check_mode=True, **dict(args, force=False))['diff']['after']['options'] == after
+    args['force'] = False
+    assert run_module(capsys, check_mode=True, **args)['diff']['after']['options'] == after
 
 
 def test_lock_error_suggests_what_disk_image_can_do(tmp_path, capsys):
