@@ -1200,6 +1200,7 @@ def run_disk_image(module):
         raise DiskImageError(in_use_message(exc))
     current_info = state[0]
     plan = plan_disk_image(request, *state)
+    check_chains_open(request, plan, current_info, state[1])
     done = []
     try:
         return _carry_out(module, request, plan, current_info, done)
@@ -1207,6 +1208,27 @@ def run_disk_image(module):
         if isinstance(exc, DiskImageError) and exc.result:
             raise
         raise failure_after(request, plan, current_info, done, exc)
+
+
+# Actions that open the existing image with its backing chain (a safe rebase too; an unsafe one opens the header).
+_CHAIN_ACTIONS = ('resize', 'repair', 'revert', 'snapshot_create', 'snapshot_delete', 'commit', 'amend')
+
+
+def check_chains_open(request, plan, current_info, src_info):
+    """Open read-only the backing chains the plan's actions will open (the image's, a conversion's source's), so
+    that the path policy or a missing backing file refuses the task before anything changes, in check mode as for
+    real.  Only chains with a backing file: the top layers were read already."""
+    kinds = [action.kind for action in plan.actions if action.kind != 'rebase' or not action.args.get('unsafe')]
+    opened = []
+    if current_info and current_info.get('backing-filename') and any(
+            kind in _CHAIN_ACTIONS + ('rebase',) for kind in kinds):
+        opened.append((request.path, current_info.get('format'), {}))
+    if src_info and src_info.get('backing-filename') and 'convert' in kinds:
+        opened.append((request.src, src_info.get('format'), _member_argument('member', request.src_member)))
+    for path, fmt, extra in opened:
+        with open_image(path, fmt=fmt, allow_dirs=request.allow_dirs, trusted_files=request.trusted_files,
+                        force_share=True, **extra):
+            pass
 
 
 def in_use_message(exc):
@@ -1229,6 +1251,10 @@ def failure_after(request, plan, current_info, done, exc):
         return DiskImageError(_failure_text(exc)) if isinstance(exc, (FileAttributeError, ImageInUseError)) else exc
     remaining = [action for action in plan.actions if action not in done]
     failed = remaining[0].description if remaining else 'set file attributes of %s' % request.path
+    text = _failure_text(exc)
+    if text.startswith(request.path + ': '):
+        # The step's description names the image already.
+        text = text[len(request.path) + 2:]
     if current_info is None and done[0].kind in ('create', 'convert'):
         # A new image: taking it back leaves everything as it was.
         try:
@@ -1239,10 +1265,10 @@ def failure_after(request, plan, current_info, done, exc):
         for name in [request.path] + leftovers:
             if os.path.lexists(name):
                 os.unlink(name)
-        return DiskImageError('%s failed: %s; the new image %s made before it is removed again, so nothing is '
-                              'changed' % (failed, _failure_text(exc), request.path))
+        return DiskImageError('%s failed: %s; the new image made before it is removed again, so nothing is '
+                              'changed' % (failed, text))
     return DiskImageError('%s failed: %s; done before the failure: %s' % (
-        failed, _failure_text(exc), '; '.join(action.description for action in done)),
+        failed, text, '; '.join(action.description for action in done)),
         result={'changed': True, 'actions': [action.description for action in done]})
 
 
