@@ -180,7 +180,7 @@ options:
   backing_file:
     description:
       - Backing file of the image (an overlay), recorded in the image as written here.
-      - A relative name is resolved in the directory of O(path). The file named here is the task's own: it is trusted
+      - A relative name is resolved in the directory of O(path). The file named here is the task's own; it is trusted
         wherever it is (an absolute name in another directory needs no O(allow_dirs)), for the creation and for every
         later run of the task that reads the image again; it must still be a regular file, not a protocol name.
       - With O(src), the converted image holds only what differs from the backing file (like C(qemu-img convert -B)).
@@ -233,7 +233,7 @@ options:
       - The preallocation of an existing image is not compared; it only applies when the image is created or grown.
       - A grow with V(falloc) or V(full) by more than the free space of the file system is refused before anything
         is written (in check mode too). A grow that runs out of space all the same is taken back, as
-        C(qemu-img resize) leaves the image: same size, no leaked clusters; the task fails saying no space is left.
+        C(qemu-img resize) leaves the image (same size, no leaked clusters); the task fails saying no space is left.
       - Same as C(preallocation) in O(options), which may be given instead; the two must agree.
     type: str
     choices: ["off", metadata, falloc, full]

@@ -46,7 +46,7 @@ options:
   path:
     description:
       - Path of an image, or a list of paths.
-      - The paths listed are the task's own: when an image names one of them (as its backing file, for example), it
+      - The paths listed are the task's own; when an image names one of them (as its backing file, for example), it
         is opened wherever it is, without O(allow_dirs).
     type: raw
     required: true
