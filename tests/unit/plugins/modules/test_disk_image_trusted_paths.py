@@ -108,3 +108,35 @@ def test_an_image_naming_a_file_the_task_does_not_name_is_still_refused(capsys, 
     result = run(disk_image, capsys, path=path, format='qcow2', backing_file=dirs['base'], rebase='safe')
     assert result.get('failed') and str(secret) in result['msg'], result
     assert os.stat(path).st_mtime_ns == before
+
+
+@pytest.mark.parametrize('task', [
+    dict(size='2M'),                                   # resize opens the chain
+    dict(snapshots=[{'name': 's1'}]),                  # so does an internal snapshot
+    dict(backing_file='', rebase='safe'),              # and a safe rebase (it reads the old chain)
+])
+def test_check_mode_predicts_the_refusal_of_an_images_own_backing_name(capsys, dirs, tmp_path, task):
+    secret = tmp_path / 'secret.qcow2'
+    qemu_img('create', '-q', '-f', 'qcow2', secret, '1M')
+    path = str(dirs['images'] / 'web01.qcow2')
+    qemu_img('create', '-q', '-f', 'qcow2', '-b', secret, '-F', 'qcow2', path)
+    before = os.stat(path).st_mtime_ns
+    results = [run(disk_image, capsys, _ansible_check_mode=check_mode, path=path, format='qcow2', **task)
+               for check_mode in (True, False)]
+    for result in results:
+        assert result.get('failed') and str(secret) in result['msg'] and 'exception' not in result, result
+    assert results[0]['msg'] == results[1]['msg']
+    assert os.stat(path).st_mtime_ns == before
+
+
+def test_check_mode_predicts_the_refusal_of_a_sources_backing_name(capsys, dirs, tmp_path):
+    secret = tmp_path / 'secret.qcow2'
+    qemu_img('create', '-q', '-f', 'qcow2', secret, '1M')
+    src = str(dirs['images'] / 'src.qcow2')
+    qemu_img('create', '-q', '-f', 'qcow2', '-b', secret, '-F', 'qcow2', src)
+    path = str(dirs['images'] / 'flat.qcow2')
+    results = [run(disk_image, capsys, _ansible_check_mode=check_mode, path=path, format='qcow2', src=src)
+               for check_mode in (True, False)]
+    for result in results:
+        assert result.get('failed') and str(secret) in result['msg'] and 'exception' not in result, result
+    assert not os.path.exists(path)
