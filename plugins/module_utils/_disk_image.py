@@ -51,6 +51,7 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
     ImageError,
     ImageInUseError,
+    InvalidOptionError,
     UnsupportedFeature,
     UnsupportedOperation,
 )
@@ -162,6 +163,10 @@ def parse_size(value, what='size'):
     """Bytes from an int or a qemu-img size string (``10G``, ``1.5G``; suffixes are powers of 1024)."""
     if isinstance(value, float) and value == int(value):
         value = int(value)
+    if isinstance(value, str) and value.strip().startswith(('+', '-')):
+        # The library reads '+10G' as 10G (qemu-img create does too); a sign here would be lost, so it is refused.
+        raise InvalidOptionError('%s %r: a relative size (with a sign) is not accepted here; give the size itself'
+                                 % (what, value))
     return library_parse_size(value, what)
 
 

@@ -132,8 +132,8 @@ options:
         to whole sectors and must be positive.
       - A relative size is not idempotent; every run grows (or shrinks) the image again, as running
         C(qemu-img resize +10G) twice does. Give the absolute size for a task that changes nothing on its second run.
-      - A relative size needs an existing image; it fails (in check mode too) when the image would be created or
-        recreated, with O(src), and with O(revert_to).
+      - A relative size needs an existing image file; it fails (in check mode too) when the image would be created
+        or recreated, with O(src), with O(revert_to), and for a pool managed through libvirt's volume API.
     type: raw
   shrink:
     description:

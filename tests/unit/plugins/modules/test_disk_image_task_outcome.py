@@ -271,3 +271,11 @@ def test_repair_example_and_its_debug_run_in_check_mode_and_for_real(tmp_path, c
                           stderr=subprocess.STDOUT, universal_newlines=True, check=False)
     assert proc.returncode == 0 and 'failed=0' in proc.stdout, proc.stdout
     assert '<< error' not in proc.stdout and 'has no attribute' not in proc.stdout, proc.stdout
+
+
+def test_volume_api_pools_refuse_a_relative_size_instead_of_dropping_its_sign():
+    from ansible_collections.kvm.storage.plugins.module_utils._pool_volume import VolumeRequest
+    params = dict(pool='lvm', volume='vm1-root', state='present', format='raw', size='+10G')
+    with pytest.raises(_disk_image.ImageError, match=r"'\+10G'.*relative"):
+        VolumeRequest(params, 'logical')
+    assert VolumeRequest(dict(params, size='10G'), 'logical').size == 10 << 30
