@@ -25,7 +25,7 @@ description:
     disk asked for are compared as normalised disk elements, without what libvirt adds on its own (addresses, aliases,
     the backing chain, the driver name).
   - On a cdrom or floppy drive the source is the medium. Changing it is a media change (live too). A task without O(source)
-    keeps the medium the drive has; only O(source=\"\") ejects it, and the eject is named in RV(actions).
+    keeps the medium the drive has; only O(source) set to V("") ejects it, and the eject is named in RV(actions).
   - A disk found by O(target) whose source is another image keeps it, and the task fails, unless O(replace_source=true).
   - Everything the module can know is checked before anything changes, in check mode too, against the disk the task
     produces (the options given over the ones kept) - O(io=native) with a cache mode that is not V(none) or
