@@ -468,8 +468,10 @@ def read_pool_state(conn, name, want_storage=False):
 
 
 def _storage_contents(pool, state, what):
-    """What deleting the pool's storage would destroy, as far as it can be seen before anything is done: the entries of a
-    dir pool's directory (or of an fs/netfs pool's directory when it is not mounted), the volumes of an active pool."""
+    """What deleting the pool's storage would destroy or trip on, as far as it can be seen before anything is done
+    (None when it cannot): the entries of a dir pool's directory, of an fs or netfs pool's mount point when it is
+    not mounted (mounted, the files are the filesystem's, which the deletion leaves alone), the volumes of an
+    active logical pool (its volume group is removed with them)."""
     if not state.storage_exists:
         return []
     if state.type == 'dir' or (state.type in TARGET_DIRECTORY_TYPES and not state.active):
@@ -477,7 +479,7 @@ def _storage_contents(pool, state, what):
             return sorted(os.listdir(state.target))
         except OSError as exc:
             raise LibvirtModuleError('cannot read the target directory %s of storage pool %s: %s' % (state.target, _quoted(state.name), exc))
-    if state.active:
+    if state.type == 'logical' and state.active:
         libvirt_call(what, pool.refresh, 0)
         return sorted(libvirt_call(what, pool.listVolumes))
     return None
