@@ -167,7 +167,9 @@ def test_backing_outside_policy_refused(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     qemu_img("create", "-f", "qcow2", other / "base.qcow2", "1M")
-    top = tmp_path / "top.qcow2"
+    # A sibling directory (an absolute name in the image's own directory, or below it, is accepted).
+    (tmp_path / "vm").mkdir()
+    top = tmp_path / "vm" / "top.qcow2"
     qemu_img("create", "-f", "qcow2", "-b", str(other / "base.qcow2"), "-F", "qcow2", top)
     with pytest.raises(PolicyError):
         diskimage.map(str(top))
