@@ -441,7 +441,9 @@ def test_absolute_data_file_refused_without_opening(tmp_path):
 def test_absolute_data_file_refused_by_default_policy(tmp_path, monkeypatch):
     from ansible_collections.kvm.storage.plugins.module_utils.diskimage import chain
     decoy = tmp_path / "decoy.data"
-    path = tmp_path / "abs.qcow2"
+    # Outside the image's directory (an absolute name in it is accepted like a relative one).
+    (tmp_path / "vm").mkdir()
+    path = tmp_path / "vm" / "abs.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", "-o", "data_file=%s" % decoy, path, "1M")
     with open(str(decoy), "wb") as f:
         f.write(b"decoy")
