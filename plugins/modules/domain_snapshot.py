@@ -33,7 +33,7 @@ attributes:
     support: full
     details:
       - Check mode computes the same plan as a real run, with the same checks, RV(actions), diff and C(changed).
-      - Check mode predicts the refusals the module knows: overlay or memory files that exist or whose directory is
+      - Check mode predicts the refusals the module knows of, such as overlay or memory files that exist or whose directory is
         missing, operations the connected libvirt version cannot do (reverting to external snapshots before 9.9.0,
         deleting external snapshots before 9.0.0), and the deletions of external snapshots libvirt refuses (with
         O(children) or O(children_only) over an external descendant, with children, or the current one on an internal parent).

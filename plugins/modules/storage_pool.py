@@ -161,8 +161,9 @@ options:
       - V(deleted) stops the pool when it is active and deletes its storage with virStoragePoolDelete (the target directory
         of dir, fs and netfs pools; the volume group of logical pools). The pool stays defined.
         A pool that is not defined is left alone. Other pool types are refused.
-      - The storage must be empty (no file in the directory of a dir pool, or of an fs or netfs pool that is not mounted;
-        no volume in an active pool); otherwise the task fails before it stops the pool. Remove the volumes first.
+      - The storage must be empty (no entry in the directory of a dir pool, or in the mount point of an fs or netfs pool
+        that is not mounted; no volume in an active logical pool, whose volume group libvirt removes with its volumes);
+        otherwise the task fails before it stops the pool. Remove the volumes first.
       - With V(absent) and V(deleted) only O(name) (or the name in O(xml)) is used.
     type: str
     choices: [present, absent, active, inactive, deleted]

@@ -518,7 +518,7 @@ def test_an_external_snapshot_on_an_internal_parent_is_refused_when_libvirt_woul
     assert plan_domain_snapshot(ask(state='absent', name='x1'), domain(snapshots=leaf)).kinds() == ['delete']
     # A disk the internal parent left out has no parent for that disk.
     left_out = record('i1', created=1, disks=[{'name': 'vda', 'snapshot': 'no', 'file': None, 'format': None},
-                                             {'name': 'vdb', 'snapshot': 'internal', 'file': None, 'format': None}])
+                                              {'name': 'vdb', 'snapshot': 'internal', 'file': None, 'format': None}])
     assert plan_domain_snapshot(ask(state='absent', name='x1'), domain(snapshots=[
         left_out, external_record('x1', 'i1', created=2, current=True)])).kinds() == ['delete']
 
