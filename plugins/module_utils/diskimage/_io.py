@@ -75,6 +75,10 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 # Chunk for zero-filling fallbacks (same bound as formats.base.MAX_IO).
 ZERO_CHUNK = 4 * 1024 * 1024
 
+# At most this many overwritten bytes are kept for undo() (metadata of a grow takes far less;
+# a block device, whose every byte lies inside its size, could take far more).
+UNDO_LIMIT = 64 * 1024 * 1024
+
 # --- block device ioctls (linux/fs.h) ------------------------------------------
 # BLKZEROOUT = _IO(0x12, 127): make uint64_t range[2] = {start, length} read zero.
 BLKZEROOUT = 0x127F
@@ -329,7 +333,7 @@ class ImageFile:
     def start_undo(self):
         """Record from now on what each change overwrites, so that undo() can put
         the file back as it is now (a grow that fails half-way, out of space)."""
-        self._undo = {"size": self.size(), "saved": []}
+        self._undo = {"size": self.size(), "saved": [], "kept": 0, "complete": True}
 
     def stop_undo(self):
         """Keep the changes made since start_undo() and forget what they overwrote."""
@@ -340,9 +344,14 @@ class ImageFile:
         if undo is None or length <= 0:
             return
         end = min(offset + length, undo["size"])
-        if offset < end:
-            # only bytes inside the old end matter: undo() cuts the file back to it
-            undo["saved"].append((offset, self.pread(offset, end - offset)))
+        if offset >= end or not undo["complete"]:
+            return  # only bytes inside the old end matter: undo() cuts the file back to it
+        if undo["kept"] + end - offset > UNDO_LIMIT:
+            undo["saved"] = []
+            undo["complete"] = False
+            return
+        undo["saved"].append((offset, self.pread(offset, end - offset)))
+        undo["kept"] += end - offset
 
     def undo(self):
         """Put the file back as it was at start_undo(): its length, then the bytes
@@ -350,6 +359,9 @@ class ImageFile:
         undo, self._undo = self._undo, None
         if undo is None:
             return
+        if not undo["complete"]:
+            raise ImageError("cannot undo the change: it overwrote more than %d bytes of the image, more than "
+                             "is kept to put them back" % UNDO_LIMIT, self.path)
         if not self.is_block_device and self.size() != undo["size"]:
             # first, so that the space the change took is free for the restoring writes
             os.ftruncate(self.fd, undo["size"])

@@ -80,3 +80,24 @@ def test_qcow2_grow_out_of_space_leaves_no_leak(small_fs, preallocation):
     assert proc.returncode != 0
     diskimage.resize(str(path), "3M", fmt="qcow2", preallocation=preallocation)
     assert qemu_img_json("check", path).get("check-errors", 0) == 0
+
+
+def test_undo_puts_back_length_and_overwritten_bytes_and_refuses_beyond_its_limit(tmp_path, monkeypatch):
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage import _io
+    path = tmp_path / "file"
+    path.write_bytes(b"a" * 8192)
+    with _io.ImageFile(str(path), writable=True) as image_file:
+        image_file.start_undo()
+        image_file.pwrite(100, b"b" * 200)
+        image_file.pwrite(150, b"c" * 10000)     # overwrites, then extends the file
+        image_file.punch_hole(0, 4096)
+        image_file.truncate(50000)
+        image_file.undo()
+    assert path.read_bytes() == b"a" * 8192
+    monkeypatch.setattr(_io, "UNDO_LIMIT", 1000)
+    with _io.ImageFile(str(path), writable=True) as image_file:
+        image_file.start_undo()
+        image_file.pwrite(0, b"d" * 600)
+        image_file.pwrite(1000, b"e" * 600)
+        with pytest.raises(diskimage.ImageError, match="cannot undo"):
+            image_file.undo()
