@@ -419,6 +419,20 @@ def test_a_redefinition_that_fails_to_restart_restores_the_previous_definition_a
     assert pool_xml(pool_name, inactive=True) == before and "<pool type='dir'>" in pool_xml(pool_name)
 
 
+def test_a_restart_onto_a_missing_directory_builds_it_between_the_stop_and_the_start(tmp_path, capsys, pool_name):
+    (tmp_path / 'a').mkdir()
+    run_module(capsys, name=pool_name, type='dir', target=str(tmp_path / 'a'), state='active')
+    args = dict(name=pool_name, type='dir', target=str(tmp_path / 'b'), state='active', restart=True)
+    refused = run_module(capsys, check_mode=True, **args)
+    assert refused['failed'] and 'cannot restart: its target directory %s does not exist' % (tmp_path / 'b') in refused['msg']
+    check = run_module(capsys, check_mode=True, build=True, **args)
+    real = run_module(capsys, build=True, **args)
+    assert check['actions'] == real['actions'] == [
+        "redefine storage pool '%s': its definition differs from the request" % pool_name,
+        "restart storage pool '%s' to apply its new definition (stop it, build it (create %s), start it)" % (pool_name, tmp_path / 'b')]
+    assert real['pool']['state'] == 'active' and real['pool']['target'] == str(tmp_path / 'b') and not real['restart_pending']
+
+
 def test_deleting_a_pool_that_holds_volumes_is_refused_before_it_is_stopped(tmp_path, capsys, pool_name):
     (tmp_path / 'pool').mkdir()
     run_module(capsys, name=pool_name, type='dir', target=str(tmp_path / 'pool'), state='active')
