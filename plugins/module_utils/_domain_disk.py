@@ -923,6 +923,10 @@ def check_wanted_disk(request, state, view, existing, wanted):
                                  '(%s) in the %s of domain %s; libvirt refuses that combination: give cache=none or '
                                  'cache=directsync, or another io' % (target, origin('io'), driver.get('cache') or 'default',
                                                                       origin('cache'), _view_name(view), name))
+    if child_text(wanted, 'wwn') and disk_bus(wanted) not in ('ide', 'scsi'):
+        raise LibvirtModuleError('wwn: libvirt gives a world wide name only to disks on the ide and scsi buses, and disk %s would be '
+                                 'on bus %s in the %s of domain %s: give another bus, or wwn="" to remove it'
+                                 % (target, disk_bus(wanted), _view_name(view), name))
     boot = wanted.find('boot')
     old_boot = None if existing is None else existing.find('boot')
     if boot is None or (old_boot is not None and old_boot.get('order') == boot.get('order')):

@@ -29,8 +29,8 @@ description:
   - A disk found by O(target) whose source is another image keeps it, and the task fails, unless O(replace_source=true).
   - Everything the module can know is checked before anything changes, in check mode too, against the disk the task
     produces (the options given over the ones kept) - O(io=native) with a cache mode that is not V(none) or
-    V(directsync), a O(boot_order) that libvirt refuses, a hot-plug or hot-unplug QEMU cannot make, a live change libvirt
-    cannot make - so that such a task fails without changing anything.
+    V(directsync), a O(boot_order) that libvirt refuses, a O(wwn) off the ide and scsi buses, a hot-plug or hot-unplug
+    QEMU cannot make, a live change libvirt cannot make - so that such a task fails without changing anything.
   - A source attached read-write to another running domain is refused, unless both disks are shareable.
 author:
   - kvm.storage contributors (@kvm-storage)
@@ -161,7 +161,8 @@ options:
     type: str
   wwn:
     description:
-      - World wide name of the disk (16 hexadecimal digits; ide and scsi buses). V("") removes it.
+      - World wide name of the disk (16 hexadecimal digits). V("") removes it.
+      - libvirt gives one only to disks on the ide and scsi buses; on another bus the task fails before changing anything.
     type: str
   boot_order:
     description:

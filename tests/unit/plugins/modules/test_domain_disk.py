@@ -387,6 +387,14 @@ def test_a_boot_order_is_refused_where_the_definition_boots_by_os_boot_or_the_or
     assert plan(taken, target='vdb', source=path, boot_order=2).actions
 
 
+def test_a_wwn_off_the_ide_and_scsi_buses_is_refused(images):
+    path = str(images / 'a.qcow2')
+    with pytest.raises(LibvirtModuleError, match="wwn: libvirt gives a world wide name only to disks on the ide and scsi buses, "
+                                                 "and disk vdb would be on bus virtio"):
+        plan(state_of([]), target='vdb', source=path, wwn='5000c50015ea71ad')
+    assert plan(state_of([]), target='sdb', source=path, wwn='5000c50015ea71ad').actions
+
+
 @pytest.mark.parametrize('live_disk, values, message', [
     (None, dict(target='hdb', source='A'), 'QEMU cannot hot-plug a disk on bus ide'),
     (None, dict(target='sdb', bus='sata', source='A'), 'QEMU cannot hot-plug a disk on bus sata'),
@@ -637,11 +645,11 @@ def test_a_failure_after_the_live_step_undoes_it_or_reports_it_done(qemu_image, 
 
 
 def test_libvirt_refusals_name_what_was_being_done(images, capsys, domain_name):
-    result = run_module(domain_disk, capsys, domain=domain_name, target='vdb', source=str(images / 'a.qcow2'), wwn='5000c50015ea71ad')
+    result = run_module(domain_disk, capsys, domain=domain_name, target='sdb', device='lun', source=str(images / 'a.qcow2'))
     assert result['failed']
-    assert result['msg'].startswith("cannot attach disk %s as vdb to the persistent definition of domain '%s': " % (
+    assert result['msg'].startswith("cannot attach lun %s as sdb to the persistent definition of domain '%s': " % (
         images / 'a.qcow2', domain_name))
-    assert 'wwn' in result['msg']
+    assert 'block' in result['msg']
 
 
 def test_an_unknown_domain_is_a_clear_error(capsys):
