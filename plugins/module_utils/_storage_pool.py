@@ -23,6 +23,7 @@ import pwd
 import stat
 from xml.etree import ElementTree
 
+from ansible_collections.kvm.storage.plugins.module_utils._file_attributes import int_mode_warning
 from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     LibvirtModuleError,
     canonical_xml,
@@ -951,6 +952,9 @@ def run_storage_pool(conn, params, check_mode):
     plan = plan_storage_pool(request, state, directory, target_exists)
     result = dict(changed=plan.changed, actions=[action.description for action in plan.actions if action.changes],
                   restart_pending=plan.restart_pending, refreshed=False, notes=list(plan.warnings))
+    mode_warning = int_mode_warning(params.get('mode'))
+    if mode_warning:
+        result['notes'].insert(0, mode_warning)
     if not check_mode and plan.actions:
         result['notes'].extend(apply_plan(conn, plan, request, state))
         result['refreshed'] = 'refresh' in plan.kinds()

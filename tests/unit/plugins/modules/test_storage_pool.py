@@ -366,6 +366,16 @@ def test_drift_made_with_virsh_is_fixed(tmp_path, capsys, pool_name):
     assert not run_module(capsys, **args)['changed']
 
 
+def test_an_unquoted_mode_is_applied_as_the_number_given_with_a_warning(tmp_path, capsys, pool_name):
+    # YAML reads `mode: 711` as the decimal 711 (octal 01307): say so, as disk_image does
+    args = dict(name=pool_name, type='dir', target=str(tmp_path / 'pool'), mode=711, build=True, state='inactive')
+    result = run_module(capsys, check_mode=True, **args)
+    # notes are the module's warnings (run_libvirt_module warns each)
+    assert any('mode is the number 711' in note and "'0711'" in note for note in result['notes'])
+    quoted = run_module(capsys, check_mode=True, **dict(args, mode='0711'))
+    assert not any('mode is the number' in note for note in quoted['notes'])
+
+
 def pool_xml(name, inactive=False):
     """The pool's definition without the sizes libvirt recomputes."""
     result = virsh('pool-dumpxml', '--inactive', name) if inactive else virsh('pool-dumpxml', name)
