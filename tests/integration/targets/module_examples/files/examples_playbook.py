@@ -46,8 +46,8 @@ CHECK_MODE = {
         "A qcow2 image on a thin volume": "no device-mapper: lvm2 cannot make a thin pool or thin volume",
     },
     "domain_snapshot": {
-        "External disk-only snapshot with the guest's file systems frozen": "the test domains run no guest OS, "
-                                                                           "hence no guest agent to answer",
+        "External disk-only snapshot with the guest's file systems frozen":
+            "the test domains run no guest OS, hence no guest agent to answer",
     },
 }
 
