@@ -677,8 +677,10 @@ EXAMPLE_DOMAINS = ('web1', 'web2', 'node1', 'node2', 'db1', 'test1', 'dos1')
 def example_world(capsys):
     """What the EXAMPLES assume: the domains (shut off, machine pc; web1 with a system disk that boots first), the images,
     a dir pool 'images' holding tools.qcow2, and a block device (a loop device) for /dev/mapper/shared_lun."""
-    if not _libvirt.HAS_LIBVIRT or virsh('uri', check=False).returncode != 0:
-        pytest.skip('no libvirtd at %s' % URI)
+    if not _libvirt.HAS_LIBVIRT:
+        components.missing('libvirt-python')
+    if virsh('uri', check=False).returncode != 0:
+        components.missing('libvirtd', 'virsh cannot connect to %s' % URI)
     tag = 'kvmstorage_it_ddisk_ex_%s' % uuid_module.uuid4().hex[:8]
     work = tempfile.mkdtemp(prefix=tag + '_')
     os.chmod(work, 0o755)
@@ -695,7 +697,7 @@ def example_world(capsys):
         loop = subprocess.run(['losetup', '--find', '--show', os.path.join(work, 'lun.raw')], check=False, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, universal_newlines=True)
         if loop.returncode != 0:
-            pytest.skip('no loop device for the block device example: %s' % loop.stderr.strip())
+            components.missing('loop device', loop.stderr.strip())
         loop = loop.stdout.strip()
         for name in EXAMPLE_DOMAINS:
             system = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s/system.raw'/>"

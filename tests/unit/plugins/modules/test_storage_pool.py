@@ -499,7 +499,7 @@ class FakeConnection(object):
 
 def test_what_cannot_be_undone_is_reported_as_changed_with_its_actions():
     if not _libvirt.HAS_LIBVIRT:
-        pytest.skip('libvirt-python is not installed')
+        components.missing('libvirt-python')
     request = StoragePoolRequest(params(name='p', state='active', autostart=True, **DIR_POOL))
     planned = plan_storage_pool(request, None, None, True)
     pool = FailingPool()
