@@ -143,7 +143,7 @@ options:
       - Permissions of the target directory, as an octal string such as V("0755") (the pool's target/permissions/mode).
       - Used when the pool is built (libvirt uses V(0711) for a directory it creates without it).
       - For dir, fs and netfs pools whose target directory exists, the directory itself is compared and changed.
-      - Quote it. An unquoted V(mode: 711) is read by YAML as the decimal number 711 (octal V(01307)); it is applied
+      - Quote it. An unquoted V(711) is read by YAML as the decimal number 711 (octal V(01307)); it is applied
         as that number, with a warning saying so, as M(kvm.storage.disk_image) does.
     type: raw
   owner:

@@ -372,7 +372,8 @@ def test_an_unquoted_mode_is_applied_as_the_number_given_with_a_warning(tmp_path
     result = run_module(capsys, check_mode=True, **args)
     # notes are the module's warnings (run_libvirt_module warns each)
     assert any('mode is the number 711' in note and "'0711'" in note for note in result['notes'])
-    quoted = run_module(capsys, check_mode=True, **dict(args, mode='0711'))
+    args['mode'] = '0711'
+    quoted = run_module(capsys, check_mode=True, **args)
     assert not any('mode is the number' in note for note in quoted['notes'])
 
 
