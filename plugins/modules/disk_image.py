@@ -411,14 +411,6 @@ EXAMPLES = r'''
     src_member: box-disk001.vmdk
     format: qcow2
 
-- name: Export an internal snapshot as a compressed image of its own
-  kvm.storage.disk_image:
-    path: /srv/export/vm1-before-upgrade.qcow2
-    src: /var/lib/libvirt/images/vm1.qcow2
-    src_snapshot: before-upgrade
-    format: qcow2
-    compress: true
-
 - name: Create an encrypted (LUKS) image, the passphrase taken from a vault-encrypted variable
   kvm.storage.disk_image:
     path: /var/lib/libvirt/images/secret.luks
@@ -487,6 +479,14 @@ EXAMPLES = r'''
       - name: before-install
         state: absent
 
+- name: Export an internal snapshot as a compressed image of its own
+  kvm.storage.disk_image:
+    path: /srv/export/vm1-before-upgrade.qcow2
+    src: /var/lib/libvirt/images/vm1.qcow2
+    src_snapshot: before-upgrade
+    format: qcow2
+    compress: true
+
 - name: Reset a test VM's disk to its clean snapshot (nothing done when it still matches)
   kvm.storage.disk_image:
     path: /var/lib/libvirt/images/test-vm.qcow2
@@ -508,18 +508,18 @@ EXAMPLES = r'''
     backing_format: qcow2
     rebase: unsafe
 
+- name: Merge an overlay into its backing file
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/vm1.qcow2
+    format: qcow2
+    commit: true
+
 - name: Make an overlay independent of its backing file (flatten it)
   kvm.storage.disk_image:
     path: /var/lib/libvirt/images/vm1.qcow2
     format: qcow2
     backing_file: ""
     rebase: safe
-
-- name: Merge an overlay into its backing file
-  kvm.storage.disk_image:
-    path: /var/lib/libvirt/images/vm1.qcow2
-    format: qcow2
-    commit: true
 
 - name: Turn on lazy refcounts and 64-bit refcounts of an existing image (amended in place)
   kvm.storage.disk_image:
