@@ -23,7 +23,8 @@ if package=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: li
 fi
 if [ -z "$package" ] || [ -z "$version" ]; then
     # no apt metadata: fall back to the newest guest already built
-    latest=$(ls -1dt "$CACHE_ROOT"/linux-image-*/ 2>/dev/null | head -n 1 || true)
+    latest=$(find "$CACHE_ROOT" -mindepth 1 -maxdepth 1 -type d -name 'linux-image-*' -printf '%T@ %p\n' 2>/dev/null \
+        | sort -rn | head -n 1 | cut -d' ' -f2- || true)
     if [ -n "$latest" ] && [ -f "$latest/initrd.img" ]; then
         echo "dir=${latest%/}"
         echo "built=no"
