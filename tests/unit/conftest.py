@@ -11,6 +11,7 @@ With CI=true, a test skipped because a component is missing fails (components.py
 import atexit
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -47,3 +48,20 @@ def pytest_make_collect_report(collector):  # pylint: disable=unused-argument
     """The same for a whole module skipped while it was collected."""
     outcome = yield
     components.fail_in_ci(outcome.get_result())
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """An 8 MiB tmpfs mounted inside the test's temp dir (root only), unmounted afterwards: a file system to fill."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        components.missing("tmpfs mount", "mounting a small tmpfs needs root")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(mount_point)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
+    if proc.returncode != 0:
+        components.missing("tmpfs mount", proc.stdout.strip())
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)

@@ -14,19 +14,13 @@ import subprocess
 
 import pytest
 
-import components
-
-from ansible.module_utils.testing import patch_module_args
+import module_runner
+from qemu_tools import qemu_img
 
 from ansible_collections.kvm.storage.plugins.module_utils import _disk_image
 from ansible_collections.kvm.storage.plugins.modules import disk_image
 
 MIB = 1 << 20
-
-
-def qemu_img(*args):
-    return subprocess.run(('qemu-img',) + tuple(str(arg) for arg in args), check=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True).stdout
 
 
 def qemu_check(path):
@@ -41,28 +35,7 @@ def digest(path):
 
 
 def run_module(capsys, check_mode=False, **args):
-    args.update(_ansible_check_mode=check_mode, _ansible_diff=True)
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            disk_image.main()
-    return json.loads(capsys.readouterr().out)
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """An 8 MiB tmpfs mounted inside the test's temp dir (root only), unmounted afterwards."""
-    mount_point = tmp_path / 'small'
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        components.missing('tmpfs mount', 'mounting a small tmpfs needs root')
-    proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=8M', 'tmpfs', str(mount_point)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
-    if proc.returncode != 0:
-        components.missing('tmpfs mount', proc.stdout.strip())
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(['umount', str(mount_point)], check=True)
+    return module_runner.run_module(disk_image, capsys, check_mode, **args)
 
 
 @pytest.mark.parametrize('fmt', ['raw', 'qcow2'])

@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from ansible.module_utils.common import warnings
-from ansible.module_utils.testing import patch_module_args
+import module_runner
+from qemu_tools import qemu_img
 
 from ansible_collections.kvm.storage.plugins.module_utils import _disk_image
 from ansible_collections.kvm.storage.plugins.module_utils._disk_image import DiskImageError, DiskImageRequest
@@ -23,11 +23,6 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import I
 from ansible_collections.kvm.storage.plugins.modules import disk_image
 
 MIB = 1 << 20
-
-
-def qemu_img(*args):
-    return subprocess.run(('qemu-img',) + args, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True).stdout
 
 
 def qemu_info(path):
@@ -40,13 +35,7 @@ def make_image(path, fmt, size, *extra):
 
 
 def run_module(capsys, check_mode=False, **args):
-    # Each run is a process of its own on a real host: no warning carried over from an earlier run.
-    warnings._global_warnings.clear()  # pylint: disable=protected-access
-    args.update(_ansible_check_mode=check_mode, _ansible_diff=True)
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            disk_image.main()
-    return json.loads(capsys.readouterr().out)
+    return module_runner.run_module(disk_image, capsys, check_mode, **args)
 
 
 def warnings_of(result):

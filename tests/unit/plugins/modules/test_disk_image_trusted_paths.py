@@ -13,16 +13,12 @@ import subprocess
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
+import module_runner
+from qemu_tools import qemu_img
 
 from ansible_collections.kvm.storage.plugins.modules import disk_image, disk_image_info
 
 MIB = 1 << 20
-
-
-def qemu_img(*args):
-    return subprocess.run(('qemu-img',) + tuple(str(a) for a in args), check=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True).stdout
 
 
 def qemu_info(path):
@@ -30,11 +26,7 @@ def qemu_info(path):
 
 
 def run(module, capsys, **args):
-    args.setdefault('_ansible_check_mode', False)
-    with patch_module_args(args):
-        with pytest.raises(SystemExit):
-            module.main()
-    return json.loads(capsys.readouterr().out)
+    return module_runner.run_module(module, capsys, **args)
 
 
 @pytest.fixture

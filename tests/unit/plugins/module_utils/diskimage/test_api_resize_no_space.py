@@ -9,29 +9,11 @@ import subprocess
 
 import pytest
 
-import components
 
 from qemu_tools import file_digest, qemu_img, qemu_img_json, qemu_io
 
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import NoSpaceError
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """An 8 MiB tmpfs mounted inside the test's temp dir (root only), unmounted afterwards."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        components.missing("tmpfs mount", "mounting a small tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(mount_point)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
-    if proc.returncode != 0:
-        components.missing("tmpfs mount", proc.stdout.strip())
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def small_image(small_fs, fmt):
