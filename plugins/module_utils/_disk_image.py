@@ -845,7 +845,7 @@ def read_state(request):
         backing_info = image_info(backing_path, fmt=request.backing_format, allow_dirs=request.allow_dirs,
                                   trusted_files=request.trusted_files)
         if request.backing_format is None:
-            # Never leave the backing format to be probed later: record the detected one (security rule 2).
+            # Never leave the backing format to be probed later: record the detected one (docs/security.md rule 2).
             request.backing_format = backing_info['format']
     facts = {}
     if current_info is not None and current_info.get('format') == request.format:

@@ -4,7 +4,7 @@
 """Embedded image library: what qemu-img does, in pure Python (stdlib only).
 
 One function per qemu-img subcommand; dictionaries have the keys and meanings
-of ``qemu-img ... --output=json`` (see DESIGN.md).  Every function that opens
+of ``qemu-img ... --output=json`` (see docs/architecture.md, "Public API").  Every function that opens
 images takes ``allow_dirs`` (more directories whose files an image may name,
 e.g. as its backing file) and ``trusted_files`` (files the caller names itself,
 accepted wherever they are when an image names them: see ``policy``);

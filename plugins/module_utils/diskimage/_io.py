@@ -4,7 +4,7 @@
 """File access for image drivers: positioned I/O, allocation extents and
 QEMU-compatible image locks.
 
-Locks (DESIGN.md security rule 8) follow QEMU's block/file-posix.c: one
+Locks (docs/security.md rule 8) follow QEMU's block/file-posix.c: one
 open-file-description (OFD) read lock on byte ``100 + bit`` for every
 permission held, and on byte ``200 + bit`` for every permission *not shared*
 with other users.  A conflict exists when another open file description holds

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kvm.storage
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Open an image with its backing chain (DESIGN.md security rules 1, 2, 3, 5).
+"""Open an image with its backing chain (docs/security.md rules 1, 2, 3, 5).
 
 ``open_driver`` probes the format when none is given, opens the top image
 through its driver and hands the driver an *opener*: the only way a driver
@@ -12,7 +12,7 @@ already opened is closed again.
 
 Backing formats: a backing file whose format the image records is opened with
 that format; one without a recorded format is probed, which is acceptable
-because backing layers are only ever read (rule 2 forbids guessing on write
+because backing layers are only ever read (docs/security.md rule 2 forbids guessing on write
 paths), and a probed-raw layer also refuses writes to its first sector.
 """
 
@@ -76,7 +76,7 @@ class _Chain:
         opener = _Opener(self, trail, writable=not readonly)
         driver = cls.open(path, readonly=readonly, opener=opener, force_share=self.force_share)
         self.opened.append(driver)
-        # A probed raw image refuses writes to its first sector (security rule 3).
+        # A probed raw image refuses writes to its first sector (docs/security.md rule 3).
         if probed and fmt == "raw":
             driver.probed = True
         driver.probe_warning = warning

@@ -4,7 +4,7 @@
 """Exceptions raised by the image library.
 
 Messages name the file, the structure, the expected and the actual value
-(DESIGN.md, security rule 9).
+(docs/security.md rule 9).
 """
 
 from __future__ import absolute_import, division, print_function

@@ -19,7 +19,7 @@ Which member (``locate``):
   * no member, a name ending in ``.ova`` or ``.box``, and no format or (for a
     read-only open) any format but ``raw``: the first disk.  An explicit
     ``raw`` reads the archive file itself; write opens with an explicit
-    format open the file itself too (rule 2: nothing is guessed on a write
+    format open the file itself too (docs/security.md rule 2: nothing is guessed on a write
     path, and a name alone is never taken for content on one).
   * the disk list is the OVF descriptor's DiskSection order (a Disk's fileRef
     → References/File href); without an OVF descriptor (e.g. a libvirt
@@ -29,14 +29,14 @@ Which member (``locate``):
 Tar headers are read with the stdlib ``tarfile`` in read-only ``r:`` mode on
 a seekable reader: it seeks over member data (``r|`` streaming mode would
 read all of it) and gives each member's data offset (``TarInfo.offset_data``).
-Bounds (DESIGN.md rule 5): at most MAX_MEMBERS tar headers are scanned;
+Bounds (docs/security.md rule 5): at most MAX_MEMBERS tar headers are scanned;
 tarfile reads (pax and GNU long-name data) are capped at MAX_HEADER_READ; the
 OVF descriptor at MAX_OVF_SIZE and parsed only without a DTD (no entities);
 every member's data must lie inside the archive file.  Compressed archives
 (gzip: most Vagrant boxes; bzip2, xz, zstd) and sparse or compressed members
 have no fixed member offsets: refused with an error saying to unpack first.
 
-Path policy (rule 1): names found inside a member (VMDK extents, backing
+Path policy (docs/security.md rule 1): names found inside a member (VMDK extents, backing
 files) resolve only to other members of the same archive, relative to the
 member's directory, never with ``..``, absolute names or protocol prefixes,
 and never to files on disk (``policy.resolve_reference`` asks the

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kvm.storage
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Path policy for files named inside images (DESIGN.md, security rule 1).
+"""Path policy for files named inside images (docs/security.md rule 1).
 
 An image is hostile input: the backing file, data file or extent names it
 records must not make us open arbitrary host files (``/etc/shadow`` as a

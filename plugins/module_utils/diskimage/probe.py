@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kvm.storage
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Safe image format detection (DESIGN.md security rule 3).
+"""Safe image format detection (docs/security.md rule 3).
 
 Every registered driver scores the first bytes of the image.  Exactly one
 non-raw match gives the format; more than one is an error (never guess between

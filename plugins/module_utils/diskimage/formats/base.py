@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kvm.storage
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The driver interface every format implements (DESIGN.md, "The image library").
+"""The driver interface every format implements (docs/architecture.md, "The driver interface").
 
 A driver is one layer of an image: it maps guest (virtual) offsets to its own
 file.  Backing chains are chains of drivers: ``read`` falls through to

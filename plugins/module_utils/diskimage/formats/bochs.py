@@ -46,7 +46,7 @@ CATALOG_UNALLOCATED = 0xffffffff
 # QEMU: extents from 512 bytes to 8 MiB.
 MIN_EXTENT_SIZE = SECTOR_SIZE
 MAX_EXTENT_SIZE = 0x800000
-# Cap on the catalog held in memory (DESIGN.md rule 5).
+# Cap on the catalog held in memory (docs/security.md rule 5).
 MAX_CATALOG_BYTES = 64 * 1024 * 1024
 
 # One byte of a sector bitmap -> 8 bytes, 1 where the sector is present (least significant bit first).

@@ -11,7 +11,7 @@ starting ``#!/bin/sh`` / ``#V2.0 Format``, then big-endian ``block_size`` and
 
 Behaviour follows QEMU's block/cloop.c (probe score, header limits, virtual
 size, no block status: everything is reported as data).  Each block is
-inflated with the output bounded by ``block_size`` (DESIGN.md rule 5).  cloop
+inflated with the output bounded by ``block_size`` (docs/security.md rule 5).  cloop
 images cannot be written or created (qemu-img cannot either).
 """
 
@@ -37,7 +37,7 @@ OFFSETS_START = PREAMBLE_SIZE + BLOCK_HEADER.size
 # QEMU's limits: blocks of at most 64 MiB, compressed blocks at most twice that.
 MAX_BLOCK_SIZE = 64 * 1024 * 1024
 MAX_COMPRESSED_BLOCK = 2 * MAX_BLOCK_SIZE
-# Cap on the offsets table held in memory (DESIGN.md rule 5; QEMU allows 512 MiB).
+# Cap on the offsets table held in memory (docs/security.md rule 5; QEMU allows 512 MiB).
 MAX_OFFSETS_BYTES = 64 * 1024 * 1024
 
 

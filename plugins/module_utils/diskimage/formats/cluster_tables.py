@@ -78,7 +78,7 @@ class ClusterTableDriver(Driver):
 
     def _check_no_overlap(self, host, length, what, l2_tables=True):
         """Refuse a write of [host, host+length) that would land on the header,
-        the L1 table or (``l2_tables``) an L2 table (DESIGN rule 6)."""
+        the L1 table or (``l2_tables``) an L2 table (docs/security.md rule 6)."""
         end = host + length
         for start, stop, name in self._fixed_metadata():
             if host < stop and start < end:

@@ -81,7 +81,7 @@ MAX_CHUNK_LENGTH = 64 * 1024 * 1024
 MAX_CHUNK_SECTORS = MAX_CHUNK_LENGTH // SECTOR_SIZE
 MAX_PLIST_LENGTH = 16 * 1024 * 1024
 MAX_RSRC_FORK_LENGTH = 16 * 1024 * 1024
-# Cap on the chunk table (DESIGN.md rule 5): more than any 16 MiB property list can describe.
+# Cap on the chunk table (docs/security.md rule 5): more than any 16 MiB property list can describe.
 MAX_CHUNKS = 1 << 20
 
 

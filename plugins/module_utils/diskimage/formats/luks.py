@@ -41,7 +41,7 @@ still works and opening with a passphrase raises UnsupportedFeature naming the
 package).  PBKDF2 and the AF merge/split use hashlib.  Twofish, serpent and
 cast5 (which QEMU may use) are reported by info() and refused for data access.
 
-Security (DESIGN.md rule 5): the master key length, the stripes (exactly 4000,
+Security (docs/security.md rule 5): the master key length, the stripes (exactly 4000,
 as QEMU requires) and the PBKDF2 iteration counts are capped before anything
 is derived or allocated; key material and payload offsets are checked against
 the header size, each other and the file size.
@@ -91,7 +91,7 @@ STRIPES = 4000
 # Key material and the payload are aligned to 4 KiB (8 sectors), as QEMU and cryptsetup write them.
 ALIGN_SECTORS = 8
 
-# Caps on header-derived work and allocations (DESIGN.md rule 5).
+# Caps on header-derived work and allocations (docs/security.md rule 5).
 MAX_KEY_BYTES = 64                    # AES-256-XTS, the largest key QEMU uses
 MAX_ITERATIONS = 1 << 26              # PBKDF2 rounds: minutes at most, never hours
 MIN_ITERATIONS = 1000                 # QEMU's minimum for new images

@@ -21,8 +21,8 @@ directory or the empty ``NAME.hdd`` placeholder inside it, gives the whole
 disk, made of the storages the descriptor lists in order (split disks), each a ``Plain`` (raw) or ``Compressed`` (expanding
 ``.hds``) file; with snapshots, each storage is a chain of images from the
 newest snapshot down to the base, unallocated clusters falling through.
-Storage file names obey the path policy (opened through the opener, DESIGN.md
-security rule 1); the descriptor is read whole only up to 1 MiB and parsed
+Storage file names obey the path policy (opened through the opener, docs/security.md
+rule 1); the descriptor is read whole only up to 1 MiB and parsed
 without DTDs or entities.
 
 Writing and creating are not supported by this library (qemu-img can create
@@ -59,7 +59,7 @@ EXTENSION_MAGIC_STRUCT = struct.Struct("<Q")
 
 # QEMU: tracks at most INT32_MAX / 513 sectors per cluster.
 MAX_TRACKS = 0x7fffffff // 513
-# Cap on the BAT held in memory (DESIGN.md rule 5): 16 M clusters (16 TiB at 1 MiB clusters).
+# Cap on the BAT held in memory (docs/security.md rule 5): 16 M clusters (16 TiB at 1 MiB clusters).
 MAX_BAT_BYTES = 64 * 1024 * 1024
 # Sizes are int64 bytes, as in QEMU.
 MAX_VIRTUAL_SIZE = (1 << 63) - 1

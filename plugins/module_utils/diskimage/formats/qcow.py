@@ -56,7 +56,7 @@ MAX_BACKING_NAME = 1023
 
 OFLAG_COMPRESSED = 1 << 63
 
-# Header-derived allocation cap (DESIGN rule 5): the L1 table in memory.
+# Header-derived allocation cap (docs/security.md rule 5): the L1 table in memory.
 MAX_L1_BYTES = 32 * 1024 * 1024
 # L2 tables kept in memory.
 L2_CACHE_ENTRIES = 64

@@ -794,7 +794,7 @@ class Qcow2Driver(Driver):
     def _overlap_check(self, host, length, what, allowed=None):
         # ``allowed``: ("l2" or "refblock", offset) -- the structure being updated itself
         """Refuse a write of ``what`` to [host, host+length) that would hit metadata
-        (DESIGN.md rule 6): the image is marked corrupt and CorruptImageError raised."""
+        (docs/security.md rule 6): the image is marked corrupt and CorruptImageError raised."""
         end = host + length
         hit = None
         for start, stop, name in self._metadata_ranges():

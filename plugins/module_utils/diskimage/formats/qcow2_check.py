@@ -114,7 +114,7 @@ BITMAP_TABLE_OFFSET_MASK = 0x00fffffffffffe00
 BITMAP_TABLE_RESERVED_MASK = 0xff000000000001fe
 BITMAP_TABLE_ALL_ONES = 1
 
-# Caps (DESIGN.md, security rule 5): the reference count array holds one
+# Caps (docs/security.md rule 5): the reference count array holds one
 # counter per host cluster of the file.
 MAX_CHECK_CLUSTERS = 1 << 26
 MAX_MESSAGES = 10000
@@ -328,7 +328,7 @@ class _Walker:
     def write(self, offset, data, ignore=()):
         """Repairs only: write metadata in place, after checking that the
         clusters written hold no metadata other than the kinds in ``ignore``
-        (DESIGN.md, security rule 6)."""
+        (docs/security.md rule 6)."""
         if self._metadata is None:
             self._metadata = _MetadataRanges(self)
         self._metadata.check(offset, len(data), ignore)

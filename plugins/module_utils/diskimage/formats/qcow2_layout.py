@@ -102,7 +102,7 @@ SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")
 SNAPSHOT_EXTRA = struct.Struct(">QQQ")
 SNAPSHOT_EXTRA_MIN = 16     # QEMU writes at least vm_state_size_large and disk_size
 
-# --- Allocation caps (DESIGN.md, security rule 5) -----------------------------------------
+# --- Allocation caps (docs/security.md rule 5) -----------------------------------------
 MAX_L1_BYTES = 32 * 1024 * 1024
 MAX_REFTABLE_BYTES = 8 * 1024 * 1024
 MAX_SNAPSHOTS = 65536

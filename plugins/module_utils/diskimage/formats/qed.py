@@ -57,7 +57,7 @@ DEFAULT_TABLE_SIZE = 4
 # L2 entry of a cluster that reads as zeroes.
 ZERO_CLUSTER = 1
 
-# Header-derived allocation cap (DESIGN rule 5): one L1 or L2 table in memory.
+# Header-derived allocation cap (docs/security.md rule 5): one L1 or L2 table in memory.
 MAX_TABLE_BYTES = 32 * 1024 * 1024
 # Longest backing file name read (QEMU's limit for the name).
 MAX_BACKING_NAME = 4096

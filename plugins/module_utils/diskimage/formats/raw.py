@@ -18,7 +18,7 @@ from ..errors import ImageError, InvalidOptionError, ReadOnlyImageError, Unsuppo
 from .base import DATA, MAX_IO, ZERO, Driver, Extent
 
 # A probed raw image may not have its first sector written: the new bytes could
-# make the next probe see another format (DESIGN.md security rule 3).
+# make the next probe see another format (docs/security.md rule 3).
 PROBED_PROTECTED_BYTES = 512
 
 # qemu-img create rounds sizes up to whole sectors.

@@ -17,7 +17,7 @@ what it does not: differencing images (type 4), whose parent is known only by
 its UUID (``uuid_link`` = the parent's ``uuid_image``).  The parent is looked
 up among the ``*.vdi`` files of the directories the path policy allows for it
 (the image's own directory, the one above a ``Snapshots`` folder, allow_dirs;
-DESIGN.md security rule 1); candidates' headers are read through the policy
+docs/security.md rule 1); candidates' headers are read through the policy
 helpers and the parent is opened through the opener.  Parents in other formats
 (VirtualBox also allows VMDK/VHD parents) are not searched for.  A parent
 whose modification UUID differs from the one the child recorded is used with
@@ -90,7 +90,7 @@ MAX_DISK_SIZE = MAX_BLOCKS * DEFAULT_BLOCK_SIZE
 # Block sizes accepted (VirtualBox: any power of two).
 MIN_BLOCK_SIZE = SECTOR_SIZE
 MAX_BLOCK_SIZE = 256 * 1024 * 1024
-# Cap on the block map held in memory (DESIGN.md rule 5): 16 TiB at 1 MiB blocks.
+# Cap on the block map held in memory (docs/security.md rule 5): 16 TiB at 1 MiB blocks.
 MAX_BLOCK_MAP_BYTES = 64 * 1024 * 1024
 
 # Files looked at as possible parents of a differencing image.

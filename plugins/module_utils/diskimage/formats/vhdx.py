@@ -181,7 +181,7 @@ ABSENT_STATES = (PAYLOAD_BLOCK_NOT_PRESENT, PAYLOAD_BLOCK_UNDEFINED, PAYLOAD_BLO
                  PAYLOAD_BLOCK_UNMAPPED_V095)
 STATE_NAMES = {0: "NOT_PRESENT", 1: "UNDEFINED", 2: "ZERO", 3: "UNMAPPED", 4: "invalid (4)",
                5: "UNMAPPED (v0.95)", 6: "FULLY_PRESENT", 7: "PARTIALLY_PRESENT"}
-# Header-derived allocation cap (DESIGN rule 5): the BAT read into memory.
+# Header-derived allocation cap (docs/security.md rule 5): the BAT read into memory.
 MAX_BAT_BYTES = 64 * MiB
 
 # ---------------------------------------------------------------------- log

@@ -100,7 +100,7 @@ DESCRIPTOR_CREATE_TYPES = ("monolithicFlat", "vmfs", "vmfsSparse", "seSparse",
 EXTENT_LINE = re.compile(r'^(\S{1,10})\s+(-?\d+)\s+(\S{1,10})\s+"([^"\r\n]{1,511})"(?:\s+(-?\d+))?')
 CID_UNSET = 0xffffffff
 
-# --- Caps on header-derived allocations (DESIGN.md security rule 5).
+# --- Caps on header-derived allocations (docs/security.md rule 5).
 # QEMU refuses grains over 0x200000 sectors; we bound them tighter because a
 # compressed grain is read and inflated whole.
 MAX_GRAIN_SECTORS = 0x20000          # 64 MiB

@@ -77,7 +77,7 @@ DISK_DIFFERENCING = 4
 DISK_TYPE_NAMES = {0: "none", 1: "reserved (deprecated)", 5: "reserved (deprecated)", 6: "reserved (deprecated)"}
 
 BAT_UNUSED = 0xFFFFFFFF
-# Header-derived allocation cap (DESIGN rule 5): the BAT entries this library reads.
+# Header-derived allocation cap (docs/security.md rule 5): the BAT entries this library reads.
 MAX_BAT_BYTES = 16 * 1024 * 1024
 
 # VHD time stamps count seconds from 2000-01-01 00:00:00 UTC.

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """create(): ``qemu-img create``, with new images built under a temporary
 name in the destination directory and renamed into place only when complete
-and flushed (DESIGN.md security rule 7).
+and flushed (docs/security.md rule 7; docs/guarantees.md).
 
 With ``on_device`` the image is written in place onto an existing block
 device (an LVM logical volume, a disk partition), as ``qemu-img create``

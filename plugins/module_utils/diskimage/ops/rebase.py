@@ -13,7 +13,7 @@ changes the header alone and never opens the old backing file (it may be
 gone).  An empty backing name flattens: everything the old chain shows
 through is copied, then the backing file is dropped.
 
-The new backing format must be given (rule 2: never guessed on a write path;
+The new backing format must be given (docs/security.md rule 2: never guessed on a write path;
 qemu-img 7.2 also requires -F).
 """
 

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Real lvm2 for unit tests: a volume group on a loop device, with the
 activation stand-in of tests/integration/targets/setup_lvm first on PATH
-(see DESIGN.md, "Real components in tests")."""
+(see docs/testing.md, "LVM without device-mapper")."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kvm.storage
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Real lvm2 without device-mapper: the test stand-in described in DESIGN.md.
+"""Real lvm2 without device-mapper: the test stand-in described in docs/testing.md, "LVM without device-mapper".
 
 The kernels of the build machines have no device-mapper, so LVs cannot be
 activated.  Every lvm2 command goes through ``run``: the real command runs
