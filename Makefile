@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(HOME)/.ansible/collections
 export ANSIBLE_NOCOLOR := 1
 
-.PHONY: setup demo test unit sanity lint integration
+.PHONY: setup demo test unit sanity lint integration molecule
 
 setup:
 	@bash scripts/setup.sh
@@ -29,3 +29,7 @@ lint: setup
 # `make integration TARGETS="domain_disk lvm_volume_image"` runs only those targets
 integration: setup
 	@bash scripts/test.sh integration $(TARGETS)
+
+# the molecule scenarios (extensions/molecule/*): podman, a locally built Debian 12 image (scripts/molecule.sh)
+molecule: setup
+	@bash scripts/molecule.sh
