@@ -24,3 +24,8 @@ def run_module(module, capsys, check_mode=False, **args):
         with pytest.raises(SystemExit):
             module.main()
     return json.loads(capsys.readouterr().out)
+
+
+def warnings_of(result):
+    """The texts of a result's warnings (ansible-core 2.19 returns them as structured events)."""
+    return [warning['event']['msg'] if isinstance(warning, dict) else warning for warning in result.get('warnings', [])]

@@ -38,9 +38,7 @@ def run_module(capsys, check_mode=False, **args):
     return module_runner.run_module(disk_image, capsys, check_mode, **args)
 
 
-def warnings_of(result):
-    """The texts of a result's warnings (ansible-core 2.19 returns them as structured events)."""
-    return [warning['event']['msg'] if isinstance(warning, dict) else warning for warning in result.get('warnings', [])]
+warnings_of = module_runner.warnings_of
 
 
 # --------------------------------------------------------------------------- relative sizes
