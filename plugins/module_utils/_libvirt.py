@@ -212,3 +212,80 @@ def sanitize_path(path):
     parts = [part for part in path.split('/') if part]
     sanitized = leading + '/'.join(parts)
     return sanitized or '/'
+
+
+# --------------------------------------------------------------------------- XML: what a request specifies
+def compact_xml(element):
+    """One-line text of an element (its surrounding whitespace dropped), as a difference reports it."""
+    copy = canonical_element(element)
+    return ElementTree.tostring(copy, encoding='unicode')
+
+
+def match_children(requested, candidates, path='', compare=None):
+    """Pair each requested element with the candidate (same tag) that differs least from it, each candidate used once.
+
+    Returns ``[(requested element, candidate or None, projection or None, differences)]`` in the order requested.  Devices carry no
+    identity of their own in a definition (two NICs without a MAC), so the closest one is the one meant; on a tie
+    the first in document order wins, which keeps libvirt's order.
+    """
+    compare = compare or project_requested
+    used = set()
+    counts = {}
+    for element in requested:
+        counts[element.tag] = counts.get(element.tag, 0) + 1
+    seen = {}
+    pairs = []
+    for element in requested:
+        seen[element.tag] = seen.get(element.tag, 0) + 1
+        child_path = '%s/%s' % (path, element.tag)
+        if counts[element.tag] > 1:
+            child_path += '[%d]' % seen[element.tag]
+        best = None
+        for index, candidate in enumerate(candidates):
+            if index in used or candidate.tag != element.tag:
+                continue
+            projection, differences = compare(element, candidate, child_path)
+            if best is None or len(differences) < len(best[2]):
+                best = (index, projection, differences)
+            if not differences:
+                break
+        if best is None:
+            pairs.append((element, None, None, [dict(path=child_path, requested=compact_xml(element), actual=None)]))
+            continue
+        used.add(best[0])
+        pairs.append((element, candidates[best[0]], best[1], best[2]))
+    return pairs
+
+
+def project_requested(requested, actual, path=None):
+    """What ``actual`` holds of what ``requested`` specifies, and how the two differ.
+
+    Returns ``(projection, differences)``: the projection is ``actual`` cut down to the attributes, texts and
+    elements ``requested`` names (so that it renders like the request when nothing differs), and each difference
+    is ``{'path', 'requested', 'actual'}`` for a requested attribute or text with another value (``actual`` None
+    when absent) or a requested element ``actual`` lacks.  What ``actual`` has beyond the request (what libvirt
+    fills in) is no difference.  Both elements are expected normalised by the caller (units, spellings).
+    """
+    if path is None:
+        path = '/' + requested.tag
+    projection = ElementTree.Element(actual.tag)
+    differences = []
+    for name, value in sorted(requested.attrib.items()):
+        found = actual.get(name)
+        if found is not None:
+            projection.set(name, found)
+        if found != value:
+            differences.append(dict(path='%s/@%s' % (path, name), requested=value, actual=found))
+    text = (requested.text or '').strip()
+    if text:
+        found = (actual.text or '').strip()
+        projection.text = found or None
+        if found != text:
+            differences.append(dict(path=path, requested=text, actual=found or None))
+    wanted = [child for child in requested if isinstance(child.tag, str)]
+    candidates = [child for child in actual if isinstance(child.tag, str)]
+    for dummy, dummy_candidate, child_projection, child_differences in match_children(wanted, candidates, path):
+        if child_projection is not None:
+            projection.append(child_projection)
+        differences.extend(child_differences)
+    return projection, differences
