@@ -990,7 +990,7 @@ def _rasd_machine(system, disks, media, path, source):
         if disk is not None:
             attachment.update(media.describe(disk["href"]))
             attachment["empty"] = False
-            attachment["medium_uuid"] = disk_id
+            attachment["disk_id"] = disk_id     # an OVF disk id, not a UUID (the standard items carry none)
             attachment["format"] = _ovf_format(disk["format"])
         controller["attachments"].append(attachment)
     info["storage_controllers"] = [dict((k, v) for k, v in c.items() if k != "address") for c in controllers.values()]
@@ -1000,10 +1000,10 @@ def _rasd_machine(system, disks, media, path, source):
                 continue
             layer = dict((k, attachment.get(k)) for k in ("location", "path", "exists", "refused", "member")
                          if k in attachment)
-            layer.update({"uuid": attachment["medium_uuid"], "format": attachment.get("format"), "type": "Normal"})
+            layer.update({"uuid": None, "format": attachment.get("format"), "type": "Normal"})
             info["hard_disks"].append({"controller": controller["name"], "controller_type": controller["type"],
                                        "bus": controller["bus"], "port": attachment["port"],
-                                       "device": attachment["device"], "uuid": attachment["medium_uuid"],
+                                       "device": attachment["device"], "uuid": None,
                                        "current": layer, "chain": [layer]})
     return info
 
