@@ -16,10 +16,10 @@ description:
   - The module reads the domain once, compares it with the request and acts only on a difference.
   - The request is compared with the domain's persistent definition after normalisation, and only what the request
     specifies counts. An element or attribute of the request that the definition lacks, or holds with another value,
-    is a difference. What libvirt adds on its own is not: the C(<uuid>), PCI and drive C(<address>) elements, generated
-    C(<mac>) addresses, C(<alias>) names, the defaults it writes out (controllers, C(<on_poweroff>), C(<cpu>),
-    C(placement)...), and interface or console C(<target dev>) names it picks. Any of them written in the request is
-    compared.
+    is a difference. What libvirt adds on its own is not a difference, such as the C(<uuid>), PCI and drive
+    C(<address>) elements, generated C(<mac>) addresses, C(<alias>) names, the defaults it writes out (controllers,
+    C(<on_poweroff>), C(<cpu>), C(placement)...), and interface or console C(<target dev>) names it picks. Any of them
+    written in the request is compared.
   - Values are compared as libvirt stores them. Memory amounts in any unit libvirt accepts (V(KiB), V(MiB), V(GiB),
     V(MB)...) compare in KiB; address numbers in hex or decimal compare as numbers; MAC addresses and UUIDs ignore
     case; host paths ignore repeated and trailing slashes; a machine type alias (V(pc), V(q35)) compares as the machine

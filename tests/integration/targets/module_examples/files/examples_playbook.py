@@ -8,8 +8,8 @@ MODULE is a short name (disk_image); its EXAMPLES are read with ansible-doc, as 
 The examples stay what users read.  The only rewrites (see REWRITES and CHECK_MODE below):
 - host paths (/var/lib/libvirt/images, /var/lib/libvirt/shared, /var/lib/images, /srv) live under WORK;
 - device paths (/dev/sdb1, /dev/sdc, /dev/mapper/shared_lun) are loop devices (--device);
-- libvirt names (domain:, pool:, name:, loop: values naming domains or pools) and the VG vg_guests get a
-  prefix unique to this test;
+- libvirt names (domain:, pool:, name:, loop: values naming domains or pools, and <name> in XML definitions)
+  and the VG vg_guests get a prefix unique to this test;
 - another host (uri: qemu+ssh://...) is this host (qemu:///system);
 - with --keep-going (to list every failing example at once), every example gets ignore_errors: true;
 - an example that needs what no build machine has (an NFS server, a Ceph cluster, device-mapper, a guest
@@ -30,6 +30,8 @@ DOMAINS = ("web1", "web2", "db1", "test1", "dos1", "node1", "node2")
 POOLS = ("images", "fast", "shared", "guests", "ceph", "old", "default", "backup")
 # The keys whose values name a domain or a pool (and loops over domains).
 NAME_KEYS = re.compile(r"^\s*(- )?(domain|name|pool|loop): ")
+# The <name> of a domain or pool in XML definitions the examples write out (kvm.storage.domain's xml).
+DEFINITION_NAMES = re.compile(r"(<name>)(%s)(?=</name>)" % "|".join(DOMAINS + POOLS))
 
 # Examples run in check mode: {module: {start of the task name: why it cannot change anything here}}.
 CHECK_MODE = {
@@ -98,6 +100,7 @@ def rewrite(text, work, devices):
             line = re.sub(r"(?<![\w./-])vg_guests(?![\w./-])", VG, line)
             if NAME_KEYS.match(line):
                 line = names.sub(lambda m: PREFIX + m.group(1), line)
+            line = DEFINITION_NAMES.sub(lambda m: m.group(1) + PREFIX + m.group(2), line)
             line = re.sub(r"(uri: )qemu\+ssh://\S+", r"\1qemu:///system", line)
         lines.append(line)
     return lines
