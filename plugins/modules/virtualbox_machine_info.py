@@ -276,17 +276,79 @@ machine:
           description:
             - The image the current state uses (the first element of RV(machine.hard_disks[].chain)), null when the
               medium is not in the file's media registry.
-            - With O(images=true) and an image that could be opened, also C(virtual_size) (bytes) and C(image_format)
-              (the format the image library found).
           type: dict
+          contains:
+            uuid:
+              description: The medium's UUID (without braces); null for an OVF without C(vbox:Machine).
+              type: str
+            format:
+              description: The format the file records for the medium (C(VDI), C(VMDK), C(VHD)...).
+              type: str
+              sample: VDI
+            type:
+              description: The medium type (C(Normal), C(Immutable)..., C(Differencing) for a differencing image).
+              type: str
+            location:
+              description: The location as written in the file.
+              type: str
+              sample: Snapshots/{d446c10d-5aaf-504f-9af1-d486a380b377}.vdi
+            path:
+              description:
+                - The location resolved against the settings file's folder, or C(<archive>/<member>) inside an OVA.
+              type: str
+            member:
+              description: The tar member, for an image inside an OVA or box.
+              type: str
+              returned: for an image inside an archive
+            exists:
+              description: Whether the image exists; null when the name was refused (nothing was looked at).
+              type: bool
+            refused:
+              description: Null, or why the path policy refused the name (the image is then not opened).
+              type: str
+            virtual_size:
+              description: The virtual size in bytes, read from the image.
+              type: int
+              returned: when O(images=true) and the image could be opened
+            image_format:
+              description: The format the image library found.
+              type: str
+              returned: when O(images=true) and the image could be opened
         chain:
           description:
-            - The chain of differencing images from the current image down to its base, each with C(uuid), C(format),
-              C(type), C(location) (as written), C(path) (resolved against the settings file's folder, or
-              C(<archive>/<member>)), C(exists) (null when refused) and C(refused) (null, or why the path policy
-              refused the name).
+            - The chain of differencing images from the current image down to its base (the current image first), as
+              the media registry nests them.
           type: list
           elements: dict
+          contains:
+            uuid:
+              description: The medium's UUID (without braces); null for an OVF without C(vbox:Machine).
+              type: str
+            format:
+              description: The format the file records for the medium (C(VDI), C(VMDK), C(VHD)...).
+              type: str
+              sample: VDI
+            type:
+              description: The medium type (C(Normal), C(Immutable)..., C(Differencing) for a differencing image).
+              type: str
+            location:
+              description: The location as written in the file.
+              type: str
+              sample: Snapshots/{d446c10d-5aaf-504f-9af1-d486a380b377}.vdi
+            path:
+              description:
+                - The location resolved against the settings file's folder, or C(<archive>/<member>) inside an OVA.
+              type: str
+            member:
+              description: The tar member, for an image inside an OVA or box.
+              type: str
+              returned: for an image inside an archive
+            exists:
+              description: Whether the image exists; null when the name was refused (nothing was looked at).
+              type: bool
+            refused:
+              description: Null, or why the path policy refused the name (the image is then not opened).
+              type: str
         image_chain:
           description: The chain as the images themselves name it (opened read-only), the current image first.
           type: list
