@@ -32,4 +32,4 @@ integration: setup
 
 # the molecule scenarios (extensions/molecule/*): podman, a locally built Debian 12 image (scripts/molecule.sh)
 molecule: setup
-	@bash scripts/molecule.sh
+	@bash scripts/test.sh molecule

@@ -2,14 +2,15 @@
 # Run the molecule scenarios (extensions/molecule/<scenario>) after installing what they need, idempotently, on
 # Debian 12 as root with no image registry and no Galaxy: podman, runc and debootstrap (apt), the
 # containers.podman collection from the `ansible` package on PyPI (in its own venv, the project's venv untouched),
-# runc as podman's runtime, and the Debian 12 image built locally with debootstrap.
+# runc as podman's runtime, and the Debian 12 image (python3 and systemd, so that a scenario may boot systemd as
+# PID 1) built locally with debootstrap.
 # Usage: scripts/molecule.sh [SCENARIO...]   (default: every scenario)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${KVM_STORAGE_VENV:-$HOME/.cache/kvm-storage/venv}
 COLLECTIONS_VENV=$HOME/.cache/kvm-storage/molecule-collections
-IMAGE=localhost/kvmstorage-debian12:latest
+IMAGE=localhost/kvmstorage-debian12-systemd:latest
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 log() { echo "== molecule: $*"; }
@@ -55,7 +56,7 @@ if ! podman image exists "$IMAGE"; then
     log "building $IMAGE with debootstrap"
     rootfs=$(mktemp -d /tmp/kvmstorage-debian12.XXXXXX)
     trap 'rm -rf "$rootfs"' EXIT
-    debootstrap --variant=minbase --include=python3 bookworm "$rootfs" "$MIRROR"
+    debootstrap --variant=minbase --include=python3,systemd,systemd-sysv,dbus bookworm "$rootfs" "$MIRROR"
     # the container reads the host's resolver (network: host); apt there uses the same mirror
     echo "deb $MIRROR bookworm main" > "$rootfs/etc/apt/sources.list"
     tar -C "$rootfs" -c . | podman import - "$IMAGE"

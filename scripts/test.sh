@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the test suites: unit (pytest), sanity (ansible-test, empty ignore list),
 # lint (ansible-lint --profile production), integration (ansible-test integration,
-# modules run for real through ansible-playbook).  `all` runs every suite, goes on
+# modules run for real through ansible-playbook), molecule (the roles' scenarios in podman
+# containers, scripts/molecule.sh).  `all` runs every suite, goes on
 # past a failing one, and fails at the end if any failed.
 set -uo pipefail
 
@@ -76,6 +77,11 @@ suite_integration() {
     return "$rc"
 }
 
+# extra arguments name scenarios (default: every scenario under extensions/molecule)
+suite_molecule() {
+    bash "$ROOT/scripts/molecule.sh" "$@"
+}
+
 run_suite() {
     local name=$1 start rc
     shift
@@ -90,7 +96,7 @@ run_suite() {
 case "${1:-all}" in
     all)
         failed=()
-        for s in unit sanity lint integration; do
+        for s in unit sanity lint integration molecule; do
             run_suite "$s" || failed+=("$s")
         done
         if [ ${#failed[@]} -gt 0 ]; then
@@ -99,11 +105,11 @@ case "${1:-all}" in
         fi
         echo "all suites passed"
         ;;
-    unit|sanity|lint|integration)
+    unit|sanity|lint|integration|molecule)
         run_suite "$@"
         ;;
     *)
-        echo "usage: $0 [all|unit|sanity|lint|integration [TARGET...]]" >&2
+        echo "usage: $0 [all|unit|sanity|lint|integration [TARGET...]|molecule [SCENARIO...]]" >&2
         exit 2
         ;;
 esac
