@@ -64,6 +64,7 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy impor
 MAX_SETTINGS_SIZE = 4 * 1024 * 1024
 # Snapshots in one tree, and nesting of differencing images (hostile files cannot make a walk unbounded).
 MAX_SNAPSHOTS = 4096
+MAX_SNAPSHOT_DEPTH = 256        # the tree is walked recursively: well inside Python's recursion limit
 MAX_CHAIN = 64
 # Tar members looked at, and decompressed bytes read, to find the OVF in a compressed box.
 MAX_STREAM_MEMBERS = 64
@@ -76,7 +77,7 @@ VBOX_OVF_NAMESPACE = "http://www.virtualbox.org/ovf/machine"
 # which the schema leaves to the code: floppy, DVD, hard disk).
 DEFAULTS = {
     "cpus": 1,                  # TCPU/@count
-    "memory_mib": 128,          # TMemory/@RAMSize is required; VirtualBox's built-in default otherwise
+    "memory_mib": 128,          # TMemory/@RAMSize is required by the schema; 128 MiB for a file without it
     "firmware": "bios",         # TFirmware/@type absent: BIOS
     "chipset": "PIIX3",         # Settings.cpp: ChipsetType_PIIX3 when no Chipset element
     "rtc": "local",             # TRTC absent: the RTC runs in local time
@@ -210,7 +211,8 @@ def _int(value, default, what, path):
     if value is None or value == "":
         return default
     try:
-        return int(value.strip(), 0)
+        text = value.strip()
+        return int(text, 16) if text.lower().startswith("0x") else int(text)
     except ValueError:
         raise VirtualBoxError("%s: %s: expected an integer, found %r" % (path, what, value))
 
@@ -269,6 +271,7 @@ class _Media:
         self.archive = archive            # an ova.Archive for names inside an OVA
         self.compressed = None            # "gzip"... for a compressed box: members listed, never opened
         self.compressed_members = set()
+        self.compressed_complete = True
 
     def describe(self, location):
         """{location, path, exists, refused} for ``location`` as written in the file."""
@@ -304,7 +307,8 @@ class _Media:
             entry["exists"] = member is not None
             entry["member"] = name
         else:
-            entry["exists"] = name in self.compressed_members
+            # Unknown (None) when the archive was too long to list every member.
+            entry["exists"] = True if name in self.compressed_members else (False if self.compressed_complete else None)
             entry["member"] = name
         return entry
 
@@ -488,13 +492,13 @@ class _MachineReader:
 
     def _medium_attachment(self, kind, medium_uuid):
         entry = {"type": kind, "port": 0, "device": 0, "medium_uuid": medium_uuid, "host_drive": None,
-                 "location": None, "path": None, "exists": None, "refused": None, "empty": False}
+                 "location": None, "path": None, "exists": None, "refused": None, "empty": False,
+                 "unregistered": False}
         if medium_uuid is None:
             entry["empty"] = True
             return entry
         medium = self.registry.get(medium_uuid)
         if medium is None:
-            entry["refused"] = None
             entry["unregistered"] = True
             return entry
         entry.update(self.media.describe(medium["location"]))
@@ -512,13 +516,32 @@ class _MachineReader:
 
     def _snapshot(self, element, current, counter, depth):
         counter[0] += 1
-        if counter[0] > MAX_SNAPSHOTS or depth > MAX_SNAPSHOTS:
-            raise VirtualBoxError("%s: more than %d snapshots: refused" % (self.path, MAX_SNAPSHOTS))
+        if counter[0] > MAX_SNAPSHOTS or depth > MAX_SNAPSHOT_DEPTH:
+            raise VirtualBoxError("%s: more than %d snapshots, or snapshots nested deeper than %d: refused"
+                                  % (self.path, MAX_SNAPSHOTS, MAX_SNAPSHOT_DEPTH))
         snapshot_uuid = _uuid(_attr(element, "uuid"))
         children = [self._snapshot(child, current, counter, depth + 1)
                     for child in _children(_child(element, "Snapshots"), "Snapshot")]
         return {"uuid": snapshot_uuid, "name": _attr(element, "name"), "time_stamp": _attr(element, "timeStamp"),
-                "current": snapshot_uuid == current, "children": children}
+                "current": snapshot_uuid == current, "hard_disks": self._snapshot_disks(element),
+                "children": children}
+
+    def _snapshot_disks(self, element):
+        """The hard disk media a snapshot's hardware attaches (where its disks stood when it was taken)."""
+        controllers = _children(_child(_child(element, "Hardware"), "StorageControllers"), "StorageController")
+        if not controllers:
+            controllers = _children(_child(element, "StorageControllers"), "StorageController")
+        disks = []
+        for controller in controllers:
+            for device in _children(controller, "AttachedDevice"):
+                if _attr(device, "type", "HardDisk") == "HardDisk" and _child(device, "Image") is not None:
+                    disks.append({
+                        "controller": _attr(controller, "name"),
+                        "port": _int(_attr(device, "port"), DEFAULTS["port"], "AttachedDevice port", self.path),
+                        "device": _int(_attr(device, "device"), DEFAULTS["port"], "AttachedDevice device", self.path),
+                        "uuid": _uuid(_attr(_child(device, "Image"), "uuid")),
+                    })
+        return disks
 
     # -- what KVM does not get
     def collect_notes(self, hardware):
@@ -771,15 +794,15 @@ def read_vbox(path, allow_dirs=None, images=True):
 
 # ------------------------------------------------------------------------------------------------- OVF
 def _ovf_text_from_archive(path):
-    """(OVF text, archive or None, compression or None, member names) for an OVA or Vagrant box."""
+    """(OVF text, archive or None, compression or None, (member names, all seen)) for an OVA or Vagrant box."""
     try:
         archive = Archive.scan(path)
     except UnsupportedFeature as exc:
         compression = next((name for name in ("gzip", "bzip2", "xz") if name in str(exc)), None)
         if compression is None:
             raise VirtualBoxError(str(exc))
-        text, names = _stream_ovf(path, compression)
-        return text, None, compression, names
+        text, names, complete = _stream_ovf(path, compression)
+        return text, None, compression, (names, complete)
     except ImageError as exc:
         raise VirtualBoxError(str(exc))
     if archive.ovf_name is None:
@@ -790,15 +813,18 @@ def _ovf_text_from_archive(path):
                               % (path, archive.ovf_name, member.size, MAX_SETTINGS_SIZE))
     with ImageFile(archive.path, lock=False) as image_file:
         text = image_file.pread_exact(member.offset, member.size, "OVF descriptor %r" % archive.ovf_name)
-    return text, archive, None, list(archive.members)
+    return text, archive, None, (list(archive.members), True)
+
+
+class _StreamLimit(Exception):
+    """MAX_STREAM_BYTES of a compressed archive were read."""
 
 
 class _BoundedStream:
-    """A decompressed stream that refuses to deliver more than MAX_STREAM_BYTES (a decompression bomb stops)."""
+    """A decompressed stream that delivers at most MAX_STREAM_BYTES (a decompression bomb stops there)."""
 
-    def __init__(self, stream, path):
+    def __init__(self, stream):
         self._stream = stream
-        self._path = path
         self._read = 0
 
     def read(self, size=-1):
@@ -807,21 +833,23 @@ class _BoundedStream:
         data = self._stream.read(size)
         self._read += len(data)
         if self._read > MAX_STREAM_BYTES:
-            raise VirtualBoxError("%s: no OVF descriptor in the first %d decompressed bytes of the archive"
-                                  % (self._path, MAX_STREAM_BYTES))
+            raise _StreamLimit()
         return data
 
 
 def _stream_ovf(path, compression):
-    """The OVF of a compressed tar (a Vagrant box), read as a stream: its first members only."""
+    """(OVF text, member names seen, whether every member was seen) of a compressed tar (a Vagrant box), read as a
+    stream: past MAX_STREAM_BYTES the rest is not read, and a disk not seen by then is of unknown existence."""
     opener = {"gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}[compression]
     names = []
     text = None
+    complete = True
     try:
         with opener(path, "rb") as raw:
-            with tarfile.open(fileobj=_BoundedStream(raw, path), mode="r|") as tar:
+            with tarfile.open(fileobj=_BoundedStream(raw), mode="r|") as tar:
                 for count, member in enumerate(tar):
                     if count >= MAX_STREAM_MEMBERS:
+                        complete = False
                         break
                     name = member.name
                     while name.startswith("./"):
@@ -832,12 +860,18 @@ def _stream_ovf(path, compression):
                             raise VirtualBoxError("%s: OVF descriptor %r is %d bytes, more than the %d read"
                                                   % (path, name, member.size, MAX_SETTINGS_SIZE))
                         text = tar.extractfile(member).read()
+    except _StreamLimit:
+        if text is None:
+            raise VirtualBoxError("%s: no OVF descriptor in the first %d decompressed bytes of the archive"
+                                  % (path, MAX_STREAM_BYTES))
+        return text, names, False
     except (OSError, EOFError, tarfile.TarError, lzma.LZMAError, ValueError) as exc:
         if text is None:
             raise VirtualBoxError("%s: cannot read the %s-compressed archive: %s" % (path, compression, exc))
+        complete = False        # the descriptor was read; what follows it is damaged
     if text is None:
         raise VirtualBoxError("%s: the archive holds no OVF descriptor (*.ovf) among its first members" % path)
-    return text, names
+    return text, names, complete
 
 
 def read_ovf(path, allow_dirs=None, images=True):
@@ -849,7 +883,7 @@ def read_ovf(path, allow_dirs=None, images=True):
         media = _Media(path, allow_dirs, archive=archive)
         if compression is not None:
             media.compressed = compression
-            media.compressed_members = set(names)
+            media.compressed_members, media.compressed_complete = set(names[0]), names[1]
     else:
         text = _read_file(path, "OVF descriptor")
         media = _Media(path, allow_dirs)

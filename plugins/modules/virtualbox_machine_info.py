@@ -301,7 +301,9 @@ machine:
               type: str
               returned: for an image inside an archive
             exists:
-              description: Whether the image exists; null when the name was refused (nothing was looked at).
+              description:
+                - Whether the image exists; null when the name was refused (nothing was looked at), or when a
+                  compressed archive is too long for its members to be listed.
               type: bool
             refused:
               description: Null, or why the path policy refused the name (the image is then not opened).
@@ -344,7 +346,9 @@ machine:
               type: str
               returned: for an image inside an archive
             exists:
-              description: Whether the image exists; null when the name was refused (nothing was looked at).
+              description:
+                - Whether the image exists; null when the name was refused (nothing was looked at), or when a
+                  compressed archive is too long for its members to be listed.
               type: bool
             refused:
               description: Null, or why the path policy refused the name (the image is then not opened).
@@ -361,7 +365,8 @@ machine:
     snapshots:
       description:
         - The snapshot tree, its roots (VirtualBox has one), each with C(uuid), C(name), C(time_stamp), C(current)
-          (whether it is the current snapshot) and C(children).
+          (whether it is the current snapshot), C(hard_disks) (the media its hardware attaches, each with
+          C(controller), C(port), C(device) and C(uuid)) and C(children).
       type: list
       elements: dict
     current_snapshot:

@@ -428,3 +428,45 @@ def test_missing_file_is_an_error(tmp_path):
 def test_mac_with_colons_keeps_the_case():
     assert _virtualbox.mac_with_colons("080027aBcDeF") == "08:00:27:aB:cD:eF"
     assert _virtualbox.mac_with_colons(None) is None
+
+
+def test_compressed_box_longer_than_the_stream_limit_keeps_its_ovf(tmp_path, monkeypatch):
+    """A box whose disk lies past the bytes read: the OVF is read, the disk's existence is unknown (None)."""
+    import tarfile
+    monkeypatch.setattr(_virtualbox, "MAX_STREAM_BYTES", 256 * 1024)
+    with tarfile.open(MUTATE_BOX, "r:gz") as source:
+        ovf = source.extractfile("./box.ovf").read()
+    box = str(tmp_path / "long.box")
+    with tarfile.open(box, "w:gz") as tar:
+        make_virtualbox_machine._tar_add(tar, "box.ovf", ovf)
+        make_virtualbox_machine._tar_add(tar, "padding", bytes(MIB))
+        make_virtualbox_machine._tar_add(tar, "box-disk1.vmdk", b"x")
+    info = read_machine(box)
+    assert info["name"] == "mutate-test"
+    assert info["hard_disks"][0]["current"]["exists"] is None
+    # A box whose descriptor comes after the limit is refused with a clear error.
+    late = str(tmp_path / "late.box")
+    with tarfile.open(late, "w:gz") as tar:
+        make_virtualbox_machine._tar_add(tar, "padding", bytes(MIB))
+        make_virtualbox_machine._tar_add(tar, "box.ovf", ovf)
+    with pytest.raises(VirtualBoxError, match="no OVF descriptor in the first 262144 decompressed bytes"):
+        read_machine(late)
+
+
+def test_snapshots_list_the_disks_they_attach(fixtures):
+    a = fixtures["A"]
+    (first,) = read_machine(a["vbox"], images=False)["snapshots"]
+    assert first["hard_disks"] == [{"controller": "SATA", "port": 0, "device": 0, "uuid": a["disk_uuids"][2]}]
+    assert first["children"][0]["hard_disks"][0]["uuid"] == a["disk_uuids"][1]
+
+
+def test_snapshot_nesting_is_bounded(tmp_path):
+    depth = _virtualbox.MAX_SNAPSHOT_DEPTH + 2
+    nested = ""
+    for index in reversed(range(depth)):
+        nested = ('<Snapshot uuid="{00000000-0000-0000-0000-%012d}" name="s%d" timeStamp="2026-01-01T00:00:00Z">'
+                  '<Hardware><Memory RAMSize="64"/></Hardware>%s</Snapshot>'
+                  % (index + 1, index, "<Snapshots>%s</Snapshots>" % nested if nested else ""))
+    text = (HOSTILE % "x.vdi").replace("    <Hardware>\n      <Memory", nested + "\n    <Hardware>\n      <Memory", 1)
+    with pytest.raises(VirtualBoxError, match="nested deeper than"):
+        read_machine(write(tmp_path, "deep.vbox", text))
