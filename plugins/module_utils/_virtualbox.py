@@ -151,10 +151,9 @@ class VirtualBoxError(Exception):
 
 
 def virtualbox_machine_info_argument_spec():
-    """Options of kvm.storage.virtualbox_machine_info."""
+    """Options of kvm.storage.virtualbox_machine_info (``allow_dirs`` comes from the module: policy_argument_spec)."""
     return dict(
         path=dict(type='path', required=True),
-        allow_dirs=dict(type='list', elements='path', default=[]),
         images=dict(type='bool', default=True),
     )
 

@@ -386,6 +386,7 @@ machine:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
+from ansible_collections.kvm.storage.plugins.module_utils._disk_image import policy_argument_spec
 from ansible_collections.kvm.storage.plugins.module_utils._virtualbox import (
     VirtualBoxError,
     run_virtualbox_machine_info,
@@ -395,8 +396,10 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors impor
 
 
 def main():
+    argument_spec = virtualbox_machine_info_argument_spec()
+    argument_spec.update(policy_argument_spec())
     module = AnsibleModule(
-        argument_spec=virtualbox_machine_info_argument_spec(),
+        argument_spec=argument_spec,
         supports_check_mode=True,
     )
     try:

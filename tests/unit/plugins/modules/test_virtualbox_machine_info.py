@@ -17,7 +17,7 @@ from module_runner import run_module
 
 from ansible_collections.kvm.storage.plugins.modules import virtualbox_machine_info
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 import make_virtualbox_machine  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
