@@ -77,7 +77,7 @@ VBOX_OVF_NAMESPACE = "http://www.virtualbox.org/ovf/machine"
 # which the schema leaves to the code: floppy, DVD, hard disk).
 DEFAULTS = {
     "cpus": 1,                  # TCPU/@count
-    "memory_mib": 128,          # TMemory/@RAMSize is required by the schema; 128 MiB for a file without it
+    "memory_mib": None,         # TMemory/@RAMSize is required; Settings.cpp leaves it unset ((uint32_t)-1) without it
     "firmware": "bios",         # TFirmware/@type absent: BIOS
     "chipset": "PIIX3",         # Settings.cpp: ChipsetType_PIIX3 when no Chipset element
     "rtc": "local",             # TRTC absent: the RTC runs in local time
@@ -350,8 +350,10 @@ class _MachineReader:
         return _int(_attr(cpu, "count"), DEFAULTS["cpus"], "CPU count", self.path)
 
     def memory(self, hardware):
-        memory = _child(hardware, "Memory")
-        return _int(_attr(memory, "RAMSize"), DEFAULTS["memory_mib"], "Memory RAMSize", self.path)
+        memory = _int(_attr(_child(hardware, "Memory"), "RAMSize"), DEFAULTS["memory_mib"], "Memory RAMSize", self.path)
+        if memory is None:
+            self.notes.append("the file gives no memory size (Memory/@RAMSize, which the schema requires)")
+        return memory
 
     def firmware(self, hardware):
         """("bios"|"efi", the VirtualBox type or None)."""
@@ -1027,6 +1029,8 @@ def _rasd_machine(system, disks, media, path, source):
             attachment["format"] = _ovf_format(disk["format"])
         controller["attachments"].append(attachment)
     info["storage_controllers"] = [dict((k, v) for k, v in c.items() if k != "address") for c in controllers.values()]
+    if info["memory_mib"] is None:
+        info["notes"].append("the OVF gives no memory size (no rasd item of ResourceType 4 with a VirtualQuantity)")
     for controller in info["storage_controllers"]:
         for attachment in controller["attachments"]:
             if attachment["type"] != "HardDisk" or attachment["empty"]:
@@ -1042,7 +1046,9 @@ def _rasd_machine(system, disks, media, path, source):
 
 
 def _memory_mib(item, path):
-    quantity = _int(_rasd(item, "VirtualQuantity"), DEFAULTS["memory_mib"], "memory VirtualQuantity", path)
+    quantity = _int(_rasd(item, "VirtualQuantity"), None, "memory VirtualQuantity", path)
+    if quantity is None:
+        return None
     units = (_rasd(item, "AllocationUnits") or "MegaBytes").strip().lower().replace(" ", "")
     if units in MEMORY_UNITS:
         return quantity * MEMORY_UNITS[units] // (1024 ** 2)

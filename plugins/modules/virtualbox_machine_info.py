@@ -133,7 +133,7 @@ machine:
       type: int
       sample: 2
     memory_mib:
-      description: The memory size in MiB.
+      description: The memory size in MiB; null when the file gives none (RV(machine.notes) says so).
       type: int
       sample: 2048
     firmware:

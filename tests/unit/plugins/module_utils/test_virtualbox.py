@@ -470,3 +470,10 @@ def test_snapshot_nesting_is_bounded(tmp_path):
     text = (HOSTILE % "x.vdi").replace("    <Hardware>\n      <Memory", nested + "\n    <Hardware>\n      <Memory", 1)
     with pytest.raises(VirtualBoxError, match="nested deeper than"):
         read_machine(write(tmp_path, "deep.vbox", text))
+
+
+def test_missing_memory_is_reported_not_invented(tmp_path):
+    """Settings.cpp leaves the memory size unset without Memory/@RAMSize: null and a note, no made-up size."""
+    info = read_machine(write(tmp_path, "m.vbox", (HOSTILE % "x.vdi").replace('<Memory RAMSize="64"/>', "")))
+    assert info["memory_mib"] is None
+    assert any("no memory size" in note for note in info["notes"])
