@@ -376,9 +376,10 @@ def plan_domain(request, state):
     if after['state'] not in INACTIVE_STATES and not started and state is not None:
         if any(action.kind == 'redefine' for action in actions):
             restart_pending = True
-        elif request.definition is not None and state.live_xml:
-            restart_pending = bool(compare_definition(request.definition, parse_xml(state.live_xml, 'live definition of domain %s'
-                                                                                    % name), aliases)[1]) and not drift
+        elif request.definition is not None and state.live_xml and not drift:
+            # Defined as requested, running with another definition: redefined while it ran (by an earlier task).
+            live = parse_xml(state.live_xml, 'live definition of domain %s' % name)
+            restart_pending = bool(compare_definition(request.definition, live, aliases)[1])
     if restart_pending:
         warnings.append('domain %s is running with its previous definition; the new one applies when it is next started '
                         '(shut it down and start it)' % name)
@@ -473,8 +474,8 @@ class _Run(object):
         undo = None
         if action.kind == 'define':
             self.domain = domain = self._define(definition_to_define(self.request, None))
-            undo = ('undefine domain %s' % name, lambda: self._call('cannot undefine', domain.undefineFlags,
-                                                                   _flags(['nvram'])))
+            undo = ('undefine domain %s' % name,
+                    lambda: self._call('cannot undefine', domain.undefineFlags, _flags(['nvram'])))
         elif action.kind == 'redefine':
             self.domain = self._define(definition_to_define(self.request, self.state))
             if self.state.persistent:
