@@ -142,7 +142,14 @@ def compare_definition(requested, actual, machine_aliases=None):
     """``(projection, drift)``: what the actual definition holds of what the request specifies, and the
     differences (``[{'path', 'requested', 'actual'}]``), both normalised.  What libvirt adds (uuid, addresses,
     generated MACs, aliases, defaults) is not compared unless the request specifies it."""
-    return project_requested(normalise_domain(requested, machine_aliases), normalise_domain(actual, machine_aliases))
+    requested, actual = normalise_domain(requested, machine_aliases), normalise_domain(actual, machine_aliases)
+    projection, drift = project_requested(requested, actual)
+    # Elements are matched whatever their order, but the order of <os><boot dev=...> is the boot order.
+    wanted = [boot.get('dev') for boot in requested.findall('os/boot')]
+    found = [boot.get('dev') for boot in actual.findall('os/boot')]
+    if len(wanted) > 1 and sorted(wanted) == sorted(found) and wanted != found:
+        drift.append(dict(path='/domain/os/boot', requested=','.join(wanted), actual=','.join(found)))
+    return projection, drift
 
 
 def machine_aliases_of(capabilities_xml):

@@ -20,6 +20,9 @@ description:
     C(<address>) elements, generated C(<mac>) addresses, C(<alias>) names, the defaults it writes out (controllers,
     C(<on_poweroff>), C(<cpu>), C(placement)...), and interface or console C(<target dev>) names it picks. Any of them
     written in the request is compared.
+  - Elements are matched whatever their order, each with the closest one of its kind (two interfaces without MAC
+    addresses are told apart by what the request gives of them); the order of the C(<boot>) elements of C(<os>) counts,
+    being the boot order.
   - Values are compared as libvirt stores them. Memory amounts in any unit libvirt accepts (V(KiB), V(MiB), V(GiB),
     V(MB)...) compare in KiB; address numbers in hex or decimal compare as numbers; MAC addresses and UUIDs ignore
     case; host paths ignore repeated and trailing slashes; a machine type alias (V(pc), V(q35)) compares as the machine

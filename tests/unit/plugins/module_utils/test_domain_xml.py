@@ -101,6 +101,14 @@ def test_a_requested_element_or_attribute_the_definition_lacks_is_a_difference()
     ]
 
 
+def test_the_boot_order_counts():
+    stored = STORED.replace("<boot dev='hd'/>", "<boot dev='hd'/><boot dev='cdrom'/>")
+    same = REQUEST.replace('hvm</type>', "hvm</type><boot dev='hd'/><boot dev='cdrom'/>")
+    assert drift(same, stored) == []
+    swapped = REQUEST.replace('hvm</type>', "hvm</type><boot dev='cdrom'/><boot dev='hd'/>")
+    assert drift(swapped, stored) == [dict(path='/domain/os/boot', requested='cdrom,hd', actual='hd,cdrom')]
+
+
 def test_a_third_interface_is_missing_from_a_definition_with_two():
     request = REQUEST.replace('</devices>', "<interface type='user'><model type='e1000'/></interface></devices>")
     assert [difference['path'] for difference in drift(request)] == ['/domain/devices/interface[3]']
