@@ -236,23 +236,36 @@ def _indent(text, spaces):
     return "".join(" " * spaces + line if line.strip() else line for line in text.splitlines(True))
 
 
-def make_machine_a(directory, name="A", size=8 * MIB):
-    """Machine A (see the module docstring); returns what a test checks."""
+SNAPSHOT_NAMES = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
+
+
+def _diff_layer(name, number, count):
+    """(blocks written, blocks zeroed) of differencing layer ``number`` (1, 2, ...): known content per layer."""
+    block = VDI_BLOCK_SIZE
+    written = (1, 4) if number == 1 else (2, 5) if number == 2 else (number % count, (number + 3) % count)
+    blocks = dict((i, pattern("%s diff%d %d" % (name, number, i), block)) for i in written if i < count)
+    return blocks, ((3,) if number == 2 and count > 3 else ())
+
+
+def make_machine_a(directory, name="A", size=8 * MIB, snapshots=2):
+    """Machine A (see the module docstring) with ``snapshots`` snapshots (1 to 8; each adds a differencing VDI;
+    the last one is the current snapshot); returns what a test checks.  Written again over the same folder with
+    more snapshots, it is the same machine after new snapshots were taken (the earlier files keep their bytes)."""
+    if not 1 <= snapshots <= len(SNAPSHOT_NAMES):
+        raise ValueError("snapshots: 1 to %d, not %r" % (len(SNAPSHOT_NAMES), snapshots))
     machine_dir = os.path.join(directory, name)
     snapshots_dir = os.path.join(machine_dir, "Snapshots")
     os.makedirs(snapshots_dir, exist_ok=True)
     block = VDI_BLOCK_SIZE
     count = size // block
-    base_uuid, first_diff, current_diff = _uuid(name, "base"), _uuid(name, "diff1"), _uuid(name, "diff2")
-    layers = [
-        # (uuid, path relative to the machine folder, {block: data}, zero blocks)
-        (base_uuid, name + ".vdi", dict((i, pattern("%s base %d" % (name, i), block)) for i in range(min(4, count))),
-         ()),
-        (first_diff, "Snapshots/{%s}.vdi" % first_diff,
-         dict((i, pattern("%s diff1 %d" % (name, i), block)) for i in (1, 4) if i < count), ()),
-        (current_diff, "Snapshots/{%s}.vdi" % current_diff,
-         dict((i, pattern("%s diff2 %d" % (name, i), block)) for i in (2, 5) if i < count), (3,)),
-    ]
+    base_uuid = _uuid(name, "base")
+    # (uuid, path relative to the machine folder, {block: data}, zero blocks), the base first.
+    layers = [(base_uuid, name + ".vdi",
+               dict((i, pattern("%s base %d" % (name, i), block)) for i in range(min(4, count))), ())]
+    for number in range(1, snapshots + 1):
+        diff_uuid = _uuid(name, "diff%d" % number)
+        blocks, zeroes = _diff_layer(name, number, count)
+        layers.append((diff_uuid, "Snapshots/{%s}.vdi" % diff_uuid, blocks, zeroes))
     parent = None
     state = bytearray(size)
     states = []
@@ -270,7 +283,8 @@ def make_machine_a(directory, name="A", size=8 * MIB):
     with open(os.path.join(machine_dir, "tools.iso"), "wb") as handle:
         handle.write(bytes(iso))
     nics = [("080027A1B2C3", "82540EM", "<NAT/>"), ("080027d4e5f6", "virtio", '<BridgedInterface name="eth0"/>')]
-    snapshot_uuids = {"first": _uuid(name, "snapshot", "first"), "second": _uuid(name, "snapshot", "second")}
+    names = SNAPSHOT_NAMES[:snapshots]
+    snapshot_uuids = dict((snapshot, _uuid(name, "snapshot", snapshot)) for snapshot in names)
     extras = ('      <AudioAdapter controller="HDA" driver="Pulse" enabled="true"/>\n'
               '      <SharedFolders>\n        <SharedFolder name="share" hostPath="/srv/share" writable="true"/>\n'
               '      </SharedFolders>\n')
@@ -278,37 +292,46 @@ def make_machine_a(directory, name="A", size=8 * MIB):
     def hardware(attached):
         return _hardware(attached, "EFI", nics, 2, 512, dvd=iso_uuid, extras=extras)
 
+    def registry(index, indent):
+        layer_uuid, relative = layers[index][0], layers[index][1]
+        attributes = 'uuid="{%s}" location="%s" format="VDI"%s' % (layer_uuid, relative,
+                                                                   ' type="Normal"' if index == 0 else "")
+        if index + 1 == len(layers):
+            return "%s<HardDisk %s/>\n" % (" " * indent, attributes)
+        return "%s<HardDisk %s>\n%s%s</HardDisk>\n" % (" " * indent, attributes, registry(index + 1, indent + 2),
+                                                      " " * indent)
+
+    def snapshot_tree(index, indent):
+        # Snapshot ``index`` froze layer ``index``: its hardware attaches that layer.
+        snapshot = names[index]
+        children = ""
+        if index + 1 < len(names):
+            children = ("%s  <Snapshots>\n%s%s  </Snapshots>\n"
+                        % (" " * indent, snapshot_tree(index + 1, indent + 4), " " * indent))
+        return ('%s<Snapshot uuid="{%s}" name="%s" timeStamp="2026-01-%02dT00:00:00Z">\n%s%s%s</Snapshot>\n'
+                % (" " * indent, snapshot_uuids[snapshot], snapshot, index + 1,
+                   _indent(hardware(layers[index][0]), indent - 2), children, " " * indent))
+
     vbox = (
         '<?xml version="1.0"?>\n'
         '<!-- Written by make_virtualbox_machine.py from VirtualBox-settings.xsd -->\n'
         '<VirtualBox xmlns="http://www.virtualbox.org/" version="1.19-linux">\n'
         '  <Machine uuid="{%s}" name="%s" OSType="Debian_64" currentSnapshot="{%s}" snapshotFolder="Snapshots"'
         ' lastStateChange="2026-01-02T03:04:05Z">\n'
-        '    <MediaRegistry>\n      <HardDisks>\n'
-        '        <HardDisk uuid="{%s}" location="%s" format="VDI" type="Normal">\n'
-        '          <HardDisk uuid="{%s}" location="%s" format="VDI">\n'
-        '            <HardDisk uuid="{%s}" location="%s" format="VDI"/>\n'
-        '          </HardDisk>\n        </HardDisk>\n      </HardDisks>\n'
+        '    <MediaRegistry>\n      <HardDisks>\n%s      </HardDisks>\n'
         '      <DVDImages>\n        <Image uuid="{%s}" location="tools.iso"/>\n      </DVDImages>\n'
         '    </MediaRegistry>\n'
-        '    <Snapshot uuid="{%s}" name="first" timeStamp="2026-01-01T00:00:00Z">\n'
         '%s'
-        '      <Snapshots>\n'
-        '        <Snapshot uuid="{%s}" name="second" timeStamp="2026-01-02T00:00:00Z">\n'
-        '%s'
-        '        </Snapshot>\n'
-        '      </Snapshots>\n'
-        '    </Snapshot>\n'
         '%s'
         '  </Machine>\n'
         '</VirtualBox>\n' % (
-            _uuid(name, "machine"), name, snapshot_uuids["second"],
-            base_uuid, layers[0][1], first_diff, layers[1][1], current_diff, layers[2][1], iso_uuid,
-            snapshot_uuids["first"], _indent(hardware(base_uuid), 2), snapshot_uuids["second"],
-            _indent(hardware(first_diff), 6), hardware(current_diff)))
+            _uuid(name, "machine"), name, snapshot_uuids[names[-1]], registry(0, 8), iso_uuid,
+            snapshot_tree(0, 4), hardware(layers[-1][0])))
     vbox_path = os.path.join(machine_dir, name + ".vbox")
     with open(vbox_path, "w") as handle:
         handle.write(vbox)
+    sha256s = dict((snapshot, states[index]) for index, snapshot in enumerate(names))
+    sha256s["current"] = states[-1]
     return {
         "vbox": vbox_path,
         "machine_dir": machine_dir,
@@ -320,14 +343,15 @@ def make_machine_a(directory, name="A", size=8 * MIB):
         "firmware": "efi",
         "macs": ["08:00:27:A1:B2:C3", "08:00:27:d4:e5:f6"],
         "nic_types": ["82540EM", "virtio"],
-        "disk_uuids": [str(u) for u in (current_diff, first_diff, base_uuid)],
+        # The current image first, the base last.
+        "disk_uuids": [str(layer[0]) for layer in reversed(layers)],
         "chain": [os.path.join(machine_dir, layer[1]) for layer in reversed(layers)],
         "iso": os.path.join(machine_dir, "tools.iso"),
         "iso_uuid": str(iso_uuid),
         "snapshots": dict((key, str(value)) for key, value in snapshot_uuids.items()),
-        "current_snapshot": str(snapshot_uuids["second"]),
+        "current_snapshot": str(snapshot_uuids[names[-1]]),
         # The disk as each snapshot saw it, and as the current state sees it.
-        "sha256": {"first": states[0], "second": states[1], "current": states[2]},
+        "sha256": sha256s,
     }
 
 

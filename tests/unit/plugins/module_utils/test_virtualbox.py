@@ -477,3 +477,21 @@ def test_missing_memory_is_reported_not_invented(tmp_path):
     info = read_machine(write(tmp_path, "m.vbox", (HOSTILE % "x.vdi").replace('<Memory RAMSize="64"/>', "")))
     assert info["memory_mib"] is None
     assert any("no memory size" in note for note in info["notes"])
+
+
+def test_a_new_snapshot_moves_the_current_image(tmp_path):
+    """Machine A written again with a third snapshot: the current snapshot and image move, the state reads
+    as the new layer says, and the files of the earlier layers keep their bytes."""
+    before = make_virtualbox_machine.make_machine_a(str(tmp_path))
+    with open(before["chain"][0], "rb") as handle:
+        second_layer = handle.read()
+    after = make_virtualbox_machine.make_machine_a(str(tmp_path), snapshots=3)
+    info = read_machine(after["vbox"])
+    assert info["current_snapshot"] == {"uuid": after["current_snapshot"], "name": "third"}
+    assert info["current_snapshot"]["uuid"] != before["current_snapshot"]
+    disk = info["hard_disks"][0]
+    assert [layer["uuid"] for layer in disk["chain"]] == after["disk_uuids"]
+    assert after["disk_uuids"][1:] == before["disk_uuids"]
+    assert image_sha256(disk["current"]["path"]) == after["sha256"]["current"] != before["sha256"]["current"]
+    with open(before["chain"][0], "rb") as handle:
+        assert handle.read() == second_layer
