@@ -759,9 +759,10 @@ def _report_media(info):
         for attachment in controller["attachments"]:
             where = "%s port %s device %s" % (controller["name"], attachment["port"], attachment["device"])
             if attachment.get("unregistered"):
-                info["notes"].append("%s: %s {%s} is not in this file's media registry (VirtualBox before 4.0 kept "
-                                     "media in the global VirtualBox.xml)" % (where, attachment["type"],
-                                                                              attachment["medium_uuid"]))
+                why = ("VirtualBox before 4.0 kept media in the global VirtualBox.xml" if info["source"] == "vbox"
+                       else "the OVF's DiskSection names no disk with that vbox:uuid")
+                info["notes"].append("%s: %s {%s} is not in this file's media registry (%s)"
+                                     % (where, attachment["type"], attachment["medium_uuid"], why))
             if attachment["host_drive"]:
                 info["notes"].append("%s: host drive %s is not carried" % (where, attachment["host_drive"]))
     for disk in info["hard_disks"]:

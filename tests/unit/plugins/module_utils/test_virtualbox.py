@@ -495,3 +495,16 @@ def test_a_new_snapshot_moves_the_current_image(tmp_path):
     assert image_sha256(disk["current"]["path"]) == after["sha256"]["current"] != before["sha256"]["current"]
     with open(before["chain"][0], "rb") as handle:
         assert handle.read() == second_layer
+
+
+def test_ovf_machine_naming_a_disk_the_disk_section_lacks(fixtures, tmp_path):
+    import tarfile
+    b = fixtures["B"]
+    with tarfile.open(b["ova"]) as tar:
+        ovf = tar.extractfile("B.ovf").read().decode()
+    ovf = ovf.replace('vbox:uuid="%s"' % b["disk_uuids"][0], 'vbox:uuid="00000000-0000-0000-0000-00000000000b"')
+    info = read_machine(write(tmp_path, "B.ovf", ovf))
+    assert info["source"] == "ovf"
+    (disk,) = info["hard_disks"]
+    assert disk["current"] is None and disk["chain"] == []
+    assert any("DiskSection names no disk with that vbox:uuid" in note for note in info["notes"])
