@@ -75,8 +75,8 @@ def kvm_device_state(path, ioctl=None):
     finally:
         os.close(fd)
     if state['api_version'] != KVM_API_VERSION:
-        state['problem'] = '%s answers KVM API version %s, QEMU needs %d' % (path, state['api_version'],
-                                                                            KVM_API_VERSION)
+        state['problem'] = '%s answers KVM API version %s, QEMU needs %d' % (
+            path, state['api_version'], KVM_API_VERSION)
     return state
 
 

@@ -89,8 +89,8 @@ def test_module_warns_with_every_reason(tmp_path, capsys):
     assert result['changed'] is False and 'failed' not in result
     assert result['kvm']['usable'] is False
     assert len(result['kvm']['problems']) == 2
-    assert warnings_of(result) == ['KVM is not usable, guests will run under TCG emulation (slow): '
-                                  + '; '.join(result['kvm']['problems'])]
+    expected = 'KVM is not usable, guests will run under TCG emulation (slow): ' + '; '.join(result['kvm']['problems'])
+    assert warnings_of(result) == [expected]
     assert cpuinfo in warnings_of(result)[0] and device in warnings_of(result)[0]
 
 
