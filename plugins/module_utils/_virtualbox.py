@@ -924,7 +924,8 @@ def read_ovf(path, allow_dirs=None, images=True):
         info["firmware"], info["firmware_type"], info["firmware_source"] = vmware_firmware, vmware_firmware, "ovf"
     _report_media(info)
     if images:
-        detect = info["firmware_source"] == "default"
+        # VirtualBox's own section decides (no Firmware type there is BIOS); the disk is asked only without it.
+        detect = machine is None and info["firmware_source"] == "default"
         esp = _describe_images(info, media, detect_efi=detect)
         if detect and esp:
             info["firmware"], info["firmware_source"] = "efi", "disk"

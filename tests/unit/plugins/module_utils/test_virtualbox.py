@@ -508,3 +508,20 @@ def test_ovf_machine_naming_a_disk_the_disk_section_lacks(fixtures, tmp_path):
     (disk,) = info["hard_disks"]
     assert disk["current"] is None and disk["chain"] == []
     assert any("DiskSection names no disk with that vbox:uuid" in note for note in info["notes"])
+
+
+def test_vbox_machine_without_firmware_stays_bios_whatever_the_disk(fixtures, tmp_path):
+    """VirtualBox's section without a Firmware type means BIOS: a GPT with an ESP on the disk does not change it."""
+    import tarfile
+    b, efi = fixtures["B"], fixtures["efi_ovf"]
+    with tarfile.open(b["ova"]) as tar:
+        ovf = tar.extractfile("B.ovf").read()
+    with open(efi["disk"], "rb") as handle:
+        disk = handle.read()
+    ova = str(tmp_path / "B-gpt.ova")
+    with tarfile.open(ova, "w") as tar:
+        make_virtualbox_machine._tar_add(tar, "B.ovf", ovf)
+        make_virtualbox_machine._tar_add(tar, b["disk_member"], disk)
+    info = read_machine(ova)
+    assert info["hard_disks"][0]["current"]["virtual_size"] == efi["virtual_size"]     # the disk was opened
+    assert (info["firmware"], info["firmware_source"]) == ("bios", "default")
