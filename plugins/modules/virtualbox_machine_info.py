@@ -56,7 +56,7 @@ options:
     description:
       - Open the current image of each hard disk read-only, to report its format and virtual size
         (RV(machine.hard_disks[].current.virtual_size)), check its backing chain against the media registry and,
-        for an OVF that does not say which firmware it needs, detect EFI from the disk (a GPT with an EFI system
+        for an OVF without C(vbox:Machine) or a firmware setting, detect EFI from the disk (a GPT with an EFI system
         partition).
       - With V(false), only the XML is read.
     type: bool
@@ -147,8 +147,8 @@ machine:
     firmware_source:
       description:
         - Where RV(machine.firmware) comes from, V(settings) (the file says so), V(default) (the file says nothing,
-          BIOS), V(ovf) (a VMware C(firmware) setting in the OVF) or V(disk) (an OVF that says nothing, whose boot
-          disk holds a GPT with an EFI system partition).
+          BIOS), V(ovf) (a VMware C(firmware) setting in the OVF) or V(disk) (an OVF without C(vbox:Machine) or a
+          firmware setting, whose first disk holds a GPT with an EFI system partition).
       type: str
       sample: settings
     chipset:
