@@ -58,7 +58,11 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors impor
     UnsupportedFeature,
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.ova import Archive, MemberPath
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy import has_protocol, resolve_reference
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy import (
+    has_protocol,
+    locator_file_name,
+    resolve_reference,
+)
 
 # Largest settings file or OVF descriptor read (VirtualBox's are tens of KiB).
 MAX_SETTINGS_SIZE = 4 * 1024 * 1024
@@ -278,6 +282,9 @@ class _Media:
         if location is None:
             entry["refused"] = "no location is recorded"
             return entry
+        if "\\" in location and "/" not in location:
+            # Written on Windows (Snapshots\{uuid}.vdi): the same name with slashes; a drive letter stays refused.
+            location = locator_file_name(location)
         if self.archive is not None or self.compressed is not None:
             return self._describe_member(entry, location)
         base = os.path.dirname(os.path.abspath(self.referrer))

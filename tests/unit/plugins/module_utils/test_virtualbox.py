@@ -525,3 +525,14 @@ def test_vbox_machine_without_firmware_stays_bios_whatever_the_disk(fixtures, tm
     info = read_machine(ova)
     assert info["hard_disks"][0]["current"]["virtual_size"] == efi["virtual_size"]     # the disk was opened
     assert (info["firmware"], info["firmware_source"]) == ("bios", "default")
+
+
+def test_names_written_on_windows(tmp_path):
+    (tmp_path / "Snapshots").mkdir()
+    (tmp_path / "Snapshots" / "disk.vdi").write_bytes(b"")
+    current = read_machine(write(tmp_path, "w.vbox", HOSTILE % "Snapshots\\disk.vdi"), images=False)[
+        "hard_disks"][0]["current"]
+    assert (current["location"], current["path"], current["exists"]) == (
+        "Snapshots\\disk.vdi", str(tmp_path / "Snapshots" / "disk.vdi"), True)
+    drive = read_machine(write(tmp_path, "d.vbox", HOSTILE % "C:\\VMs\\disk.vdi"))["hard_disks"][0]["current"]
+    assert "protocol prefix 'C:'" in drive["refused"]
