@@ -298,8 +298,8 @@ def make_machine_a(directory, name="A", size=8 * MIB, snapshots=2):
                                                                    ' type="Normal"' if index == 0 else "")
         if index + 1 == len(layers):
             return "%s<HardDisk %s/>\n" % (" " * indent, attributes)
-        return "%s<HardDisk %s>\n%s%s</HardDisk>\n" % (" " * indent, attributes, registry(index + 1, indent + 2),
-                                                      " " * indent)
+        children = registry(index + 1, indent + 2)
+        return "%s<HardDisk %s>\n%s%s</HardDisk>\n" % (" " * indent, attributes, children, " " * indent)
 
     def snapshot_tree(index, indent):
         # Snapshot ``index`` froze layer ``index``: its hardware attaches that layer.
