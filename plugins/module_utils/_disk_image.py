@@ -33,6 +33,7 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     ova_disks,
     check as image_check,
     commit as image_commit,
+    compare_detail as image_compare_detail,
     convert as image_convert,
     create as image_create,
     info as image_info,
@@ -152,6 +153,12 @@ def disk_image_info_argument_spec():
         measure=dict(type='dict', options=dict(
             out_format=dict(type='str', default='qcow2'),
             options=dict(type='dict', default={}),
+        )),
+        compare=dict(type='dict', options=dict(
+            path=dict(type='path', required=True),
+            format=dict(type='str'),
+            member=dict(type='raw'),
+            strict=dict(type='bool', default=False),
         )),
     )
     spec.update(policy_argument_spec(force_share=True))
@@ -1353,7 +1360,7 @@ def is_tar_archive(path):
 
 
 def describe_image(path, backing_chain=False, check=False, allow_dirs=None, force_share=False, allocation_map=False,
-                   measure=None, member=None, trusted_files=None):
+                   measure=None, member=None, trusted_files=None, compare=None):
     """Info dict of one image for disk_image_info (``exists`` false when there is no file).
 
     ``allocation_map`` adds ``map`` (qemu-img map --output=json); ``measure`` ({out_format, options}) adds
@@ -1395,6 +1402,13 @@ def describe_image(path, backing_chain=False, check=False, allow_dirs=None, forc
                                              options=measure.get('options') or None,
                                              allow_dirs=allow_dirs, force_share=force_share,
                                              trusted_files=trusted_files, **_member_argument('src_member', member))
+    if compare is not None:
+        other_member = member_selector(compare.get('member'), 'compare.member')
+        offset = image_compare_detail(path, compare['path'], fmt_a=described['format'], fmt_b=compare.get('format'),
+                                      strict=compare.get('strict') or False, allow_dirs=allow_dirs,
+                                      force_share=force_share, member_a=selected.get('member'),
+                                      member_b=other_member, trusted_files=trusted_files)
+        described['compare'] = {'path': compare['path'], 'identical': offset is None, 'first_difference': offset}
     return described
 
 
@@ -1402,6 +1416,7 @@ def run_disk_image_info(params):
     allow_dirs = list(params.get('allow_dirs') or []) or None
     member = member_selector(params.get('member'), 'member')
     paths = _paths(params['path'])
+    compare = params.get('compare')
     # The files the task names are the operator's word: an image naming one of them may open it.
     # One rule for every path: nothing there is no error (exists: false); a path that is there but cannot be
     # described gets its error in the entry, and the task fails once every path was described.
@@ -1412,7 +1427,8 @@ def run_disk_image_info(params):
             images.append(describe_image(path, backing_chain=params['backing_chain'], check=params['check'],
                                          allow_dirs=allow_dirs, force_share=params['force_share'],
                                          allocation_map=params.get('map') or False, measure=params.get('measure'),
-                                         member=member, trusted_files=paths))
+                                         member=member, compare=compare,
+                                         trusted_files=paths + ([compare['path']] if compare else [])))
         except (ImageError, DiskImageError, OSError, IOError) as exc:
             message = str(exc) if path in str(exc) else '%s: %s' % (path, exc)
             images.append({'filename': path, 'exists': os.path.lexists(path), 'error': message})

@@ -91,6 +91,33 @@ options:
             C(preallocation), C(refcount_bits), C(extended_l2)).
         type: dict
         default: {}
+  compare:
+    description:
+      - Also compare each image with another one, as C(qemu-img compare) does (guest-visible content; zeroes and
+        unallocated areas are equal), in RV(images[].compare). A converted copy checked against its source, for
+        example.
+      - The other image is the task's own, so its backing chain opens as the chain of O(path) does.
+    type: dict
+    suboptions:
+      path:
+        description:
+          - The image to compare with.
+        type: path
+        required: true
+      format:
+        description:
+          - Its format; probed when not given.
+        type: str
+      member:
+        description:
+          - The disk inside an OVA or Vagrant C(.box) at O(compare.path), as O(member) selects one.
+        type: raw
+      strict:
+        description:
+          - Images of different virtual sizes differ (C(qemu-img compare -s)); without it, the larger image's extra
+            part must read as zeroes.
+        type: bool
+        default: false
 seealso:
   - module: kvm.storage.disk_image
 '''
@@ -156,6 +183,18 @@ EXAMPLES = r'''
     path:
       - /srv/vbox/data.vdi
       - /srv/hyperv/data.vhdx
+
+- name: Compare a flattened copy with the overlay it came from (like qemu-img compare)
+  kvm.storage.disk_image_info:
+    path: /var/lib/libvirt/images/vm1-flat.qcow2
+    compare:
+      path: /var/lib/libvirt/images/vm1.qcow2
+  register: flat_copy
+
+- name: Fail when the copy differs from its source
+  ansible.builtin.assert:
+    that: flat_copy.images[0].compare.identical
+    fail_msg: "first difference at byte {{ flat_copy.images[0].compare.first_difference }}"
 
 - name: Fail when an image has errors
   ansible.builtin.assert:
@@ -309,6 +348,29 @@ images:
       type: dict
       returned: when O(measure) is given and the image exists
       sample: {"required": 393216, "fully-allocated": 21478375424}
+    compare:
+      description:
+        - How the image compares with O(compare.path).
+      type: dict
+      returned: when O(compare) is given and the image exists
+      contains:
+        path:
+          description: The image compared with.
+          type: str
+          returned: always
+          sample: /var/lib/libvirt/images/vm1.qcow2
+        identical:
+          description: Whether the guest sees the same bytes in both.
+          type: bool
+          returned: always
+          sample: true
+        first_difference:
+          description:
+            - The first offset where they differ (rounded down to a 512-byte sector, as C(qemu-img compare) reports
+              it), null when identical.
+          type: int
+          returned: always
+          sample: null
     ova_disks:
       description:
         - The disks of the archive when the file is a tar archive (an OVA or an uncompressed Vagrant C(.box)), in the

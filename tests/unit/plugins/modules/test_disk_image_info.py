@@ -125,3 +125,56 @@ def test_one_rule_per_path_missing_is_no_error_unreadable_fails_with_every_entry
     assert images[2] == {'filename': missing, 'exists': False}
     assert images[0]['format'] == 'qcow2' and images[3]['format'] == 'raw'
     assert not any('error' in image for image in (images[0], images[2], images[3]))
+
+
+# --------------------------------------------------------------------------- compare (qemu-img compare)
+def qemu_img_compare(*args):
+    """qemu-img compare's exit status and its message ("Images are identical." or "Content mismatch at offset N!")."""
+    proc = subprocess.run(('qemu-img', 'compare') + args, check=False, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    return proc.returncode, proc.stdout.strip()
+
+
+def test_compare_a_flattened_copy_with_its_overlay(tmp_path, capsys, chain):
+    base, top = chain
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x5a 192k 4k', top], check=True, stdout=subprocess.PIPE)
+    flat = str(tmp_path / 'flat.qcow2')
+    qemu_img('convert', '-f', 'qcow2', '-O', 'qcow2', top, flat)
+    assert qemu_img_compare(flat, top) == (0, 'Images are identical.')
+    before = {path: os.stat(path).st_mtime_ns for path in (base, top, flat)}
+    result = run_module(capsys, path=flat, compare={'path': top})
+    assert result['images'][0]['compare'] == {'path': top, 'identical': True, 'first_difference': None}
+    assert before == {path: os.stat(path).st_mtime_ns for path in (base, top, flat)}
+
+
+def test_compare_reports_the_offset_qemu_img_reports(tmp_path, capsys, chain):
+    base, top = chain
+    other = str(tmp_path / 'other.raw')
+    qemu_img('create', '-q', '-f', 'raw', other, '1M')
+    subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x01 300k 1k', top], check=True, stdout=subprocess.PIPE)
+    status, message = qemu_img_compare(top, other)
+    assert status == 1 and message == 'Content mismatch at offset 307200!'
+    result = run_module(capsys, path=top, compare={'path': other, 'format': 'raw'})
+    assert result['images'][0]['compare'] == {'path': other, 'identical': False, 'first_difference': 307200}
+
+
+def test_compare_strict_sizes(tmp_path, capsys):
+    small = str(tmp_path / 'small.raw')
+    large = str(tmp_path / 'large.raw')
+    qemu_img('create', '-q', '-f', 'raw', small, '1M')
+    qemu_img('create', '-q', '-f', 'raw', large, '2M')
+    assert qemu_img_compare(small, large)[0] == 0
+    assert qemu_img_compare('-s', small, large)[0] == 1
+    lenient = run_module(capsys, path=small, compare={'path': large})
+    assert lenient['images'][0]['compare']['identical'] is True
+    strict = run_module(capsys, path=small, compare={'path': large, 'strict': True})
+    assert strict['images'][0]['compare'] == {'path': large, 'identical': False, 'first_difference': MIB}
+
+
+def test_compare_with_a_missing_image_is_that_image_s_error(tmp_path, capsys, chain):
+    base, top = chain
+    missing = str(tmp_path / 'missing.qcow2')
+    result = run_module(capsys, path=top, compare={'path': missing})
+    assert result['failed'] is True
+    assert 'compare' not in result['images'][0]
+    assert missing in result['images'][0]['error'] and 'Traceback' not in result['msg']
