@@ -213,7 +213,8 @@ class DomainRequest(object):
 class DomainState(object):
     """The domain as libvirt has it, read once."""
 
-    def __init__(self, name, uuid, state, persistent, autostart, inactive_xml, live_xml=None, machine_aliases=None):
+    def __init__(self, name, uuid, state, persistent, autostart, inactive_xml, live_xml=None, machine_aliases=None,
+                 snapshots=0, managed_save=False):
         self.name = name
         self.uuid = uuid
         self.state = state
@@ -222,6 +223,9 @@ class DomainState(object):
         self.inactive_xml = inactive_xml
         self.live_xml = live_xml
         self.machine_aliases = machine_aliases or {}
+        # What libvirt refuses to undefine the domain with, unless told to remove it (read for state=absent).
+        self.snapshots = snapshots
+        self.managed_save = managed_save
 
     @property
     def active(self):
@@ -246,7 +250,7 @@ def state_name(domain):
     return STATE_NAMES[code] if 0 <= code < len(STATE_NAMES) else 'unknown'
 
 
-def read_domain_state(conn, name, with_capabilities=False):
+def read_domain_state(conn, name, with_capabilities=False, with_undefine_checks=False):
     """DomainState of the domain named ``name`` (None when there is none)."""
     domain = lookup_domain_or_none(conn, name)
     if domain is None:
@@ -259,9 +263,13 @@ def read_domain_state(conn, name, with_capabilities=False):
     aliases = None
     if with_capabilities:
         aliases = machine_aliases_of(libvirt_call('cannot read the capabilities of libvirt', conn.getCapabilities))
-    return DomainState(name=name, uuid=libvirt_call(what, domain.UUIDString), state=state_name(domain),
-                       persistent=persistent, autostart=bool(libvirt_call(what, domain.autostart)),
-                       inactive_xml=inactive_xml, live_xml=live_xml, machine_aliases=aliases)
+    state = DomainState(name=name, uuid=libvirt_call(what, domain.UUIDString), state=state_name(domain),
+                        persistent=persistent, autostart=bool(libvirt_call(what, domain.autostart)),
+                        inactive_xml=inactive_xml, live_xml=live_xml, machine_aliases=aliases)
+    if with_undefine_checks:
+        state.snapshots = libvirt_call(what, domain.snapshotNum, 0)
+        state.managed_save = bool(libvirt_call(what, domain.hasManagedSaveImage, 0))
+    return state
 
 
 # --------------------------------------------------------------------------- plan
@@ -321,6 +329,17 @@ def _stop_action(name, state, request):
     return Action('shutdown', description, timeout=request.shutdown_timeout, force=request.force)
 
 
+def _check_undefine(name, state, request):
+    """Refuse, before anything changes, what libvirt would refuse to undefine the domain with."""
+    if state.snapshots and 'snapshots_metadata' not in request.undefine_flags:
+        raise LibvirtModuleError('domain %s has %d snapshot(s), whose records libvirt keeps with the definition; set '
+                                 'undefine_flags: [snapshots_metadata] to remove the records (the snapshots in the images '
+                                 'stay); nothing was changed' % (name, state.snapshots))
+    if state.managed_save and 'managed_save' not in request.undefine_flags:
+        raise LibvirtModuleError('domain %s has a managed save image; set undefine_flags: [managed_save] to remove it with '
+                                 'the definition; nothing was changed' % name)
+
+
 def plan_domain(request, state):
     """The steps from ``state`` (a DomainState, None when the domain does not exist) to the request, and the views."""
     name = _quoted(request.name)
@@ -335,6 +354,7 @@ def plan_domain(request, state):
         if state.active:
             actions.append(_stop_action(name, state, request))
         if state.persistent:
+            _check_undefine(name, state, request)
             flags = ', '.join(request.undefine_flags)
             actions.append(Action('undefine', 'undefine domain %s%s (its disks are kept)' % (name, ' (%s)' % flags if flags else ''),
                                   flags=request.undefine_flags))
@@ -500,7 +520,11 @@ class _Run(object):
         elif action.kind == 'destroy':
             self._call('cannot destroy', domain.destroy)
         elif action.kind == 'undefine':
-            self._call('cannot undefine', domain.undefineFlags, _flags(action.args['flags']))
+            try:
+                domain.undefineFlags(_flags(action.args['flags']))
+            except libvirt.libvirtError as exc:
+                raise LibvirtModuleError('cannot undefine domain %s: %s (undefine_flags tells libvirt what to remove with '
+                                         'the definition)' % (name, error_message(exc)))
             undo = ('define domain %s again' % name, self._define_again)
         elif action.kind == 'autostart':
             value = action.args['value']
@@ -589,7 +613,8 @@ def domain_info(domain):
 def run_domain(conn, params, check_mode):
     """The domain module: returns the result dict for exit_json (``diff`` always included)."""
     request = DomainRequest(params)
-    state = read_domain_state(conn, request.name, with_capabilities=request.definition is not None)
+    state = read_domain_state(conn, request.name, with_capabilities=request.definition is not None,
+                              with_undefine_checks=request.state == 'absent')
     plan = plan_domain(request, state)
     result = dict(changed=plan.changed, actions=[action.description for action in plan.actions], drift=plan.drift,
                   restart_pending=plan.restart_pending, notes=list(plan.warnings))

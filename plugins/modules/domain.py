@@ -110,7 +110,8 @@ options:
   undefine_flags:
     description:
       - What libvirt removes with the domain's definition for O(state=absent); libvirt refuses to undefine a domain
-        that has any of them unless told what to do with it.
+        that has any of them unless told what to do with it. A domain with snapshots or a managed save image is
+        refused before anything changes (before it is shut down) unless the matching flag is given.
       - V(managed_save) the saved state of a managed save. V(snapshots_metadata) and V(checkpoints_metadata) libvirt's
         records of snapshots and checkpoints (the disks' snapshot data stay in the images).
       - V(nvram) or V(keep_nvram) the UEFI variable store file. V(tpm) or V(keep_tpm) the emulated TPM's state.

@@ -7,8 +7,11 @@
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import os
 import re
+import shutil
 import subprocess
+import tempfile
 import uuid as uuid_module
 
 import pytest
@@ -129,6 +132,20 @@ def test_state_transitions(current, values, kinds):
     assert plan(state_of(current), name='vm1', **values).kinds() == kinds
 
 
+@pytest.mark.parametrize('found, message', [
+    (dict(snapshots=2), "has 2 snapshot(s), whose records libvirt keeps with the definition; set undefine_flags: [snapshots_metadata]"),
+    (dict(managed_save=True), 'has a managed save image; set undefine_flags: [managed_save]'),
+])
+def test_what_libvirt_would_not_undefine_the_domain_with_is_refused_before_the_shutdown(found, message):
+    domain_state = state_of('running')
+    for key, value in found.items():
+        setattr(domain_state, key, value)
+    with pytest.raises(LibvirtModuleError, match=re.escape(message) + '.*nothing was changed'):
+        plan(domain_state, name='vm1', state='absent', force=True)
+    flags = ['snapshots_metadata', 'managed_save']
+    assert plan(domain_state, name='vm1', state='absent', force=True, undefine_flags=flags).kinds() == ['shutdown', 'undefine']
+
+
 def test_a_paused_domain_is_not_destroyed_without_force():
     with pytest.raises(LibvirtModuleError, match='is paused and cannot shut down gracefully'):
         plan(state_of('paused'), name='vm1', state='shutoff')
@@ -186,7 +203,7 @@ def domain_name():
     name = 'kvmstorage_it_domain_unit_%s' % uuid_module.uuid4().hex[:8]
     yield name
     virsh('destroy', name, check=False)
-    virsh('undefine', name, '--nvram', check=False)
+    virsh('undefine', name, '--nvram', '--snapshots-metadata', check=False)
 
 
 def dumpxml(name):
@@ -267,3 +284,30 @@ def test_a_new_domain_that_cannot_start_is_undefined_again(capsys, domain_name):
     assert result['failed'] and "cannot start domain '%s'" % domain_name in result['msg']
     assert "undone: undefine domain '%s'" % domain_name in result['msg'] and not result['changed']
     assert virsh('dominfo', domain_name, check=False).returncode != 0
+
+
+@pytest.fixture
+def qemu_disk():
+    """A qcow2 image libvirt (another user) can open: pytest's own temporary directories are private."""
+    if shutil.which('qemu-img') is None:
+        components.missing('qemu-img')
+    work = tempfile.mkdtemp(prefix='kvmstorage_it_domain_unit_')
+    os.chmod(work, 0o755)
+    path = os.path.join(work, 'disk.qcow2')
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', path, '16M'], check=True)
+    yield path
+    shutil.rmtree(work)
+
+
+def test_a_domain_with_snapshots_is_undefined_only_with_their_records(capsys, domain_name, qemu_disk):
+    xml = XML.format(name=domain_name, memory=64).replace(
+        '</devices>', "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/>"
+        "<target dev='vda' bus='virtio'/></disk></devices>" % qemu_disk)
+    run_module(domain_module, capsys, xml=xml)
+    virsh('snapshot-create-as', domain_name, 'before')
+    refused = run_module(domain_module, capsys, name=domain_name, state='absent')
+    assert refused['failed'] and 'set undefine_flags: [snapshots_metadata]' in refused['msg']
+    assert virsh('dominfo', domain_name, check=False).returncode == 0
+    gone = run_module(domain_module, capsys, name=domain_name, state='absent', undefine_flags=['snapshots_metadata'])
+    assert gone['changed'] and virsh('dominfo', domain_name, check=False).returncode != 0
+    assert os.path.exists(qemu_disk)  # the disk is kept
