@@ -265,6 +265,17 @@ def mac_with_colons(value):
 
 
 # ----------------------------------------------------------------------------------------- media paths
+def _add_stat(entry, path):
+    """The size and modification time of an image file (for an archive member, the archive's time): what tells
+    a caller that a source changed since it last looked."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    entry["file_size"] = st.st_size
+    entry["mtime"] = st.st_mtime
+
+
 class _Media:
     """Where the images a machine names are, and whether they may be looked at (the path policy)."""
 
@@ -293,6 +304,7 @@ class _Media:
             entry["path"] = resolve_reference(self.referrer, location, allow_dirs=self.allow_dirs,
                                               kind="image")
             entry["exists"] = True
+            _add_stat(entry, entry["path"])
         except ImageNotFoundError:
             entry["exists"] = False
         except PolicyError as exc:
@@ -312,6 +324,9 @@ class _Media:
             member = self.archive.members.get(name)
             entry["exists"] = member is not None
             entry["member"] = name
+            if member is not None:
+                _add_stat(entry, self.referrer)
+                entry["file_size"] = member.size
         else:
             # Unknown (None) when the archive was too long to list every member.
             entry["exists"] = True if name in self.compressed_members else (False if self.compressed_complete else None)

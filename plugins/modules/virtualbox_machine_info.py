@@ -308,6 +308,16 @@ machine:
             refused:
               description: Null, or why the path policy refused the name (the image is then not opened).
               type: str
+            file_size:
+              description: The size of the image file in bytes (of the tar member, inside an archive).
+              type: int
+              returned: when the image exists
+            mtime:
+              description:
+                - The modification time of the image file (of the archive, inside one), seconds since the epoch.
+                - With RV(machine.hard_disks[].current.file_size), what tells that a source changed since it was read.
+              type: float
+              returned: when the image exists
             virtual_size:
               description: The virtual size in bytes, read from the image.
               type: int
@@ -353,6 +363,16 @@ machine:
             refused:
               description: Null, or why the path policy refused the name (the image is then not opened).
               type: str
+            file_size:
+              description: The size of the image file in bytes (of the tar member, inside an archive).
+              type: int
+              returned: when the image exists
+            mtime:
+              description:
+                - The modification time of the image file (of the archive, inside one), seconds since the epoch.
+                - With RV(machine.hard_disks[].current.file_size), what tells that a source changed since it was read.
+              type: float
+              returned: when the image exists
         image_chain:
           description: The chain as the images themselves name it (opened read-only), the current image first.
           type: list

@@ -536,3 +536,17 @@ def test_names_written_on_windows(tmp_path):
         "Snapshots\\disk.vdi", str(tmp_path / "Snapshots" / "disk.vdi"), True)
     drive = read_machine(write(tmp_path, "d.vbox", HOSTILE % "C:\\VMs\\disk.vdi"))["hard_disks"][0]["current"]
     assert "protocol prefix 'C:'" in drive["refused"]
+
+
+def test_existing_images_carry_their_size_and_mtime(fixtures):
+    a, b = fixtures["A"], fixtures["B"]
+    for layer in read_machine(a["vbox"], images=False)["hard_disks"][0]["chain"]:
+        st = os.stat(layer["path"])
+        assert (layer["file_size"], layer["mtime"]) == (st.st_size, st.st_mtime)
+    current = read_machine(b["ova"], images=False)["hard_disks"][0]["current"]
+    import tarfile
+    with tarfile.open(b["ova"]) as tar:
+        assert current["file_size"] == tar.getmember(b["disk_member"]).size
+    assert current["mtime"] == os.stat(b["ova"]).st_mtime
+    goad = read_machine(GOAD, images=False)["hard_disks"][0]["current"]
+    assert "file_size" not in goad and "mtime" not in goad
