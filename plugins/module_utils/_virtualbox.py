@@ -340,8 +340,9 @@ class _Media:
         return entry["path"]
 
     def open_allow_dirs(self):
-        # The machine folder is the images' own directory: a differencing VMDK in Snapshots/ names its parent
-        # with '..' (docs/security.md rule 1: the machine's folder and Snapshots/ are one layout).
+        # The machine folder is the images' own directory: a differencing VMDK in Snapshots/ names its parent in
+        # the folder above, by '..' or an absolute name (docs/security.md rule 1: the machine's folder and its
+        # Snapshots/ are one layout).
         return [os.path.dirname(os.path.abspath(self.referrer))] + self.allow_dirs
 
 
@@ -810,6 +811,7 @@ def read_vbox(path, allow_dirs=None, images=True):
     reader = _MachineReader(machine, path, media, _registry(machine, path))
     info = _machine_result(reader, reader.hardware(), "vbox", path)
     info["settings_version"] = _attr(root, "version")
+    info["folder"] = machine_folder(info)
     _report_media(info)
     if images:
         _describe_images(info, media, detect_efi=False)
@@ -941,6 +943,7 @@ def read_ovf(path, allow_dirs=None, images=True):
     if len(systems) > 1:
         info["notes"].append("the OVF holds %d virtual systems; only the first (%s) is described"
                              % (len(systems), info["name"]))
+    info["folder"] = machine_folder(info)
     vmware_firmware = _vmware_firmware(system)
     if info["firmware_source"] == "default" and vmware_firmware:
         info["firmware"], info["firmware_type"], info["firmware_source"] = vmware_firmware, vmware_firmware, "ovf"
@@ -1108,6 +1111,12 @@ def run_virtualbox_machine_info(params):
     """The module's result: {"changed": False, "machine": {...}}."""
     machine = read_machine(params["path"], params.get("allow_dirs") or [], params.get("images", True))
     return {"changed": False, "machine": machine}
+
+
+def machine_folder(info):
+    """The folder to pass as ``allow_dirs`` when the images are opened elsewhere, as this module opens them: a
+    differencing VMDK in Snapshots/ names its parent in the folder above (by '..' or an absolute name)."""
+    return os.path.dirname(info["path"])
 
 
 __all__ = ["VirtualBoxError", "read_machine", "read_vbox", "read_ovf", "run_virtualbox_machine_info",

@@ -106,6 +106,13 @@ machine:
       description: The file read.
       type: str
       sample: /srv/vbox/A/A.vbox
+    folder:
+      description:
+        - The machine's folder (that of the file read), whose files and C(Snapshots/) are the images' own
+          directories; give it as C(allow_dirs) to the modules that open the images
+          (M(kvm.storage.disk_image_info), M(kvm.storage.disk_image)), as this module does when it opens them.
+      type: str
+      sample: /srv/vbox/A
     source:
       description: What the file is, V(vbox) (a settings file), V(ovf) (an OVF descriptor) or V(ova) (a tar archive).
       type: str

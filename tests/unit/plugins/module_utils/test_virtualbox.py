@@ -55,6 +55,7 @@ def test_machine_a_hardware(fixtures):
     a = fixtures["A"]
     info = read_machine(a["vbox"])
     assert info["source"] == "vbox"
+    assert info["folder"] == a["machine_dir"]
     assert info["settings_version"] == "1.19-linux"
     assert info["name"] == "A"
     assert info["uuid"] == a["uuid"]
