@@ -16,6 +16,9 @@ import sys
 
 import pytest
 
+import components
+from qemu_tools import qemu_img
+
 from ansible_collections.kvm.storage.plugins.module_utils import _virtualbox
 from ansible_collections.kvm.storage.plugins.module_utils._virtualbox import VirtualBoxError, read_machine
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import open_image
@@ -551,3 +554,53 @@ def test_existing_images_carry_their_size_and_mtime(fixtures):
     assert current["mtime"] == os.stat(b["ova"]).st_mtime
     goad = read_machine(GOAD, images=False)["hard_disks"][0]["current"]
     assert "file_size" not in goad and "mtime" not in goad
+
+
+VMDK_MACHINE = """<?xml version="1.0"?>
+<VirtualBox xmlns="http://www.virtualbox.org/" version="1.16-linux">
+  <Machine uuid="{44444444-2222-3333-4444-555555555555}" name="vm" OSType="Ubuntu_64"
+           currentSnapshot="{55555555-2222-3333-4444-555555555555}">
+    <MediaRegistry>
+      <HardDisks>
+        <HardDisk uuid="{dddddddd-0000-0000-0000-000000000001}" location="vm.vmdk" format="VMDK" type="Normal">
+          <HardDisk uuid="{dddddddd-0000-0000-0000-000000000002}" location="%s" format="VMDK"/>
+        </HardDisk>
+      </HardDisks>
+    </MediaRegistry>
+    <Snapshot uuid="{55555555-2222-3333-4444-555555555555}" name="s" timeStamp="2026-01-01T00:00:00Z">
+      <Hardware><Memory RAMSize="64"/></Hardware>
+      <StorageControllers>
+        <StorageController name="SCSI" type="LsiLogic" PortCount="16">
+          <AttachedDevice type="HardDisk" port="0" device="0"><Image uuid="{dddddddd-0000-0000-0000-000000000001}"/></AttachedDevice>
+        </StorageController>
+      </StorageControllers>
+    </Snapshot>
+    <Hardware><Memory RAMSize="64"/></Hardware>
+    <StorageControllers>
+      <StorageController name="SCSI" type="LsiLogic" PortCount="16">
+        <AttachedDevice type="HardDisk" port="0" device="0"><Image uuid="{dddddddd-0000-0000-0000-000000000002}"/></AttachedDevice>
+      </StorageController>
+    </StorageControllers>
+  </Machine>
+</VirtualBox>
+"""
+
+
+@pytest.mark.parametrize("parent_name", ["../vm.vmdk", "{folder}/vm.vmdk"])
+@components.needs(shutil.which("qemu-img"), "qemu-img")
+def test_differencing_vmdk_in_snapshots_opens_its_parent_in_the_machine_folder(tmp_path, parent_name):
+    """Settings 1.16 (controllers under Machine, in the snapshot too): the VMDK child in Snapshots/ names its
+    parent above it, by '..' or absolute: opened, as the machine folder is the images' own directory."""
+    (tmp_path / "Snapshots").mkdir()
+    qemu_img("create", "-q", "-f", "vmdk", str(tmp_path / "vm.vmdk"), "4M")
+    child = str(tmp_path / "Snapshots" / "{dddddddd-0000-0000-0000-000000000002}.vmdk")
+    qemu_img("create", "-q", "-f", "vmdk", "-b", parent_name.format(folder=tmp_path), "-F", "vmdk", child)
+    info = read_machine(write(tmp_path, "vm.vbox", VMDK_MACHINE % "Snapshots/{dddddddd-0000-0000-0000-000000000002}.vmdk"))
+    (disk,) = info["hard_disks"]
+    assert (disk["controller_type"], disk["bus"]) == ("LsiLogic", "SCSI")
+    assert "image_error" not in disk
+    assert disk["current"]["virtual_size"] == 4 * MIB
+    assert [os.path.realpath(p) for p in disk["image_chain"]] == [os.path.realpath(child),
+                                                                  os.path.realpath(str(tmp_path / "vm.vmdk"))]
+    assert info["snapshots"][0]["hard_disks"][0]["uuid"] == "dddddddd-0000-0000-0000-000000000001"
+    assert not any("differs" in note for note in info["notes"])
