@@ -213,7 +213,7 @@ class DomainRequest(object):
 class DomainState(object):
     """The domain as libvirt has it, read once."""
 
-    def __init__(self, name, uuid, state, persistent, autostart, inactive_xml, live_xml=None, machine_aliases=None,
+    def __init__(self, name, uuid, state, persistent, autostart, inactive_xml, machine_aliases=None,
                  snapshots=0, managed_save=False):
         self.name = name
         self.uuid = uuid
@@ -221,7 +221,6 @@ class DomainState(object):
         self.persistent = persistent
         self.autostart = autostart
         self.inactive_xml = inactive_xml
-        self.live_xml = live_xml
         self.machine_aliases = machine_aliases or {}
         # What libvirt refuses to undefine the domain with, unless told to remove it (read for state=absent).
         self.snapshots = snapshots
@@ -257,15 +256,13 @@ def read_domain_state(conn, name, with_capabilities=False, with_undefine_checks=
         return None
     what = 'cannot read domain %s' % _quoted(name)
     persistent = bool(libvirt_call(what, domain.isPersistent))
-    active = bool(libvirt_call(what, domain.isActive))
-    live_xml = libvirt_call(what, domain.XMLDesc, 0) if active else None
     inactive_xml = libvirt_call(what, domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
     aliases = None
     if with_capabilities:
         aliases = machine_aliases_of(libvirt_call('cannot read the capabilities of libvirt', conn.getCapabilities))
     state = DomainState(name=name, uuid=libvirt_call(what, domain.UUIDString), state=state_name(domain),
                         persistent=persistent, autostart=bool(libvirt_call(what, domain.autostart)),
-                        inactive_xml=inactive_xml, live_xml=live_xml, machine_aliases=aliases)
+                        inactive_xml=inactive_xml, machine_aliases=aliases)
     if with_undefine_checks:
         state.snapshots = libvirt_call(what, domain.snapshotNum, 0)
         state.managed_save = bool(libvirt_call(what, domain.hasManagedSaveImage, 0))
@@ -398,15 +395,11 @@ def plan_domain(request, state):
                               value=request.autostart))
         after['autostart'] = request.autostart
 
-    restart_pending = False
-    started = any(action.kind == 'start' for action in actions)
-    if after['state'] not in INACTIVE_STATES and not started and state is not None:
-        if any(action.kind == 'redefine' for action in actions):
-            restart_pending = True
-        elif request.definition is not None and state.live_xml and not drift:
-            # Defined as requested, running with another definition: redefined while it ran (by an earlier task).
-            live = parse_xml(state.live_xml, 'live definition of domain %s' % name)
-            restart_pending = bool(compare_definition(request.definition, live, aliases)[1])
+    # libvirt expands a definition when it starts a domain (firmware, aliases, ports): the live definition is not
+    # compared; a running domain redefined by this task runs with its previous definition until it is next started.
+    restart_pending = (after['state'] not in INACTIVE_STATES and state is not None
+                       and any(action.kind == 'redefine' for action in actions)
+                       and not any(action.kind == 'start' for action in actions))
     if restart_pending:
         warnings.append('domain %s is running with its previous definition; the new one applies when it is next started '
                         '(shut it down and start it)' % name)
@@ -461,6 +454,9 @@ def definition_to_define(request, state):
 
 
 def _flags(names):
+    """The virDomainUndefineFlagsValues of the names; the UEFI variable store is kept unless asked to remove it."""
+    if 'nvram' not in names:
+        names = list(names) + ['keep_nvram']
     value = 0
     for name in names:
         value |= getattr(libvirt, UNDEFINE_FLAGS[name], 0)

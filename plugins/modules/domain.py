@@ -114,7 +114,8 @@ options:
         refused before anything changes (before it is shut down) unless the matching flag is given.
       - V(managed_save) the saved state of a managed save. V(snapshots_metadata) and V(checkpoints_metadata) libvirt's
         records of snapshots and checkpoints (the disks' snapshot data stay in the images).
-      - V(nvram) or V(keep_nvram) the UEFI variable store file. V(tpm) or V(keep_tpm) the emulated TPM's state.
+      - V(nvram) the UEFI variable store file; without it the file is kept (V(keep_nvram), the default).
+        V(tpm) or V(keep_tpm) the emulated TPM's state.
     type: list
     elements: str
     choices: [checkpoints_metadata, keep_nvram, keep_tpm, managed_save, nvram, snapshots_metadata, tpm]
@@ -262,8 +263,8 @@ actions:
     - start domain 'web1'
 restart_pending:
   description:
-    - Whether the domain runs with a definition other than its persistent one (it was redefined while running), so
-      that what was defined applies when it is next started.
+    - Whether this task redefined the domain while it runs, so that what was defined applies when it is next
+      started. The live definition is not compared (libvirt expands it when it starts a domain).
   returned: success
   type: bool
   sample: false

@@ -57,9 +57,9 @@ def params(**values):
     return result
 
 
-def state_of(state='shutoff', xml=STORED, persistent=True, autostart=False, live_xml=None):
+def state_of(state='shutoff', xml=STORED, persistent=True, autostart=False):
     return DomainState('vm1', '63b60cd9-4a9d-4d28-a508-53e08d9c2407', state, persistent, autostart, xml,
-                       live_xml=live_xml, machine_aliases=ALIASES)
+                       machine_aliases=ALIASES)
 
 
 def plan(domain_state, **values):
@@ -106,14 +106,13 @@ def test_a_drift_is_reported_and_nothing_planned_unless_redefine():
 
 
 def test_redefining_a_running_domain_leaves_a_restart_pending():
-    result = plan(state_of('running', live_xml=STORED), xml=XML.format(name='vm1', memory=96), redefine=True)
+    result = plan(state_of('running'), xml=XML.format(name='vm1', memory=96), redefine=True)
     assert result.kinds() == ['redefine'] and result.restart_pending and 'next started' in result.warnings[-1]
 
 
-def test_a_running_domain_whose_definition_was_changed_earlier_still_says_restart_pending():
-    live = STORED.replace('65536', '32768')
-    result = plan(state_of('running', live_xml=live), xml=XML.format(name='vm1', memory=64))
-    assert result.actions == [] and result.drift == [] and result.restart_pending
+def test_a_running_domain_defined_as_requested_has_no_restart_pending():
+    result = plan(state_of('running'), xml=XML.format(name='vm1', memory=64), state='running')
+    assert result.actions == [] and result.drift == [] and not result.restart_pending and result.warnings == []
 
 
 @pytest.mark.parametrize('current, values, kinds', [
@@ -311,3 +310,20 @@ def test_a_domain_with_snapshots_is_undefined_only_with_their_records(capsys, do
     gone = run_module(domain_module, capsys, name=domain_name, state='absent', undefine_flags=['snapshots_metadata'])
     assert gone['changed'] and virsh('dominfo', domain_name, check=False).returncode != 0
     assert os.path.exists(qemu_disk)  # the disk is kept
+
+
+def test_an_efi_domain_runs_unchanged_and_its_variable_store_is_kept_unless_asked(capsys, domain_name):
+    xml = XML.format(name=domain_name, memory=64).replace(
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os>",
+        "<os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type><boot dev='hd'/></os><features><acpi/></features>")
+    nvram = '/var/lib/libvirt/qemu/nvram/%s_VARS.fd' % domain_name
+    try:
+        assert run_module(domain_module, capsys, state='running', xml=xml)['changed']
+        again = run_module(domain_module, capsys, state='running', xml=xml)
+        assert not again['changed'] and again['drift'] == [] and not again['restart_pending']
+        assert os.path.exists(nvram)
+        gone = run_module(domain_module, capsys, name=domain_name, state='absent', shutdown_timeout=0, force=True)
+        assert gone['changed'] and gone['domain'] == {} and os.path.exists(nvram)
+    finally:
+        if os.path.exists(nvram):
+            os.remove(nvram)
