@@ -122,6 +122,10 @@ ATTACHMENTS = {
     "CloudNetwork": "Cloud",
 }
 
+# Medium formats as VirtualBox names them (HardDisk/@format) → the image library's (qemu-img's) names.
+MEDIUM_FORMATS = {"VDI": "vdi", "VMDK": "vmdk", "VHD": "vpc", "VHDX": "vhdx", "PARALLELS": "parallels", "QED": "qed",
+                  "QCOW": "qcow", "RAW": "raw"}
+
 # GPT (UEFI 2.10 section 5.3): the header at LBA 1, its partition entry fields, the EFI system partition type.
 GPT_SIGNATURE = b"EFI PART"
 GPT_HEADER_FIELDS = struct.Struct("<QII")   # partition entry LBA (offset 72), number of entries, entry size
@@ -689,7 +693,10 @@ def _describe_images(info, media, detect_efi):
                                    "plain tar (an OVA) first" % media.compressed)
             continue
         try:
-            with open_image(media.open_path(current), readonly=True, allow_dirs=media.open_allow_dirs()) as image:
+            # The format the file records, not a probe (a damaged image is not taken for a raw one).
+            fmt = MEDIUM_FORMATS.get((current.get("format") or "").upper())
+            with open_image(media.open_path(current), fmt=fmt, readonly=True,
+                            allow_dirs=media.open_allow_dirs()) as image:
                 current["virtual_size"] = image.virtual_size
                 current["image_format"] = image.format
                 layers = []

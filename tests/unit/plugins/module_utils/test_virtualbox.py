@@ -604,3 +604,13 @@ def test_differencing_vmdk_in_snapshots_opens_its_parent_in_the_machine_folder(t
                                                                   os.path.realpath(str(tmp_path / "vm.vmdk"))]
     assert info["snapshots"][0]["hard_disks"][0]["uuid"] == "dddddddd-0000-0000-0000-000000000001"
     assert not any("differs" in note for note in info["notes"])
+
+
+def test_a_damaged_image_is_reported_not_failed(tmp_path):
+    a = make_virtualbox_machine.make_machine_a(str(tmp_path))
+    with open(a["chain"][0], "r+b") as handle:
+        handle.seek(64)
+        handle.write(b"\0\0\0\0")          # the VDI signature
+    (disk,) = read_machine(a["vbox"])["hard_disks"]
+    assert disk["current"]["exists"] is True and "virtual_size" not in disk["current"]
+    assert disk["image_error"] and a["chain"][0] in disk["image_error"]
