@@ -1069,8 +1069,8 @@ def _rasd_machine(system, disks, media, path, source):
         for attachment in controller["attachments"]:
             if attachment["type"] != "HardDisk" or attachment["empty"]:
                 continue
-            layer = dict((k, attachment.get(k)) for k in ("location", "path", "exists", "refused", "member")
-                         if k in attachment)
+            layer = dict((k, attachment.get(k)) for k in ("location", "path", "exists", "refused", "member",
+                                                          "file_size", "mtime") if k in attachment)
             layer.update({"uuid": None, "format": attachment.get("format"), "type": "Normal"})
             info["hard_disks"].append({"controller": controller["name"], "controller_type": controller["type"],
                                        "bus": controller["bus"], "port": attachment["port"],

@@ -614,3 +614,29 @@ def test_a_damaged_image_is_reported_not_failed(tmp_path):
     (disk,) = read_machine(a["vbox"])["hard_disks"]
     assert disk["current"]["exists"] is True and "virtual_size" not in disk["current"]
     assert disk["image_error"] and a["chain"][0] in disk["image_error"]
+
+
+def test_rasd_items_of_a_real_virtualbox_export(tmp_path):
+    """The Vagrant box's OVF without its vbox:Machine section: VirtualBox 4's standard items alone."""
+    import re
+    import tarfile
+    with tarfile.open(MUTATE_BOX, "r:gz") as box:
+        ovf = box.extractfile("./box.ovf").read().decode()
+        box.extract("./box-disk1.vmdk", str(tmp_path))
+    ovf = re.sub(r"<vbox:Machine.*</vbox:Machine>", "", ovf, flags=re.S)
+    info = read_machine(write(tmp_path, "box.ovf", ovf))
+    assert (info["source"], info["name"], info["os_type"], info["cpus"], info["memory_mib"]) == (
+        "ovf", "mutate-test", "Linux26", 1, 256)
+    assert [(n["type"], n["attachment"], n["mac"]) for n in info["nics"]] == [("82540EM", "NAT", None)]
+    assert [(c["name"], c["type"], c["bus"]) for c in info["storage_controllers"]] == [
+        ("ideController0", "PIIX4", "IDE"), ("ideController1", "PIIX4", "IDE"), ("sataController0", "AHCI", "SATA")]
+    (cdrom,) = info["storage_controllers"][1]["attachments"]
+    assert (cdrom["type"], cdrom["port"], cdrom["device"], cdrom["empty"]) == ("DVD", 1, 0, True)
+    (disk,) = info["hard_disks"]
+    assert (disk["bus"], disk["port"], disk["device"]) == ("SATA", 0, 0)
+    current = disk["current"]
+    assert (current["path"], current["exists"], current["virtual_size"], current["image_format"]) == (
+        str(tmp_path / "box-disk1.vmdk"), True, 4 * MIB, "vmdk")
+    assert current["file_size"] == os.stat(current["path"]).st_size
+    assert (info["firmware"], info["firmware_source"]) == ("bios", "default")
+    assert any("audio (ensoniq1371)" in note for note in info["notes"])
