@@ -83,3 +83,9 @@ def test_refused_disk_is_reported_not_failed(capsys, machine_a):
     base = result["machine"]["hard_disks"][0]["chain"][-1]
     assert base["path"] == "/etc/passwd" and "absolute paths are not allowed" in base["refused"]
     assert base["exists"] is None
+
+
+def test_directory_path_fails_with_a_message(capsys, tmp_path):
+    result = run_module(virtualbox_machine_info, capsys, path=str(tmp_path))
+    assert result["failed"] is True
+    assert result["msg"] == "%s: not a regular file" % tmp_path
