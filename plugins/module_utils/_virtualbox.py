@@ -604,6 +604,12 @@ class _MachineReader:
                 notes.append("%s (%s) needs the VirtualBox Guest Additions: not carried" % (name, mode))
         for device in _children(_child(_child(hardware, "HostPci"), "Devices"), "Device"):
             notes.append("host PCI device %s is not carried" % (_attr(device, "name") or _attr(device, "host")))
+        if (_attr(_child(hardware, "Firmware"), "type") or "").upper().startswith("EFI"):
+            firmware = _first(_child(hardware, "Firmware"), _child(hardware, "BIOS"))
+            nvram = _attr(_child(firmware, "NVRAM"), "path")
+            notes.append("the EFI variables%s are not carried: the guest starts with an empty NVRAM and boots from "
+                         "the disk's fallback loader (\\EFI\\BOOT\\BOOTX64.EFI) until its boot entry is made again"
+                         % (" (%s)" % nvram if nvram else ""))
         if _attr(self.machine, "stateFile"):
             notes.append("the machine has a saved state (%s): it is not carried, the guest boots cold"
                          % _attr(self.machine, "stateFile"))
