@@ -605,8 +605,9 @@ class _MachineReader:
         for device in _children(_child(_child(hardware, "HostPci"), "Devices"), "Device"):
             notes.append("host PCI device %s is not carried" % (_attr(device, "name") or _attr(device, "host")))
         if (_attr(_child(hardware, "Firmware"), "type") or "").upper().startswith("EFI"):
-            firmware = _first(_child(hardware, "Firmware"), _child(hardware, "BIOS"))
-            nvram = _attr(_child(firmware, "NVRAM"), "path")
+            # NVRAM sits under BIOS before settings 1.20, under Firmware since.
+            nvram = _attr(_first(_child(_child(hardware, "Firmware"), "NVRAM"),
+                                 _child(_child(hardware, "BIOS"), "NVRAM")), "path")
             notes.append("the EFI variables%s are not carried: the guest starts with an empty NVRAM and boots from "
                          "the disk's fallback loader (\\EFI\\BOOT\\BOOTX64.EFI) until its boot entry is made again"
                          % (" (%s)" % nvram if nvram else ""))

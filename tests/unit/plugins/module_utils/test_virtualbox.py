@@ -264,7 +264,7 @@ PLATFORM_120 = """<?xml version="1.0"?>
     </MediaRegistry>
     <Hardware>
       <Memory RAMSize="4096"/>
-      <Firmware type="EFI64"/>
+      <Firmware type="EFI64"><NVRAM path="new.nvram"/></Firmware>
       <Network>
         <Adapter slot="0" enabled="true" MACAddress="080027ABCDEF" type="virtio"><NATNetwork name="natnet1"/></Adapter>
       </Network>
@@ -289,6 +289,7 @@ def test_settings_1_20_platform_layout(tmp_path):
     assert (info["cpus"], info["memory_mib"], info["chipset"], info["rtc"]) == (4, 4096, "ICH9", "utc")
     assert (info["firmware"], info["firmware_type"]) == ("efi", "EFI64")
     assert info["nics"][0]["attachment"] == "NATNetwork" and info["nics"][0]["network"] == "natnet1"
+    assert any(note.startswith("the EFI variables (new.nvram) are not carried") for note in info["notes"])
     (nvme,) = info["storage_controllers"]
     assert (nvme["type"], nvme["bus"], nvme["bootable"], nvme["use_host_io_cache"]) == ("NVMe", "PCIe", True, True)
     (disk,) = info["hard_disks"]
