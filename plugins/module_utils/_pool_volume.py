@@ -45,6 +45,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     parse_xml,
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
+    ImageError,
     info as image_info,
     open_image,
 )
@@ -396,34 +397,54 @@ def _send(stream, data, what):
 
 
 def apply_volume_plan(conn, target, plan, request):
-    """Carry out the plan; returns (described volume or None, upload statistics or None)."""
+    """Carry out the plan; returns (described volume or None, upload statistics or None).
+
+    A step that fails after others succeeded raises DiskImageError with ``changed`` and the ``actions`` that stay
+    done (a volume deleted before, a volume created that could not be removed again), never ``changed: false``."""
     name = '%s/%s' % (request.pool, request.volume)
     volume = lookup_volume(target, request.volume)
     upload_stats = None
+    done = []
     for action in plan.actions:
-        if action.kind == 'delete':
-            libvirt_call('cannot delete volume %s' % name, volume.delete, 0)
-            volume = None
-        elif action.kind == 'create':
-            # A file stays sparse (the upload's holes stay holes); other pools allocate the whole volume (a
-            # logical pool would otherwise make a thin snapshot volume).
-            volume = libvirt_call('cannot create volume %s' % name, target.pool.createXML,
-                                  volume_xml(request.volume, action.args['capacity'],
-                                             0 if target.file_backed else None), 0)
-        elif action.kind == 'resize':
-            libvirt_call('cannot grow volume %s' % name, volume.resize, action.args['capacity'], 0)
-        elif action.kind == 'upload':
-            capacity = describe_volume(target, volume)['capacity']
-            try:
-                upload_stats = upload_source(conn, volume, request, action.args['src_format'], capacity)
-            except BaseException:
-                # A volume this task created and could not fill is removed: no half-uploaded volume stays.
+        try:
+            if action.kind == 'delete':
+                libvirt_call('cannot delete volume %s' % name, volume.delete, 0)
+                volume = None
+            elif action.kind == 'create':
+                # A file stays sparse (the upload's holes stay holes); other pools allocate the whole volume (a
+                # logical pool would otherwise make a thin snapshot volume).
+                volume = libvirt_call('cannot create volume %s' % name, target.pool.createXML,
+                                      volume_xml(request.volume, action.args['capacity'],
+                                                 0 if target.file_backed else None), 0)
+            elif action.kind == 'resize':
+                libvirt_call('cannot grow volume %s' % name, volume.resize, action.args['capacity'], 0)
+            elif action.kind == 'upload':
                 try:
-                    volume.delete(0)
-                except libvirt.libvirtError:
-                    pass
+                    capacity = describe_volume(target, volume)['capacity']
+                    upload_stats = upload_source(conn, volume, request, action.args['src_format'], capacity)
+                except BaseException as exc:
+                    # A volume this task created and could not fill is removed: no half-uploaded volume stays.
+                    try:
+                        volume.delete(0)
+                    except libvirt.libvirtError as undo:
+                        if not isinstance(exc, Exception):
+                            raise
+                        raise _VolumeStepFailed('%s; cannot remove the volume it created (%s), which stays with what '
+                                                'was uploaded so far: delete it, or run the task again with force=true'
+                                                % (exc, error_message(undo)))
+                    done = [item for item in done if item.kind != 'create']
+                    raise
+        except (LibvirtModuleError, DiskImageError, ImageError, OSError) as exc:
+            if not done:
                 raise
+            raise DiskImageError('%s; done before the failure: %s' % (exc, '; '.join(item.description for item in done)),
+                                 result={'changed': True, 'actions': [item.description for item in done]})
+        done.append(action)
     return (None if volume is None else describe_volume(target, volume)), upload_stats
+
+
+class _VolumeStepFailed(DiskImageError):
+    """An upload that failed and left the volume it created (it could not be removed)."""
 
 
 def run_volume_api(conn, target, module, pool_kind):
@@ -464,7 +485,16 @@ def run_pool_volume(module):
             raise DiskImageError('storage pool %r: its target directory %r is not a directory on this host'
                                  % (target.name, target.target_path))
         params['path'] = target.volume_path(name)
-        result = run_disk_image(module)
+        try:
+            result = run_disk_image(module)
+        except DiskImageError as exc:
+            if exc.result.get('changed'):
+                # A step failed after others changed the file: libvirt learns about it as after a success.
+                try:
+                    refresh_pool(target)
+                except LibvirtModuleError as refresh_error:
+                    exc.args = ('%s; %s' % (exc, refresh_error),)
+            raise
         if result['changed'] and not module.check_mode:
             # libvirt learns about the new, changed or removed file.
             refresh_pool(target)
