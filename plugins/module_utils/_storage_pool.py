@@ -791,7 +791,9 @@ class _Run(object):
             if not error_is(exc, 'VIR_ERR_STORAGE_POOL_BUILT'):
                 raise LibvirtModuleError('cannot build storage pool %s: %s' % (self.name, error_message(exc)))
             notes.append('storage pool %s: %s' % (self.name, error_message(exc)))
-        if created and os.path.isdir(target):
+        if created and os.path.isdir(target) and action.args['pool_type'] != 'fs':
+            # An fs pool's build also makes a filesystem on its device when it has none: nothing takes that back, so
+            # its build stays reported as done (directory included).
             return ('remove the directory %s the build created' % target, lambda: os.rmdir(target))
         return None
 
@@ -818,9 +820,12 @@ class _Run(object):
             _set_permissions(path, action.args['permissions'])
             if previous:
                 undo = ('set the permissions of %s back' % path, lambda: _set_permissions(path, previous))
+            # Done from here: a failed refresh sets the permissions back with the other steps.
+            self.done.append((action.description, undo))
             if self._call('cannot read', pool.isActive):
                 # libvirt reads the directory's permissions into the pool definition on a refresh.
                 self._call('cannot refresh', pool.refresh, 0)
+            return
         elif action.kind == 'start':
             self._call('cannot start', pool.create, 0)
             undo = ('stop storage pool %s' % name, lambda: self._call('cannot stop', pool.destroy))
