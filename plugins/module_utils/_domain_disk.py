@@ -1075,7 +1075,12 @@ def _update(domain, what, element, view):
 
 
 class _PartlyDone(LibvirtModuleError):
-    """An action that failed half-way and left a change behind (a replace whose old disk could not come back)."""
+    """An action that failed half-way and left a change behind (a replace whose old disk could not come back);
+    ``done`` says what stays done."""
+
+    def __init__(self, message, done):
+        super(_PartlyDone, self).__init__(message)
+        self.done = done
 
 
 def apply_action(domain, action, request):
@@ -1092,7 +1097,9 @@ def apply_action(domain, action, request):
             try:
                 _attach(domain, what, _reusable(action.old), action.view)
             except LibvirtModuleError as undo:
-                raise _PartlyDone('%s; putting the old disk back failed too: %s' % (exc, undo))
+                raise _PartlyDone('%s; putting the old disk back failed too: %s' % (exc, undo),
+                                  'detach disk %s from the %s of domain %s (its replacement could not be attached)'
+                                  % (disk_target(action.old), _view_name(action.view), _quoted(request.domain)))
             raise
     elif action.kind == 'detach':
         _detach(domain, what, _reusable(action.old), action.view, request)
@@ -1125,7 +1132,7 @@ def apply_plan(domain, plan, request):
         try:
             apply_action(domain, action, request)
         except LibvirtModuleError as exc:
-            partly = [action] if isinstance(exc, _PartlyDone) else []
+            partly = [exc.done] if isinstance(exc, _PartlyDone) else []
             if not done and not partly:
                 raise
             left, undo_errors = list(partly), []
@@ -1133,15 +1140,14 @@ def apply_plan(domain, plan, request):
                 try:
                     undo_action(domain, earlier, request)
                 except LibvirtModuleError as undo:
-                    left.insert(0, earlier)
+                    left.insert(0, earlier.description)
                     undo_errors.append(str(undo))
             if not left:
                 raise LibvirtModuleError('%s; what was done before (%s) was undone: domain %s is as it was' % (
                     exc, '; '.join(earlier.description for earlier in done), _quoted(request.domain)))
             raise LibvirtModuleError(
-                '%s; done and not undone: %s%s' % (exc, '; '.join(item.description for item in left),
-                                                   ''.join('; %s' % error for error in undo_errors)),
-                changed=True, actions=[item.description for item in left])
+                '%s; done and not undone: %s%s' % (exc, '; '.join(left), ''.join('; %s' % error for error in undo_errors)),
+                changed=True, actions=left)
         done.append(action)
 
 
@@ -1203,7 +1209,12 @@ def run_domain_disk(conn, params, check_mode):
     if check_mode or not plan.actions:
         final = state
     else:
-        final = read_domain_state(domain)
+        try:
+            final = read_domain_state(domain)
+        except LibvirtModuleError as exc:
+            # The plan was carried out: the failure to read the result does not hide it.
+            raise LibvirtModuleError('%s (after the task made its changes: %s)' % (exc, '; '.join(result['actions'])),
+                                     changed=True, actions=result['actions'])
     disks = {}
     for view in ('persistent', 'live'):
         found = None
