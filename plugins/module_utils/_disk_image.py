@@ -1258,10 +1258,16 @@ def _failure_text(exc):
 def failure_after(request, plan, current_info, done, exc):
     """The error to raise when a step failed: ``exc`` itself when nothing was done yet; when ``done`` (the actions
     carried out) created a new image, that image is removed again and the task changed nothing; otherwise the
-    error carries ``changed`` and the actions done, which the module reports with the failure."""
-    if not done:
-        return DiskImageError(_failure_text(exc)) if isinstance(exc, (FileAttributeError, ImageInUseError)) else exc
+    error carries ``changed`` and the actions done, which the module reports with the failure (with the failed step
+    itself when the library says it changed the image and could not take that back: ``image_changed``)."""
     remaining = [action for action in plan.actions if action not in done]
+    # A step that failed half-way and could not be taken back (a grow whose undo failed) changed the image too.
+    partly = ['%s (failed half-way, not taken back)' % remaining[0].description] \
+        if remaining and getattr(exc, 'image_changed', False) else []
+    if not done and not partly:
+        return DiskImageError(_failure_text(exc)) if isinstance(exc, (FileAttributeError, ImageInUseError)) else exc
+    if not done:
+        return DiskImageError(_failure_text(exc), result={'changed': True, 'actions': partly})
     failed = remaining[0].description if remaining else 'set file attributes of %s' % request.path
     text = _failure_text(exc)
     if text.startswith(request.path + ': '):
@@ -1281,7 +1287,7 @@ def failure_after(request, plan, current_info, done, exc):
                               'changed' % (failed, text))
     return DiskImageError('%s failed: %s; done before the failure: %s' % (
         failed, text, '; '.join(action.description for action in done)),
-        result={'changed': True, 'actions': [action.description for action in done]})
+        result={'changed': True, 'actions': [action.description for action in done] + partly})
 
 
 def _carry_out(module, request, plan, current_info, done):

@@ -62,13 +62,20 @@ def _grow(driver, current, new_size, preallocation):
         driver.resize(new_size, preallocation=preallocation)
         driver.flush()
     except BaseException as exc:
-        try:
-            for image_file in files:
+        undo_errors = []
+        for image_file in files:
+            # each file, even when putting back another failed (an image and its external data file)
+            try:
                 image_file.undo()
-        except BaseException as undo_exc:
-            raise ImageError("growing from %d to %d bytes failed (%s), and putting the image back failed "
-                             "too (%s): check it with qemu-img check" % (current, new_size, exc, undo_exc),
-                             driver.path)
+            except Exception as undo_exc:  # pylint: disable=broad-except
+                undo_errors.append(str(undo_exc))
+        if undo_errors:
+            error = ImageError("growing from %d to %d bytes failed (%s), and putting the image back failed "
+                               "too (%s): the image is left partly grown; check it with qemu-img check"
+                               % (current, new_size, exc, "; ".join(undo_errors)), driver.path)
+            # the image changed: a caller reporting changes says so
+            error.image_changed = True
+            raise error
         if isinstance(exc, NoSpaceError):
             raise NoSpaceError("cannot grow the image from %d to %d bytes%s: no space left on the device "
                                "(file system) holding it; the image was left as it was (%d bytes)"
