@@ -583,6 +583,13 @@ def _plan_deleted(request, state):
     if not state.persistent:
         raise LibvirtModuleError('state=deleted: storage pool %s is transient, stopping it would remove it before its storage '
                                  'could be deleted; define it first (state=present)' % _quoted(request.name))
+    if state.storage_exists and state.contents is None and state.type == 'logical':
+        # libvirt removes the volume group with vgremove -f, every logical volume in it included.
+        raise LibvirtModuleError('state=deleted: storage pool %s is an inactive logical pool: its volumes cannot be listed while '
+                                 'it is inactive, and deleting its storage removes volume group %s with every logical volume in '
+                                 'it; start it first (state=active) so that the module can see it is empty; nothing was changed'
+                                 % (_quoted(request.name), child_text(normalise_pool_element(state.inactive_element),
+                                                                      'source/name')))
     if state.storage_exists and state.contents:
         shown = ', '.join(state.contents[:5]) + (', ...' if len(state.contents) > 5 else '')
         raise LibvirtModuleError('state=deleted: the storage of storage pool %s (%s) is not empty: it holds %d entries (%s); the '

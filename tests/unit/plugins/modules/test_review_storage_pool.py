@@ -143,3 +143,20 @@ def test_an_fs_pool_build_is_reported_kept_when_a_later_step_fails(tmp_path):
     assert caught.value.result == dict(changed=True, actions=[build])
     assert 'as it was before the task' not in str(caught.value)
     assert 'done before the failure and left so: %s' % build in str(caught.value)
+
+
+LOGICAL_POOL = ("<pool type='logical'><name>p</name><uuid>1fe18640-6d19-48a1-9d25-a3683dcdec29</uuid><source><name>vg</name>"
+                "<device path='/dev/vdz'/></source><target><path>/dev/vg</path></target></pool>")
+
+
+def test_the_storage_of_an_inactive_logical_pool_is_not_deleted_unseen():
+    # libvirt removes the volume group with vgremove -f, every logical volume in it included, and lists those
+    # volumes only for an active pool: an inactive one is refused before anything changes.
+    from ansible_collections.kvm.storage.plugins.module_utils._storage_pool import PoolState
+    state = PoolState('p', '1fe18640-6d19-48a1-9d25-a3683dcdec29', 'logical', False, True, False, LOGICAL_POOL, LOGICAL_POOL,
+                      storage_exists=True, contents=None)
+    with pytest.raises(LibvirtModuleError, match="its volumes cannot be listed while it is inactive.*start it first"):
+        plan_storage_pool(StoragePoolRequest(params(name='p', state='deleted')), state)
+    active = PoolState('p', '1fe18640-6d19-48a1-9d25-a3683dcdec29', 'logical', True, True, False, LOGICAL_POOL, LOGICAL_POOL,
+                       storage_exists=True, contents=[])
+    assert plan_storage_pool(StoragePoolRequest(params(name='p', state='deleted')), active).kinds() == ['stop', 'delete']
