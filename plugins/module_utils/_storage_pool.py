@@ -972,8 +972,15 @@ def run_storage_pool(conn, params, check_mode):
         result['refreshed'] = 'refresh' in plan.kinds()
     result['diff'] = dict(before=render_view(plan.before), after=render_view(plan.after),
                           before_header='storage pool %s' % request.name, after_header='storage pool %s' % request.name)
-    pool = lookup_pool(conn, request.name)
-    result['pool'] = {} if pool is None else pool_info(pool)
+    try:
+        pool = lookup_pool(conn, request.name)
+        result['pool'] = {} if pool is None else pool_info(pool)
+    except LibvirtModuleError as exc:
+        if check_mode or not plan.changed:
+            raise
+        # The plan was carried out: the failure to read the result does not hide it.
+        raise LibvirtModuleError('%s (after the task made its changes: %s)' % (exc, '; '.join(result['actions'])),
+                                 changed=True, actions=result['actions'])
     return result
 
 

@@ -160,3 +160,39 @@ def test_the_storage_of_an_inactive_logical_pool_is_not_deleted_unseen():
     active = PoolState('p', '1fe18640-6d19-48a1-9d25-a3683dcdec29', 'logical', True, True, False, LOGICAL_POOL, LOGICAL_POOL,
                        storage_exists=True, contents=[])
     assert plan_storage_pool(StoragePoolRequest(params(name='p', state='deleted')), active).kinds() == ['stop', 'delete']
+
+
+class UnreadableAfterStart(object):
+    """The real pool, except that reading it fails once it was started (the connection dropped)."""
+
+    started = []
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)
+
+    def create(self, flags):
+        self.pool.create(flags)
+        self.started.append(True)
+
+    def info(self):
+        if self.started:
+            _libvirt.libvirt.virResetLastError()
+            raise _libvirt.libvirt.libvirtError('connection lost (a failure made for this test)')
+        return self.pool.info()
+
+
+def test_a_failure_to_read_the_pool_after_the_change_reports_the_change(tmp_path, capsys, pool_name, monkeypatch):
+    directory = tmp_path / 'pool'
+    directory.mkdir()
+    args = dict(name=pool_name, type='dir', target=str(directory))
+    assert not run_module(capsys, **args).get('failed')
+    real_lookup = _storage_pool.lookup_pool
+    monkeypatch.setattr(UnreadableAfterStart, 'started', [])
+    monkeypatch.setattr(_storage_pool, 'lookup_pool', lambda conn, name: UnreadableAfterStart(real_lookup(conn, name)))
+    result = run_module(capsys, state='active', **args)
+    assert result['failed'] and 'connection lost' in result['msg'], result
+    assert result['changed'] and result['actions'] == ["start storage pool '%s'" % pool_name]
+    assert 'State:          running' in virsh('pool-info', pool_name).stdout
