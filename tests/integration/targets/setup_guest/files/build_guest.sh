@@ -2,16 +2,26 @@
 # Copyright: contributors to kvm.storage
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 #
-# Build (once per kernel package version) the test guest: Debian's kernel and a busybox
-# initramfs whose /init (beside this script) prints the sha256 of every virtio disk.
+# Build (once per kernel package version and recipe) the test guest: Debian's kernel and a busybox
+# initramfs whose /init (beside this script) prints the sha256 of every disk it finds (virtio-blk vdX;
+# sdX on AHCI/SATA, PIIX IDE, LSI 53C895A SCSI and virtio-scsi).
 #   usage: build_guest.sh [CACHE_ROOT]     (default ~/.cache/kvm-storage/guest)
 # Prints "dir=<directory holding vmlinuz and initrd.img>" and "built=yes|no" on stdout.
-# The kernel is downloaded with apt-get download and unpacked (never installed).
+# The kernel is downloaded with apt-get download and unpacked (never installed).  The modules are
+# MODULES plus everything they depend on (the depends= of each .ko's .modinfo, resolved here, not
+# written by hand), loaded by /init in dependency order (the initramfs' /modules/order).
+# The guest is rebuilt when the kernel package, this script or /init change (recipe.sha256).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE_ROOT=${1:-$HOME/.cache/kvm-storage/guest}
-MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk)
+# sd_mod first: the disks the host adapters find are attached as they are found
+MODULES=(
+    sd_mod
+    virtio_pci virtio_blk virtio_scsi   # virtio-blk (vdX), virtio-scsi (sdX)
+    ahci ata_piix                       # SATA (AHCI, q35's ICH9) and IDE (PIIX, the pc machine type)
+    sym53c8xx                           # libvirt's lsilogic SCSI controller (qemu's lsi53c895a)
+)
 
 mkdir -p "$CACHE_ROOT"
 # the kernel package linux-image-amd64 currently points at, e.g. linux-image-6.1.0-56-amd64
@@ -36,13 +46,14 @@ fi
 
 key="${package}_${version}"
 final="$CACHE_ROOT/$key"
-init_sum=$(sha256sum "$HERE/init" | cut -d' ' -f1)
+# what the guest is built from besides the kernel: /init and this script (it holds MODULES)
+recipe=$(cat "$HERE/init" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
 
 # one builder at a time (several test targets may start together)
 exec 9>"$CACHE_ROOT/.lock"
 flock 9
 
-if [ -f "$final/vmlinuz" ] && [ -f "$final/initrd.img" ] && [ "$(cat "$final/init.sha256" 2>/dev/null)" = "$init_sum" ]; then
+if [ -f "$final/vmlinuz" ] && [ -f "$final/initrd.img" ] && [ "$(cat "$final/recipe.sha256" 2>/dev/null)" = "$recipe" ]; then
     echo "dir=$final"
     echo "built=no"
     exit 0
@@ -52,37 +63,74 @@ build=$(mktemp -d "$CACHE_ROOT/.build.XXXXXX")
 trap 'rm -rf "$build"' EXIT
 mkdir "$build/out"
 
-if [ -f "$final/vmlinuz" ] && [ -d "$final/modules" ]; then
+if [ -f "$final/vmlinuz" ] && [ -f "$final/modules/order" ] \
+        && [ "$(cat "$final/modules/roots" 2>/dev/null)" = "${MODULES[*]}" ]; then
     # only /init changed: keep the unpacked kernel and modules
     cp -a "$final/vmlinuz" "$final/modules" "$final/kernel-package" "$build/out/"
 else
     (cd "$build" && apt-get download "$package=$version" >&2)
     deb=$(ls "$build"/*.deb)
     kernel_release=${package#linux-image-}
-    # unpack only the kernel and the six modules (the whole package is ~400 MB unpacked)
+    # unpack only the kernel and the modules needed (the whole package is ~400 MB unpacked)
     mkdir "$build/pkg" "$build/out/modules"
-    members=("./boot/vmlinuz-$kernel_release")
     listing=$(dpkg-deb -c "$deb" | awk '{print $NF}')
-    for module in "${MODULES[@]}"; do
-        member=$(grep -E "/kernel/drivers/.*/$module\.ko(\.xz|\.zst|\.gz)?$" <<<"$listing" | head -n 1)
-        if [ -z "$member" ]; then
-            echo "module $module not found in $deb" >&2
-            exit 1
-        fi
-        members+=("$member")
-    done
-    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$build/pkg" "${members[@]}"
-    for member in "${members[@]:1}"; do
-        file="$build/pkg/$member"
-        module=$(basename "$member")
-        case "$module" in
-            *.ko.xz) xz -dc "$file" >"$build/out/modules/${module%.xz}" ;;
-            *.ko.zst) zstd -dc "$file" >"$build/out/modules/${module%.zst}" ;;
-            *.ko.gz) gzip -dc "$file" >"$build/out/modules/${module%.gz}" ;;
-            *) cp "$file" "$build/out/modules/$module" ;;
-        esac
-    done
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$build/pkg" "./boot/vmlinuz-$kernel_release"
     cp "$build/pkg/boot/vmlinuz-$kernel_release" "$build/out/vmlinuz"
+
+    # a module's name spells - and _ alike (crc-t10dif.ko, scsi_mod.ko): keys use _
+    declare -A depends=()   # module -> its depends= (comma separated), once unpacked
+    declare -A file_of=()   # module -> the name of its .ko file, without .ko
+    unpack() {              # unpack the named modules into out/modules/<name>.ko (decompressed)
+        local module member pattern file
+        local members=()
+        for module in "$@"; do
+            pattern=$(sed 's/[-_]/[-_]/g' <<<"$module")
+            member=$(grep -E "/kernel/(.*/)?$pattern\.ko(\.xz|\.zst|\.gz)?$" <<<"$listing" | head -n 1 || true)
+            if [ -z "$member" ]; then
+                echo "module $module not found in $deb" >&2
+                exit 1
+            fi
+            members+=("$member")
+        done
+        dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$build/pkg" "${members[@]}"
+        for member in "${members[@]}"; do
+            file="$build/pkg/$member"
+            module=$(basename "$member")
+            case "$module" in
+                *.ko.xz) xz -dc "$file" >"$build/out/modules/${module%.xz}" ;;
+                *.ko.zst) zstd -dc "$file" >"$build/out/modules/${module%.zst}" ;;
+                *.ko.gz) gzip -dc "$file" >"$build/out/modules/${module%.gz}" ;;
+                *) cp "$file" "$build/out/modules/$module" ;;
+            esac
+            module=${module%%.ko*}
+            file_of[${module//-/_}]=$module
+            depends[${module//-/_}]=$(tr '\0' '\n' <"$build/out/modules/$module.ko" | sed -n 's/^depends=//p' \
+                | head -n 1 | tr - _)
+        done
+    }
+    # unpack MODULES, then what they depend on, until nothing is missing
+    wanted=("${MODULES[@]//-/_}")
+    while [ ${#wanted[@]} -gt 0 ]; do
+        unpack "${wanted[@]}"
+        wanted=()
+        for module in "${!depends[@]}"; do
+            for dependency in ${depends[$module]//,/ }; do
+                [ -n "${depends[$dependency]+set}" ] || [[ " ${wanted[*]} " == *" $dependency "* ]] \
+                    || wanted+=("$dependency")
+            done
+        done
+    done
+    # load order: each module after what it depends on (depth first, MODULES' order kept)
+    order=()
+    visit() {
+        local dependency
+        [[ " ${order[*]} " == *" $1 "* ]] && return 0
+        for dependency in ${depends[$1]//,/ }; do visit "$dependency"; done
+        order+=("$1")
+    }
+    for module in "${MODULES[@]//-/_}"; do visit "$module"; done
+    for module in "${order[@]}"; do echo "${file_of[$module]}"; done >"$build/out/modules/order"
+    echo "${MODULES[*]}" >"$build/out/modules/roots"
     echo "$package $version" >"$build/out/kernel-package"
 fi
 
@@ -90,16 +138,20 @@ root="$build/initramfs"
 mkdir -p "$root"/{bin,dev,proc,sys,modules}
 cp /bin/busybox "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
-for module in "${MODULES[@]}"; do
+while read -r module; do
     cp "$build/out/modules/$module.ko" "$root/modules/"
-done
+done <"$build/out/modules/order"
+cp "$build/out/modules/order" "$root/modules/order"
 install -m 0755 "$HERE/init" "$root/init"
 (cd "$root" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -9) >"$build/out/initrd.img"
-echo "$init_sum" >"$build/out/init.sha256"
+echo "$recipe" >"$build/out/recipe.sha256"
 
 find "$build/out" -type d -exec chmod 0755 {} +
 find "$build/out" -type f -exec chmod 0644 {} +
-rm -rf "$final"
+# replace the previous build with two renames (a target copying from it meanwhile sees a whole one or none)
+if [ -e "$final" ]; then
+    mv "$final" "$build/previous"
+fi
 mv "$build/out" "$final"
 echo "dir=$final"
 echo "built=yes"
