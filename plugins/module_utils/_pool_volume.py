@@ -440,7 +440,16 @@ def apply_volume_plan(conn, target, plan, request):
             raise DiskImageError('%s; done before the failure: %s' % (exc, '; '.join(item.description for item in done)),
                                  result={'changed': True, 'actions': [item.description for item in done]})
         done.append(action)
-    return (None if volume is None else describe_volume(target, volume)), upload_stats
+    try:
+        return (None if volume is None else describe_volume(target, volume)), upload_stats
+    except LibvirtModuleError as exc:
+        raise _after_changes(exc, [action.description for action in done])
+
+
+def _after_changes(exc, actions):
+    """The error for a failure to read the result once the task made its changes: they are reported, not hidden."""
+    return DiskImageError('%s (after the task made its changes: %s)' % (exc, '; '.join(actions)),
+                          result={'changed': True, 'actions': actions})
 
 
 class _VolumeStepFailed(DiskImageError):
@@ -495,14 +504,19 @@ def run_pool_volume(module):
                 except LibvirtModuleError as refresh_error:
                     exc.args = ('%s; %s' % (exc, refresh_error),)
             raise
-        if result['changed'] and not module.check_mode:
-            # libvirt learns about the new, changed or removed file.
-            refresh_pool(target)
-        volume = lookup_volume(target, name)
-        if volume is None and os.path.isfile(params['path']):
-            # A file libvirt has not seen yet (made behind its back): a refresh only rereads the directory.
-            refresh_pool(target)
+        try:
+            if result['changed'] and not module.check_mode:
+                # libvirt learns about the new, changed or removed file.
+                refresh_pool(target)
             volume = lookup_volume(target, name)
-        result['volume'] = {} if volume is None else describe_volume(target, volume)
+            if volume is None and os.path.isfile(params['path']):
+                # A file libvirt has not seen yet (made behind its back): a refresh only rereads the directory.
+                refresh_pool(target)
+                volume = lookup_volume(target, name)
+            result['volume'] = {} if volume is None else describe_volume(target, volume)
+        except LibvirtModuleError as exc:
+            if not result['changed'] or module.check_mode:
+                raise
+            raise _after_changes(exc, result['actions'])
         result['path'] = params['path']
         return result

@@ -147,3 +147,29 @@ def test_a_file_pool_is_refreshed_after_a_failed_step_that_followed_a_change(cap
     # a failure that changed nothing needs no refresh
     result = run_module(capsys, pool=name, volume='vm.qcow2', format='qcow2', snapshots=[{'name': 'one'}])
     assert result['failed'] and not result.get('changed') and refreshed == [name]
+
+
+def test_a_failure_to_read_a_new_volume_back_reports_its_creation(capsys, test_driver_pool, monkeypatch):
+    name, pool = test_driver_pool
+
+    def unreadable(target, volume):
+        raise _pool_volume.LibvirtModuleError('cannot read volume (a failure made for this test)')
+
+    monkeypatch.setattr(_pool_volume, 'describe_volume', unreadable)
+    result = run_module(capsys, pool=name, volume='data', size='2M', uri='test:///default')
+    assert result['failed'] and 'a failure made for this test' in result['msg'], result
+    assert result['changed'] and result['actions'] == ['create volume %s/data of %d bytes' % (name, 2 * MIB)]
+    assert [volume.name() for volume in pool.listAllVolumes()] == ['data']
+
+
+def test_a_failed_refresh_after_a_file_pool_change_reports_the_change(capsys, dir_pool, monkeypatch):
+    name, directory, pool = dir_pool
+
+    def refuse(target):
+        raise _pool_volume.LibvirtModuleError('cannot refresh storage pool (a refusal made for this test)')
+
+    monkeypatch.setattr(_pool_volume, 'refresh_pool', refuse)
+    result = run_module(capsys, pool=name, volume='new.raw', format='raw', size='1M')
+    assert result['failed'] and 'a refusal made for this test' in result['msg'], result
+    assert result['changed'] and result['actions'] == ['create raw image %s of %d bytes' % (directory / 'new.raw', MIB)]
+    assert (directory / 'new.raw').exists()
