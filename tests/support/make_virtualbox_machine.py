@@ -30,6 +30,7 @@ end-of-stream marker).  GPT: UEFI 2.10 section 5.3.
 
 from __future__ import absolute_import, division, print_function
 
+import argparse
 import hashlib
 import io
 import json
@@ -540,11 +541,20 @@ def make_all(directory):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.stderr.write("usage: make_virtualbox_machine.py DIRECTORY\n")
-        return 2
-    print(json.dumps(make_all(os.path.abspath(argv[0])), indent=2, sort_keys=True))
+    parser = argparse.ArgumentParser(description="Write VirtualBox machines (no VirtualBox needed) and print what "
+                                                 "was written as JSON, with the sha256 of each disk state.")
+    parser.add_argument("directory")
+    parser.add_argument("--machine-a-only", action="store_true",
+                        help="write machine A alone (DIRECTORY/NAME/NAME.vbox), not B and the EFI OVF")
+    parser.add_argument("--name", default="A", help="machine A's name and folder (default A)")
+    parser.add_argument("--snapshots", type=int, default=2, help="machine A's snapshots, 1 to 8 (default 2)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    directory = os.path.abspath(args.directory)
+    if args.machine_a_only:
+        written = {args.name: make_machine_a(directory, name=args.name, snapshots=args.snapshots)}
+    else:
+        written = make_all(directory)
+    print(json.dumps(written, indent=2, sort_keys=True))
     return 0
 
 
