@@ -102,3 +102,14 @@ def test_the_same_call_writes_the_same_files(tmp_path):
     for name in ("A/A.vdi", "A/A.vbox", "B.ova", "efi/efi-disk1.vmdk"):
         with open(str(tmp_path / "one" / name), "rb") as one, open(str(tmp_path / "two" / name), "rb") as two:
             assert one.read() == two.read(), name
+
+
+def test_command_line_writes_machine_a_alone_with_its_name_and_snapshots(tmp_path):
+    proc = subprocess.run([sys.executable, SCRIPT, "--machine-a-only", "--name", "demo", "--snapshots", "1",
+                           str(tmp_path / "fx")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, check=True)
+    written = json.loads(proc.stdout)
+    assert list(written) == ["demo"]
+    assert sorted(os.listdir(str(tmp_path / "fx"))) == ["demo"]
+    assert os.path.isfile(str(tmp_path / "fx" / "demo" / "demo.vbox"))
+    assert len(written["demo"]["chain"]) == 2  # one snapshot: one differencing VDI on the base
