@@ -1027,6 +1027,13 @@ def _build_replacement_files(request, action):
                 moved.append(os.path.join(directory, name))
         os.rename(main, os.path.abspath(request.path))
         moved.append(os.path.abspath(request.path))
+    except Exception as exc:  # pylint: disable=broad-except
+        if not moved:
+            raise
+        # Extent files already moved into place (over the old image's extents of the same names) stay: say so.
+        error = DiskImageError('%s; the files moved into place before the failure stay: %s' % (exc, ', '.join(moved)))
+        error.image_changed = True
+        raise error
     finally:
         for name in os.listdir(staging):
             os.unlink(os.path.join(staging, name))

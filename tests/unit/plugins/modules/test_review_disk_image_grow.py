@@ -8,6 +8,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import os
 
 import pytest
 
@@ -76,3 +77,24 @@ def test_a_grow_that_cannot_be_taken_back_is_reported_as_a_change(small_fs, caps
     assert result['failed'] and 'putting the image back failed too' in result['msg'], result
     grow = 'grow raw image %s from %d to %d bytes with preallocation=full' % (path, 2 * MIB, 64 * MIB)
     assert result['changed'] and result['actions'] == [grow + ' (failed half-way, not taken back)'], result
+
+
+def test_a_multi_file_replacement_that_fails_after_moving_extents_says_what_it_left(tmp_path, capsys, monkeypatch):
+    path = str(tmp_path / 'a.vmdk')
+    qemu_img('create', '-q', '-f', 'qcow2', path, '1M')
+    real_rename = _disk_image.os.rename
+
+    def rename(source, destination):
+        if destination == path:   # the descriptor, moved last
+            raise OSError(5, 'Input/output error')
+        real_rename(source, destination)
+
+    monkeypatch.setattr(_disk_image.os, 'rename', rename)
+    result = module_runner.run_module(disk_image, capsys, False, path=path, format='vmdk', size='1M', force=True,
+                                      options={'subformat': 'monolithicFlat'})
+    extent = str(tmp_path / 'a-flat.vmdk')
+    assert result['failed'] and 'Input/output error' in result['msg'], result
+    assert os.path.exists(extent) and 'the files moved into place before the failure stay: %s' % extent in result['msg']
+    assert result['changed'] and len(result['actions']) == 1
+    assert result['actions'][0].endswith(' (failed half-way, not taken back)')
+    assert [name for name in os.listdir(str(tmp_path)) if name.startswith('.')] == []   # no staging left
