@@ -430,7 +430,8 @@ def apply_volume_plan(conn, target, plan, request):
                         if not isinstance(exc, Exception):
                             raise
                         raise _VolumeStepFailed('%s; cannot remove the volume it created (%s), which stays with what '
-                                                'was uploaded so far: delete it, or run the task again with force=true'
+                                                'was uploaded so far: delete it (virsh vol-delete) before running the task '
+                                                'again, which takes a volume of the requested capacity as it is'
                                                 % (exc, error_message(undo)))
                     done = [item for item in done if item.kind != 'create']
                     raise
