@@ -1063,7 +1063,8 @@ def _attach(domain, what, element, view):
 def _detach(domain, what, element, view, request):
     libvirt_call(what, domain.detachDeviceFlags, _xml(element), _flag(view))
     if view == 'live':
-        wait_for_removal(domain, disk_target(element), request.params.get('detach_timeout', 30), _quoted(request.domain))
+        timeout = request.params.get('detach_timeout')
+        wait_for_removal(domain, disk_target(element), 30 if timeout is None else timeout, _quoted(request.domain))
 
 
 def _update(domain, what, element, view):

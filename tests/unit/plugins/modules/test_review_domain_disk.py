@@ -131,3 +131,34 @@ def test_a_failure_to_read_the_domain_after_the_change_reports_the_change(tmp_pa
     assert result['failed'] and 'connection lost' in result['msg'], result
     assert result['changed'] and result['actions'] == [attach]
     assert path in virsh('dumpxml', '--inactive', domain_name).stdout
+
+
+class ReleasingDomain(object):
+    """A running domain whose guest releases a detached disk at once."""
+
+    def __init__(self):
+        self.detached = False
+
+    def detachDeviceFlags(self, xml, flags):
+        self.detached = True
+
+    def isActive(self):
+        return 1
+
+    def XMLDesc(self, flags):
+        return "<domain><devices/></domain>"
+
+
+def test_a_null_detach_timeout_waits_the_default_instead_of_failing_after_the_detach(tmp_path):
+    if not _libvirt.HAS_LIBVIRT:
+        components.missing('libvirt-python')
+    disk = ("<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/a.raw'/>"
+            "<target dev='vdb' bus='virtio'/></disk>")
+    definition = parse_xml("<domain type='qemu'><name>d</name><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+                           "<devices>%s</devices></domain>" % disk)
+    state = DomainState('d', True, False, None, definition)
+    request = DiskRequest(params(target='vdb', state='absent', persistent=False, detach_timeout=None), state)
+    plan = plan_domain_disk(request, state)
+    domain = ReleasingDomain()
+    apply_plan(domain, plan, request)
+    assert domain.detached
