@@ -166,7 +166,7 @@ options:
       - The storage must be empty (no entry in the directory of a dir pool, or in the mount point of an fs or netfs pool
         that is not mounted; no volume in an active logical pool, whose volume group libvirt removes with its volumes);
         otherwise the task fails before it stops the pool. Remove the volumes first.
-      - An inactive logical pool is refused with V(deleted): libvirt lists its volumes only while it is active. Start it first.
+      - An inactive logical pool is refused with V(deleted), as libvirt lists its volumes only while it is active. Start it first.
       - With V(absent) and V(deleted) only O(name) (or the name in O(xml)) is used.
     type: str
     choices: [present, absent, active, inactive, deleted]
