@@ -1124,9 +1124,17 @@ def apply_plan(plan, request, done=None):
         written = None
         if action.kind == 'remove':
             os.unlink(request.path)
-            for name in action.args.get('extents') or []:
-                if os.path.isfile(name):
-                    os.unlink(name)
+            left = [name for name in action.args.get('extents') or [] if os.path.isfile(name)]
+            try:
+                while left:
+                    os.unlink(left[0])
+                    del left[0]
+            except OSError as exc:
+                # The image is gone already (its descriptor): what stays is said, and the task changed something.
+                error = DiskImageError('%s: removed, but not its extent files %s: %s' % (request.path, ', '.join(left),
+                                                                                          exc.strerror or exc))
+                error.image_changed = True
+                raise error
             written = 0
         elif action.kind in ('create', 'convert'):
             replaced_extents = action.args.get('old_extents') or []

@@ -98,3 +98,23 @@ def test_a_multi_file_replacement_that_fails_after_moving_extents_says_what_it_l
     assert result['changed'] and len(result['actions']) == 1
     assert result['actions'][0].endswith(' (failed half-way, not taken back)')
     assert [name for name in os.listdir(str(tmp_path)) if name.startswith('.')] == []   # no staging left
+
+
+def test_a_removal_that_fails_after_the_descriptor_is_gone_reports_the_change(tmp_path, capsys, monkeypatch):
+    path = str(tmp_path / 'b.vmdk')
+    qemu_img('create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', path, '1M')
+    extent = str(tmp_path / 'b-flat.vmdk')
+    assert os.path.exists(extent)
+    real_unlink = _disk_image.os.unlink
+
+    def unlink(name):
+        if name == extent:
+            raise OSError(16, 'Device or resource busy')
+        real_unlink(name)
+
+    monkeypatch.setattr(_disk_image.os, 'unlink', unlink)
+    result = module_runner.run_module(disk_image, capsys, False, path=path, state='absent')
+    assert result['failed'] and 'Device or resource busy' in result['msg'], result
+    assert not os.path.exists(path) and os.path.exists(extent)
+    assert result['changed'] and result['actions'][0].startswith('remove vmdk image %s' % path)
+    assert extent in result['msg']
