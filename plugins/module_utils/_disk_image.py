@@ -1151,10 +1151,17 @@ def apply_plan(plan, request, done=None):
                 finally:
                     if os.path.lexists(staging):
                         os.unlink(staging)
-            for name in replaced_extents:
-                # The extent files of the replaced image that the new one did not take over.
-                if name not in moved and os.path.isfile(name):
-                    os.unlink(name)
+            # The extent files of the replaced image that the new one did not take over.
+            left = [name for name in replaced_extents if name not in moved and os.path.isfile(name)]
+            try:
+                while left:
+                    os.unlink(left[0])
+                    del left[0]
+            except OSError as exc:
+                error = DiskImageError('%s: replaced by the new image, but the extent files %s of the old one could not be '
+                                       'removed: %s' % (request.path, ', '.join(left), exc.strerror or exc))
+                error.image_changed = True
+                raise error
             if stats:
                 outcome['conversion'] = stats
                 written = stats.get('bytes_written')

@@ -107,10 +107,10 @@ def test_a_removal_that_fails_after_the_descriptor_is_gone_reports_the_change(tm
     assert os.path.exists(extent)
     real_unlink = _disk_image.os.unlink
 
-    def unlink(name):
+    def unlink(name, **kwargs):
         if name == extent:
             raise OSError(16, 'Device or resource busy')
-        real_unlink(name)
+        real_unlink(name, **kwargs)
 
     monkeypatch.setattr(_disk_image.os, 'unlink', unlink)
     result = module_runner.run_module(disk_image, capsys, False, path=path, state='absent')
@@ -118,3 +118,21 @@ def test_a_removal_that_fails_after_the_descriptor_is_gone_reports_the_change(tm
     assert not os.path.exists(path) and os.path.exists(extent)
     assert result['changed'] and result['actions'][0].startswith('remove vmdk image %s' % path)
     assert extent in result['msg']
+
+
+def test_a_replacement_whose_old_extents_cannot_be_removed_reports_the_change(tmp_path, capsys, monkeypatch):
+    path = str(tmp_path / 'c.vmdk')
+    qemu_img('create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', path, '1M')
+    extent = str(tmp_path / 'c-flat.vmdk')
+    real_unlink = _disk_image.os.unlink
+
+    def unlink(name, **kwargs):
+        if name == extent:
+            raise OSError(16, 'Device or resource busy')
+        real_unlink(name, **kwargs)
+
+    monkeypatch.setattr(_disk_image.os, 'unlink', unlink)
+    result = module_runner.run_module(disk_image, capsys, False, path=path, format='raw', size='1M', force=True)
+    assert result['failed'] and 'Device or resource busy' in result['msg'] and extent in result['msg'], result
+    assert result['changed'] and len(result['actions']) == 1
+    assert os.path.exists(extent)
