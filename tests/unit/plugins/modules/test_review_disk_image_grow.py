@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kvm.storage
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A grow that fails half-way and cannot be taken back: every file of the image is still put back where it can be,
-and the task says the image changed (never changed=false over a partly grown image)."""
+"""disk_image steps that fail half-way and cannot be taken back: a grow whose undo fails (every file of the image is
+still put back where it can be), a multi-file replacement that fails after moving extent files into place, a removal
+or replacement that leaves extent files.  The task names what stays and says the image changed (never changed=false)."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
