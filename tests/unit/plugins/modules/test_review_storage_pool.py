@@ -196,3 +196,86 @@ def test_a_failure_to_read_the_pool_after_the_change_reports_the_change(tmp_path
     assert result['failed'] and 'connection lost' in result['msg'], result
     assert result['changed'] and result['actions'] == ["start storage pool '%s'" % pool_name]
     assert 'State:          running' in virsh('pool-info', pool_name).stdout
+
+
+class StepPool(object):
+    """A new dir pool whose build creates its target directory; ``fail`` names the step libvirt refuses."""
+
+    def __init__(self, target, fail):
+        self.target = target
+        self.fail = fail
+        self.calls = []
+
+    def _step(self, name):
+        self.calls.append(name)
+        if name == self.fail:
+            _libvirt.libvirt.virResetLastError()
+            raise _libvirt.libvirt.libvirtError('%s refused (a refusal made for this test)' % name)
+
+    def XMLDesc(self, flags):
+        return "<pool type='dir'><name>p</name><target><path>%s</path></target></pool>" % self.target
+
+    def build(self, flags):
+        self._step('build')
+        os.mkdir(self.target)
+
+    def create(self, flags):
+        self._step('create')
+
+    def destroy(self):
+        self._step('destroy')
+
+    def setAutostart(self, value):
+        self._step('autostart' if value else 'no autostart')
+
+    def undefine(self):
+        self._step('undefine')
+
+
+@pytest.mark.parametrize('fail, calls, undone', [
+    ('build', ['define', 'build', 'undefine'], ["undefine storage pool 'p'"]),
+    ('create', ['define', 'build', 'create', 'undefine'],
+     ['remove the directory {target} the build created', "undefine storage pool 'p'"]),
+    ('autostart', ['define', 'build', 'create', 'autostart', 'destroy', 'undefine'],
+     ["stop storage pool 'p'", 'remove the directory {target} the build created', "undefine storage pool 'p'"]),
+])
+def test_a_new_pool_failing_at_each_step_is_taken_back_to_nothing(tmp_path, fail, calls, undone):
+    if not _libvirt.HAS_LIBVIRT:
+        components.missing('libvirt-python')
+    target = str(tmp_path / 'pool')
+    request = StoragePoolRequest(params(name='p', type='dir', target=target, build=True, state='active', autostart=True))
+    planned = plan_storage_pool(request, None, None, False)
+    assert [action.kind for action in planned.actions] == ['define', 'build', 'start', 'autostart']
+    pool = StepPool(target, fail)
+    connection = DefiningConnection(pool)
+    with pytest.raises(LibvirtModuleError) as caught:
+        apply_plan(connection, planned, request, None)
+    assert pool.calls == calls
+    assert caught.value.result == dict(changed=False, actions=[])
+    assert str(caught.value).endswith("; undone: %s; storage pool 'p' is as it was before the task"
+                                      % ', '.join(step.format(target=target) for step in undone))
+    assert not os.path.exists(target)
+
+
+def test_a_rollback_never_removes_a_target_directory_that_holds_data(tmp_path):
+    # The build created the directory, then something wrote into it before the start failed: the directory stays,
+    # and the build is reported as left done.
+    if not _libvirt.HAS_LIBVIRT:
+        components.missing('libvirt-python')
+    target = str(tmp_path / 'pool')
+    request = StoragePoolRequest(params(name='p', type='dir', target=target, build=True, state='active'))
+    planned = plan_storage_pool(request, None, None, False)
+    pool = StepPool(target, 'create')
+    real_build = pool.build
+
+    def build_then_written(flags):
+        real_build(flags)
+        with open(os.path.join(target, 'data.img'), 'wb') as data:
+            data.write(b'x')
+
+    pool.build = build_then_written
+    with pytest.raises(LibvirtModuleError) as caught:
+        apply_plan(DefiningConnection(pool), planned, request, None)
+    assert os.path.exists(os.path.join(target, 'data.img'))
+    assert caught.value.result['changed'] and caught.value.result['actions'] == [planned.actions[1].description]
+    assert 'cannot remove the directory %s the build created' % target in str(caught.value)
