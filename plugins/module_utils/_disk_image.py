@@ -1131,8 +1131,8 @@ def apply_plan(plan, request, done=None):
                     del left[0]
             except OSError as exc:
                 # The image is gone already (its descriptor): what stays is said, and the task changed something.
-                error = DiskImageError('%s: removed, but not its extent files %s: %s' % (request.path, ', '.join(left),
-                                                                                          exc.strerror or exc))
+                error = DiskImageError('%s: removed, but not its extent files %s: %s'
+                                       % (request.path, ', '.join(left), exc.strerror or exc))
                 error.image_changed = True
                 raise error
             written = 0
