@@ -84,7 +84,7 @@ else
         local module member pattern file
         local members=()
         for module in "$@"; do
-            pattern=$(sed 's/[-_]/[-_]/g' <<<"$module")
+            pattern=${module//[-_]/[-_]}
             member=$(grep -E "/kernel/(.*/)?$pattern\.ko(\.xz|\.zst|\.gz)?$" <<<"$listing" | head -n 1 || true)
             if [ -z "$member" ]; then
                 echo "module $module not found in $deb" >&2
