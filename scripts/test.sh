@@ -32,7 +32,7 @@ collection_copy() {
     echo "$dest"
 }
 
-# The copy for sanity and integration, or stop the whole run (`all` too) with a clear message.
+# The copy for sanity and integration, or stop the suite with a clear message (the copy is needed by both).
 collection_copy_or_stop() {
     if ! collection_copy; then
         echo "test.sh: copying the collection to $WORK/ansible_collections/kvm/storage failed; stopping" \
@@ -87,10 +87,21 @@ run_suite() {
     shift
     start=$(date +%s)
     echo "=================== $name ==================="
-    "suite_$name" "$@"
-    rc=$?
-    echo "=================== $name: $([ $rc -eq 0 ] && echo passed || echo "FAILED (exit $rc)") in $(( $(date +%s) - start ))s"
-    return $rc
+    # the suite's output is also kept for the digest of failures printed at the very end (CI shows the tail)
+    "suite_$name" "$@" 2>&1 | tee "$WORK/suite-$name.log"
+    rc=${PIPESTATUS[0]}
+    echo "=================== $name: $([ "$rc" -eq 0 ] && echo passed || echo "FAILED (exit $rc)") in $(( $(date +%s) - start ))s"
+    return "$rc"
+}
+
+# What failed in a suite, from its kept output: the lines around each failure (Ansible's fatal/FAILED!, molecule's and
+# pytest's errors, tracebacks), the last 200 lines of them.
+failure_digest() {
+    local log="$WORK/suite-$1.log"
+    [ -f "$log" ] || return 0
+    echo "=================== digest of the $1 failures (from its output above) ==================="
+    grep -a -n -E -B4 -A30 '^fatal: |FAILED! =>|^ERROR |^ERROR:|^E  |Traceback \(most recent|^FAILED |^[0-9]+ failed' "$log" \
+        | cut -c1-400 | tail -n 200
 }
 
 case "${1:-all}" in
@@ -100,6 +111,9 @@ case "${1:-all}" in
             run_suite "$s" || failed+=("$s")
         done
         if [ ${#failed[@]} -gt 0 ]; then
+            for s in "${failed[@]}"; do
+                failure_digest "$s"
+            done
             echo "FAILED suites: ${failed[*]}"
             exit 1
         fi
