@@ -204,7 +204,9 @@ def read_image(image):
     FATError for anything else, including a subdirectory."""
     if len(image) > MAX_IMAGE_BYTES:
         raise FATError('%d bytes: larger than a seed (at most %d bytes)' % (len(image), MAX_IMAGE_BYTES))
-    if len(image) < SECTOR or image[510:512] != SIGNATURE:
+    if len(image) < SECTOR * 4:
+        raise FATError('%d bytes: shorter than a FAT file system' % len(image))
+    if image[510:512] != SIGNATURE:
         raise FATError('boot sector: expected the signature 55 AA at byte 510, found %r' % (bytes(image[510:512]),))
     (_jump, _oem, bytes_per_sector, sectors_per_cluster, reserved, fats, root_entries, total16, _media, fat_size,
      _track, _heads, _hidden, total32, _drive, _res, boot_signature, _serial, bpb_label,

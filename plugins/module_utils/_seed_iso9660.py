@@ -388,6 +388,8 @@ def read_image(image):
     without its version). Raises ISO9660Error for anything else, including a subdirectory."""
     if len(image) > MAX_IMAGE_BYTES:
         raise ISO9660Error('%d bytes: larger than a seed (at most %d bytes)' % (len(image), MAX_IMAGE_BYTES))
+    if len(image) < (SYSTEM_AREA_SECTORS + 2) * SECTOR:
+        raise ISO9660Error('%d bytes: shorter than an ISO 9660 file system' % len(image))
     descriptors = _volume_descriptors(image)
     primary = [d for d in descriptors if d[0] == VD_PRIMARY]
     if not primary:
