@@ -4,7 +4,8 @@
 #
 # Build (once per kernel package version and recipe) the test guest: Debian's kernel and a busybox
 # initramfs whose /init (beside this script) prints the sha256 of every disk it finds (virtio-blk vdX;
-# sdX on AHCI/SATA, PIIX IDE, LSI 53C895A SCSI and virtio-scsi).
+# sdX on AHCI/SATA, PIIX IDE, LSI 53C895A SCSI and virtio-scsi), and the files of cloud-init seeds
+# (ISO 9660 or FAT labelled cidata, on those disks or on a CD-ROM srX).
 #   usage: build_guest.sh [CACHE_ROOT]     (default ~/.cache/kvm-storage/guest)
 # Prints "dir=<directory holding vmlinuz and initrd.img>" and "built=yes|no" on stdout.
 # The kernel is downloaded with apt-get download and unpacked (never installed).  The modules are
@@ -15,12 +16,14 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE_ROOT=${1:-$HOME/.cache/kvm-storage/guest}
-# sd_mod first: the disks the host adapters find are attached as they are found
+# sd_mod and sr_mod first: the disks and CD-ROMs the host adapters find are attached as they are found
 MODULES=(
-    sd_mod
+    sd_mod sr_mod                       # SCSI/ATA disks (sdX) and CD-ROMs (srX)
     virtio_pci virtio_blk virtio_scsi   # virtio-blk (vdX), virtio-scsi (sdX)
     ahci ata_piix                       # SATA (AHCI, q35's ICH9) and IDE (PIIX, the pc machine type)
     sym53c8xx                           # libvirt's lsilogic SCSI controller (qemu's lsi53c895a)
+    isofs vfat                          # cloud-init seeds: ISO 9660 (Rock Ridge, Joliet) and FAT
+    nls_cp437 nls_ascii nls_utf8        # FAT's default code page and I/O character set (Debian: cp437, ascii), UTF-8
 )
 
 mkdir -p "$CACHE_ROOT"
