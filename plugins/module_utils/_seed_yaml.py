@@ -17,11 +17,13 @@ __metaclass__ = type
 import math
 import re
 
-_PLAIN = re.compile(r'^[A-Za-z_/][A-Za-z0-9_./+@-]*$')
+_PLAIN = re.compile(r'\A[A-Za-z_/][A-Za-z0-9_./+@-]*\Z')
 # YAML 1.1 booleans and nulls (read case-insensitively by some loaders): quoted even though 1.2 would read them plain
 _RESERVED = frozenset(('y', 'yes', 'n', 'no', 'true', 'false', 'on', 'off', 'null', '~'))
 # characters YAML may hold unescaped (YAML 1.2 5.1, c-printable), besides those escaped below
 _NOT_PRINTABLE = re.compile('[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]')
+# YAML 1.1 line breaks besides \n (a literal block would turn them into \n), and the byte order mark
+_NOT_IN_LITERAL = ('\r', '\x85', '\u2028', '\u2029', '\ufeff')
 _ESCAPES = {'\\': '\\\\', '"': '\\"', '\n': '\\n', '\t': '\\t', '\r': '\\r', '\x00': '\\0', '\x07': '\\a',
             '\x08': '\\b', '\x0b': '\\v', '\x0c': '\\f', '\x1b': '\\e', '\x85': '\\N', '\xa0': '\\_',
             '\u2028': '\\L', '\u2029': '\\P'}
@@ -49,9 +51,9 @@ def _plain_ok(text):
 
 
 def _literal_ok(text):
-    """A literal block keeps every character: printable, no carriage return, no trailing blank line or space, and a
+    """A literal block keeps every character: printable, no other line break, no trailing blank line or space, and a
     first non-empty line that does not start with a space (else an indentation indicator would be needed)."""
-    if '\n' not in text.rstrip('\n') or '\r' in text or '\ufeff' in text or _NOT_PRINTABLE.search(text):
+    if '\n' not in text.rstrip('\n') or _NOT_PRINTABLE.search(text) or any(c in text for c in _NOT_IN_LITERAL):
         return False
     first = text.lstrip('\n')
     return not first.startswith((' ', '\t')) and not text.endswith('\n\n') and text.rstrip('\n') == text.rstrip()
