@@ -300,7 +300,8 @@ def run_cloud_init_seed(module):
             if not content_changed:
                 result['actions'].append('set attributes of %s' % path)
     except FileAttributeError as exc:
-        raise CloudInitSeedError(str(exc), **dict(result, changed=content_changed or result['changed']))
+        # with what the task had done: a seed written before the attributes failed is a change
+        raise CloudInitSeedError(str(exc), **result)
     return _finish(module, result, warnings)
 
 

@@ -111,8 +111,8 @@ def test_a_changed_seed_is_replaced_and_the_diff_names_the_files_that_change(tmp
 def test_a_binary_file_is_shown_by_its_digest_in_the_diff(tmp_path, capsys):
     path = tmp_path / "seed.iso"
     binary = b"\xff\x00binary"
-    path.write_bytes(_cloud_init_seed.build("iso9660", "CIDATA", {"user-data": b"#cloud-config\n",
-                                                                    "meta-data": b"x\n", "vendor-data": binary}))
+    files = {"user-data": b"#cloud-config\n", "meta-data": b"x\n", "vendor-data": binary}
+    path.write_bytes(_cloud_init_seed.build("iso9660", "CIDATA", files))
     result = seed(capsys, path, user_data="#cloud-config\n", meta_data="x\n")
     assert result["diff"][-1]["before"] == "(binary: 8 bytes, sha256 %s)\n" % hashlib.sha256(binary).hexdigest()
 
