@@ -224,3 +224,6 @@ class Lvm:
 
     def activate(self, vg, lv):
         self.run("lvchange", "-ay", "%s/%s" % (vg, lv))
+
+    def deactivate(self, vg, lv):
+        self.run("lvchange", "-an", "%s/%s" % (vg, lv))

@@ -308,6 +308,25 @@ def write_image(image, device, fmt, volume_size, known_zero, allow_dirs=None, tr
     return result["digest"], stats
 
 
+def resize_volume(lvm, lv, size):
+    """lvresize ``lv`` (normalize_lv dict) to ``size`` bytes.  lvm2 resizes the origin of classic snapshots
+    (lv_attr ``o``) only while it is inactive: an active one is deactivated for it (its snapshots with it) and
+    activated again, also when the resize fails (then the resize's error is raised)."""
+    if not (lv["attr"][:1] == "o" and lv["active"]):
+        lvm.resize(lv["vg"], lv["name"], size)
+        return
+    lvm.deactivate(lv["vg"], lv["name"])
+    try:
+        lvm.resize(lv["vg"], lv["name"], size)
+    except LvmError:
+        try:
+            lvm.activate(lv["vg"], lv["name"])
+        except LvmError:
+            pass
+        raise
+    lvm.activate(lv["vg"], lv["name"])
+
+
 def zero_range(device, start, end):
     with open_image(device, fmt="raw", readonly=False) as target:
         target.write_zeroes(start, end - start)
@@ -558,8 +577,10 @@ class VolumeImage:
                 snapshot = "%s_snap_%s" % (lv_name, time.strftime("%Y%m%d%H%M%S", time.gmtime()))
                 self.lvm.snapshot(vg_name, lv_name, snapshot, thin=bool(lv["pool"]))
                 self.result["snapshot"] = snapshot
+                # a classic snapshot makes the volume an origin (lv_attr o), which resize_volume must know
+                lv = self.reload()
             elif step == "resize":
-                self.lvm.resize(vg_name, lv_name, detail[1])
+                resize_volume(self.lvm, lv, detail[1])
                 lv = self.reload()
             elif step == "zero_tail":
                 if not lv["pool"]:

@@ -98,8 +98,9 @@ options:
   state:
     description:
       - V(present) creates the volume if needed and makes it hold O(src).
-      - V(absent) removes the volume (C(lvremove --yes)), with its snapshots. A volume without this module's tags is
-        removed only with O(force=true).
+      - V(absent) removes the volume (C(lvremove --yes)). lvm2 removes the classic snapshots of a volume that is not
+        thin with it (O(snapshot_before_write)'s included); the snapshots of a thin volume are thin volumes of their
+        own and stay. A volume without this module's tags is removed only with O(force=true).
     type: str
     choices: [present, absent]
     default: present
@@ -134,7 +135,10 @@ options:
     description:
       - Before overwriting an existing volume, take an LVM snapshot of it, named C(<lv>_snap_<UTC time>) (a thin
         snapshot for a thin volume; a classic snapshot as large as the volume otherwise). The name is returned in
-        RV(snapshot). The snapshot is never removed by this module.
+        RV(snapshot). The snapshot is never removed by this module, except that lvm2 removes a classic snapshot
+        with its volume (O(state=absent)).
+      - lvm2 creates a thin snapshot with the activation skip flag (it is not active); C(lvchange -ay -K vg/snapshot)
+        activates it. A classic snapshot is active, and the volume's writes copy its old blocks there first.
     type: bool
     default: false
 notes:

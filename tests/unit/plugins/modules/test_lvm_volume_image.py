@@ -567,3 +567,106 @@ def test_source_in_use_message_says_what_this_module_can_do(tmp_path):
             lvi.content_sha256(src, "raw", None)
     text = lvi.failure_text(caught.value)
     assert "in use by another process" in text and "shut the guest down" in text and "force_share" not in text
+
+
+# ------------------------------------------- origins of classic snapshots (found on real device-mapper)
+class OriginRuleLvm:
+    """Stands in for lvm2 with one of its rules: ``lvresize`` of the origin of classic snapshots (lv_attr ``o``)
+    fails while it is active ("Snapshot origin volumes can be resized only while inactive: try lvchange -an.").
+    Keeps one volume (a dict of normalize_lv's keys) and records the calls."""
+
+    def __init__(self, attr, path, size=8 * MIB, pool=None, resize_error=None):
+        self.volume = {"vg": "v", "name": "a", "path": path, "size": size, "tags": [], "attr": attr,
+                       "segtype": "thin" if pool else "linear", "pool": pool, "origin": None, "uuid": "u",
+                       "active": attr[4] == "a"}
+        self.calls = []
+        self.resize_error = resize_error
+
+    def _set_active(self, active):
+        self.volume["active"] = active
+        self.volume["attr"] = self.volume["attr"][:4] + ("a" if active else "-") + self.volume["attr"][5:]
+
+    def lv(self, vg, lv):
+        return dict(self.volume)
+
+    def snapshot(self, vg, lv, name, thin):
+        self.calls.append(("snapshot", name, thin))
+        if not thin:
+            self.volume["attr"] = "o" + self.volume["attr"][1:]
+
+    def deactivate(self, vg, lv):
+        self.calls.append(("deactivate",))
+        self._set_active(False)
+
+    def activate(self, vg, lv):
+        self.calls.append(("activate",))
+        self._set_active(True)
+
+    def resize(self, vg, lv, size):
+        self.calls.append(("resize", size))
+        if self.resize_error:
+            raise _lvm.LvmError(self.resize_error)
+        if self.volume["attr"][0] == "o" and self.volume["active"]:
+            raise _lvm.LvmError("lvresize --yes -L %db v/a failed (rc 5): Snapshot origin volumes can be resized "
+                                "only while inactive: try lvchange -an." % size)
+        self.volume["size"] = size
+
+    def change_tags(self, vg, lv, add=(), delete=()):
+        self.calls.append(("tags", sorted(add), sorted(delete)))
+        self.volume["tags"] = sorted((set(self.volume["tags"]) - set(delete)) | set(add))
+
+
+def test_deactivate_command_line():
+    module = StubModule(0, "", "")
+    _lvm.Lvm(module).deactivate("v", "a")
+    assert module.calls[0][0] == ["/usr/sbin/lvchange", "-an", "v/a"]
+
+
+def test_an_active_origin_of_classic_snapshots_is_deactivated_around_lvresize():
+    lvm = OriginRuleLvm("owi-a-s---", "/dev/v/a")
+    lvi.resize_volume(lvm, lvm.lv("v", "a"), 12 * MIB)
+    assert lvm.calls == [("deactivate",), ("resize", 12 * MIB), ("activate",)]
+    assert lvm.volume["size"] == 12 * MIB and lvm.volume["active"]
+
+
+@pytest.mark.parametrize("attr", ["-wi-a-----", "Vwi-a-tz--", "owi---s---", "-wi-------"])
+def test_other_volumes_are_resized_as_they_are(attr):
+    # linear, a thin volume (its snapshots are thin: lvm2 resizes it active), an inactive origin, an inactive volume
+    lvm = OriginRuleLvm(attr, "/dev/v/a", pool="pool" if attr[0] == "V" else None)
+    lvi.resize_volume(lvm, lvm.lv("v", "a"), 12 * MIB)
+    assert lvm.calls == [("resize", 12 * MIB)]
+    assert lvm.volume["attr"] == attr
+
+
+def test_the_origin_is_activated_again_when_lvresize_fails():
+    lvm = OriginRuleLvm("owi-a-s---", "/dev/v/a", resize_error="lvresize failed (rc 5): Insufficient free space")
+    with pytest.raises(_lvm.LvmError, match="Insufficient free space"):
+        lvi.resize_volume(lvm, lvm.lv("v", "a"), 12 * MIB)
+    assert lvm.calls == [("deactivate",), ("resize", 12 * MIB), ("activate",)]
+    assert lvm.volume["active"]
+
+
+def test_snapshot_before_a_write_that_grows_a_linear_volume(tmp_path, monkeypatch):
+    """The classic snapshot makes the volume an origin: the grow that follows it must know (lvm2 refuses to
+    resize an active origin), and the write goes to the reactivated volume."""
+    device = tmp_path / "device"
+    device.write_bytes(bytes(8 * MIB))
+    lvm = OriginRuleLvm("-wi-a-----", str(device))
+    lvm.volume["tags"] = lvi.encode_tags("raw", 8 * MIB, "aa", "f0")
+    written = []
+
+    def write_image(image, device_path, fmt, volume_size, known_zero, **policy):
+        written.append((device_path, volume_size, lvm.volume["active"]))
+        return "bb", {"bytes_written": 0, "bytes_zeroed": 0, "volume_size": volume_size}
+
+    monkeypatch.setattr(lvi, "write_image", write_image)
+    module = FakeModule(params(vg="v", lv="a", src=str(device), update=True, snapshot_before_write=True))
+    runner = lvi.VolumeImage(module, lvm=lvm)
+    plan = {"steps": [("snapshot", None), ("resize", (8 * MIB, 12 * MIB)), ("write", "source changed")],
+            "write_reason": "source changed", "new_size": 12 * MIB, "sha256": None}
+    source = {"format": "raw", "virtual_size": 12 * MIB, "fingerprint": "f1"}
+    lv = runner._execute_steps(plan, lvm.lv("v", "a"), None, source, None, "raw", 12 * MIB, [], {})
+    assert [call[0] for call in lvm.calls] == ["snapshot", "deactivate", "resize", "activate", "tags", "tags"]
+    assert written == [(str(device), 12 * MIB, True)]
+    assert lv["size"] == 12 * MIB and lvi.TAG_SHA256 + "bb" in lv["tags"]
+    assert runner.result["snapshot"].startswith("a_snap_")
