@@ -561,6 +561,10 @@ class VolumeImage:
         params = self.params
         vg_name, lv_name = params["vg"], params["lv"]
         known_zero = False
+        if lv is not None and any(step == "write" for step, detail in plan["steps"]):
+            # A write to a device that a running guest holds is refused before any step: no snapshot or resize
+            # is made for a write that cannot happen.
+            open_image(ensure_device(self.lvm, lv), fmt="raw", readonly=False).close()
         if any(step == "zero_tail" for step, detail in plan["steps"]):
             # Until the new end reads zero the volume counts as incomplete: a failure in between
             # leaves it to be rewritten whole by the next run, never grown with old data showing.

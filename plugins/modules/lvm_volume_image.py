@@ -142,7 +142,8 @@ options:
     type: bool
     default: false
 notes:
-  - Writing refuses a device that a running guest holds open (QEMU's image locks), as C(qemu-img) does.
+  - Writing refuses a device that a running guest holds open (QEMU's image locks), as C(qemu-img) does, before any
+    other step (no snapshot is taken, nothing is resized).
   - When a step fails after others succeeded, a volume the task created is removed again (the task changed nothing);
     otherwise the task fails with C(changed=true) and RV(actions) listing the steps that were done (an interrupted
     write is listed as such; the volume keeps the C(kvmstorage.writing) tag and is written again whole by the next

@@ -670,3 +670,25 @@ def test_snapshot_before_a_write_that_grows_a_linear_volume(tmp_path, monkeypatc
     assert written == [(str(device), 12 * MIB, True)]
     assert lv["size"] == 12 * MIB and lvi.TAG_SHA256 + "bb" in lv["tags"]
     assert runner.result["snapshot"].startswith("a_snap_")
+
+
+def test_a_volume_in_use_is_refused_before_the_snapshot_and_the_grow(tmp_path, monkeypatch):
+    """A running guest holds the device (QEMU's locks): the write would be refused, so nothing is done before it
+    either (no snapshot left behind, no grow)."""
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
+    device = tmp_path / "device"
+    device.write_bytes(bytes(8 * MIB))
+    lvm = OriginRuleLvm("-wi-a-----", str(device))
+    lvm.volume["tags"] = lvi.encode_tags("raw", 8 * MIB, "aa", "f0")
+    monkeypatch.setattr(lvi, "write_image", lambda *args, **kwargs: pytest.fail("the write must not start"))
+    runner = lvi.VolumeImage(FakeModule(params(vg="v", lv="a", src=str(device), update=True,
+                                               snapshot_before_write=True)), lvm=lvm)
+    plan = {"steps": [("snapshot", None), ("resize", (8 * MIB, 12 * MIB)), ("write", "source changed")],
+            "write_reason": "source changed", "new_size": 12 * MIB, "sha256": None}
+    runner.actions.extend(["snapshot v/a before writing", "grow volume v/a", "write raw image"])
+    source = {"format": "raw", "virtual_size": 12 * MIB, "fingerprint": "f1"}
+    with ImageFile(str(device), writable=True):
+        with pytest.raises(lvi.ImageInUseError) as caught:
+            runner.execute(plan, lvm.lv("v", "a"), None, source, None, "raw", 12 * MIB)
+    assert lvm.calls == [] and "snapshot" not in runner.result
+    assert "shut the guest down" in lvi.failure_text(caught.value)
