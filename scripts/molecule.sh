@@ -5,7 +5,13 @@
 # runc as podman's runtime, and the Debian 12 image (python3 and systemd, so that a scenario may boot systemd as
 # PID 1) built locally with debootstrap.
 # Usage: scripts/molecule.sh [SCENARIO...]   (default: every scenario)
+#        scripts/molecule.sh --prepare-only   (only what the scenarios need: packages, collections, image)
 set -euo pipefail
+PREPARE_ONLY=false
+if [ "${1:-}" = "--prepare-only" ]; then
+    PREPARE_ONLY=true
+    shift
+fi
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${KVM_STORAGE_VENV:-$HOME/.cache/kvm-storage/venv}
@@ -62,6 +68,11 @@ if ! podman image exists "$IMAGE"; then
     tar -C "$rootfs" -c . | podman import - "$IMAGE"
     rm -rf "$rootfs"
     trap - EXIT
+fi
+
+if $PREPARE_ONLY; then
+    log "prepared: podman, runc, $COLLECTIONS_VENV, $IMAGE"
+    exit 0
 fi
 
 # 5. libvirtd, which the delegated scenarios use on this machine (scripts/setup.sh started it; say so loudly if it
