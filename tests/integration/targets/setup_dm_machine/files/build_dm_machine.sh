@@ -11,13 +11,21 @@
 # Prints "dir=<build directory>" and "built=yes|no" on stdout; the build directory holds vmlinuz, initrd.img,
 # root.img (raw ext4, never written by a run: boot it through an overlay), id_ed25519 (the client key), recipe.sha256,
 # kernel-package and build-seconds.
-# The kernel is downloaded with apt-get download and unpacked (never installed), as setup_guest's build_guest.sh does.
+# The kernel is downloaded with apt-get download and unpacked (never installed) by tests/support/debian_kernel.sh.
 # Builds live in CACHE_ROOT/<kernel package>_<version>_<recipe hash>: a new kernel package or a changed recipe (this
 # script, initramfs_init, machine_init) makes a new one; the others are removed once it is in place.
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), DEBIAN_SUITE (default bookworm).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# the kernel package and its modules, shared with setup_guest: tests/support/debian_kernel.sh of the collection
+# (ansible-test runs a copy of the target under <collection>/tests/output/.tmp/)
+case "$HERE" in
+    */tests/output/.tmp/*) KERNEL_LIB=${HERE%%/tests/output/.tmp/*}/tests/support/debian_kernel.sh ;;
+    *) KERNEL_LIB=$HERE/../../../../support/debian_kernel.sh ;;
+esac
+# shellcheck source-path=SCRIPTDIR/../../../../support source=debian_kernel.sh
+. "$KERNEL_LIB"
 CACHE_ROOT=${1:-$HOME/.cache/kvm-storage/dm-machine}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=${DEBIAN_SUITE:-bookworm}
@@ -31,26 +39,21 @@ ROOT_MODULES=(virtio_net dm_mod dm_snapshot dm_thin_pool)
 ROOT_SIZE=1G
 
 mkdir -p "$CACHE_ROOT"
-package=""
-version=""
-if package=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}') \
-        && [ -n "$package" ]; then
-    version=$(apt-cache show --no-all-versions "$package" | awk '/^Version:/ {print $2; exit}')
-fi
-if [ -z "$package" ] || [ -z "$version" ]; then
+if ! kernel_package; then
     # no apt metadata: fall back to the newest machine already built
-    latest=$(find "$CACHE_ROOT" -mindepth 1 -maxdepth 1 -type d -name 'linux-image-*' -printf '%T@ %p\n' 2>/dev/null \
-        | sort -rn | head -n 1 | cut -d' ' -f2- || true)
-    if [ -n "$latest" ] && [ -f "$latest/root.img" ]; then
-        echo "dir=${latest%/}"
+    latest=$(kernel_latest_build "$CACHE_ROOT" root.img)
+    if [ -n "$latest" ]; then
+        echo "dir=$latest"
         echo "built=no"
         exit 0
     fi
     echo "cannot find the package linux-image-amd64 depends on (apt-cache depends linux-image-amd64)" >&2
     exit 1
 fi
+package=$KERNEL_PACKAGE
+version=$KERNEL_VERSION
 
-recipe=$(cat "${BASH_SOURCE[0]}" "$HERE/initramfs_init" "$HERE/machine_init" | sha256sum | cut -d' ' -f1)
+recipe=$(cat "${BASH_SOURCE[0]}" "$KERNEL_LIB" "$HERE/initramfs_init" "$HERE/machine_init" | sha256sum | cut -d' ' -f1)
 final="$CACHE_ROOT/${package}_${version}_${recipe:0:16}"
 
 # one builder at a time (several runs may start together)
@@ -77,62 +80,16 @@ debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$rootfs" "$MIRROR"
 }
 
 # ------------------------------------------------------------------ the kernel and its modules
-(cd "$build" && apt-get download "$package=$version" >&2)
-deb=$(ls "$build"/*.deb)
-release=${package#linux-image-}
-listing=$(dpkg-deb -c "$deb" | awk '{print $NF}')
-dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$build/pkg" "./boot/vmlinuz-$release"
-cp "$build/pkg/boot/vmlinuz-$release" "$build/out/vmlinuz"
-
-# a module's name spells - and _ alike (dm-mod.ko, virtio_blk.ko): keys use _
-declare -A depends=()   # module -> its depends= (comma separated), once unpacked
-declare -A member_of=() # module -> its path in the package, without the compression suffix
-unpack() {              # unpack the named modules into modules/<path in the package> (decompressed)
-    local module member pattern file target
-    local members=()
-    for module in "$@"; do
-        pattern=${module//[-_]/[-_]}
-        member=$(grep -E "/kernel/(.*/)?$pattern\.ko(\.xz|\.zst|\.gz)?$" <<<"$listing" | head -n 1 || true)
-        if [ -z "$member" ]; then
-            echo "module $module not found in $deb" >&2
-            exit 1
-        fi
-        members+=("$member")
-    done
-    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$build/pkg" "${members[@]}"
-    for member in "${members[@]}"; do
-        file="$build/pkg/$member"
-        target="$build/modules/${member%.ko*}.ko"
-        mkdir -p "$(dirname "$target")"
-        case "$member" in
-            *.ko.xz) xz -dc "$file" >"$target" ;;
-            *.ko.zst) zstd -dc "$file" >"$target" ;;
-            *.ko.gz) gzip -dc "$file" >"$target" ;;
-            *) cp "$file" "$target" ;;
-        esac
-        module=$(basename "${member%.ko*}")
-        member_of[${module//-/_}]=${member%.ko*}.ko
-        depends[${module//-/_}]=$(tr '\0' '\n' <"$target" | sed -n 's/^depends=//p' | head -n 1 | tr - _)
-    done
-}
-# unpack the modules named, then what they depend on, until nothing is missing
-wanted=("${INITRAMFS_MODULES[@]}" "${ROOT_MODULES[@]}")
-while [ ${#wanted[@]} -gt 0 ]; do
-    unpack "${wanted[@]}"
-    wanted=()
-    for module in "${!depends[@]}"; do
-        for dependency in ${depends[$module]//,/ }; do
-            [ -n "${depends[$dependency]+set}" ] || [[ " ${wanted[*]} " == *" $dependency "* ]] \
-                || wanted+=("$dependency")
-        done
-    done
-done
+kernel_fetch "$build/kernel"
+release=$KERNEL_RELEASE
+cp "$build/kernel/vmlinuz" "$build/out/vmlinuz"
+kernel_unpack_modules "$build/modules" "${INITRAMFS_MODULES[@]}" "${ROOT_MODULES[@]}"
 
 # the root's modules: every module unpacked, with the package's module lists; depmod (the root's own) indexes them
 moddir="$rootfs/lib/modules/$release"
 mkdir -p "$moddir"
 cp -a "$build/modules/lib/modules/$release/kernel" "$moddir/"
-dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$build/pkg" \
+dpkg-deb --fsys-tarfile "$KERNEL_DEB" | tar -x -C "$build/pkg" \
     "./lib/modules/$release/modules.order" "./lib/modules/$release/modules.builtin" \
     "./lib/modules/$release/modules.builtin.modinfo"
 cp "$build/pkg/lib/modules/$release"/modules.{order,builtin,builtin.modinfo} "$moddir/"
@@ -143,18 +100,10 @@ initramfs="$build/initramfs"
 mkdir -p "$initramfs"/{bin,dev,proc,sys,newroot,modules}
 cp /bin/busybox "$initramfs/bin/busybox"
 ln -s busybox "$initramfs/bin/sh"
-order=()
-visit() {               # load order: each module after what it depends on (depth first)
-    local dependency
-    [[ " ${order[*]} " == *" $1 "* ]] && return 0
-    for dependency in ${depends[$1]//,/ }; do visit "$dependency"; done
-    order+=("$1")
-}
-for module in "${INITRAMFS_MODULES[@]}"; do visit "${module//-/_}"; done
-for module in "${order[@]}"; do
-    cp "$build/modules/${member_of[$module]}" "$initramfs/modules/"
-    basename "${member_of[$module]}" .ko
-done >"$initramfs/modules/order"
+while read -r module; do
+    cp "$build/modules/${KERNEL_MODULE_FILE[$module]}" "$initramfs/modules/"
+    basename "${KERNEL_MODULE_FILE[$module]}" .ko
+done < <(kernel_load_order "${INITRAMFS_MODULES[@]}") >"$initramfs/modules/order"
 install -m 0755 "$HERE/initramfs_init" "$initramfs/init"
 (cd "$initramfs" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -6) >"$build/out/initrd.img"
 

@@ -9,12 +9,20 @@
 #   usage: build_guest.sh [CACHE_ROOT]     (default ~/.cache/kvm-storage/guest)
 # Prints "dir=<directory holding vmlinuz and initrd.img>" and "built=yes|no" on stdout.
 # The kernel is downloaded with apt-get download and unpacked (never installed).  The modules are
-# MODULES plus everything they depend on (the depends= of each .ko's .modinfo, resolved here, not
+# MODULES plus everything they depend on (the depends= of each .ko's .modinfo, resolved by tests/support/debian_kernel.sh, not
 # written by hand), loaded by /init in dependency order (the initramfs' /modules/order).
 # The guest is rebuilt when the kernel package, this script or /init change (recipe.sha256).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# the kernel package and its modules, shared with setup_dm_machine: tests/support/debian_kernel.sh of the collection
+# (ansible-test runs a copy of the target under <collection>/tests/output/.tmp/)
+case "$HERE" in
+    */tests/output/.tmp/*) KERNEL_LIB=${HERE%%/tests/output/.tmp/*}/tests/support/debian_kernel.sh ;;
+    *) KERNEL_LIB=$HERE/../../../../support/debian_kernel.sh ;;
+esac
+# shellcheck source-path=SCRIPTDIR/../../../../support source=debian_kernel.sh
+. "$KERNEL_LIB"
 CACHE_ROOT=${1:-$HOME/.cache/kvm-storage/guest}
 # sd_mod and sr_mod first: the disks and CD-ROMs the host adapters find are attached as they are found
 MODULES=(
@@ -28,29 +36,24 @@ MODULES=(
 
 mkdir -p "$CACHE_ROOT"
 # the kernel package linux-image-amd64 currently points at, e.g. linux-image-6.1.0-56-amd64
-package=""
-version=""
-if package=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}') \
-        && [ -n "$package" ]; then
-    version=$(apt-cache show --no-all-versions "$package" | awk '/^Version:/ {print $2; exit}')
-fi
-if [ -z "$package" ] || [ -z "$version" ]; then
+if ! kernel_package; then
     # no apt metadata: fall back to the newest guest already built
-    latest=$(find "$CACHE_ROOT" -mindepth 1 -maxdepth 1 -type d -name 'linux-image-*' -printf '%T@ %p\n' 2>/dev/null \
-        | sort -rn | head -n 1 | cut -d' ' -f2- || true)
-    if [ -n "$latest" ] && [ -f "$latest/initrd.img" ]; then
-        echo "dir=${latest%/}"
+    latest=$(kernel_latest_build "$CACHE_ROOT" initrd.img)
+    if [ -n "$latest" ]; then
+        echo "dir=$latest"
         echo "built=no"
         exit 0
     fi
     echo "cannot find the package linux-image-amd64 depends on (apt-cache depends linux-image-amd64)" >&2
     exit 1
 fi
+package=$KERNEL_PACKAGE
+version=$KERNEL_VERSION
 
 key="${package}_${version}"
 final="$CACHE_ROOT/$key"
 # what the guest is built from besides the kernel: /init and this script (it holds MODULES)
-recipe=$(cat "$HERE/init" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
+recipe=$(cat "$HERE/init" "${BASH_SOURCE[0]}" "$KERNEL_LIB" | sha256sum | cut -d' ' -f1)
 
 # one builder at a time (several test targets may start together)
 exec 9>"$CACHE_ROOT/.lock"
@@ -71,68 +74,15 @@ if [ -f "$final/vmlinuz" ] && [ -f "$final/modules/order" ] \
     # only /init changed: keep the unpacked kernel and modules
     cp -a "$final/vmlinuz" "$final/modules" "$final/kernel-package" "$build/out/"
 else
-    (cd "$build" && apt-get download "$package=$version" >&2)
-    deb=$(ls "$build"/*.deb)
-    kernel_release=${package#linux-image-}
-    # unpack only the kernel and the modules needed (the whole package is ~400 MB unpacked)
-    mkdir "$build/pkg" "$build/out/modules"
-    listing=$(dpkg-deb -c "$deb" | awk '{print $NF}')
-    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$build/pkg" "./boot/vmlinuz-$kernel_release"
-    cp "$build/pkg/boot/vmlinuz-$kernel_release" "$build/out/vmlinuz"
-
-    # a module's name spells - and _ alike (crc-t10dif.ko, scsi_mod.ko): keys use _
-    declare -A depends=()   # module -> its depends= (comma separated), once unpacked
-    declare -A file_of=()   # module -> the name of its .ko file, without .ko
-    unpack() {              # unpack the named modules into out/modules/<name>.ko (decompressed)
-        local module member pattern file
-        local members=()
-        for module in "$@"; do
-            pattern=${module//[-_]/[-_]}
-            member=$(grep -E "/kernel/(.*/)?$pattern\.ko(\.xz|\.zst|\.gz)?$" <<<"$listing" | head -n 1 || true)
-            if [ -z "$member" ]; then
-                echo "module $module not found in $deb" >&2
-                exit 1
-            fi
-            members+=("$member")
-        done
-        dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$build/pkg" "${members[@]}"
-        for member in "${members[@]}"; do
-            file="$build/pkg/$member"
-            module=$(basename "$member")
-            case "$module" in
-                *.ko.xz) xz -dc "$file" >"$build/out/modules/${module%.xz}" ;;
-                *.ko.zst) zstd -dc "$file" >"$build/out/modules/${module%.zst}" ;;
-                *.ko.gz) gzip -dc "$file" >"$build/out/modules/${module%.gz}" ;;
-                *) cp "$file" "$build/out/modules/$module" ;;
-            esac
-            module=${module%%.ko*}
-            file_of[${module//-/_}]=$module
-            depends[${module//-/_}]=$(tr '\0' '\n' <"$build/out/modules/$module.ko" | sed -n 's/^depends=//p' \
-                | head -n 1 | tr - _)
-        done
-    }
-    # unpack MODULES, then what they depend on, until nothing is missing
-    wanted=("${MODULES[@]//-/_}")
-    while [ ${#wanted[@]} -gt 0 ]; do
-        unpack "${wanted[@]}"
-        wanted=()
-        for module in "${!depends[@]}"; do
-            for dependency in ${depends[$module]//,/ }; do
-                [ -n "${depends[$dependency]+set}" ] || [[ " ${wanted[*]} " == *" $dependency "* ]] \
-                    || wanted+=("$dependency")
-            done
-        done
-    done
-    # load order: each module after what it depends on (depth first, MODULES' order kept)
-    order=()
-    visit() {
-        local dependency
-        [[ " ${order[*]} " == *" $1 "* ]] && return 0
-        for dependency in ${depends[$1]//,/ }; do visit "$dependency"; done
-        order+=("$1")
-    }
-    for module in "${MODULES[@]//-/_}"; do visit "$module"; done
-    for module in "${order[@]}"; do echo "${file_of[$module]}"; done >"$build/out/modules/order"
+    # only the kernel and the modules needed (the whole package is ~400 MB unpacked)
+    kernel_fetch "$build/kernel"
+    cp "$build/kernel/vmlinuz" "$build/out/vmlinuz"
+    mkdir "$build/out/modules"
+    kernel_unpack_modules "$build/kernel/modules" "${MODULES[@]}"
+    while read -r module; do
+        cp "$build/kernel/modules/${KERNEL_MODULE_FILE[$module]}" "$build/out/modules/"
+        basename "${KERNEL_MODULE_FILE[$module]}" .ko
+    done < <(kernel_load_order "${MODULES[@]}") >"$build/out/modules/order"
     echo "${MODULES[*]}" >"$build/out/modules/roots"
     echo "$package $version" >"$build/out/kernel-package"
 fi
