@@ -19,11 +19,14 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 # the kernel package and its modules, shared with setup_guest: tests/support/debian_kernel.sh of the collection
-# (ansible-test runs a copy of the target under <collection>/tests/output/.tmp/)
-case "$HERE" in
-    */tests/output/.tmp/*) KERNEL_LIB=${HERE%%/tests/output/.tmp/*}/tests/support/debian_kernel.sh ;;
-    *) KERNEL_LIB=$HERE/../../../../support/debian_kernel.sh ;;
-esac
+# (beside this script in a copy of it; ansible-test runs a copy of the target under <collection>/tests/output/.tmp/)
+if [ -f "$HERE/debian_kernel.sh" ]; then
+    KERNEL_LIB=$HERE/debian_kernel.sh
+elif [[ $HERE == */tests/output/.tmp/* ]]; then
+    KERNEL_LIB=${HERE%%/tests/output/.tmp/*}/tests/support/debian_kernel.sh
+else
+    KERNEL_LIB=$HERE/../../../../support/debian_kernel.sh
+fi
 # shellcheck source-path=SCRIPTDIR/../../../../support source=debian_kernel.sh
 . "$KERNEL_LIB"
 CACHE_ROOT=${1:-$HOME/.cache/kvm-storage/dm-machine}
@@ -89,6 +92,7 @@ kernel_unpack_modules "$build/modules" "${INITRAMFS_MODULES[@]}" "${ROOT_MODULES
 moddir="$rootfs/lib/modules/$release"
 mkdir -p "$moddir"
 cp -a "$build/modules/lib/modules/$release/kernel" "$moddir/"
+# shellcheck disable=SC2153  # KERNEL_DEB is set by kernel_fetch (debian_kernel.sh)
 dpkg-deb --fsys-tarfile "$KERNEL_DEB" | tar -x -C "$build/pkg" \
     "./lib/modules/$release/modules.order" "./lib/modules/$release/modules.builtin" \
     "./lib/modules/$release/modules.builtin.modinfo"

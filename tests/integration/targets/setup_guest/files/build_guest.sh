@@ -16,11 +16,14 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 # the kernel package and its modules, shared with setup_dm_machine: tests/support/debian_kernel.sh of the collection
-# (ansible-test runs a copy of the target under <collection>/tests/output/.tmp/)
-case "$HERE" in
-    */tests/output/.tmp/*) KERNEL_LIB=${HERE%%/tests/output/.tmp/*}/tests/support/debian_kernel.sh ;;
-    *) KERNEL_LIB=$HERE/../../../../support/debian_kernel.sh ;;
-esac
+# (beside this script in a copy of it; ansible-test runs a copy of the target under <collection>/tests/output/.tmp/)
+if [ -f "$HERE/debian_kernel.sh" ]; then
+    KERNEL_LIB=$HERE/debian_kernel.sh
+elif [[ $HERE == */tests/output/.tmp/* ]]; then
+    KERNEL_LIB=${HERE%%/tests/output/.tmp/*}/tests/support/debian_kernel.sh
+else
+    KERNEL_LIB=$HERE/../../../../support/debian_kernel.sh
+fi
 # shellcheck source-path=SCRIPTDIR/../../../../support source=debian_kernel.sh
 . "$KERNEL_LIB"
 CACHE_ROOT=${1:-$HOME/.cache/kvm-storage/guest}
