@@ -97,6 +97,10 @@ else
 fi
 for scenario in "${scenarios[@]}"; do
     log "scenario $scenario"
+    # molecule keeps a scenario's state (created, prepared...) in ~/.ansible/tmp between runs, and a test sequence
+    # without destroy (the delegated scenarios) never clears it: the next run would skip prepare ("instances already
+    # prepared") and fail on what the previous run's cleanup removed. Every run starts from nothing.
+    molecule reset -s "$scenario"
     molecule test -s "$scenario"
 done
 log "all scenarios passed: ${scenarios[*]}"
