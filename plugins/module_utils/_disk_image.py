@@ -28,6 +28,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._file_attributes impor
     unknown_in_check_mode,
 )
 from ansible_collections.kvm.storage.plugins.module_utils._libvirt import libvirt_argument_spec
+from ansible_collections.kvm.storage.plugins.module_utils._plan import Action, Plan
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     amend as image_amend,
     ova_disks,
@@ -479,34 +480,9 @@ class DiskImageRequest(object):
             raise DiskImageError('src and path are the same file: %s' % self.path)
 
 
-class Action(object):
-    """One step of a plan: ``kind`` (remove, create, convert, resize), its arguments, and a description
-    that is identical whether the plan is applied or only predicted (check mode)."""
-
-    def __init__(self, kind, description, **args):
-        self.kind = kind
-        self.description = description
-        self.args = args
-
-    def __repr__(self):
-        return 'Action(%r, %r)' % (self.kind, self.args)
-
-
-class Plan(object):
-    def __init__(self, actions, before, after, differences=None):
-        self.actions = actions
-        self.before = before
-        self.after = after
-        self.differences = differences or []
-
-    @property
-    def changed(self):
-        return bool(self.actions)
-
-    @property
-    def replaces_file(self):
-        """Whether the plan writes a new file at path (so its attributes are not predictable in check mode)."""
-        return any(action.kind in ('create', 'convert') for action in self.actions)
+def replaces_file(plan):
+    """Whether the plan writes a new file at path (so its attributes are not predictable in check mode)."""
+    return any(action.kind in ('create', 'convert') for action in plan.actions)
 
 
 def _same_size(a, b):
@@ -1314,8 +1290,8 @@ def failure_after(request, plan, current_info, done, exc):
 
 def _carry_out(module, request, plan, current_info, done):
     """Apply the plan (not in check mode) and the file attributes; returns the result dict."""
-    result = dict(changed=plan.changed, actions=[action.description for action in plan.actions])
-    diff = dict(before=plan.before, after=plan.after)
+    result = plan.result()
+    diff = plan.diff()
     if not module.check_mode and plan.changed:
         outcome = apply_plan(plan, request, done)
         for key in ('conversion', 'repair'):
@@ -1342,7 +1318,7 @@ def _carry_out(module, request, plan, current_info, done):
         unknown = unknown_in_check_mode(module.params, module.check_mode)
         for name in unknown:
             file_args[name] = None
-        if plan.replaces_file:
+        if replaces_file(plan):
             # A new file: the diff shows the requested attributes, the same in check mode and for real.
             diff['after'].update((name, module.params[name]) for name in ('mode', 'owner', 'group')
                                  if module.params.get(name) is not None)
