@@ -22,9 +22,11 @@ class Action(object):
 
     ``changes`` is false for a step that changes nothing the task asks for (a storage pool's refresh rereads the
     storage): it is carried out, but it neither makes the task changed nor is it listed in the result's actions.
+    ``kind`` and ``description`` are positional only, so that an argument may have either name (a snapshot's
+    redefinition carries its new ``description``).
     """
 
-    def __init__(self, kind, description, changes=True, **args):
+    def __init__(self, kind, description, /, changes=True, **args):
         self.kind = kind
         self.description = description
         self.changes = changes

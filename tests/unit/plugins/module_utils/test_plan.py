@@ -21,6 +21,12 @@ def test_an_action_reads_its_arguments_as_attributes():
         getattr(action, 'missing')
 
 
+def test_an_action_may_have_arguments_named_like_its_own_fields():
+    action = Action('redefine', 'change the description of snapshot s', description='new', kind='snapshot')
+    assert (action.kind, action.description) == ('redefine', 'change the description of snapshot s')
+    assert action.args == {'description': 'new', 'kind': 'snapshot'}
+
+
 def test_an_action_survives_pickling():
     copy = pickle.loads(pickle.dumps(Action('create', 'create image', size=3)))
     assert (copy.kind, copy.size) == ('create', 3)
