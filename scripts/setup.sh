@@ -66,5 +66,14 @@ install -m 0644 "$ROOT/scripts/ansible-test-get-pip.py" "$HOME/.ansible/test/cac
 
 # 4. the collection, where Ansible looks by default (~/.ansible/collections)
 mkdir -p "$COLLECTIONS_DIR/ansible_collections/kvm"
-ln -sfn "$ROOT" "$COLLECTIONS_DIR/ansible_collections/kvm/storage"
+link="$COLLECTIONS_DIR/ansible_collections/kvm/storage"
+if [ -e "$link" ] && [ ! -L "$link" ]; then
+    # An installed copy (ansible-galaxy collection install) would shadow this checkout, and `ln -sfn` would put the
+    # link inside it: move it aside (out of every collections path), loudly, instead of deleting it.
+    aside="$HOME/.cache/kvm-storage/replaced-collections/storage.$(date -u +%Y%m%dT%H%M%SZ)"
+    mkdir -p "$(dirname "$aside")"
+    mv "$link" "$aside"
+    log "moved the installed kvm.storage at $link aside to $aside (this checkout replaces it)"
+fi
+ln -sfn "$ROOT" "$link"
 log "ready: venv $VENV, collection kvm.storage -> $ROOT"
