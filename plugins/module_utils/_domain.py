@@ -34,6 +34,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     project_requested,
     sanitize_path,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._plan import Action, Plan
 
 DOMAIN_STATES = ('present', 'running', 'shutoff', 'absent')
 # virDomainUndefineFlagsValues, by the names of the undefine_flags option.
@@ -270,33 +271,10 @@ def read_domain_state(conn, name, with_capabilities=False, with_undefine_checks=
 
 
 # --------------------------------------------------------------------------- plan
-class Action(object):
-    """One step of a plan, described the same way whether it is applied or only predicted (check mode)."""
-
-    def __init__(self, kind, description, **args):
-        self.kind = kind
-        self.description = description
-        self.args = args
-
-    def __repr__(self):
-        return 'Action(%r, %r)' % (self.kind, self.args)
-
-
-class Plan(object):
-    def __init__(self, actions, before, after, drift=None, warnings=None, restart_pending=False):
-        self.actions = actions
-        self.before = before
-        self.after = after
-        self.drift = drift or []
-        self.warnings = warnings or []
-        self.restart_pending = restart_pending
-
-    @property
-    def changed(self):
-        return bool(self.actions)
-
-    def kinds(self):
-        return [action.kind for action in self.actions]
+def domain_plan(actions, before, after, drift=None, warnings=None, restart_pending=False):
+    """A Plan with the fields the domain module reports: ``drift`` (the differences from the requested definition)
+    and ``restart_pending``."""
+    return Plan(actions, before, after, warnings=warnings, drift=drift or [], restart_pending=restart_pending)
 
 
 def describe_drift(drift, limit=5):
@@ -347,7 +325,7 @@ def plan_domain(request, state):
 
     if request.state == 'absent':
         if state is None:
-            return Plan([], before, dict(before))
+            return domain_plan([], before, dict(before))
         if state.active:
             actions.append(_stop_action(name, state, request))
         if state.persistent:
@@ -355,7 +333,7 @@ def plan_domain(request, state):
             flags = ', '.join(request.undefine_flags)
             actions.append(Action('undefine', 'undefine domain %s%s (its disks are kept)' % (name, ' (%s)' % flags if flags else ''),
                                   flags=request.undefine_flags))
-        return Plan(actions, before, domain_view(request.name, None))
+        return domain_plan(actions, before, domain_view(request.name, None))
 
     after = dict(before)
     if state is None:
@@ -403,7 +381,7 @@ def plan_domain(request, state):
     if restart_pending:
         warnings.append('domain %s is running with its previous definition; the new one applies when it is next started '
                         '(shut it down and start it)' % name)
-    return Plan(actions, before, after, drift, warnings, restart_pending)
+    return domain_plan(actions, before, after, drift, warnings, restart_pending)
 
 
 def domain_view(name, state):
@@ -612,8 +590,7 @@ def run_domain(conn, params, check_mode):
     state = read_domain_state(conn, request.name, with_capabilities=request.definition is not None,
                               with_undefine_checks=request.state == 'absent')
     plan = plan_domain(request, state)
-    result = dict(changed=plan.changed, actions=[action.description for action in plan.actions], drift=plan.drift,
-                  restart_pending=plan.restart_pending, notes=list(plan.warnings))
+    result = plan.result(notes=True)
     if not check_mode and plan.actions:
         apply_plan(conn, plan, request, state)
         if any(action.kind in ('define', 'redefine') for action in plan.actions):
@@ -624,8 +601,7 @@ def run_domain(conn, params, check_mode):
                                        'rewrites what it does not take): %s; later runs report this as drift'
                                        % (_quoted(request.name), describe_drift(left)))
     header = 'domain %s' % request.name
-    result['diff'] = dict(before=render_view(plan.before), after=render_view(plan.after), before_header=header,
-                          after_header=header)
+    result['diff'] = plan.diff(header, render_view)
     domain = lookup_domain_or_none(conn, request.name)
     result['domain'] = {} if domain is None else domain_info(domain)
     return result
