@@ -37,6 +37,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     parse_xml,
     sanitize_path,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._plan import Action, Plan
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import ImageError
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.probe import probe as probe_image
 
@@ -765,28 +766,15 @@ def wanted_disk(request, existing, target, fmt, new_bus):
 
 
 # --------------------------------------------------------------------------- plan
-class Action(object):
-    """One step: kind attach | update | replace | detach, in view live | persistent."""
-
-    def __init__(self, kind, view, description, element=None, old=None):
-        self.kind = kind
-        self.view = view
-        self.description = description
-        self.element = element
-        self.old = old
+def disk_action(kind, view, description, element=None, old=None):
+    """One step: kind attach | update | replace | detach, in view live | persistent, with the wanted disk
+    ``element`` and the ``old`` one it replaces (None when there is none)."""
+    return Action(kind, description, view=view, element=element, old=old)
 
 
-class Plan(object):
-    def __init__(self, actions, before, after, target, warnings):
-        self.actions = actions
-        self.before = before
-        self.after = after
-        self.target = target
-        self.warnings = warnings
-
-    @property
-    def changed(self):
-        return bool(self.actions)
+def disk_plan(actions, before, after, target, warnings):
+    """A Plan with the field the domain_disk module reports: ``target``."""
+    return Plan(actions, before, after, warnings=warnings, target=target)
 
 
 # Changing these makes another device: in the persistent definition the disk is replaced (detach + attach).
@@ -808,10 +796,10 @@ def plan_domain_disk(request, state, conn=None):
             if found[view] is not None:
                 if view == 'live':
                     check_hot_plug(found[view], 'hot-unplug', request.domain)
-                actions.append(Action('detach', view, 'detach disk %s from the %s of domain %s' % (
+                actions.append(disk_action('detach', view, 'detach disk %s from the %s of domain %s' % (
                     disk_target(found[view]), _view_name(view), name), old=found[view]))
         targets = [disk_target(disk) for disk in found.values() if disk is not None]
-        return Plan(actions, before, after, targets[0] if targets else request.target, warnings)
+        return disk_plan(actions, before, after, targets[0] if targets else request.target, warnings)
 
     target = request.target
     if target is None:
@@ -875,7 +863,7 @@ def plan_domain_disk(request, state, conn=None):
         if existing is None:
             if view == 'live':
                 check_hot_plug(wanted, 'hot-plug', request.domain)
-            actions.append(Action('attach', view, 'attach %s %s as %s to the %s of domain %s' % (
+            actions.append(disk_action('attach', view, 'attach %s %s as %s to the %s of domain %s' % (
                 device, source.describe() if source is not None else '(empty)', target, _view_name(view), name), element=wanted))
         elif after[view] != before[view]:
             if _identity(existing) != _identity(wanted):
@@ -884,14 +872,14 @@ def plan_domain_disk(request, state, conn=None):
                                              'while the domain runs: set live=false to change the persistent definition' % (
                                                  target, name, existing.get('device', 'disk'), disk_bus(existing),
                                                  wanted.get('device'), disk_bus(wanted)))
-                actions.append(Action('replace', view, 'replace disk %s in the %s of domain %s (a %s on bus %s now)' % (
+                actions.append(disk_action('replace', view, 'replace disk %s in the %s of domain %s (a %s on bus %s now)' % (
                     target, _view_name(view), name, wanted.get('device'), disk_bus(wanted)), element=wanted, old=existing))
             else:
                 if view == 'live':
                     check_live_update(existing, wanted, request.domain)
-                actions.append(Action('update', view, _update_description(existing, wanted, source, old_source, swapped, view, name),
+                actions.append(disk_action('update', view, _update_description(existing, wanted, source, old_source, swapped, view, name),
                                       element=wanted, old=existing))
-    return Plan(actions, before, after, target, warnings)
+    return disk_plan(actions, before, after, target, warnings)
 
 
 def _update_description(existing, wanted, source, old_source, swapped, view, name):
@@ -1201,12 +1189,11 @@ def run_domain_disk(conn, params, check_mode):
     plan = plan_domain_disk(request, state, conn)
     if request.state == 'present' and plan.actions:
         check_conflicts(conn, request, plan, domain)
-    result = dict(changed=plan.changed, actions=[action.description for action in plan.actions], target=plan.target,
-                  notes=list(plan.warnings))
+    result = plan.result(notes=True)
     if not check_mode and plan.actions:
         apply_plan(domain, plan, request)
     header = 'disk %s of domain %s' % (plan.target, request.domain)
-    result['diff'] = dict(before=render_view(plan.before), after=render_view(plan.after), before_header=header, after_header=header)
+    result['diff'] = plan.diff(header, render_view)
     if check_mode or not plan.actions:
         final = state
     else:
