@@ -18,22 +18,14 @@ import collections
 import os
 import struct
 import sys
-import zlib
 
 from .._io import ImageFile
 from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError,
                       PolicyError, UnsupportedFeature)
 from .base import DATA, UNALLOCATED, ZERO, Driver, Extent
 from . import qcow2_layout as L
-
-try:  # optional: zstd-compressed clusters
-    import zstd as _zstd_module  # python-zstd
-except ImportError:
-    _zstd_module = None
-try:
-    import zstandard as _zstandard_module
-except ImportError:
-    _zstandard_module = None
+from .qcow2_layout import be_array as _be_array, be_bytes as _be_bytes
+from .qcow2_compress import Qcow2Codec, Qcow2CompressedMixin, _zstd_available
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
@@ -87,40 +79,6 @@ CREATE_OPTIONS = ("cluster_size", "compat", "lazy_refcounts", "refcount_bits", "
                   "nocow", "extent_size_hint")
 
 
-def _be_array(buf):
-    """Big-endian 64-bit entries -> array('Q') of native ints."""
-    table = array.array("Q")
-    table.frombytes(bytes(buf))
-    if _LITTLE_ENDIAN:
-        table.byteswap()
-    return table
-
-
-def _be_bytes(values):
-    out = array.array("Q", values)
-    if _LITTLE_ENDIAN:
-        out.byteswap()
-    return out.tobytes()
-
-
-def _zstd_available():
-    return _zstd_module is not None or _zstandard_module is not None
-
-
-def _zstd_decompress(data, limit):
-    if _zstandard_module is not None:
-        dobj = _zstandard_module.ZstdDecompressor().decompressobj()
-        out = dobj.decompress(data)
-        return out[:limit]
-    return _zstd_module.decompress(data)[:limit]
-
-
-def _zstd_compress(data):
-    if _zstandard_module is not None:
-        return _zstandard_module.ZstdCompressor().compress(data)
-    return _zstd_module.compress(data)
-
-
 def _bool_option(name, value, path):
     if isinstance(value, bool):
         return value
@@ -150,7 +108,7 @@ def _int_option(name, value, path):
     raise InvalidOptionError("option %s: expected an integer, found %r" % (name, value), path)
 
 
-class Qcow2Driver(Driver):
+class Qcow2Driver(Qcow2CompressedMixin, Driver):
     """One qcow2 layer.
 
     For ops and the checker (read-only use unless stated):
@@ -182,6 +140,7 @@ class Qcow2Driver(Driver):
         self._snapshots = []
         self._snapshot_table_bytes = 0
         self._decompressed = (None, None)
+        self._codec = None
         # write state (loaded on the first write)
         self._write_ready = False
         self._reftable = None
@@ -259,6 +218,7 @@ class Qcow2Driver(Driver):
         self._rc_bits = h.refcount_bits
         self._rc_max = (1 << self._rc_bits) - 1
         self._rbe = self._cs * 8 // self._rc_bits
+        self._codec = Qcow2Codec(h.compression_type, self._cs, path)
         if h.corrupt and not self.readonly and not getattr(opener, "check_open", False):
             # (check with repair opens it writable, as qemu-img check -r does with BDRV_O_CHECK)
             raise CorruptImageError(
@@ -682,41 +642,6 @@ class Qcow2Driver(Driver):
                     count = min(count, backing_size - guest)
                     view[pos:pos + count] = self.backing.read(guest, count)
         return out
-
-    def _compressed_location(self, entry):
-        x = self.header.compressed_offset_bits()
-        coffset = entry & ((1 << x) - 1)
-        sectors = ((entry >> x) & ((1 << (62 - x)) - 1)) + 1
-        return coffset, sectors
-
-    def _decompress(self, entry, guest_cluster):
-        if self._decompressed[0] == entry:
-            return self._decompressed[1]
-        coffset, sectors = self._compressed_location(entry)
-        csize = sectors * 512 - (coffset & 511)
-        data = self._file.pread(coffset, csize)
-        cs = self._cs
-        if self.header.compression_type == L.COMPRESSION_ZSTD:
-            if not _zstd_available():
-                raise UnsupportedFeature("qcow2 compressed clusters use zstd, but no zstd Python module "
-                                         "(zstd or zstandard) is installed", self.path)
-            try:
-                cluster = _zstd_decompress(data, cs)
-            except Exception as exc:  # the module's own error type
-                raise CorruptImageError("qcow2 compressed cluster at guest offset 0x%x (host 0x%x): zstd "
-                                        "decompression failed: %s" % (guest_cluster, coffset, exc), self.path)
-        else:
-            try:
-                cluster = zlib.decompressobj(-12).decompress(data, cs)
-            except zlib.error as exc:
-                raise CorruptImageError("qcow2 compressed cluster at guest offset 0x%x (host 0x%x): deflate "
-                                        "decompression failed: %s" % (guest_cluster, coffset, exc), self.path)
-        if len(cluster) != cs:
-            raise CorruptImageError("qcow2 compressed cluster at guest offset 0x%x (host 0x%x): expected %d bytes "
-                                    "after decompression, found %d" % (guest_cluster, coffset, cs, len(cluster)),
-                                    self.path)
-        self._decompressed = (entry, cluster)
-        return cluster
 
     # ============================================================ write set-up
     def _prepare_write(self):
@@ -1392,72 +1317,6 @@ class Qcow2Driver(Driver):
             self._zero_in_table(offset, lo, may_unmap, can_flag)
         if hi < end:
             self._zero_in_table(hi, end, may_unmap, can_flag)
-
-    # ========================================================= compressed writes
-    def compress_cluster(self, data):
-        """Compressed bytes of one whole cluster, or None when compression does not
-        pay (pure function: safe to call from worker threads)."""
-        if len(data) != self._cs:
-            raise ImageError("compress_cluster: expected %d bytes, got %d" % (self._cs, len(data)), self.path)
-        if self.header.compression_type == L.COMPRESSION_ZSTD:
-            if not _zstd_available():
-                raise UnsupportedFeature("qcow2 zstd compression needs the zstd or zstandard Python module",
-                                         self.path)
-            compressed = _zstd_compress(bytes(data))
-        else:
-            compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
-            compressed = compressor.compress(data) + compressor.flush()
-        if len(compressed) >= self._cs:
-            return None
-        return compressed
-
-    def write_compressed(self, offset, compressed):
-        """Store ``compressed`` (from compress_cluster) as the cluster at guest ``offset``."""
-        self._prepare_write()
-        cs, cb = self._cs, self._cb
-        if offset % cs or offset < 0 or offset >= self.virtual_size:
-            raise ImageError("write_compressed: guest offset %d is not a cluster start inside the disk" % offset,
-                             self.path)
-        if self._data_file is not self._file:
-            raise UnsupportedFeature("qcow2 images with an external data file cannot hold compressed clusters",
-                                     self.path)
-        if not compressed or len(compressed) >= cs:
-            raise ImageError("write_compressed: compressed data of %d bytes for %d-byte clusters"
-                             % (len(compressed or b""), cs), self.path)
-        l1_index = (offset >> cb) // self._l2e
-        index = (offset >> cb) - l1_index * self._l2e
-        l2_offset, table = self._l2_for_write(l1_index)
-        length = len(compressed)
-        start = self._compressed_end
-        if (start % cs and self._next_free == L.align_up(start, cs)
-                and self._refcount(start) < self._rc_max):
-            self._refcount_update(start, 1, 1)
-            extra = start + length - L.align_up(start, cs)
-            if extra > 0:
-                got = self._alloc(-(-extra // cs))
-                if got != L.align_up(start, cs):
-                    self._refcount_update(start, 1, -1)
-                    self._refcount_update(got, extra, -1)
-                    start = self._alloc(-(-length // cs))
-        else:
-            start = self._alloc(-(-length // cs))
-        self._file.pwrite(start, compressed)
-        if start + length > self._file_size:
-            self._file_size = start + length
-        self._compressed_end = start + length
-        x = self.header.compressed_offset_bits()
-        sectors = ((start & 511) + length + 511) // 512
-        entry = L.OFLAG_COMPRESSED | ((sectors - 1) << x) | start
-        if self._ext:
-            old = table[2 * index]
-            table[2 * index] = entry
-            table[2 * index + 1] = 0
-        else:
-            old = table[index]
-            table[index] = entry
-        self._write_l2_entries(l2_offset, table, index, index)
-        if old & L.OFLAG_COMPRESSED or old & L.L2E_OFFSET_MASK:
-            self._free_entry(old)
 
     # ================================================================= create
     @classmethod

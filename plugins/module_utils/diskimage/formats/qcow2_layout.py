@@ -10,9 +10,13 @@ Shared by the qcow2 driver (formats/qcow2.py) and the checker
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import array
 import struct
+import sys
 
 from ..errors import FormatError, UnsupportedFeature
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 # --- "Header" ------------------------------------------------------------------
 QCOW2_MAGIC = b"QFI\xfb"
@@ -117,6 +121,23 @@ def align_up(value, alignment):
 
 def pad8(length):
     return align_up(length, 8)
+
+
+def be_array(buf):
+    """Big-endian 64-bit entries (L1, L2, refcount tables) -> array('Q') of native ints."""
+    table = array.array("Q")
+    table.frombytes(bytes(buf))
+    if _LITTLE_ENDIAN:
+        table.byteswap()
+    return table
+
+
+def be_bytes(values):
+    """Inverse of be_array: 64-bit ints -> big-endian bytes."""
+    out = array.array("Q", values)
+    if _LITTLE_ENDIAN:
+        out.byteswap()
+    return out.tobytes()
 
 
 class Header:
