@@ -77,12 +77,9 @@ fi
 
 # 5. libvirtd, which the delegated scenarios use on this machine (scripts/setup.sh started it; say so loudly if it
 # is not answering any more, and start it again)
-if ! virsh -c qemu:///system uri >/dev/null 2>&1; then
-    log "WARNING: libvirtd is not answering on qemu:///system before the scenarios; starting it again"
-    pgrep -x virtlogd >/dev/null || virtlogd -d
-    pgrep -x libvirtd >/dev/null || libvirtd -d
-    for _ in $(seq 1 30); do virsh -c qemu:///system uri >/dev/null 2>&1 && break; sleep 1; done
-fi
+# shellcheck source=scripts/libvirtd.sh
+. "$ROOT/scripts/libvirtd.sh"
+ensure_libvirtd "WARNING: libvirtd is not answering on qemu:///system before the scenarios; starting it again"
 
 # 6. the scenarios
 export PATH="$VENV/bin:$PATH"

@@ -34,16 +34,10 @@ elif ! apt-cache show --no-all-versions linux-image-amd64 >/dev/null 2>&1; then
     apt-get update -q
 fi
 
-# 2. libvirtd (no systemd on build machines: start the daemon directly)
-if ! pgrep -x libvirtd >/dev/null 2>&1; then
-    log "starting libvirtd"
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
-        systemctl start libvirtd
-    else
-        pgrep -x virtlogd >/dev/null 2>&1 || virtlogd -d
-        libvirtd -d
-    fi
-fi
+# 2. libvirtd (no systemd on build machines: started directly), answering on qemu:///system
+# shellcheck source=scripts/libvirtd.sh
+. "$ROOT/scripts/libvirtd.sh"
+ensure_libvirtd "starting libvirtd"
 
 # 3. virtualenv with the tools, rebuilt when requirements-dev.txt changes
 stamp="$VENV/.requirements.sha256"
