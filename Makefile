@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(HOME)/.ansible/collections
 export ANSIBLE_NOCOLOR := 1
 
-.PHONY: setup demo test unit sanity lint integration molecule
+.PHONY: setup demo test unit sanity lint integration molecule bench
 
 setup:
 	@bash scripts/setup.sh
@@ -33,3 +33,10 @@ integration: setup
 # the molecule scenarios (extensions/molecule/*): podman, a locally built Debian 12 image (scripts/molecule.sh)
 molecule: setup
 	@bash scripts/test.sh molecule
+
+# the image library against qemu-img and the modules against ansible.builtin.stat (bench/README.md); results in
+# bench/results/. BENCH_RUNS=5 for more runs, BENCH_QUICK=1 for a small corpus and one run (proves the code only).
+# matplotlib (the chart) is installed into the virtualenv here only: nothing else needs it.
+bench: setup
+	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check matplotlib
+	@$(VENV)/bin/python bench/bench.py
