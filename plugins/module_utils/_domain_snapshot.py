@@ -31,6 +31,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     lookup_domain,
     parse_xml,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._plan import Action, Plan
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import ImageError, snapshot_compare
 
 SNAPSHOT_STATES = ('present', 'absent', 'revert')
@@ -475,33 +476,6 @@ class SnapshotRequest(object):
 
 
 # --------------------------------------------------------------------------- plan
-class Action(object):
-    """One step of a plan, described the same way whether it is applied or only predicted (check mode)."""
-
-    def __init__(self, kind, text, **args):
-        self.kind = kind
-        self.text = text
-        self.args = args
-
-    def __repr__(self):
-        return 'Action(%r, %r)' % (self.kind, self.args)
-
-
-class Plan(object):
-    def __init__(self, actions, before, after, notes=None):
-        self.actions = actions
-        self.before = before
-        self.after = after
-        self.notes = notes or []
-
-    @property
-    def changed(self):
-        return bool(self.actions)
-
-    def kinds(self):
-        return [action.kind for action in self.actions]
-
-
 def _quoted(name):
     return "'%s'" % name
 
@@ -973,13 +947,12 @@ def run_domain_snapshot(conn, params, check_mode):
     header = 'snapshots of domain %s' % request.domain
     record = domain.snapshots.get(request.name)
     return dict(
-        changed=plan.changed,
-        actions=[action.text for action in plan.actions],
+        plan.result(),
         snapshot={} if record is None else snapshot_info(record, domain.snapshots),
         current=domain.current,
         domain_state=domain.state,
         lib_version=version_text(domain.lib_version),
-        diff=dict(before=render_view(plan.before), after=render_view(plan.after), before_header=header, after_header=header),
+        diff=plan.diff(header, render_view),
     )
 
 

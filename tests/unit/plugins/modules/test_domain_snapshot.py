@@ -469,7 +469,7 @@ def test_deleting_with_children_removes_the_subtree():
     plan = plan_domain_snapshot(ask(state='absent', name='b', children=True), domain(snapshots=tree()))
     assert plan.actions[0].args['removed'] == ['b', 'c'] and plan.after['current'] == 'a'
     assert plan.after['snapshots'] == ['- a (shutoff, internal)', '  - d (shutoff, internal)']
-    assert plan.actions[0].text == "delete snapshot 'b' and its 1 descendants of domain 'vm'"
+    assert plan.actions[0].description == "delete snapshot 'b' and its 1 descendants of domain 'vm'"
 
 
 def test_deleting_children_only_keeps_the_snapshot_and_makes_it_current():
@@ -490,7 +490,7 @@ def test_external_snapshots_with_children_are_refused_naming_the_version_and_met
         plan_domain_snapshot(ask(state='absent', name='e2'), domain('running', snapshots=snapshots, lib_version=8010000))
     plan = plan_domain_snapshot(ask(state='absent', name='e1', children=True, metadata_only=True), domain('running', snapshots=snapshots))
     assert plan.actions[0].args['removed'] == ['e1', 'e2'] and plan.after['snapshots'] == [] and plan.after['current'] is None
-    assert plan.kinds() == ['delete'] and plan.actions[0].text.endswith('(metadata only: their files stay)')
+    assert plan.kinds() == ['delete'] and plan.actions[0].description.endswith('(metadata only: their files stay)')
     assert plan_domain_snapshot(ask(state='absent', name='e2'), domain('running', snapshots=snapshots)).kinds() == ['delete']
 
 
