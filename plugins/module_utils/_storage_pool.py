@@ -36,6 +36,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     parse_xml,
     sanitize_path,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._plan import Action, Plan
 
 POOL_TYPES = ('dir', 'fs', 'netfs', 'logical', 'disk', 'iscsi', 'rbd')
 POOL_STATES = ('present', 'absent', 'active', 'inactive', 'deleted')
@@ -487,37 +488,9 @@ def _storage_contents(pool, state, what):
 
 
 # --------------------------------------------------------------------------- plan
-class Action(object):
-    """One step of a plan, described the same way whether it is applied or only predicted (check mode)."""
-
-    def __init__(self, kind, description, **args):
-        self.kind = kind
-        self.description = description
-        self.args = args
-
-    @property
-    def changes(self):
-        # A refresh rereads the storage: it changes nothing the task asks for.
-        return self.kind != 'refresh'
-
-    def __repr__(self):
-        return 'Action(%r, %r)' % (self.kind, self.args)
-
-
-class Plan(object):
-    def __init__(self, actions, before, after, warnings=None, restart_pending=False):
-        self.actions = actions
-        self.before = before
-        self.after = after
-        self.warnings = warnings or []
-        self.restart_pending = restart_pending
-
-    @property
-    def changed(self):
-        return any(action.changes for action in self.actions)
-
-    def kinds(self):
-        return [action.kind for action in self.actions]
+def pool_plan(actions, before, after, warnings=None, restart_pending=False):
+    """A Plan with the field the storage_pool module reports: ``restart_pending``."""
+    return Plan(actions, before, after, warnings=warnings, restart_pending=restart_pending)
 
 
 def pool_view(name, state, reference=None, with_storage=False, permissions=True):
@@ -569,13 +542,13 @@ def _plan_absent(request, state):
             actions.append(Action('stop', 'stop storage pool %s' % _quoted(request.name)))
         if state.persistent:
             actions.append(Action('undefine', 'undefine storage pool %s' % _quoted(request.name)))
-    return Plan(actions, before, after)
+    return pool_plan(actions, before, after)
 
 
 def _plan_deleted(request, state):
     before = pool_view(request.name, state, with_storage=True)
     if state is None:
-        return Plan([], before, dict(before), warnings=[
+        return pool_plan([], before, dict(before), warnings=[
             'storage pool %s is not defined: there is no storage of it to delete' % _quoted(request.name)])
     if state.type not in DELETABLE_TYPES:
         raise LibvirtModuleError('state=deleted: the storage of %s pools cannot be deleted through libvirt (storage pool %s); '
@@ -604,7 +577,7 @@ def _plan_deleted(request, state):
         actions.append(Action('delete', 'delete the storage of %s pool %s (%s)' % (
             state.type, _quoted(request.name), state.target if state.type in TARGET_DIRECTORY_TYPES else 'its volume group')))
     after = dict(before, state='inactive', restart_pending=False, storage='deleted')
-    return Plan(actions, before, after)
+    return pool_plan(actions, before, after)
 
 
 def plan_storage_pool(request, state, directory=None, target_exists=None):
@@ -708,8 +681,9 @@ def plan_storage_pool(request, state, directory=None, target_exists=None):
                                      name, 'start' if 'start' in [action.kind for action in actions] else 'restart',
                                      sanitize_path(child_text(element, 'target/path'))))
     if request.refresh and after['state'] == 'active' and not restarted:
-        actions.append(Action('refresh', 'refresh storage pool %s' % name))
-    return Plan(actions, before, after, warnings, restart_pending=after.get('restart_pending', False))
+        # A refresh rereads the storage: it changes nothing the task asks for.
+        actions.append(Action('refresh', 'refresh storage pool %s' % name, changes=False))
+    return pool_plan(actions, before, after, warnings, restart_pending=after.get('restart_pending', False))
 
 
 def _target_missing(element, state, definition, target_exists):
@@ -962,16 +936,14 @@ def run_storage_pool(conn, params, check_mode):
         directory = read_directory(target)
         target_exists = bool(target) and os.path.isdir(target)
     plan = plan_storage_pool(request, state, directory, target_exists)
-    result = dict(changed=plan.changed, actions=[action.description for action in plan.actions if action.changes],
-                  restart_pending=plan.restart_pending, refreshed=False, notes=list(plan.warnings))
+    result = dict(plan.result(notes=True), refreshed=False)
     mode_warning = int_mode_warning(params.get('mode'))
     if mode_warning:
         result['notes'].insert(0, mode_warning)
     if not check_mode and plan.actions:
         result['notes'].extend(apply_plan(conn, plan, request, state))
         result['refreshed'] = 'refresh' in plan.kinds()
-    result['diff'] = dict(before=render_view(plan.before), after=render_view(plan.after),
-                          before_header='storage pool %s' % request.name, after_header='storage pool %s' % request.name)
+    result['diff'] = plan.diff('storage pool %s' % request.name, render_view)
     try:
         pool = lookup_pool(conn, request.name)
         result['pool'] = {} if pool is None else pool_info(pool)
