@@ -44,6 +44,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     libvirt_call,
     parse_xml,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._plan import Action, Plan
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
     ImageError,
     info as image_info,
@@ -222,24 +223,6 @@ class VolumeRequest(object):
         return arguments
 
 
-class VolumeAction(object):
-    def __init__(self, kind, description, **args):
-        self.kind = kind
-        self.description = description
-        self.args = args
-
-
-class VolumePlan(object):
-    def __init__(self, actions, before, after):
-        self.actions = actions
-        self.before = before
-        self.after = after
-
-    @property
-    def changed(self):
-        return bool(self.actions)
-
-
 def volume_view(request, described):
     """The normalised view of the volume compared and shown in the diff."""
     if described is None:
@@ -275,9 +258,9 @@ def plan_volume(request, described, src_info=None):
     name = '%s/%s' % (request.pool, request.volume)
     if request.state == 'absent':
         if described is None:
-            return VolumePlan([], before, dict(before))
-        return VolumePlan([VolumeAction('delete', 'delete volume %s (%s)' % (name, described['path']))],
-                          before, volume_view(request, None))
+            return Plan([], before, dict(before))
+        return Plan([Action('delete', 'delete volume %s (%s)' % (name, described['path']))],
+                    before, volume_view(request, None))
     src_size = None if src_info is None else align_size(src_info['virtual-size'])
     if request.size is not None and src_size is not None and request.size < src_size:
         raise DiskImageError('size %d is smaller than the virtual size of src %s (%d bytes)'
@@ -292,26 +275,26 @@ def plan_volume(request, described, src_info=None):
     recreate = described is None
     if described is not None and described['capacity'] < capacity:
         if request.src is None:
-            actions.append(VolumeAction('resize', 'grow volume %s from %d to %d bytes'
-                                        % (name, described['capacity'], capacity), capacity=capacity))
+            actions.append(Action('resize', 'grow volume %s from %d to %d bytes'
+                                  % (name, described['capacity'], capacity), capacity=capacity))
         elif not request.force:
             raise DiskImageError('volume %s exists with a capacity of %d bytes, smaller than the %d bytes of src %s; '
                                  'set force=true to delete it and upload src again, which discards its content'
                                  % (name, described['capacity'], capacity, request.src))
         else:
-            actions.append(VolumeAction('delete', 'delete volume %s (%d bytes, too small)'
-                                        % (name, described['capacity'])))
+            actions.append(Action('delete', 'delete volume %s (%d bytes, too small)'
+                                  % (name, described['capacity'])))
             recreate = True
     after = dict(before, state='present', capacity=max(capacity, described['capacity'] if described else 0))
     if recreate:
         after['capacity'] = capacity
-        actions.append(VolumeAction('create', 'create volume %s of %d bytes' % (name, capacity), capacity=capacity))
+        actions.append(Action('create', 'create volume %s of %d bytes' % (name, capacity), capacity=capacity))
         if request.src is not None:
-            actions.append(VolumeAction('upload', 'upload %s%s (%s%s) into volume %s as raw data' % (
+            actions.append(Action('upload', 'upload %s%s (%s%s) into volume %s as raw data' % (
                 request.src, '' if request.src_member is None else ' member %r' % (request.src_member,),
                 src_info['format'], '' if request.src_snapshot is None else ', snapshot %r' % request.src_snapshot,
                 name), src_format=src_info['format']))
-    return VolumePlan(actions, before, after)
+    return Plan(actions, before, after)
 
 
 def volume_xml(name, capacity, allocation=None):
@@ -464,7 +447,7 @@ def run_volume_api(conn, target, module, pool_kind):
     described = None if volume is None else describe_volume(target, volume)
     src_info = read_source(request) if request.state == 'present' else None
     plan = plan_volume(request, described, src_info)
-    result = dict(changed=plan.changed, actions=[action.description for action in plan.actions])
+    result = plan.result()
     if not module.check_mode and plan.changed:
         started = time.time()
         described, upload_stats = apply_volume_plan(conn, target, plan, request)
@@ -474,7 +457,7 @@ def run_volume_api(conn, target, module, pool_kind):
     result['volume'] = described or {}
     result['path'] = (described or {}).get('path')
     if module._diff:
-        result['diff'] = dict(before=plan.before, after=plan.after)
+        result['diff'] = plan.diff()
     return result
 
 
