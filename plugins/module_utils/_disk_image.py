@@ -21,6 +21,8 @@ import shutil
 import tempfile
 import time
 
+from ansible.module_utils.common.validation import check_mutually_exclusive, check_required_by, check_required_if
+
 from ansible_collections.kvm.storage.plugins.module_utils._file_attributes import (
     FileAttributeError,
     check_file_attributes,
@@ -142,6 +144,33 @@ def disk_image_argument_spec():
     spec.update(policy_argument_spec())
     spec.update(libvirt_argument_spec())
     return spec
+
+
+# Constraints between disk_image's options, declared with its argument spec: the module passes them to
+# AnsibleModule, which checks them before the task runs, whatever the state.  A request built without AnsibleModule
+# (DiskImageRequest, the volume API's VolumeRequest) checks the same declarations with Ansible's own checks.
+DISK_IMAGE_OPTION_MUTUALLY_EXCLUSIVE = [('rebase', 'src'), ('revert_to', 'src')]
+DISK_IMAGE_REQUIRED_IF = [('compress', True, ('src',))]
+DISK_IMAGE_REQUIRED_BY = dict(
+    src_format='src',
+    src_member='src',
+    src_snapshot='src',
+    src_passphrase='src',
+    backing_format='backing_file',
+    rebase='backing_file',
+)
+
+
+def check_option_constraints(params):
+    """The checks AnsibleModule makes of the declared constraints (in its order and wording), for a request built
+    without it: an option counts as given when its value is not None."""
+    given = dict((name, value) for name, value in params.items() if value is not None)
+    try:
+        check_mutually_exclusive(DISK_IMAGE_OPTION_MUTUALLY_EXCLUSIVE, given)
+        check_required_if(DISK_IMAGE_REQUIRED_IF, given)
+        check_required_by(DISK_IMAGE_REQUIRED_BY, given)
+    except TypeError as exc:
+        raise DiskImageError(str(exc))
 
 
 def disk_image_info_argument_spec():
@@ -406,12 +435,18 @@ class DiskImageRequest(object):
         return cls(fmt=params.get('format'), **dict((name, params.get(name)) for name in names))
 
     def _validate(self):
+        check_option_constraints(dict(
+            src=self.src, src_format=self.src_format, src_member=self.src_member, src_snapshot=self.src_snapshot,
+            src_passphrase=self.src_passphrase, backing_file=self.backing_file, backing_format=self.backing_format,
+            rebase=self.rebase, revert_to=self.revert_to, compress=self.compress))
         if self.state != 'present':
             return
+        # Not required_if: a volume of a pool managed through libvirt's volume API takes no format (it is raw).
         if not self.format:
             raise DiskImageError('format is required with state=present')
         if 'key-secret' in self.options:
             raise DiskImageError('options.key-secret: give the passphrase of the image in encryption_passphrase')
+        # Not required_if: only a task that writes the image needs the passphrase (state=absent removes it).
         if self.format == 'luks' and self.encryption_passphrase is None:
             raise DiskImageError('%s is an encrypted LUKS image (format luks): its passphrase is required in '
                                  'encryption_passphrase' % self.path)
@@ -426,27 +461,13 @@ class DiskImageRequest(object):
         if self.size_delta is not None and self.revert_to is not None:
             raise DiskImageError('size %s is a relative size: it cannot be combined with revert_to (give the '
                                  'virtual size the image should have after the revert)' % self.size_text)
-        if self.src_passphrase is not None and not self.src:
-            raise DiskImageError('src_passphrase requires src')
-        if self.compress and not self.src:
-            raise DiskImageError('compress applies to a conversion: it requires src')
-        if self.src_format and not self.src:
-            raise DiskImageError('src_format requires src')
-        if self.src_member is not None and not self.src:
-            raise DiskImageError('src_member requires src (the OVA or Vagrant box holding the disk)')
-        if self.src_snapshot is not None and not self.src:
-            raise DiskImageError('src_snapshot requires src')
-        if self.backing_format and not self.backing_file:
-            raise DiskImageError('backing_format requires backing_file')
         if self.backing_file == '' and not self.rebase:
             raise DiskImageError('backing_file must not be empty (an empty backing_file removes the backing file '
                                  'of an existing image only with rebase)')
+        # Not required_by: an empty backing_file counts as given there.
         if self.backing_file == '' and self.backing_format:
             raise DiskImageError('backing_format requires a backing file (backing_file is empty)')
-        if self.rebase and self.backing_file is None:
-            raise DiskImageError('rebase requires backing_file (the new backing file, or an empty string for none)')
-        if self.rebase and self.src:
-            raise DiskImageError('rebase applies to an existing image: it cannot be combined with src')
+        # Not mutually_exclusive: it counts commit=false given with src too (commit is a bool).
         if self.commit and self.src:
             raise DiskImageError('commit applies to an existing overlay: it cannot be combined with src')
         if self.preallocation is not None:
@@ -469,8 +490,6 @@ class DiskImageRequest(object):
                 raise DiskImageError('revert_to must name a snapshot')
             if not has_internal_snapshots(self.format):
                 raise DiskImageError('revert_to: %s images have no internal snapshots' % self.format)
-            if self.src:
-                raise DiskImageError('revert_to applies to an existing image: it cannot be combined with src')
             if (self.revert_to, 'absent') in self.snapshots:
                 raise DiskImageError('revert_to: snapshot %r is also listed absent in snapshots' % self.revert_to)
         for name in ('backing_file', 'backing_fmt'):

@@ -27,8 +27,10 @@ from xml.etree import ElementTree
 from ansible.module_utils.six.moves.urllib.parse import urlparse
 
 from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
+    DISK_IMAGE_OPTION_MUTUALLY_EXCLUSIVE,
     DiskImageError,
     align_size,
+    check_option_constraints,
     check_src_passphrase,
     member_selector,
     parse_size,
@@ -67,7 +69,7 @@ _DEFAULTS = {'shrink': False, 'compress': False, 'commit': False, 'repair': 'non
 _FILE_ATTRIBUTES = ('mode', 'owner', 'group', 'seuser', 'serole', 'setype', 'selevel', 'attributes')
 
 
-DISK_IMAGE_MUTUALLY_EXCLUSIVE = [('path', 'pool'), ('path', 'volume')]
+DISK_IMAGE_MUTUALLY_EXCLUSIVE = [('path', 'pool'), ('path', 'volume')] + DISK_IMAGE_OPTION_MUTUALLY_EXCLUSIVE
 DISK_IMAGE_REQUIRED_TOGETHER = [('pool', 'volume')]
 DISK_IMAGE_REQUIRED_ONE_OF = [('path', 'pool')]
 
@@ -195,6 +197,7 @@ class VolumeRequest(object):
         self._validate(params, pool_kind)
 
     def _validate(self, params, pool_kind):
+        check_option_constraints(params)
         unsupported = [name for name in ('backing_file', 'backing_format', 'preallocation', 'snapshots', 'rebase',
                                          'revert_to', 'encryption_passphrase') + _FILE_ATTRIBUTES
                        if params.get(name) is not None]
@@ -209,9 +212,6 @@ class VolumeRequest(object):
         if self.format not in (None, 'raw'):
             raise DiskImageError('format: volumes of %s hold raw data here; format must be raw, found %r (an '
                                  'image is converted to raw on its way in)' % (pool_kind, self.format))
-        for name in ('src_format', 'src_member', 'src_snapshot', 'src_passphrase'):
-            if getattr(self, name) is not None and not self.src:
-                raise DiskImageError('%s requires src' % name)
 
     def source_arguments(self):
         """Keywords of the library's open_image for ``src``."""

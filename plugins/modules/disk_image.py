@@ -151,14 +151,14 @@ options:
     type: path
   src_passphrase:
     description:
-      - The passphrase of O(src) when it is an encrypted (V(luks)) image; required then.
+      - The passphrase of O(src) when it is an encrypted (V(luks)) image; required then. Requires O(src).
       - It is checked before anything is written (in check mode too); a passphrase that unlocks no key slot of
         O(src) fails the task.
       - Ignored when O(src) is not encrypted.
     type: str
   src_format:
     description:
-      - Format of O(src). By default it is detected.
+      - Format of O(src). By default it is detected. Requires O(src).
       - A fixed VHD is detected as V(raw) (its footer is at its end, as qemu-img detects it too); set V(vpc) to read it
         as a VHD.
     type: str
@@ -170,6 +170,7 @@ options:
         members named like disk images when there is no descriptor); a string is the name of a tar member.
       - By default, an O(src) whose name ends in C(.ova) or C(.box) gives its first disk (unless O(src_format=raw)).
       - M(kvm.storage.disk_image_info) lists the disks of an archive in RV(kvm.storage.disk_image_info#module:images[].ova_disks).
+      - Requires O(src).
     type: raw
   src_snapshot:
     description:
@@ -192,7 +193,7 @@ options:
     type: str
   backing_format:
     description:
-      - Format of O(backing_file).
+      - Format of O(backing_file). Requires O(backing_file).
       - By default the backing file's format is detected, and recorded explicitly in the image.
     type: str
   options:
@@ -272,6 +273,7 @@ options:
       - With O(size), the disk is reverted and then resized; it matches when it has that size, the snapshot's content
         up to the smaller of the two sizes, and zeroes past the snapshot's end.
       - The task fails, in check mode too, when the image has no such snapshot.
+      - Mutually exclusive with O(src) (a revert applies to an existing image).
     type: str
   rebase:
     description:
@@ -281,7 +283,7 @@ options:
         is copied into the image first. Both backing chains must be readable.
       - V(unsafe) only rewrites the backing file name and format (like C(qemu-img rebase -u)), for a backing file that
         was moved or renamed; with a backing file of other content, the guest sees other data.
-      - Requires O(backing_file); O(backing_file="") removes the backing file.
+      - Requires O(backing_file); O(backing_file="") removes the backing file. Mutually exclusive with O(src).
     type: str
     choices: [safe, unsafe]
   commit:
@@ -292,6 +294,7 @@ options:
         makes the task idempotent.
       - The image must have a backing file, and the backing file must be writable and not in use. Other overlays on
         the same backing file then see the committed data.
+      - O(commit=true) cannot be combined with O(src).
     type: bool
     default: false
   repair:
@@ -727,6 +730,8 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
+    DISK_IMAGE_REQUIRED_BY,
+    DISK_IMAGE_REQUIRED_IF,
     DiskImageError,
     disk_image_argument_spec,
     run_disk_image,
@@ -751,6 +756,8 @@ def main():
         mutually_exclusive=DISK_IMAGE_MUTUALLY_EXCLUSIVE,
         required_together=DISK_IMAGE_REQUIRED_TOGETHER,
         required_one_of=DISK_IMAGE_REQUIRED_ONE_OF,
+        required_if=DISK_IMAGE_REQUIRED_IF,
+        required_by=DISK_IMAGE_REQUIRED_BY,
         supports_check_mode=True,
         add_file_common_args=True,
     )

@@ -76,8 +76,8 @@ def test_compat_is_compared_in_info_spelling():
 
 @pytest.mark.parametrize('params, message', [
     (dict(), 'format is required'),
-    (dict(fmt='qcow2', compress=True), 'requires src'),
-    (dict(fmt='qcow2', backing_format='raw'), 'backing_format requires backing_file'),
+    (dict(fmt='qcow2', compress=True), 'compress is True but all of the following are missing: src'),
+    (dict(fmt='qcow2', backing_format='raw'), r"missing parameter\(s\) required by 'backing_format': backing_file"),
     (dict(fmt='qcow2', options={'backing_file': 'b'}), 'backing_file'),
     (dict(fmt='qcow2', src='/x'), 'same file'),
 ])

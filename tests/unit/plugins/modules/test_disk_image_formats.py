@@ -206,7 +206,7 @@ def test_src_member_converts_that_disk_of_the_ova(tmp_path, appliance, member, i
 
 
 @pytest.mark.parametrize('params, message', [
-    (dict(src_member='first.vmdk'), 'src_member requires src'),
+    (dict(src_member='first.vmdk'), r"missing parameter\(s\) required by 'src_member': src"),
     (dict(src='x.ova', src_member=-1), 'must not be negative'),
     (dict(src='x.ova', src_member=True), 'expected a member name or an index'),
     (dict(src='x.ova', src_member=''), 'expected a member name or an index'),

@@ -163,7 +163,7 @@ def test_encrypted_src_needs_src_passphrase_and_a_wrong_one_creates_nothing(tmp_
     (dict(fmt='luks', size='1M', encryption_passphrase=PASSPHRASE, options={'key-secret': 'x'}),
      'options.key-secret'),
     (dict(fmt='luks', size='1M', encryption_passphrase=''), 'must not be empty'),
-    (dict(fmt='qcow2', size='1M', src_passphrase=PASSPHRASE), 'src_passphrase requires src'),
+    (dict(fmt='qcow2', size='1M', src_passphrase=PASSPHRASE), r"missing parameter\(s\) required by 'src_passphrase': src"),
 ])
 def test_passphrase_requests_refused(tmp_path, params, message):
     with pytest.raises(DiskImageError, match=message):

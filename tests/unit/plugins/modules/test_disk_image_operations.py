@@ -305,8 +305,8 @@ def test_empty_backing_file_with_rebase_flattens(tmp_path):
 
 @pytest.mark.parametrize('params, message', [
     (dict(backing_file=''), 'must not be empty'),
-    (dict(rebase='safe'), 'rebase requires backing_file'),
-    (dict(rebase='safe', backing_file='b', src='/y'), 'cannot be combined with src'),
+    (dict(rebase='safe'), r"missing parameter\(s\) required by 'rebase': backing_file"),
+    (dict(rebase='safe', backing_file='b', src='/y'), r'parameters are mutually exclusive: rebase\|src'),
     (dict(commit=True, src='/y'), 'cannot be combined with src'),
     (dict(preallocation='full', options={'preallocation': 'off'}), 'options.preallocation'),
 ])
@@ -456,5 +456,5 @@ def test_conversion_of_an_internal_snapshot(tmp_path):
     qemu_img('compare', '-f', 'raw', '-F', 'qcow2', oracle, path)
     assert_clean(path)
     assert not plan_for(path=path, fmt='qcow2', src=src, src_snapshot='then')[1].changed
-    with pytest.raises(DiskImageError, match='src_snapshot requires src'):
+    with pytest.raises(DiskImageError, match=r"missing parameter\(s\) required by 'src_snapshot': src"):
         DiskImageRequest(path, fmt='qcow2', src_snapshot='then')

@@ -214,7 +214,7 @@ def test_plan_absent():
     (dict(size='1M', options={'cluster_size': 65536}), 'options: not supported'),
     (dict(size='1M', mode='0600'), 'mode: not supported'),
     (dict(size='1M', shrink=True), 'shrink: not supported'),
-    (dict(size='1M', src_format='raw'), 'src_format requires src'),
+    (dict(size='1M', src_format='raw'), r"missing parameter\(s\) required by 'src_format': src"),
     (dict(size='1M', volume='../etc'), 'one file name'),
 ])
 def test_volume_api_requests_refused(params, message):

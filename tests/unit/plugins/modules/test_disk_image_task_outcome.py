@@ -266,3 +266,43 @@ def test_volume_api_pools_refuse_a_relative_size_instead_of_dropping_its_sign():
     with pytest.raises(_disk_image.ImageError, match=r"'\+10G'.*relative"):
         VolumeRequest(params, 'logical')
     assert VolumeRequest(dict(params, size='10G'), 'logical').size == 10 << 30
+
+
+# --------------------------------------------------------------------------- constraints declared with the spec
+@pytest.mark.parametrize('args, message', [
+    (dict(format='qcow2', size='1M', src_format='raw'), "missing parameter(s) required by 'src_format': src"),
+    (dict(format='qcow2', size='1M', src_member=0), "missing parameter(s) required by 'src_member': src"),
+    (dict(format='qcow2', size='1M', src_snapshot='s'), "missing parameter(s) required by 'src_snapshot': src"),
+    (dict(format='qcow2', size='1M', src_passphrase='Zx9-never-in-a-message'), "missing parameter(s) required by 'src_passphrase': src"),
+    (dict(format='qcow2', size='1M', backing_format='raw'), "missing parameter(s) required by 'backing_format': backing_file"),
+    (dict(format='qcow2', size='1M', rebase='safe'), "missing parameter(s) required by 'rebase': backing_file"),
+    (dict(format='qcow2', size='1M', compress=True), 'compress is True but all of the following are missing: src'),
+    (dict(format='qcow2', src='/nonexistent.raw', rebase='safe', backing_file='b'), 'parameters are mutually exclusive: rebase|src'),
+    (dict(format='qcow2', src='/nonexistent.raw', revert_to='s'), 'parameters are mutually exclusive: revert_to|src'),
+    # Declared with the spec, the constraints hold whatever the state.
+    (dict(state='absent', src_format='raw'), "missing parameter(s) required by 'src_format': src"),
+])
+def test_option_constraints_are_checked_by_ansible_before_anything_is_done(tmp_path, capsys, args, message):
+    path = tmp_path / 'a.qcow2'
+    result = run_module(capsys, path=str(path), **args)
+    assert result['failed'] and result['msg'] == message and not path.exists()
+    assert 'changed' not in result or not result['changed']
+
+
+@pytest.mark.parametrize('params, message', [
+    (dict(src_format='raw'), "missing parameter(s) required by 'src_format': src"),
+    (dict(format='qcow2', src='/s.raw', rebase='safe', backing_file='b'), 'parameters are mutually exclusive: rebase|src'),
+    (dict(format='qcow2', compress=True), 'compress is True but all of the following are missing: src'),
+])
+def test_requests_built_without_ansible_check_the_same_declarations(params, message):
+    fmt = params.pop('format', 'qcow2')
+    with pytest.raises(DiskImageError) as caught:
+        DiskImageRequest('/x.qcow2', fmt=fmt, **params)
+    assert str(caught.value) == message
+
+
+def test_commit_false_goes_with_src_unlike_a_declared_mutual_exclusion():
+    # commit is a bool: only commit=true is refused with src (mutually_exclusive would count commit=false too).
+    assert DiskImageRequest('/x.qcow2', fmt='qcow2', src='/s.raw', commit=False).src == '/s.raw'
+    with pytest.raises(DiskImageError, match='commit applies to an existing overlay: it cannot be combined with src'):
+        DiskImageRequest('/x.qcow2', fmt='qcow2', src='/s.raw', commit=True)
