@@ -353,6 +353,11 @@ def lvm_volume_image_argument_spec():
     )
 
 
+# Constraints between the options, declared with the argument spec (the module passes them to AnsibleModule).
+LVM_VOLUME_IMAGE_REQUIRED_IF = [('state', 'present', ('src',))]
+LVM_VOLUME_IMAGE_REQUIRED_BY = {'src_format': 'src'}
+
+
 def lvm_volume_image_info_argument_spec():
     return dict(
         vg=dict(type='str', required=True),
@@ -405,10 +410,6 @@ class VolumeImage:
                         check_lv_name(params["thinpool"]) if params["thinpool"] else None):
             if problem:
                 raise VolumeImageError(problem)
-        if params["state"] == "present" and not params["src"]:
-            raise VolumeImageError("src is required with state: present (the image to put on the volume)")
-        if params["src_format"] and not params["src"]:
-            raise VolumeImageError("src_format requires src")
         if isinstance(params["size"], str) and params["size"].strip().startswith(("+", "-")):
             # Never read "+4G" as 4G: the size is the volume's, not a change of it.
             raise VolumeImageError("size %s: a relative size is not supported; give the size the volume should have "

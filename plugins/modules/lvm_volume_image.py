@@ -69,7 +69,7 @@ options:
     type: path
   src_format:
     description:
-      - Format of O(src). Detected when omitted.
+      - Format of O(src). Detected when omitted. Requires O(src).
     type: str
   size:
     description:
@@ -293,6 +293,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvm.storage.plugins.module_utils._lvm import LvmError
 from ansible_collections.kvm.storage.plugins.module_utils._lvm_volume_image import (
+    LVM_VOLUME_IMAGE_REQUIRED_BY,
+    LVM_VOLUME_IMAGE_REQUIRED_IF,
     VolumeImageError,
     failure_text,
     lvm_volume_image_argument_spec,
@@ -305,7 +307,8 @@ def main():
     module = AnsibleModule(
         argument_spec=lvm_volume_image_argument_spec(),
         supports_check_mode=True,
-        required_if=[('state', 'present', ('src',))],
+        required_if=LVM_VOLUME_IMAGE_REQUIRED_IF,
+        required_by=LVM_VOLUME_IMAGE_REQUIRED_BY,
     )
     try:
         result = run_lvm_volume_image(module)

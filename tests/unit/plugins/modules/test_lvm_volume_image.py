@@ -557,6 +557,22 @@ def test_module_failure_after_a_step_reports_changed_and_actions(monkeypatch):
     assert reported == {"msg": "vg0/lv0: write failed", "changed": True, "actions": ["grow volume vg0/lv0"]}
 
 
+@pytest.mark.parametrize("args, message", [
+    (dict(vg="vg0", lv="lv0"), "state is present but all of the following are missing: src"),
+    (dict(vg="vg0", lv="lv0", state="absent", src_format="raw"), "missing parameter(s) required by 'src_format': src"),
+])
+def test_option_constraints_are_declared_with_the_spec(capsys, monkeypatch, args, message):
+    from module_runner import run_module
+    from ansible_collections.kvm.storage.plugins.modules import lvm_volume_image
+
+    def never(module):
+        raise AssertionError("the task ran although its options were refused")
+
+    monkeypatch.setattr(lvm_volume_image, "run_lvm_volume_image", never)
+    result = run_module(lvm_volume_image, capsys, **args)
+    assert result["failed"] and result["msg"] == message
+
+
 def test_source_in_use_message_says_what_this_module_can_do(tmp_path):
     from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
     src = str(tmp_path / "src.raw")
