@@ -77,7 +77,7 @@ class _Chain:
         driver = cls.open(path, readonly=readonly, opener=opener, force_share=self.force_share)
         self.opened.append(driver)
         # A probed raw image refuses writes to its first sector (docs/security.md rule 3).
-        if probed and fmt == "raw":
+        if probed and cls.probe_fallback:
             driver.probed = True
         driver.probe_warning = warning
         return driver

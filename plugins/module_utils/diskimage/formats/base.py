@@ -29,6 +29,74 @@ Extent = collections.namedtuple("Extent", "start length kind offset")
 # Largest single read/write the library issues (bounded memory whatever the image size).
 MAX_IO = 4 * 1024 * 1024
 
+# QEMU's block status flags (BDRV_BLOCK_* meanings) of ``Driver.map_runs``: the layer
+# holds the bytes (DATA), they read as zeroes (ZERO), a host offset is known
+# (OFFSET_VALID), this layer decides the content (ALLOCATED).  A run with neither DATA
+# nor ZERO falls through to the backing file.
+BLOCK_DATA = 1
+BLOCK_ZERO = 2
+BLOCK_OFFSET_VALID = 4
+BLOCK_ALLOCATED = 8
+
+# QEMU's block layer counts lengths in whole sectors of this size.
+QEMU_SECTOR_SIZE = 512
+
+
+class StatusRuns:
+    """Block status runs (start, length, flags, host) with adjacent equal runs merged."""
+
+    def __init__(self):
+        self.runs = []
+
+    def add(self, start, length, flags, host):
+        if length <= 0:
+            return
+        runs = self.runs
+        if runs:
+            prev_start, prev_length, prev_flags, prev_host = runs[-1]
+            if prev_flags == flags and prev_start + prev_length == start and (
+                    (host is None and prev_host is None)
+                    or (host is not None and prev_host is not None and prev_host + prev_length == host)):
+                runs[-1] = (prev_start, prev_length + length, flags, prev_host)
+                return
+        runs.append((start, length, flags, host))
+
+
+def block_status_runs(driver, offset, end):
+    """QEMU block status flags of ``driver.block_status`` over [offset, end)
+    (formats without a walk of their own)."""
+    runs = StatusRuns()
+    for extent in driver.block_status(offset, end - offset):
+        if extent.kind == DATA:
+            flags = BLOCK_DATA | BLOCK_ALLOCATED
+        elif extent.kind == ZERO:
+            flags = BLOCK_ZERO | BLOCK_ALLOCATED
+        else:
+            flags = 0
+        if extent.offset is not None:
+            flags |= BLOCK_OFFSET_VALID
+        runs.add(extent.start, extent.length, flags, extent.offset)
+    return runs.runs
+
+
+def recurse_into_file(image_file, runs):
+    """QEMU's "recurse" into the file of a raw-like layer (static VDI, fixed VHD):
+    DATA ranges with a host offset in ``image_file`` also read ZERO where the file
+    has a hole; ZERO ranges with a host offset (holes the driver already found)
+    are DATA and ZERO there."""
+    result = StatusRuns()
+    for start, length, flags, host in runs:
+        if host is None or not flags & BLOCK_OFFSET_VALID or not flags & (BLOCK_DATA | BLOCK_ZERO):
+            result.add(start, length, flags, host)
+            continue
+        if flags & BLOCK_ZERO:
+            result.add(start, length, flags | BLOCK_DATA, host)
+            continue
+        for file_start, file_length, is_data in image_file.data_extents(host, length):
+            guest = start + (file_start - host)
+            result.add(guest, file_length, flags if is_data else flags | BLOCK_ZERO, file_start)
+    return result.runs
+
 
 class Driver:
     """One opened layer of an image.  Subclasses set ``format_name``.
@@ -49,6 +117,9 @@ class Driver:
     can_write = False
     # What _check_range raises for a request outside the image.
     range_error = ImageError
+    # Whether probing answers this format when no other matches (raw): such an answer
+    # is a guess, never trusted on a write path (docs/security.md rule 3).
+    probe_fallback = False
     # Whether write_zeroes() stores the zeroes as data, byte for byte (an encrypted payload):
     # conversions count them as written.
     zeroes_written_as_data = False
@@ -61,6 +132,8 @@ class Driver:
         self.backing_filename = None
         self.backing_format = None
         self.data_file = None
+        # The layer's own image file (an _io.ImageFile), the same name in every driver.
+        self._file = None
 
     # ------------------------------------------------------------------ probing
     @classmethod
@@ -80,8 +153,42 @@ class Driver:
     def open(cls, path, readonly=True, opener=None, force_share=False):
         """Open ``path``.  ``opener(referrer_path, name, fmt)`` opens a file named
         inside the image (backing file, data file) under the caller's path policy
-        and returns a Driver (or, for data files, raises PolicyError)."""
-        raise UnsupportedOperation("opening %s images is not supported" % cls.format_name)
+        and returns a Driver (or, for data files, raises PolicyError).
+
+        The template of every driver: open the file, then ``open_file``."""
+        image_file = ImageFile(path, writable=not readonly, force_share=force_share)
+        try:
+            return cls.open_file(image_file, readonly, opener)
+        except BaseException:
+            image_file.close()
+            raise
+
+    @classmethod
+    def open_file(cls, image_file, readonly=True, opener=None, **structure_options):
+        """A driver on the opened ``image_file`` (an _io.ImageFile, or any object
+        with its ``path``, ``size()``, ``pread()``, ``pread_exact()`` and ``close()``,
+        e.g. a window on a member of an OVA), which the driver closes.  The format's
+        ``_open_structures(opener, **structure_options)`` parses it; when that fails,
+        ``_abandon_open()`` releases what was opened and the error propagates."""
+        self = cls()
+        self._file = image_file
+        self.path = image_file.path
+        self.readonly = bool(readonly)
+        try:
+            self._open_structures(opener, **structure_options)
+        except BaseException:
+            self._abandon_open()
+            raise
+        return self
+
+    def _open_structures(self, opener):
+        """Parse the format's structures from ``self._file`` (virtual size, tables,
+        backing file through ``opener``)."""
+        raise UnsupportedOperation("opening %s images is not supported" % self.format_name, self.path)
+
+    def _abandon_open(self):
+        """Release what a failed ``_open_structures`` left opened."""
+        self.close()
 
     @classmethod
     def create(cls, path, size, options=None, backing=None):
@@ -170,8 +277,13 @@ class Driver:
     def host_files(self):
         """The files this layer writes (ImageFile objects: the image file, an external
         data file): what ops/resize.py puts back when a change fails half-way."""
-        image_file = getattr(self, "_file", None)
-        return [image_file] if image_file is not None else []
+        return [self._file] if self._file is not None else []
+
+    def device_zeroout(self):
+        """For a layer written straight to a block device: whether the device zeroed
+        ranges itself (BLKZEROOUT), None when it was never asked or the layer is no
+        such device image."""
+        return None
 
     def _check_writable(self):
         if self.readonly:
@@ -191,6 +303,42 @@ class Driver:
         image_file, self._file = getattr(self, "_file", None), None
         if image_file is not None:
             image_file.close()
+
+    # ------------------------------------------------- map and measure (ops/map.py, ops/measure.py)
+    def qemu_length(self):
+        """The layer's length as QEMU's block layer sees it: whole 512-byte sectors
+        (a format's header size rounded down; a raw file's partial last sector is
+        rounded up by RawDriver)."""
+        return self.virtual_size // QEMU_SECTOR_SIZE * QEMU_SECTOR_SIZE
+
+    def map_runs(self, offset, end, l1_table=None, cache=None):
+        """QEMU's block status of this layer over [offset, end) (inside ``qemu_length()``),
+        as ``qemu-img map`` sees it: a list of runs (start, length, flags, host offset
+        or None), flags of BLOCK_DATA, BLOCK_ZERO, BLOCK_OFFSET_VALID, BLOCK_ALLOCATED,
+        adjacent equal runs merged.  Ranges no layer describes carry neither DATA nor
+        ZERO (ops/map.py applies the backing file's rule to them).  ``l1_table``: an
+        internal snapshot's L1 table read instead of the active one (``snapshot_l1_table``);
+        ``cache``: a dict keeping per-layer facts between calls.  This default translates
+        ``block_status``."""
+        return block_status_runs(self, offset, end)
+
+    def snapshot_table(self):
+        """The internal snapshots whose L1 tables ``snapshot_l1_table`` reads, as dicts
+        with at least ``id`` and ``name`` (strings); None for formats without them."""
+        return None
+
+    def snapshot_l1_table(self, snapshot):
+        """The L1 table of ``snapshot`` (an entry of ``snapshot_table()``) as a list of
+        entries, for ``map_runs(l1_table=...)``."""
+        raise UnsupportedOperation("%s images have no internal snapshots" % self.format_name, self.path)
+
+    def persistent_bitmaps_supported(self):
+        """Whether this image can hold persistent dirty bitmaps (``bitmaps()``)."""
+        return False
+
+    def bitmaps(self):
+        """Persistent dirty bitmaps: dicts with at least ``name`` and ``granularity``."""
+        return []
 
     # ----------------------------------------------------------------- queries
     def info(self):
@@ -236,7 +384,6 @@ class ReadOnlyDriver(Driver):
 
     def __init__(self):
         super(ReadOnlyDriver, self).__init__()
-        self._file = None
         self._last_chunk = None      # (key, bytes) of the chunk read last
 
     @classmethod
@@ -250,23 +397,7 @@ class ReadOnlyDriver(Driver):
     def open(cls, path, readonly=True, opener=None, force_share=False):
         if not readonly:
             raise cls.refusal("opening", path, " for writing")
-        return cls.from_image_file(ImageFile(path, writable=False, force_share=force_share))
-
-    @classmethod
-    def from_image_file(cls, image_file):
-        """A driver reading the opened ``image_file`` (closed with the driver)."""
-        self = cls()
-        self._file = image_file
-        self.path = image_file.path
-        try:
-            self._open_structures()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def _open_structures(self):
-        raise NotImplementedError
+        return super(ReadOnlyDriver, cls).open(path, readonly, opener, force_share)
 
     def close(self):
         self._close_file()

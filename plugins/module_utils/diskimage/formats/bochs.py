@@ -142,7 +142,7 @@ class BochsDriver(ReadOnlyDriver):
             return 0
         return 100 if BochsHeader(header, filename).is_bochs() else 0
 
-    def _open_structures(self):
+    def _open_structures(self, opener):
         image_file = self._file
         h = BochsHeader(image_file.pread(0, HEADER_SIZE), self.path)
         h.validate(self.path, image_file.size())

@@ -55,7 +55,7 @@ class CloopDriver(ReadOnlyDriver):
         # QEMU scores the V2.0 shell preamble 2.
         return 2 if bytes(header[:len(MAGIC_V2)]) == MAGIC_V2 else 0
 
-    def _open_structures(self):
+    def _open_structures(self, opener):
         path = self.path
         file_size = self._file.size()
         head = self._file.pread(0, OFFSETS_START)

@@ -16,7 +16,6 @@ __metaclass__ = type
 import array
 import bisect
 
-from .._io import ImageFile
 from ..errors import CorruptImageError
 from .base import Driver
 
@@ -54,23 +53,14 @@ def progression_length(table, first, stop, step):
 class ClusterTableDriver(Driver):
     """Base of QcowDriver and QedDriver."""
 
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        driver = cls()
-        driver.image_file = ImageFile(path, writable=not readonly, force_share=force_share)
-        driver.path = driver.image_file.path
-        driver.readonly = bool(readonly)
-        try:
-            driver._open_structures(opener)
-        except BaseException:
-            driver._close_file()
-            Driver.close(driver)
-            raise
-        return driver
+    def _abandon_open(self):
+        # Nothing to flush yet: close the file and the backing only.
+        self._close_file()
+        Driver.close(self)
 
     def close(self):
         try:
-            if self.image_file is not None and not self.readonly:
+            if self._file is not None and not self.readonly:
                 self.flush()
         finally:
             self._close_file()

@@ -122,7 +122,7 @@ class DmgDriver(ReadOnlyDriver):
             raise FormatError("Could not locate UDIF trailer ('koly') in dmg file", self.path)
         return start + where
 
-    def _open_structures(self):
+    def _open_structures(self, opener):
         path = self.path
         file_size = self._file.size()
         koly = self._find_koly(file_size)

@@ -456,26 +456,15 @@ class LuksDriver(Driver):
         return 0
 
     # --------------------------------------------------------------- lifecycle
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        image_file = ImageFile(path, writable=not readonly, force_share=force_share)
-        self = cls()
-        self._file = image_file
-        self.path = image_file.path
-        self.readonly = bool(readonly)
-        try:
-            file_size = image_file.size()
-            header = LuksHeader(image_file.pread(0, HEADER_SIZE), self.path)
-            header.validate(self.path, file_size)
-            self.header = header
-            self.virtual_size = (file_size - header.payload_bytes) // SECTOR_SIZE * SECTOR_SIZE
-            secret = getattr(opener, "key_secret", None)
-            if secret is not None:
-                self._unlock(_passphrase_bytes(secret, self.path))
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def _open_structures(self, opener):
+        file_size = self._file.size()
+        header = LuksHeader(self._file.pread(0, HEADER_SIZE), self.path)
+        header.validate(self.path, file_size)
+        self.header = header
+        self.virtual_size = (file_size - header.payload_bytes) // SECTOR_SIZE * SECTOR_SIZE
+        secret = getattr(opener, "key_secret", None)
+        if secret is not None:
+            self._unlock(_passphrase_bytes(secret, self.path))
 
     def _unlock(self, passphrase):
         """Find the master key from ``passphrase`` and the active key slots."""

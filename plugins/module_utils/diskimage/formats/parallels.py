@@ -208,9 +208,9 @@ class ParallelsDriver(ReadOnlyDriver):
         descriptor = _bundle_descriptor(path)
         if descriptor is not None:
             return ParallelsBundle.open_descriptor(descriptor, opener, force_share)
-        return cls.from_image_file(ImageFile(path, writable=False, force_share=force_share))
+        return super(ParallelsDriver, cls).open(path, readonly, opener, force_share)
 
-    def _open_structures(self):
+    def _open_structures(self, opener):
         path = self.path
         self._file_size = self._file.size()
         h = ParallelsHeader(self._file.pread(0, HEADER_STRUCT.size), path)
@@ -422,7 +422,7 @@ class ParallelsBundle(ReadOnlyDriver):
                 raise CorruptImageError("Parallels plain storage %s holds %d bytes, the descriptor needs %d"
                                         % (name, image_file.size(), size), self.path)
             return ("plain", image_file)
-        layer = ParallelsDriver.from_image_file(image_file)
+        layer = ParallelsDriver.open_file(image_file)
         self._layers.append(layer)
         if layer.virtual_size < size:
             raise CorruptImageError("Parallels storage image %s has a virtual size of %d bytes, the descriptor "

@@ -103,7 +103,7 @@ class QcowDriver(ClusterTableDriver):
 
     def __init__(self):
         super(QcowDriver, self).__init__()
-        self.image_file = None
+        self._file = None
         self.header = None
         self.cluster_size = 0
         self._cb = 0
@@ -125,11 +125,11 @@ class QcowDriver(ClusterTableDriver):
     # --------------------------------------------------------------- lifecycle
     def _open_structures(self, opener):
         path = self.path
-        file_size = self.image_file.size()
+        file_size = self._file.size()
         if file_size < HEADER.size:
             raise FormatError("qcow header: the file has %d bytes, fewer than the %d of a header"
                               % (file_size, HEADER.size), path)
-        header = Header(self.image_file.pread_exact(0, HEADER.size, "qcow header"))
+        header = Header(self._file.pread_exact(0, HEADER.size, "qcow header"))
         if header.magic != MAGIC:
             raise FormatError("qcow header: expected magic %r, found %r" % (MAGIC, header.magic), path)
         if header.version != VERSION:
@@ -160,7 +160,7 @@ class QcowDriver(ClusterTableDriver):
         if header.l1_table_offset + l1_entries * 8 > file_size:
             raise CorruptImageError("qcow L1 table at 0x%x (%d entries) runs past the end of the file (%d bytes)"
                                     % (header.l1_table_offset, l1_entries, file_size), path)
-        self._l1 = _be_array(self.image_file.pread_exact(header.l1_table_offset, l1_entries * 8, "qcow L1 table"))
+        self._l1 = _be_array(self._file.pread_exact(header.l1_table_offset, l1_entries * 8, "qcow L1 table"))
         self._file_end = file_size
         if header.backing_file_offset:
             size = header.backing_file_size
@@ -170,7 +170,7 @@ class QcowDriver(ClusterTableDriver):
             if header.backing_file_offset + size > file_size:
                 raise CorruptImageError("qcow header: backing file name at %d (%d bytes) is past the end of the "
                                         "file (%d bytes)" % (header.backing_file_offset, size, file_size), path)
-            raw = self.image_file.pread_exact(header.backing_file_offset, size, "qcow backing file name")
+            raw = self._file.pread_exact(header.backing_file_offset, size, "qcow backing file name")
             name = bytes(raw).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             if name:
                 self.backing_filename = name
@@ -179,14 +179,9 @@ class QcowDriver(ClusterTableDriver):
                 # qcow records no backing format: the backing layer is probed (read-only)
                 self.backing = opener(path, name, None)
 
-    def _close_file(self):
-        if self.image_file is not None:
-            self.image_file.close()
-            self.image_file = None
-
     def flush(self):
-        if self.image_file is not None and not self.readonly:
-            self.image_file.flush()
+        if self._file is not None and not self.readonly:
+            self._file.flush()
 
     # ---------------------------------------------------------------- tables
     @property
@@ -215,7 +210,7 @@ class QcowDriver(ClusterTableDriver):
     def _load_l2(self, l2_offset):
         table = self._l2_cache.get(l2_offset)
         if table is None:
-            table = _be_array(self.image_file.pread_exact(l2_offset, self._l2_entries * 8, "qcow L2 table"))
+            table = _be_array(self._file.pread_exact(l2_offset, self._l2_entries * 8, "qcow L2 table"))
             if len(self._l2_cache) >= L2_CACHE_ENTRIES:
                 self._l2_cache.pop(next(iter(self._l2_cache)))
             self._l2_cache[l2_offset] = table
@@ -299,7 +294,7 @@ class QcowDriver(ClusterTableDriver):
     def _read(self, offset, length):
         runs = self._map(offset, length)
         if len(runs) == 1 and runs[0][2] == DATA:
-            chunk = self.image_file.pread(runs[0][3], length)
+            chunk = self._file.pread(runs[0][3], length)
             if len(chunk) == length:
                 return chunk
         out = bytearray(length)
@@ -308,7 +303,7 @@ class QcowDriver(ClusterTableDriver):
         for guest, count, kind, host in runs:
             pos = guest - offset
             if kind == DATA:
-                chunk = self.image_file.pread(host, count)
+                chunk = self._file.pread(host, count)
                 view[pos:pos + len(chunk)] = chunk
             elif kind == "compressed":
                 cluster = self._decompress(host, guest - guest % cs)
@@ -336,7 +331,7 @@ class QcowDriver(ClusterTableDriver):
             raise CorruptImageError("qcow compressed cluster at guest offset 0x%x: %d bytes at 0x%x run past the end "
                                     "of the file (%d bytes)" % (guest_cluster, csize, coffset, self._file_end),
                                     self.path)
-        data = self.image_file.pread_exact(coffset, csize, "qcow compressed cluster")
+        data = self._file.pread_exact(coffset, csize, "qcow compressed cluster")
         try:
             cluster = zlib.decompressobj(-12).decompress(data, cs)
         except zlib.error as exc:
@@ -398,7 +393,7 @@ class QcowDriver(ClusterTableDriver):
                                                 self.path)
                 host = table[index] + run_start - (base + index * cs)
                 self._check_no_overlap(host, len(piece), "data write")
-                self.image_file.pwrite(host, piece)
+                self._file.pwrite(host, piece)
             else:
                 cluster_start = base + index * cs
                 head = self._fill(cluster_start, run_start - cluster_start, table, index)
@@ -406,7 +401,7 @@ class QcowDriver(ClusterTableDriver):
                 host = self._allocate((stop - index) * cs)
                 if head or tail:
                     piece = b"".join((bytes(head), bytes(piece), bytes(tail)))
-                self.image_file.pwrite(host, piece)
+                self._file.pwrite(host, piece)
                 changed.append((index, stop, host))
             index = stop
         if changed:
@@ -441,17 +436,17 @@ class QcowDriver(ClusterTableDriver):
             low = min(first for first, stop, host in changed)
             high = max(stop for first, stop, host in changed)
             self._check_no_overlap(l2_offset, self._l2_bytes, "L2 table", l2_tables=False)
-            self.image_file.pwrite(l2_offset + low * 8, _be_bytes(table[low:high]))
+            self._file.pwrite(l2_offset + low * 8, _be_bytes(table[low:high]))
 
     def _install_l2(self, l1_index, l2_offset, table):
         """Write a new L2 table, then the L1 entry pointing at it."""
-        self.image_file.pwrite(l2_offset, _be_bytes(table))
+        self._file.pwrite(l2_offset, _be_bytes(table))
         self._note_l2_table(l2_offset)
         if len(self._l2_cache) >= L2_CACHE_ENTRIES:
             self._l2_cache.pop(next(iter(self._l2_cache)))
         self._l2_cache[l2_offset] = table
         self._l1[l1_index] = l2_offset
-        self.image_file.pwrite(self.header.l1_table_offset + l1_index * 8, _be_bytes(self._l1[l1_index:l1_index + 1]))
+        self._file.pwrite(self.header.l1_table_offset + l1_index * 8, _be_bytes(self._l1[l1_index:l1_index + 1]))
 
     def write_zeroes(self, offset, length, may_unmap=False):
         """qcow has no zero clusters: zeroes are written (clusters that are
@@ -478,10 +473,10 @@ class QcowDriver(ClusterTableDriver):
         self._l2_cache.clear()
         self._l2_starts = None
         self._decompressed = (None, None)
-        self.image_file.pwrite(header.l1_table_offset, _be_bytes(self._l1))
-        self.image_file.flush()
+        self._file.pwrite(header.l1_table_offset, _be_bytes(self._l1))
+        self._file.flush()
         end = header.l1_table_offset + len(self._l1) * 8
-        self.image_file.truncate(end)
+        self._file.truncate(end)
         self._file_end = end
 
     # ------------------------------------------------------- compressed writes
@@ -521,7 +516,7 @@ class QcowDriver(ClusterTableDriver):
             l2_offset = self._allocate(self._l2_bytes)
         # compressed data goes at the end of the file, at the next sector boundary, as QEMU puts it
         host = -(-self._file_end // SECTOR_SIZE) * SECTOR_SIZE
-        self.image_file.pwrite(host, compressed)
+        self._file.pwrite(host, compressed)
         self._file_end = host + len(compressed)
         entry = OFLAG_COMPRESSED | (len(compressed) << (63 - self._cb)) | host
         if table is None:
@@ -531,7 +526,7 @@ class QcowDriver(ClusterTableDriver):
             return
         self._check_no_overlap(l2_offset, self._l2_bytes, "L2 table", l2_tables=False)
         table[index] = entry
-        self.image_file.pwrite(l2_offset + index * 8, _be_bytes(table[index:index + 1]))
+        self._file.pwrite(l2_offset + index * 8, _be_bytes(table[index:index + 1]))
 
     # ---------------------------------------------------------------- queries
     def info(self):

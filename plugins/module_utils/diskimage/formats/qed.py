@@ -124,7 +124,7 @@ class QedDriver(ClusterTableDriver):
 
     def __init__(self):
         super(QedDriver, self).__init__()
-        self.image_file = None
+        self._file = None
         self.header = None
         self.cluster_size = 0
         self.table_size = 0
@@ -147,11 +147,11 @@ class QedDriver(ClusterTableDriver):
     # --------------------------------------------------------------- lifecycle
     def _open_structures(self, opener):
         path = self.path
-        real_size = self.image_file.size()
+        real_size = self._file.size()
         if real_size < HEADER.size:
             raise FormatError("QED header: the file has %d bytes, fewer than the %d of a header"
                               % (real_size, HEADER.size), path)
-        header = Header(self.image_file.pread_exact(0, HEADER.size, "QED header"))
+        header = Header(self._file.pread_exact(0, HEADER.size, "QED header"))
         if header.magic != MAGIC:
             raise FormatError("QED header: expected magic %r, found %r" % (MAGIC, header.magic), path)
         cs = header.cluster_size
@@ -186,7 +186,7 @@ class QedDriver(ClusterTableDriver):
         if not self._table_offset_valid(header.l1_table_offset):
             raise CorruptImageError("QED header: L1 table offset 0x%x is misaligned, inside the header or past the "
                                     "end of the file (%d bytes)" % (header.l1_table_offset, real_size), path)
-        self._l1 = _le_array(self.image_file.pread_exact(header.l1_table_offset, self._table_bytes, "QED L1 table"))
+        self._l1 = _le_array(self._file.pread_exact(header.l1_table_offset, self._table_bytes, "QED L1 table"))
         if header.features & FEATURE_BACKING_FILE:
             name = self._read_backing_name(header)
             self.backing_filename = name
@@ -204,27 +204,22 @@ class QedDriver(ClusterTableDriver):
         if size == 0 or size >= MAX_BACKING_NAME:
             raise FormatError("QED header: backing file name of %d bytes (expected 1 to %d)"
                               % (size, MAX_BACKING_NAME - 1), self.path)
-        raw = self.image_file.pread_exact(start, size, "QED backing file name")
+        raw = self._file.pread_exact(start, size, "QED backing file name")
         return bytes(raw).decode("utf-8", "surrogateescape")
 
-    def _close_file(self):
-        if self.image_file is not None:
-            self.image_file.close()
-            self.image_file = None
-
     def flush(self):
-        if self.image_file is None or self.readonly:
+        if self._file is None or self.readonly:
             return
-        self.image_file.flush()
+        self._file.flush()
         if self._dirty_by_us:
             # the data and tables are on disk: the image is consistent again
             self.header.features &= ~FEATURE_NEED_CHECK
             self._write_header()
-            self.image_file.flush()
+            self._file.flush()
             self._dirty_by_us = False
 
     def _write_header(self):
-        self.image_file.pwrite(0, self.header.pack())
+        self._file.pwrite(0, self.header.pack())
 
     # ---------------------------------------------------------------- tables
     @property
@@ -249,7 +244,7 @@ class QedDriver(ClusterTableDriver):
     def _load_l2(self, l2_offset):
         table = self._l2_cache.get(l2_offset)
         if table is None:
-            table = _le_array(self.image_file.pread_exact(l2_offset, self._table_bytes, "QED L2 table"))
+            table = _le_array(self._file.pread_exact(l2_offset, self._table_bytes, "QED L2 table"))
             if len(self._l2_cache) >= self._l2_cache_max:
                 self._l2_cache.pop(next(iter(self._l2_cache)))
             self._l2_cache[l2_offset] = table
@@ -316,7 +311,7 @@ class QedDriver(ClusterTableDriver):
         self._check_range(offset, length)
         runs = self._map(offset, length)
         if len(runs) == 1 and runs[0][2] == DATA:
-            chunk = self.image_file.pread(runs[0][3], length)
+            chunk = self._file.pread(runs[0][3], length)
             if len(chunk) == length:
                 return bytes(chunk)
         out = bytearray(length)
@@ -324,7 +319,7 @@ class QedDriver(ClusterTableDriver):
         for guest, count, kind, host in runs:
             pos = guest - offset
             if kind == DATA:
-                chunk = self.image_file.pread(host, count)
+                chunk = self._file.pread(host, count)
                 view[pos:pos + len(chunk)] = chunk
             elif kind == UNALLOCATED:
                 view[pos:pos + count] = self._backing_bytes(guest, count)
@@ -357,7 +352,7 @@ class QedDriver(ClusterTableDriver):
         if not self.header.features & FEATURE_NEED_CHECK:
             self.header.features |= FEATURE_NEED_CHECK
             self._write_header()
-            self.image_file.flush()
+            self._file.flush()
             self._dirty_by_us = True
 
     def _allocate(self, clusters):
@@ -395,7 +390,7 @@ class QedDriver(ClusterTableDriver):
                                                 "inside the header or past the end of the file"
                                                 % (l2_offset, checked, table[checked]), self.path)
                 self._check_no_overlap(host, len(piece), "data write")
-                self.image_file.pwrite(host, piece)
+                self._file.pwrite(host, piece)
             else:
                 self._mark_dirty()
                 clusters = stop - index
@@ -406,7 +401,7 @@ class QedDriver(ClusterTableDriver):
                 host = self._allocate(clusters)
                 if head or tail:
                     piece = b"".join((bytes(head), bytes(piece), bytes(tail)))
-                self.image_file.pwrite(host, piece)
+                self._file.pwrite(host, piece)
                 changed.append((index, stop, host))
             index = stop
         if changed:
@@ -432,19 +427,19 @@ class QedDriver(ClusterTableDriver):
                 table[index] = ZERO_CLUSTER if host == ZERO_CLUSTER else host + (index - first) * cs
         if new_table:
             l2_offset = self._allocate(self.table_size)
-            self.image_file.pwrite(l2_offset, _le_bytes(table))
+            self._file.pwrite(l2_offset, _le_bytes(table))
             self._note_l2_table(l2_offset)
             self._l2_cache[l2_offset] = table
             if len(self._l2_cache) > self._l2_cache_max:
                 self._l2_cache.pop(next(iter(self._l2_cache)))
             self._l1[l1_index] = l2_offset
-            self.image_file.pwrite(self.header.l1_table_offset + l1_index * 8,
+            self._file.pwrite(self.header.l1_table_offset + l1_index * 8,
                                    _le_bytes(self._l1[l1_index:l1_index + 1]))
         else:
             low = min(first for first, stop, host in changed)
             high = max(stop for first, stop, host in changed)
             self._check_no_overlap(l2_offset, self._table_bytes, "L2 table", l2_tables=False)
-            self.image_file.pwrite(l2_offset + low * 8, _le_bytes(table[low:high]))
+            self._file.pwrite(l2_offset + low * 8, _le_bytes(table[low:high]))
 
     def write_zeroes(self, offset, length, may_unmap=False):
         self._check_range(offset, length)
@@ -527,8 +522,8 @@ class QedDriver(ClusterTableDriver):
         # QEMU points the name field after the header even when there is no name
         header.backing_filename_offset = HEADER.size
         header.backing_filename_size = len(name)
-        self.image_file.pwrite(0, header.pack() + name)
-        self.image_file.flush()
+        self._file.pwrite(0, header.pack() + name)
+        self._file.flush()
         self.backing_filename = backing_file
         self.backing_format = "raw" if name and backing_fmt == "raw" else None
 
@@ -541,11 +536,11 @@ class QedDriver(ClusterTableDriver):
         self._l1 = array.array("Q", bytes(self._table_bytes))
         self._l2_cache.clear()
         self._l2_starts = None
-        self.image_file.pwrite(header.l1_table_offset, _le_bytes(self._l1))
-        self.image_file.flush()
+        self._file.pwrite(header.l1_table_offset, _le_bytes(self._l1))
+        self._file.flush()
         end = header.l1_table_offset + self._table_bytes
         if end >= self._data_start:
-            self.image_file.truncate(end)
+            self._file.truncate(end)
             self._file_size = end
 
     def resize(self, new_size, preallocation=None):
@@ -565,7 +560,7 @@ class QedDriver(ClusterTableDriver):
                                      % (SECTOR_SIZE, limit, new_size), self.path)
         self.header.image_size = new_size
         self._write_header()
-        self.image_file.flush()
+        self._file.flush()
         self.virtual_size = new_size
         if self.backing is not None and self.backing.virtual_size > old_size:
             self.write_zeroes(old_size, min(new_size, self.backing.virtual_size) - old_size)
@@ -644,17 +639,17 @@ class QedDriver(ClusterTableDriver):
                 mark(entry, 1)
             if l2_fixed:
                 self._check_no_overlap(l2_offset, self._table_bytes, "L2 table", l2_tables=False)
-                self.image_file.pwrite(l2_offset, _le_bytes(table))
+                self._file.pwrite(l2_offset, _le_bytes(table))
         if l1_fixed:
-            self.image_file.pwrite(header.l1_table_offset, _le_bytes(self._l1))
+            self._file.pwrite(header.l1_table_offset, _le_bytes(self._l1))
         # only clusters past the header are ever marked (valid offsets start there)
         marked = sum(used.translate(_POPCOUNT))
         counts["leaks"] = max(0, nclusters - header.header_size) - marked
         if fix and not counts["corruptions"] and header.features & FEATURE_NEED_CHECK:
-            self.image_file.flush()
+            self._file.flush()
             header.features &= ~FEATURE_NEED_CHECK
             self._write_header()
-            self.image_file.flush()
+            self._file.flush()
             self._dirty_by_us = False
         result = {"check-errors": counts["check_errors"]}
         total = -(-header.image_size // cs)

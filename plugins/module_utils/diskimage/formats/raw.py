@@ -15,7 +15,10 @@ import os
 
 from .._io import ImageFile
 from ..errors import ImageError, InvalidOptionError, ReadOnlyImageError, UnsupportedOperation
-from .base import DATA, MAX_IO, ZERO, Driver, Extent
+from .base import (
+    BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_OFFSET_VALID, BLOCK_ZERO, DATA, MAX_IO, QEMU_SECTOR_SIZE, ZERO, Driver, Extent,
+    StatusRuns,
+)
 
 # A probed raw image may not have its first sector written: the new bytes could
 # make the next probe see another format (docs/security.md rule 3).
@@ -33,12 +36,12 @@ PREALLOCATION_MODES = ("off", "falloc", "full")
 
 class RawDriver(Driver):
     format_name = "raw"
+    probe_fallback = True
     can_create = True
     can_write = True
 
     def __init__(self):
         super(RawDriver, self).__init__()
-        self.image_file = None
         # Set by chain.open_driver when the format was guessed, not given.
         self.probed = False
 
@@ -49,19 +52,11 @@ class RawDriver(Driver):
         return 1
 
     # --------------------------------------------------------------- lifecycle
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        driver = cls()
-        driver.image_file = ImageFile(path, writable=not readonly, force_share=force_share)
-        driver.path = driver.image_file.path
-        driver.readonly = bool(readonly)
-        driver.virtual_size = driver.image_file.size()
-        return driver
+    def _open_structures(self, opener):
+        self.virtual_size = self._file.size()
 
     def close(self):
-        image_file, self.image_file = self.image_file, None
-        if image_file is not None:
-            image_file.close()
+        self._close_file()
         super(RawDriver, self).close()
 
     @classmethod
@@ -113,7 +108,7 @@ class RawDriver(Driver):
         if offset < 0 or length < 0:
             raise ImageError("read at offset %d, length %d: negative offset or length"
                              % (offset, length), self.path)
-        data = self.image_file.pread(offset, length)
+        data = self._file.pread(offset, length)
         if len(data) < length:
             data += bytes(length - len(data))
         return data
@@ -132,20 +127,20 @@ class RawDriver(Driver):
                 "raw: new contents there could make it look like another format (a security "
                 "risk); give the format explicitly (fmt='raw') to write there"
                 % PROBED_PROTECTED_BYTES, self.path)
-        self.image_file.pwrite(offset, data)
+        self._file.pwrite(offset, data)
 
     def write_zeroes(self, offset, length, may_unmap=False):
         # Zeroes cannot forge a format header, so probed images accept them at sector 0.
         self._check_write(offset, length, "write_zeroes")
         if not length:
             return
-        if may_unmap and not self.image_file.is_block_device:
-            self.image_file.punch_hole(offset, length)
+        if may_unmap and not self._file.is_block_device:
+            self._file.punch_hole(offset, length)
         else:
             end = offset + length
             while offset < end:
                 count = min(end - offset, MAX_IO)
-                self.image_file.write_zeroes(offset, count)
+                self._file.write_zeroes(offset, count)
                 offset += count
 
     def block_status(self, offset, length):
@@ -153,7 +148,7 @@ class RawDriver(Driver):
         if length <= 0:
             return []
         extents = []
-        for start, count, is_data in self.image_file.data_extents(offset, length):
+        for start, count, is_data in self._file.data_extents(offset, length):
             if is_data:
                 extents.append(Extent(start, count, DATA, start))
             else:
@@ -170,24 +165,40 @@ class RawDriver(Driver):
         if preallocation not in PREALLOCATION_MODES:
             raise InvalidOptionError("unsupported preallocation mode %r for raw images (expected one of: %s)"
                                      % (preallocation, ", ".join(PREALLOCATION_MODES)), self.path)
-        if self.image_file.is_block_device:
+        if self._file.is_block_device:
             raise UnsupportedOperation("cannot resize a block device (size %d) to %d bytes: resize the "
                                        "device itself" % (self.virtual_size, new_size), self.path)
         old_size = self.virtual_size
-        self.image_file.truncate(new_size)
+        self._file.truncate(new_size)
         self.virtual_size = new_size
         if new_size > old_size:
             if preallocation == "falloc":
-                self.image_file.allocate(old_size, new_size - old_size)
+                self._file.allocate(old_size, new_size - old_size)
             elif preallocation == "full":
                 self.write_zeroes(old_size, new_size - old_size)
 
     def flush(self):
-        if self.image_file is not None:
-            self.image_file.flush()
+        if self._file is not None:
+            self._file.flush()
 
-    def host_files(self):
-        return [self.image_file] if self.image_file is not None else []
+    def device_zeroout(self):
+        return self._file.zeroout if self._file is not None else None
+
+    # ------------------------------------------------------------ map and measure
+    def qemu_length(self):
+        # A raw file's partial last sector is a whole sector to QEMU.
+        return -(-self.virtual_size // QEMU_SECTOR_SIZE) * QEMU_SECTOR_SIZE
+
+    def map_runs(self, offset, end, l1_table=None, cache=None):
+        """The file's holes are ZERO and its data DATA, both ALLOCATED with the host
+        offset (the guest offset)."""
+        if self._file is None:
+            return super(RawDriver, self).map_runs(offset, end, l1_table, cache)
+        runs = StatusRuns()
+        for start, length, is_data in self._file.data_extents(offset, end - offset):
+            runs.add(start, length, (BLOCK_DATA if is_data else BLOCK_ZERO) | BLOCK_ALLOCATED | BLOCK_OFFSET_VALID,
+                     start)
+        return runs.runs
 
     # ----------------------------------------------------------------- queries
     def info(self):

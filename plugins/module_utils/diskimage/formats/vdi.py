@@ -40,7 +40,7 @@ from .._io import ImageFile
 from .. import policy
 from ..errors import (CorruptImageError, FormatError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, UnsupportedFeature, UnsupportedOperation)
-from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
+from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent, recurse_into_file
 
 SECTOR_SIZE = 512
 
@@ -236,20 +236,6 @@ class VdiDriver(Driver):
         return 0
 
     # --------------------------------------------------------------- lifecycle
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        image_file = ImageFile(path, writable=not readonly, force_share=force_share)
-        self = cls()
-        self._file = image_file
-        self.path = image_file.path
-        self.readonly = bool(readonly)
-        try:
-            self._open_structures(opener)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
     def _open_structures(self, opener):
         path = self.path
         file_size = self._file.size()
@@ -530,6 +516,14 @@ class VdiDriver(Driver):
     def flush(self):
         if self._file is not None and not self.readonly:
             self._file.flush()
+
+    # ------------------------------------------------------------------- map
+    def map_runs(self, offset, end, l1_table=None, cache=None):
+        # A static image is raw-like: QEMU recurses into the file under its DATA ranges.
+        runs = super(VdiDriver, self).map_runs(offset, end, l1_table, cache)
+        if self.header.image_type == TYPE_STATIC and self._file is not None:
+            runs = recurse_into_file(self._file, runs)
+        return runs
 
     # ----------------------------------------------------------------- queries
     def info(self):

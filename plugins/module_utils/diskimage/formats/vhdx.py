@@ -297,7 +297,7 @@ class VhdxDriver(Driver):
 
     def __init__(self):
         super(VhdxDriver, self).__init__()
-        self.image_file = None
+        self._file = None
         self.headers = [None, None]
         self.current = 0
         self.overlay = None
@@ -327,27 +327,12 @@ class VhdxDriver(Driver):
         return 100 if header[:8] == FILE_IDENTIFIER_SIGNATURE else 0
 
     # --------------------------------------------------------------- lifecycle
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        driver = cls()
-        driver.image_file = ImageFile(path, writable=not readonly, force_share=force_share)
-        driver.path = driver.image_file.path
-        driver.readonly = bool(readonly)
-        try:
-            driver._open_structures(opener)
-        except BaseException:
-            driver.close()
-            raise
-        return driver
-
     def close(self):
-        image_file, self.image_file = self.image_file, None
-        if image_file is not None:
-            image_file.close()
+        self._close_file()
         super(VhdxDriver, self).close()
 
     def _file_size(self):
-        size = self.image_file.size()
+        size = self._file.size()
         if self.overlay is not None:
             size = max(size, self.overlay.size)
         return size
@@ -358,7 +343,7 @@ class VhdxDriver(Driver):
         if offset < 0 or offset + length > self._file_size():
             raise CorruptImageError("%s at offset %d (%d bytes) lies past the end of the file (%d bytes)"
                                     % (what, offset, length, self._file_size()), self.path)
-        data = self.image_file.pread(offset, length)
+        data = self._file.pread(offset, length)
         if self.overlay is None:
             if len(data) != length:
                 raise CorruptImageError("%s at offset %d: short read of %d of %d bytes"
@@ -372,15 +357,15 @@ class VhdxDriver(Driver):
 
     def _open_structures(self, opener):
         path = self.path
-        file_size = self.image_file.size()
+        file_size = self._file.size()
         if file_size < HEADER_SECTION_SIZE:
-            signature = self.image_file.pread(0, 8)
+            signature = self._file.pread(0, 8)
             if signature != FILE_IDENTIFIER_SIGNATURE:
                 raise FormatError("not a VHDX image: expected the file type identifier %r at offset 0, found %r"
                                   % (FILE_IDENTIFIER_SIGNATURE, signature), path)
             raise FormatError("VHDX header section: the file has %d bytes, fewer than the %d of the header section"
                               % (file_size, HEADER_SECTION_SIZE), path)
-        signature = self.image_file.pread(0, 8)
+        signature = self._file.pread(0, 8)
         if signature != FILE_IDENTIFIER_SIGNATURE:
             raise FormatError("not a VHDX image: expected the file type identifier %r at offset 0, found %r"
                               % (FILE_IDENTIFIER_SIGNATURE, signature), path)
@@ -395,7 +380,7 @@ class VhdxDriver(Driver):
     # ------------------------------------------------------------ headers
     def _open_headers(self):
         path = self.path
-        headers = [Header(self.image_file.pread_exact(offset, HEADER_SIZE, "VHDX header %d" % (index + 1)), offset)
+        headers = [Header(self._file.pread_exact(offset, HEADER_SIZE, "VHDX header %d" % (index + 1)), offset)
                    for index, offset in enumerate(HEADER_OFFSETS)]
         valid = [header.valid for header in headers]
         if not any(valid):
@@ -438,8 +423,8 @@ class VhdxDriver(Driver):
             if clear_log:
                 updated.log_guid = bytes(16)
             raw = updated.pack()
-            self.image_file.pwrite(HEADER_OFFSETS[target], raw)
-            self.image_file.flush()
+            self._file.pwrite(HEADER_OFFSETS[target], raw)
+            self._file.flush()
             self.headers[target] = Header(raw, HEADER_OFFSETS[target])
             self.current = target
             self._headers_updated = True
@@ -449,7 +434,7 @@ class VhdxDriver(Driver):
     def _open_log(self):
         path = self.path
         header = self.header
-        file_size = self.image_file.size()
+        file_size = self._file.size()
         if header.log_offset < HEADER_SECTION_SIZE or header.log_offset % MiB:
             raise CorruptImageError("VHDX header: log offset %d is not a multiple of 1 MiB past the header section"
                                     % header.log_offset, path)
@@ -463,7 +448,7 @@ class VhdxDriver(Driver):
         if header.log_length > MAX_LOG_BYTES:
             raise UnsupportedFeature("VHDX log of %d bytes needs replaying, more than the %d bytes this library reads"
                                      % (header.log_length, MAX_LOG_BYTES), path)
-        log = self.image_file.pread_exact(header.log_offset, header.log_length, "VHDX log")
+        log = self._file.pread_exact(header.log_offset, header.log_length, "VHDX log")
         entries = self._active_sequence(log, header)
         if not entries:
             return
@@ -476,17 +461,17 @@ class VhdxDriver(Driver):
             self._replay_entry(entry, target)
         if self.readonly:
             return
-        self.image_file.flush()
+        self._file.flush()
         self._update_headers(new_data_write_guid=True, clear_log=True)
         self.log_replayed = True
 
     def write_sector(self, offset, data):
-        self.image_file.pwrite(offset, data)
+        self._file.pwrite(offset, data)
 
     def _replay_entry(self, entry, target):
         path = self.path
         (flushed_file_offset, last_file_offset, operations) = entry
-        file_size = self._file_size() if target is self else max(target.size, self.image_file.size())
+        file_size = self._file_size() if target is self else max(target.size, self._file.size())
         if flushed_file_offset > file_size:
             raise CorruptImageError("VHDX log entry: FlushedFileOffset %d is past the end of the file (%d bytes); the "
                                     "image is truncated" % (flushed_file_offset, file_size), path)
@@ -498,7 +483,7 @@ class VhdxDriver(Driver):
                                         % (offset, length, file_size, last_file_offset), path)
             if data is None:
                 if target is self:
-                    self.image_file.write_zeroes(offset, length)
+                    self._file.write_zeroes(offset, length)
                 else:
                     target.write_zeroes(offset, length)
             else:
@@ -506,8 +491,8 @@ class VhdxDriver(Driver):
         if file_size < last_file_offset:
             new_size = _round_up(last_file_offset, MiB)
             if target is self:
-                if self.image_file.size() < new_size:
-                    self.image_file.truncate(new_size)
+                if self._file.size() < new_size:
+                    self._file.truncate(new_size)
             else:
                 target.size = max(target.size, new_size)
 
@@ -987,7 +972,7 @@ class VhdxDriver(Driver):
 
     def _allocate_block(self, block, index):
         """A new payload block at the 1 MiB-aligned end of the file (zero-filled by the extension)."""
-        image_file = self.image_file
+        image_file = self._file
         start = _round_up(image_file.size(), MiB)
         for low, high, what in self._occupied:
             if start < high and start + self.block_size > low:
@@ -997,7 +982,7 @@ class VhdxDriver(Driver):
         return start
 
     def _set_bat_entry(self, index, entry):
-        self.image_file.pwrite(self.bat_offset + index * 8, struct.pack("<Q", entry))
+        self._file.pwrite(self.bat_offset + index * 8, struct.pack("<Q", entry))
         self.bat[index] = entry
 
     def write(self, offset, data):
@@ -1019,12 +1004,12 @@ class VhdxDriver(Driver):
             if entry & BAT_STATE_MASK == PAYLOAD_BLOCK_FULLY_PRESENT:
                 if index in self._bad_blocks:
                     raise CorruptImageError(self._bad_blocks[index], self.path)
-                self.image_file.pwrite((entry & BAT_OFFSET_MASK) + offset - block_start, view[pos:pos + count])
+                self._file.pwrite((entry & BAT_OFFSET_MASK) + offset - block_start, view[pos:pos + count])
             else:
                 host = self._allocate_block(block, index)
-                self.image_file.pwrite(host + offset - block_start, view[pos:pos + count])
+                self._file.pwrite(host + offset - block_start, view[pos:pos + count])
                 # Data before the BAT entry that makes it visible.
-                self.image_file.flush()
+                self._file.flush()
                 self._set_bat_entry(index, host | PAYLOAD_BLOCK_FULLY_PRESENT)
             offset += count
 
@@ -1039,14 +1024,14 @@ class VhdxDriver(Driver):
         self._first_write()
         for guest, count, kind, host in runs:
             del guest, kind
-            if may_unmap and not self.image_file.is_block_device:
-                self.image_file.punch_hole(host, count)
+            if may_unmap and not self._file.is_block_device:
+                self._file.punch_hole(host, count)
             else:
-                self.image_file.write_zeroes(host, count)
+                self._file.write_zeroes(host, count)
 
     def flush(self):
-        if self.image_file is not None and not self.readonly:
-            self.image_file.flush()
+        if self._file is not None and not self.readonly:
+            self._file.flush()
 
     # ----------------------------------------------------------------- queries
     def info(self):

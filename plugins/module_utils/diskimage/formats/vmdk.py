@@ -42,7 +42,10 @@ import zlib
 from .._io import ImageFile
 from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError,
                       ReadOnlyImageError, UnsupportedFeature, UnsupportedOperation)
-from .base import DATA, UNALLOCATED, ZERO, Driver, Extent
+from .base import (
+    BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_OFFSET_VALID, BLOCK_ZERO, DATA, UNALLOCATED, ZERO, Driver, Extent,
+    StatusRuns, block_status_runs,
+)
 
 SECTOR_SIZE = 512
 
@@ -649,7 +652,7 @@ class VmdkDriver(Driver):
 
     def __init__(self):
         super(VmdkDriver, self).__init__()
-        self.image_file = None
+        self._file = None
         self.extents = []
         self.extent_starts = []
         self.create_type = None
@@ -675,28 +678,10 @@ class VmdkDriver(Driver):
         return 0
 
     # ---------------------------------------------------------- lifecycle
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        return cls.open_file(ImageFile(path, writable=not readonly, force_share=force_share), readonly, opener)
-
-    @classmethod
-    def open_file(cls, image_file, readonly=True, opener=None):
-        """Open an already opened file object (``path``, ``size()``, ``pread()``,
-        ``pread_exact()``, ``close()``; the write methods of _io.ImageFile when
-        writable), e.g. a window on a VMDK inside an OVA; the driver closes it."""
-        driver = cls()
-        driver.readonly = bool(readonly)
-        driver.image_file = image_file
-        driver.path = image_file.path
-        try:
-            driver._open(opener)
-        except BaseException:
-            driver.close()
-            raise
-        return driver
-
-    def _open(self, opener):
-        image_file = self.image_file
+    # open() and open_file() are the base class's (a window on a VMDK inside an OVA
+    # opens with open_file; the write methods of _io.ImageFile only when writable).
+    def _open_structures(self, opener):
+        image_file = self._file
         size = image_file.size()
         if size < 4:
             raise FormatError("file too small to be a VMDK image (%d bytes)" % size, self.path)
@@ -801,7 +786,7 @@ class VmdkDriver(Driver):
     def close(self):
         stream, self.stream = self.stream, None
         try:
-            if stream is not None and self.image_file is not None:
+            if stream is not None and self._file is not None:
                 # A stream is only readable once its tables, footer and end marker are written.
                 stream.finish()
         finally:
@@ -814,7 +799,7 @@ class VmdkDriver(Driver):
             except Exception:  # pylint: disable=broad-except
                 pass
         self._opened_files = []
-        image_file, self.image_file = self.image_file, None
+        image_file, self._file = self._file, None
         if image_file is not None:
             image_file.close()
         super(VmdkDriver, self).close()
@@ -974,13 +959,13 @@ class VmdkDriver(Driver):
             return
         raw = updated.encode("utf-8")
         if self.descriptor_room is None:
-            self.image_file.pwrite(0, raw)
-            self.image_file.truncate(len(raw))
+            self._file.pwrite(0, raw)
+            self._file.truncate(len(raw))
         else:
             old_length = len(text.encode("utf-8"))
             if len(raw) > self.descriptor_room:
                 return
-            self.image_file.pwrite(self.descriptor_offset, raw + bytes(max(0, old_length - len(raw))))
+            self._file.pwrite(self.descriptor_offset, raw + bytes(max(0, old_length - len(raw))))
         self.descriptor = Descriptor(updated, self.path)
         self.cid = new_cid
 
@@ -1163,8 +1148,8 @@ class VmdkDriver(Driver):
     def flush(self):
         if self.stream is not None and not self.readonly:
             self.stream.finish()
-        if self.image_file is not None:
-            self.image_file.flush()
+        if self._file is not None:
+            self._file.flush()
         for extent_file in self._opened_files:
             extent_file.flush()
 
@@ -1189,6 +1174,26 @@ class VmdkDriver(Driver):
             raise UnsupportedOperation("only streamOptimized VMDK images store compressed grains", self.path)
         self._update_cid()
         self.stream.write_compressed(offset, compressed)
+
+    # ------------------------------------------------------------ map
+    def map_runs(self, offset, end, l1_table=None, cache=None):
+        """Flat extents as their files' block status (DATA, and ZERO over holes,
+        with the offset in the extent file; past a short extent file ZERO without
+        one), other extents as ``block_status`` reports them."""
+        runs = StatusRuns()
+        for extent, start, rel, count in self._pieces(offset, end - offset):
+            if not extent.flat:
+                for run in block_status_runs(self, start + rel, start + rel + count):
+                    runs.add(*run)
+                continue
+            inside = max(0, min(count, extent.image_file.size() - extent.base - rel))
+            if inside:
+                for file_start, file_length, is_data in extent.image_file.data_extents(extent.base + rel, inside):
+                    flags = BLOCK_DATA | BLOCK_ALLOCATED | BLOCK_OFFSET_VALID | (0 if is_data else BLOCK_ZERO)
+                    runs.add(start + file_start - extent.base, file_length, flags, file_start)
+            if inside < count:
+                runs.add(start + rel + inside, count - inside, BLOCK_ZERO | BLOCK_ALLOCATED, None)
+        return runs.runs
 
     # ------------------------------------------------------------ queries
     def info(self):

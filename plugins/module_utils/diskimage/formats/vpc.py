@@ -40,7 +40,7 @@ from .._io import ImageFile
 from ..policy import locator_file_name
 from ..errors import (CorruptImageError, FormatError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, ReadOnlyImageError, UnsupportedFeature, UnsupportedOperation)
-from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent
+from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent, recurse_into_file
 
 SECTOR_SIZE = 512
 
@@ -235,7 +235,7 @@ class VpcDriver(Driver):
 
     def __init__(self):
         super(VpcDriver, self).__init__()
-        self.image_file = None
+        self._file = None
         self.footer = None
         self.header = None
         self.disk_type = None
@@ -253,42 +253,29 @@ class VpcDriver(Driver):
         return 100 if header[:8] == FOOTER_COOKIE else 0
 
     # --------------------------------------------------------------- lifecycle
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        driver = cls()
-        driver.image_file = ImageFile(path, writable=not readonly, force_share=force_share)
-        driver.path = driver.image_file.path
-        driver.readonly = bool(readonly)
-        try:
-            driver._open_structures(opener)
-        except BaseException:
-            driver.close()
-            raise
-        return driver
-
     def _open_structures(self, opener):
         path = self.path
-        file_size = self.image_file.size()
+        file_size = self._file.size()
         if file_size < FOOTER_SIZE:
             raise FormatError("VHD footer: the file has %d bytes, fewer than the %d of a footer"
                               % (file_size, FOOTER_SIZE), path)
-        raw = self.image_file.pread_exact(0, FOOTER_SIZE, "VHD footer copy at offset 0")
+        raw = self._file.pread_exact(0, FOOTER_SIZE, "VHD footer copy at offset 0")
         footer_offset = 0
         if raw[:8] != FOOTER_COOKIE:
             # A fixed disk has its footer only at the end of the file.
             footer_offset = file_size - FOOTER_SIZE
-            raw = self.image_file.pread_exact(footer_offset, FOOTER_SIZE, "VHD footer at the end of the file")
+            raw = self._file.pread_exact(footer_offset, FOOTER_SIZE, "VHD footer at the end of the file")
             if raw[:8] != FOOTER_COOKIE:
                 raise FormatError("not a VHD image: expected the footer cookie %r at offset 0 or at offset %d "
                                   "(end of file), found %r and %r"
                                   % (FOOTER_COOKIE, footer_offset, bytes(raw[:8]),
-                                     bytes(self.image_file.pread(0, 8))), path)
+                                     bytes(self._file.pread(0, 8))), path)
         footer = Footer(raw)
         expected = vhd_checksum(footer.raw, FOOTER_CHECKSUM_OFFSET)
         if footer.checksum != expected and footer_offset == 0 and file_size >= 2 * FOOTER_SIZE:
             # The copy at offset 0 is damaged: the footer at the end is the original (spec: the copy is for
             # recovery), when it is intact.
-            end_raw = self.image_file.pread_exact(file_size - FOOTER_SIZE, FOOTER_SIZE,
+            end_raw = self._file.pread_exact(file_size - FOOTER_SIZE, FOOTER_SIZE,
                                                   "VHD footer at the end of the file")
             end_footer = Footer(end_raw)
             if end_footer.cookie == FOOTER_COOKIE and \
@@ -327,7 +314,7 @@ class VpcDriver(Driver):
         if footer.data_offset > file_size - DYNAMIC_HEADER_SIZE:
             raise CorruptImageError("VHD footer: dynamic disk header offset %d is past the end of the file "
                                     "(%d bytes)" % (footer.data_offset, file_size), path)
-        raw = self.image_file.pread_exact(footer.data_offset, DYNAMIC_HEADER_SIZE, "VHD dynamic disk header")
+        raw = self._file.pread_exact(footer.data_offset, DYNAMIC_HEADER_SIZE, "VHD dynamic disk header")
         header = DynamicHeader(raw)
         if header.cookie != DYNAMIC_HEADER_COOKIE:
             raise FormatError("VHD dynamic disk header at offset %d: expected cookie %r, found %r"
@@ -357,7 +344,7 @@ class VpcDriver(Driver):
         bat = array.array("I")
         if bat.itemsize != 4:
             bat = array.array("L")
-        bat.frombytes(self.image_file.pread_exact(self.bat_offset, bat_bytes, "VHD block allocation table"))
+        bat.frombytes(self._file.pread_exact(self.bat_offset, bat_bytes, "VHD block allocation table"))
         if sys.byteorder == "little":
             bat.byteswap()
         self.bat = bat
@@ -396,14 +383,14 @@ class VpcDriver(Driver):
         # BAT entries past the virtual size, which are not read, may lie there).
         tail = file_size
         if footer_offset == file_size - FOOTER_SIZE or \
-                self.image_file.pread(file_size - FOOTER_SIZE, 8) == FOOTER_COOKIE:
+                self._file.pread(file_size - FOOTER_SIZE, 8) == FOOTER_COOKIE:
             tail = file_size - FOOTER_SIZE
         self.next_block_offset = max(free, -(-tail // SECTOR_SIZE) * SECTOR_SIZE)
 
     def _parent_locators(self):
         """[(platform code, Windows path)] of the W2ru then W2ku parent locators."""
         path = self.path
-        file_size = self.image_file.size()
+        file_size = self._file.size()
         found = {LOCATOR_RELATIVE: [], LOCATOR_ABSOLUTE: []}
         for index, (code, _space, length, _reserved, offset) in enumerate(self.header.locators):
             if code not in found or not length:
@@ -412,7 +399,7 @@ class VpcDriver(Driver):
                 raise CorruptImageError("VHD parent locator %d (%s): data of %d bytes at offset %d is too long or "
                                         "past the end of the file (%d bytes)"
                                         % (index, code.decode("ascii"), length, offset, file_size), path)
-            raw = self.image_file.pread_exact(offset, length, "VHD parent locator %d data" % index)
+            raw = self._file.pread_exact(offset, length, "VHD parent locator %d data" % index)
             name = _utf16_name(raw, "utf-16-le")
             if name:
                 found[code].append((code.decode("ascii"), name))
@@ -454,9 +441,7 @@ class VpcDriver(Driver):
                     "the image's directory, other names only inside allow_dirs): %s" % details, path)
 
     def close(self):
-        image_file, self.image_file = self.image_file, None
-        if image_file is not None:
-            image_file.close()
+        self._close_file()
         super(VpcDriver, self).close()
 
     # -------------------------------------------------------------------- data
@@ -465,7 +450,7 @@ class VpcDriver(Driver):
         bits = self._bitmaps.get(index)
         if bits is None:
             offset = self.bat[index] * SECTOR_SIZE
-            bitmap = self.image_file.pread_exact(offset, self.bitmap_size,
+            bitmap = self._file.pread_exact(offset, self.bitmap_size,
                                                  "VHD sector bitmap of block %d" % index)
             bits = _bitmap_bits(bitmap, self.block_size // SECTOR_SIZE)
             if len(self._bitmaps) >= BITMAP_CACHE_ENTRIES:
@@ -506,19 +491,19 @@ class VpcDriver(Driver):
     def read(self, offset, length):
         self._check_range(offset, length, "read")
         if self.disk_type == DISK_FIXED:
-            data = self.image_file.pread(offset, length)
+            data = self._file.pread(offset, length)
             return data if len(data) == length else data + bytes(length - len(data))
         runs = self._map(offset, length)
         if len(runs) == 1 and runs[0][2] == DATA:
             # One contiguous run (the usual read inside a block): no extra copy.
-            data = self.image_file.pread(runs[0][3], length)
+            data = self._file.pread(runs[0][3], length)
             return data if len(data) == length else data + bytes(length - len(data))
         out = bytearray(length)
         view = memoryview(out)
         for guest, count, kind, host in runs:
             pos = guest - offset
             if kind == DATA:
-                chunk = self.image_file.pread(host, count)
+                chunk = self._file.pread(host, count)
                 view[pos:pos + len(chunk)] = chunk
             elif kind == UNALLOCATED and self.backing is not None:
                 backing_size = self.backing.virtual_size
@@ -531,11 +516,11 @@ class VpcDriver(Driver):
         if length <= 0:
             return []
         if self.disk_type == DISK_FIXED:
-            data_end = self.image_file.size() - FOOTER_SIZE
+            data_end = self._file.size() - FOOTER_SIZE
             extents = []
             covered = min(offset + length, max(data_end, offset))
             if covered > offset:
-                for start, count, is_data in self.image_file.data_extents(offset, covered - offset):
+                for start, count, is_data in self._file.data_extents(offset, covered - offset):
                     extents.append(Extent(start, count, DATA if is_data else ZERO, start))
             if covered < offset + length:
                 extents.append(Extent(covered, offset + length - covered, DATA, covered))
@@ -562,7 +547,7 @@ class VpcDriver(Driver):
         empty one in a differencing disk, whose unwritten sectors show the parent)
         where the footer was, write the footer after it, then the BAT entry.
         Returns the entry."""
-        image_file = self.image_file
+        image_file = self._file
         start = self.next_block_offset
         file_size = image_file.size()
         full = self.disk_type != DISK_DIFFERENCING
@@ -602,12 +587,12 @@ class VpcDriver(Driver):
         entry = self.bat[index]
         if entry == BAT_UNUSED:
             entry = self._allocate_block(index)
-        self.image_file.pwrite(entry * SECTOR_SIZE + self.bitmap_size + first * SECTOR_SIZE, data)
+        self._file.pwrite(entry * SECTOR_SIZE + self.bitmap_size + first * SECTOR_SIZE, data)
         bits = self._bitmap_bits(index)
         if "0" in bits[first:last]:
             bits = bits[:first] + "1" * (last - first) + bits[last:]
             padded = bits + "0" * (self.bitmap_size * 8 - len(bits))
-            self.image_file.pwrite(entry * SECTOR_SIZE, int(padded, 2).to_bytes(self.bitmap_size, "big"))
+            self._file.pwrite(entry * SECTOR_SIZE, int(padded, 2).to_bytes(self.bitmap_size, "big"))
             self._bitmaps[index] = bits
 
     def _make_bitmap_full(self, index, entry):
@@ -619,8 +604,8 @@ class VpcDriver(Driver):
         data_offset = entry * SECTOR_SIZE + self.bitmap_size
         for sector, sectors, is_set in _bit_runs(bits, 0, len(bits)):
             if not is_set:
-                self.image_file.punch_hole(data_offset + sector * SECTOR_SIZE, sectors * SECTOR_SIZE)
-        self.image_file.pwrite(entry * SECTOR_SIZE, b"\xff" * self.bitmap_size)
+                self._file.punch_hole(data_offset + sector * SECTOR_SIZE, sectors * SECTOR_SIZE)
+        self._file.pwrite(entry * SECTOR_SIZE, b"\xff" * self.bitmap_size)
         self._bitmaps[index] = "1" * len(bits)
 
     def write(self, offset, data):
@@ -629,7 +614,7 @@ class VpcDriver(Driver):
         if not length:
             return
         if self.disk_type == DISK_FIXED:
-            self.image_file.pwrite(offset, data)
+            self._file.pwrite(offset, data)
             return
         view = memoryview(data)
         end = offset + length
@@ -648,7 +633,7 @@ class VpcDriver(Driver):
                 entry = self._allocate_block(index)
             else:
                 self._make_bitmap_full(index, entry)
-            self.image_file.pwrite(entry * SECTOR_SIZE + self.bitmap_size + offset - block_start,
+            self._file.pwrite(entry * SECTOR_SIZE + self.bitmap_size + offset - block_start,
                                    view[pos:pos + count])
             offset += count
 
@@ -657,10 +642,10 @@ class VpcDriver(Driver):
         if not length:
             return
         if self.disk_type == DISK_FIXED:
-            if may_unmap and not self.image_file.is_block_device:
-                self.image_file.punch_hole(offset, length)
+            if may_unmap and not self._file.is_block_device:
+                self._file.punch_hole(offset, length)
             else:
-                self.image_file.write_zeroes(offset, length)
+                self._file.write_zeroes(offset, length)
             return
         if self.disk_type == DISK_DIFFERENCING:
             # The parent may show through anywhere: zeroes are written as data.
@@ -674,14 +659,22 @@ class VpcDriver(Driver):
         for run in self._map(offset, length):
             count, kind, host = run[1:]
             if kind == DATA:
-                if may_unmap and not self.image_file.is_block_device:
-                    self.image_file.punch_hole(host, count)
+                if may_unmap and not self._file.is_block_device:
+                    self._file.punch_hole(host, count)
                 else:
-                    self.image_file.write_zeroes(host, count)
+                    self._file.write_zeroes(host, count)
 
     def flush(self):
-        if self.image_file is not None:
-            self.image_file.flush()
+        if self._file is not None:
+            self._file.flush()
+
+    # ------------------------------------------------------------------- map
+    def map_runs(self, offset, end, l1_table=None, cache=None):
+        # A fixed disk is raw-like: QEMU recurses into the file under its DATA ranges.
+        runs = super(VpcDriver, self).map_runs(offset, end, l1_table, cache)
+        if self.disk_type == DISK_FIXED and self._file is not None:
+            runs = recurse_into_file(self._file, runs)
+        return runs
 
     # ----------------------------------------------------------------- queries
     def info(self):

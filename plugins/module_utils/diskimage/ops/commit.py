@@ -31,7 +31,7 @@ def _backing_format(top):
     answer is never trusted on a write path)."""
     if top.backing_format:
         return top.backing_format
-    if top.backing.format_name == "raw":
+    if top.backing.probe_fallback:
         raise InvalidOptionError("the backing file %r has no recorded format and probes as raw; record its "
                                  "format first (rebase with unsafe=True and backing_fmt)"
                                  % (top.backing_filename,), top.path)

@@ -18,10 +18,7 @@ both are the virtual size (whole sectors).
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-from ..errors import (
-    CorruptImageError, ImageError, InvalidOptionError, UnsupportedFeature, UnsupportedOperation,
-)
-from ..formats import qcow2_layout as L
+from ..errors import ImageError, InvalidOptionError, UnsupportedFeature, UnsupportedOperation
 from .image import open_driver, translate_os_errors
 from .map import ALLOCATED, DATA, SECTOR_SIZE, ZERO, chain_status, layer_status, qemu_length
 from .sizes import normalize_options, parse_size, round_up
@@ -132,8 +129,8 @@ def _check_options(out_fmt, options):
 def _find_snapshot(driver, snapshot):
     """The snapshot table entry ``snapshot`` names: an ID, else a name (as
     qemu-img -l), or ``snapshot.id=ID,snapshot.name=NAME``."""
-    table = getattr(driver, "_snapshots", None)
-    if driver.format_name != "qcow2" or table is None:
+    table = driver.snapshot_table()
+    if table is None:
         raise UnsupportedOperation("measure: %s images have no internal snapshots" % driver.format_name,
                                    driver.path)
     snapshot = str(snapshot)
@@ -150,19 +147,6 @@ def _find_snapshot(driver, snapshot):
     if not matches:
         raise ImageError("measure: snapshot %r not found" % snapshot, driver.path)
     return matches[0]
-
-
-def _snapshot_l1_table(driver, snap):
-    l1_bytes = snap["l1_size"] * 8
-    if l1_bytes > L.MAX_L1_BYTES:
-        raise CorruptImageError("qcow2 snapshot %r: L1 table of %d entries exceeds the cap"
-                                % (snap["name"], snap["l1_size"]), driver.path)
-    if snap["l1_size"] and (snap["l1_table_offset"] % driver.header.cluster_size
-                            or snap["l1_table_offset"] + l1_bytes > driver._file.size()):
-        raise CorruptImageError("qcow2 snapshot %r: L1 table at 0x%x (%d entries) lies outside the file"
-                                % (snap["name"], snap["l1_table_offset"], snap["l1_size"]), driver.path)
-    raw = driver._file.pread_exact(snap["l1_table_offset"], l1_bytes, "qcow2 snapshot L1 table")
-    return [int.from_bytes(raw[i:i + 8], "big") for i in range(0, l1_bytes, 8)]
 
 
 def _source_runs(driver, length, l1_table):
@@ -215,11 +199,6 @@ def _bitmaps_size(driver, length, cluster_size):
     return total + round_up(directory_bytes, cluster_size)
 
 
-def _supports_persistent_bitmaps(driver):
-    return driver.format_name == "qcow2" and getattr(driver, "header", None) is not None \
-        and driver.header.version >= 3
-
-
 @translate_os_errors("measure failed")
 def measure(size=None, src=None, out_fmt="qcow2", options=None, src_fmt=None, allow_dirs=None,
             force_share=False, snapshot=None, src_member=None, trusted_files=None):
@@ -261,7 +240,7 @@ def measure(size=None, src=None, out_fmt="qcow2", options=None, src_fmt=None, al
         length = qemu_length(driver)
         l1_table = None
         if snapshot is not None:
-            l1_table = _snapshot_l1_table(driver, _find_snapshot(driver, snapshot))
+            l1_table = driver.snapshot_l1_table(_find_snapshot(driver, snapshot))
         if qcow2 is None:
             return _result(out_fmt, None, length, None, None)
         cluster_size = qcow2[0]
@@ -271,7 +250,7 @@ def measure(size=None, src=None, out_fmt="qcow2", options=None, src_fmt=None, al
         else:
             data = _data_bytes(_source_runs(driver, length, l1_table), cluster_size)
         bitmaps = None
-        if qcow2[1] >= 3 and _supports_persistent_bitmaps(driver):
+        if qcow2[1] >= 3 and driver.persistent_bitmaps_supported():
             bitmaps = _bitmaps_size(driver, length, cluster_size)
         return _result(out_fmt, qcow2, length, data, bitmaps)
     finally:
