@@ -396,14 +396,14 @@ def ansible_table(ansible):
                   else "")
         payload = ansible["payloads"].get(name)
         if payload and payload["zip_bytes"] is not None:
-            payload_text = "%.0f (%d), %.0f" % (payload["zip_bytes"] / 1024, payload["zip_files"],
-                                               payload["wrapper_bytes"] / 1024)
+            payload_text = "%.0f (%d), %.0f" % (
+                payload["zip_bytes"] / 1024, payload["zip_files"], payload["wrapper_bytes"] / 1024)
         elif payload:
             payload_text = "?, %.0f" % (payload["wrapper_bytes"] / 1024)
         else:
             payload_text = "not found"
-        lines.append("| %s | %.3f | %.2f | %s | %s | %s |" % (name, data["median"], ratio, target, data["changed"],
-                                                               payload_text))
+        lines.append("| %s | %.3f | %.2f | %s | %s | %s |" % (
+            name, data["median"], ratio, target, data["changed"], payload_text))
     return lines
 
 

@@ -26,7 +26,7 @@ def write_chart(panels, path, title):
     try:
         import matplotlib  # pylint: disable=import-outside-toplevel
         matplotlib.use("Agg")
-        import matplotlib.pyplot as pyplot  # pylint: disable=import-outside-toplevel
+        from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
     except ImportError:
         write_png(panels, path, title)
         return "stdlib"
