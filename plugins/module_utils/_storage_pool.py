@@ -98,7 +98,7 @@ def storage_pool_argument_spec():
                 secret_usage=dict(type='str', no_log=False),
                 secret_uuid=dict(type='str', no_log=False),
             ), mutually_exclusive=[('secret_usage', 'secret_uuid')], required_one_of=[('secret_usage', 'secret_uuid')]),
-        )),
+        ), required_by={'port': 'host'}),
         xml=dict(type='str'),
         uuid=dict(type='str'),
         mode=dict(type='raw'),
@@ -177,8 +177,6 @@ def _build_source(pool, pool_type, source):
         raise LibvirtModuleError('%s pools take one source.device, found %d' % (pool_type, len(given['device'])))
     if pool_type in ('netfs', 'iscsi') and len(given.get('host', [])) > 1:
         raise LibvirtModuleError('%s pools take one source.host, found %d' % (pool_type, len(given['host'])))
-    if 'port' in given and 'host' not in given:
-        raise LibvirtModuleError('source.port requires source.host')
     if not given:
         return
     element = _sub(pool, 'source')
@@ -376,6 +374,7 @@ class StoragePoolRequest(object):
             given = [option for option in ('target', 'source', 'uuid', 'mode', 'owner', 'group') if params.get(option) is not None]
             if given:
                 raise LibvirtModuleError('%s describe a pool definition: give type too' % ', '.join(given))
+        # Not only required_one_of (name, xml): an xml without <name> needs name too.
         if not name:
             raise LibvirtModuleError('name is required')
         self.name = name

@@ -83,7 +83,7 @@ options:
         elements: str
       port:
         description:
-          - Port of every O(source.host).
+          - Port of every O(source.host). Requires O(source.host).
         type: int
       dir:
         description:

@@ -99,6 +99,11 @@ def test_incomplete_or_misplaced_options_are_refused(pool_type, options, message
         build_pool_element('p', pool_type, **options)
 
 
+def test_a_source_port_without_host_is_refused_by_the_spec(capsys):
+    result = run_module(capsys, name='p', type='rbd', source=dict(name='x', port=6789))
+    assert result['failed'] and result['msg'] == "missing parameter(s) required by 'port': host found in source"
+
+
 @pytest.mark.parametrize('value, expected', [('0755', '0755'), ('755', '0755'), (0o700, '0700'), ('01777', '1777')])
 def test_mode_is_spelled_as_libvirt_spells_it(value, expected):
     assert normalise_mode(value) == expected
