@@ -318,6 +318,7 @@ def parse_source(value, disk_type=None, local=True):
     hosts = [_parse_host(host, port) for host in hosts_value]
     if not hosts and protocol != 'rbd':
         raise LibvirtModuleError('source: a %s disk needs host' % protocol)
+    # Not required_by: source is a path or a dict (type raw), so the spec declares no suboptions for it.
     if port is not None and not hosts:
         raise LibvirtModuleError('source.port requires source.host')
     auth = None

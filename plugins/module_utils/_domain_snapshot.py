@@ -437,6 +437,7 @@ class SnapshotRequest(object):
         self.revert_always = bool(params.get('revert_always'))
         self.force = bool(params.get('force'))
 
+        # Not in the spec: required_if declares what a state needs, not what it refuses.
         if self.state != 'present':
             given = [option for option in self.CREATE_OPTIONS if params.get(option) not in (None, [])]
             given += [option for option in self.CREATE_FLAGS if params.get(option)]
@@ -452,6 +453,7 @@ class SnapshotRequest(object):
                 given.insert(0, 'domain_state')
             if given:
                 raise LibvirtModuleError('%s: only with state=revert' % ', '.join(given))
+        # Declared mutually_exclusive too, which counts the options given; this checks their values (both true).
         if self.children and self.children_only:
             raise LibvirtModuleError('children and children_only are mutually exclusive')
         for option, path in [('memory', self.memory)] + [('disks[%s].file' % d['name'], d.get('file')) for d in self.disks]:
@@ -460,6 +462,7 @@ class SnapshotRequest(object):
         if self.memory is not None:
             if self.external is False:
                 raise LibvirtModuleError('memory is the file of an external snapshot\'s memory state: it does not go with external=false')
+            # A value (disk_only=true), not the option given: disk_only is a bool with a default.
             if self.disk_only:
                 raise LibvirtModuleError('memory and disk_only=true are mutually exclusive (a disk-only snapshot saves no memory)')
             self.external = True

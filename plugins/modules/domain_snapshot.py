@@ -97,7 +97,8 @@ options:
     description:
       - File that receives the memory state of a running domain in an external snapshot (V(present)); implies
         O(external=true). The file must not exist.
-      - An external snapshot of a running domain needs either O(memory) or O(disk_only=true).
+      - An external snapshot of a running domain needs either O(memory) or O(disk_only=true); O(memory) cannot be
+        combined with O(disk_only=true).
     type: path
   disks:
     description:
@@ -147,7 +148,7 @@ options:
     default: false
   children_only:
     description:
-      - Delete only the snapshot's descendants, keep the snapshot (V(absent)).
+      - Delete only the snapshot's descendants, keep the snapshot (V(absent)). Mutually exclusive with O(children).
       - Refused, in check mode too, when a descendant is external (libvirt deletes those one at a time), unless
         O(metadata_only=true).
     type: bool
