@@ -117,6 +117,11 @@ class Driver:
     can_write = False
     # What _check_range raises for a request outside the image.
     range_error = ImageError
+    # Whether a new image reads as zeroes everywhere (a conversion then skips zero ranges).
+    has_zero_init = True
+    # Whether every written cluster is stored compressed (streamOptimized VMDK): conversions
+    # use the compression thread pool.
+    compresses_every_cluster = False
     # Whether probing answers this format when no other matches (raw): such an answer
     # is a guess, never trusted on a write path (docs/security.md rule 3).
     probe_fallback = False
@@ -321,6 +326,11 @@ class Driver:
         ``cache``: a dict keeping per-layer facts between calls.  This default translates
         ``block_status``."""
         return block_status_runs(self, offset, end)
+
+    def creation_options(self):
+        """Creation options (``-o`` names) the image records that ``info()`` does not
+        report, e.g. a VDI's ``static``, a VHD's ``subformat``; empty by default."""
+        return {}
 
     def snapshot_table(self):
         """The internal snapshots whose L1 tables ``snapshot_l1_table`` reads, as dicts

@@ -517,6 +517,9 @@ class VdiDriver(Driver):
         if self._file is not None and not self.readonly:
             self._file.flush()
 
+    def creation_options(self):
+        return {"static": self.header.image_type == TYPE_STATIC}
+
     # ------------------------------------------------------------------- map
     def map_runs(self, offset, end, l1_table=None, cache=None):
         # A static image is raw-like: QEMU recurses into the file under its DATA ranges.

@@ -1037,6 +1037,11 @@ class VhdxDriver(Driver):
     def info(self):
         return {"cluster-size": self.block_size}
 
+    def creation_options(self):
+        # A fixed image leaves its blocks allocated.
+        return {"subformat": "differencing" if self.has_parent
+                else "fixed" if self.file_flags & LEAVE_BLOCKS_ALLOCATED else "dynamic"}
+
     def check(self, repair=None):
         """qemu-img check for vhdx: a log replayed on this (writable) open counts
         as a fixed corruption; payload blocks past the end of the file are

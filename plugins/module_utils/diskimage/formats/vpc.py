@@ -668,6 +668,10 @@ class VpcDriver(Driver):
         if self._file is not None:
             self._file.flush()
 
+    def creation_options(self):
+        return {"subformat": {DISK_FIXED: "fixed", DISK_DYNAMIC: "dynamic",
+                              DISK_DIFFERENCING: "differencing"}.get(self.disk_type)}
+
     # ------------------------------------------------------------------- map
     def map_runs(self, offset, end, l1_table=None, cache=None):
         # A fixed disk is raw-like: QEMU recurses into the file under its DATA ranges.

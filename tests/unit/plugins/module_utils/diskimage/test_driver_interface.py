@@ -130,3 +130,19 @@ def test_no_operation_reaches_into_a_driver():
                 continue
             offenders.append("%s:%d %s" % (os.path.relpath(path, LIBRARY), line, text))
     assert offenders == []
+
+
+@pytest.mark.parametrize("fmt, options, expected", [
+    ("vdi", {"static": True}, {"static": True}),
+    ("vdi", {}, {"static": False}),
+    ("vpc", {"subformat": "fixed"}, {"subformat": "fixed"}),
+    ("vpc", {}, {"subformat": "dynamic"}),
+    ("vhdx", {"subformat": "fixed"}, {"subformat": "fixed"}),
+    ("vhdx", {}, {"subformat": "dynamic"}),
+    ("qcow2", {}, {}),
+])
+def test_creation_options_the_image_records(tmp_path, fmt, options, expected):
+    path = str(tmp_path / ("image." + fmt))
+    diskimage.create(path, fmt, 4 * 1024 * 1024, options=options)
+    with diskimage.open_image(path, fmt=fmt) as image:
+        assert image.driver.creation_options() == expected
