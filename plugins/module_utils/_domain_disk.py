@@ -879,7 +879,7 @@ def plan_domain_disk(request, state, conn=None):
                 if view == 'live':
                     check_live_update(existing, wanted, request.domain)
                 actions.append(disk_action('update', view, _update_description(existing, wanted, source, old_source, swapped, view, name),
-                                      element=wanted, old=existing))
+                                           element=wanted, old=existing))
     return disk_plan(actions, before, after, target, warnings)
 
 
