@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Safe image format detection (docs/security.md rule 3).
 
-Every registered driver scores the first bytes of the image.  Exactly one
+Every registered driver scores the first bytes of the image (only those whose
+cheap pre-check passes are imported and asked: ``formats.claims``).  Exactly one
 non-raw match gives the format; more than one is an error (never guess between
 two formats); none gives ``raw``, and when the first sector of such a raw image
 carries the signature of a known format (one we cannot open, or one whose
@@ -20,7 +21,7 @@ import os
 
 from ._io import ImageFile
 from .errors import ProbeError, UnsupportedFeature
-from .formats import DRIVERS
+from .formats import DRIVERS, claims
 
 # Bytes handed to the drivers' probe() (Driver.probe gets "first 4 KiB or less").
 PROBE_SIZE = 4096
@@ -81,14 +82,7 @@ def probe(source, filename=None):
         filename = filename or where
         header = read_header(where)
 
-    matches = []
-    for name in sorted(DRIVERS):
-        driver_class = DRIVERS[name]
-        if name == "raw":
-            continue
-        score = driver_class.probe(header, filename)
-        if score > 0:
-            matches.append((score, name))
+    matches = claims(header, filename)
     if len(matches) > 1:
         raise ProbeError("the image header matches more than one format (%s); refusing to guess: "
                          "give the format explicitly"
