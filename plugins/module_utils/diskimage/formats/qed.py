@@ -434,7 +434,7 @@ class QedDriver(ClusterTableDriver):
                 self._l2_cache.pop(next(iter(self._l2_cache)))
             self._l1[l1_index] = l2_offset
             self._file.pwrite(self.header.l1_table_offset + l1_index * 8,
-                                   _le_bytes(self._l1[l1_index:l1_index + 1]))
+                              _le_bytes(self._l1[l1_index:l1_index + 1]))
         else:
             low = min(first for first, stop, host in changed)
             high = max(stop for first, stop, host in changed)

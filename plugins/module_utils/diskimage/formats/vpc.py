@@ -276,7 +276,7 @@ class VpcDriver(Driver):
             # The copy at offset 0 is damaged: the footer at the end is the original (spec: the copy is for
             # recovery), when it is intact.
             end_raw = self._file.pread_exact(file_size - FOOTER_SIZE, FOOTER_SIZE,
-                                                  "VHD footer at the end of the file")
+                                             "VHD footer at the end of the file")
             end_footer = Footer(end_raw)
             if end_footer.cookie == FOOTER_COOKIE and \
                     end_footer.checksum == vhd_checksum(end_footer.raw, FOOTER_CHECKSUM_OFFSET):
@@ -451,7 +451,7 @@ class VpcDriver(Driver):
         if bits is None:
             offset = self.bat[index] * SECTOR_SIZE
             bitmap = self._file.pread_exact(offset, self.bitmap_size,
-                                                 "VHD sector bitmap of block %d" % index)
+                                            "VHD sector bitmap of block %d" % index)
             bits = _bitmap_bits(bitmap, self.block_size // SECTOR_SIZE)
             if len(self._bitmaps) >= BITMAP_CACHE_ENTRIES:
                 self._bitmaps.clear()
@@ -634,7 +634,7 @@ class VpcDriver(Driver):
             else:
                 self._make_bitmap_full(index, entry)
             self._file.pwrite(entry * SECTOR_SIZE + self.bitmap_size + offset - block_start,
-                                   view[pos:pos + count])
+                              view[pos:pos + count])
             offset += count
 
     def write_zeroes(self, offset, length, may_unmap=False):
