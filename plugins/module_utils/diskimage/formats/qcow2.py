@@ -1,13 +1,20 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to kvm.storage
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""qcow2 driver: read, write, create, info and snapshots.
+"""qcow2 driver: open, create, info, the L1/L2 tables and their cache, reads and
+the write path.
 
 Written from QEMU docs/interop/qcow2.rst; the on-disk structures live in
 qcow2_layout.py.  Metadata is written through (no dirty cache): every update
 is on disk when the call returns, in an order that leaves at worst leaked
 clusters after a crash: refcount increments -> data -> L2 -> L1 -> header,
 and refcount decrements only after the last reference is gone.
+
+The driver is composed of one part per concern, each in its own file:
+qcow2_refcount.py (refcount table and blocks, cluster allocation),
+qcow2_compress.py (compressed clusters, the deflate/zstd codec),
+qcow2_snapshot.py (internal snapshots) and qcow2_amend.py (amend); the
+consistency check and repair is qcow2_check.py.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -23,6 +30,7 @@ from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionE
                       PolicyError, UnsupportedFeature)
 from .base import DATA, UNALLOCATED, ZERO, Driver, Extent
 from . import qcow2_layout as L
+from . import qcow2_map
 from .qcow2_layout import be_array as _be_array, be_bytes as _be_bytes
 from .qcow2_compress import Qcow2Codec, Qcow2CompressedMixin, _zstd_available
 from .qcow2_refcount import Qcow2RefcountMixin
@@ -118,6 +126,11 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
       _snapshots    parsed snapshot table (qcow2_layout.parse_snapshot_table dicts)
       bitmaps()     persistent bitmaps (name, granularity, flags, table_offset, table_size)
       resize(), compress_cluster(), write_compressed() as in the Driver interface
+
+    Its parts share this object's state (the mixins name what they use):
+    Qcow2AmendMixin (qcow2_amend.py), Qcow2SnapshotMixin (qcow2_snapshot.py),
+    Qcow2RefcountMixin (qcow2_refcount.py), Qcow2CompressedMixin with the
+    Qcow2Codec in ``_codec`` (qcow2_compress.py).
     """
 
     format_name = "qcow2"
@@ -167,29 +180,8 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
             return None
         return L.unsupported_version_message(version)
 
-    @classmethod
-    def open(cls, path, readonly=True, opener=None, force_share=False):
-        image_file = ImageFile(path, writable=not readonly, lock=True, force_share=force_share)
-        try:
-            return cls._open_file(image_file, readonly, opener)
-        except BaseException:
-            image_file.close()
-            raise
-
-    @classmethod
-    def _open_file(cls, image_file, readonly, opener, backing=None, open_backing=True):
-        self = cls()
-        self._file = image_file
-        self.path = image_file.path
-        self.readonly = readonly
-        try:
-            self._open_structures(opener, backing, open_backing)
-        except BaseException:
-            self._close_files()
-            raise
-        return self
-
-    def _open_structures(self, opener, backing, open_backing):
+    # open() and open_file() are the base class's.
+    def _open_structures(self, opener, backing=None, open_backing=True):
         path = self.path
         self._file_size = self._file.size()
         first = self._file.pread(0, 4096)
@@ -284,6 +276,9 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
         finally:
             self._close_files()
             Driver.close(self)
+
+    def _abandon_open(self):
+        self._close_files()
 
     def flush(self):
         if self._file is None or self.readonly:
@@ -1180,7 +1175,7 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
                     block[bit >> 3] |= 1 << (bit & 7)
             image_file.pwrite(0, image)
             # the new image's layer only: the caller owns ``backing``
-            driver = cls._open_file(image_file, False, None, open_backing=False)
+            driver = cls.open_file(image_file, False, None, open_backing=False)
         except BaseException:
             image_file.close()
             raise
@@ -1482,6 +1477,19 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
         self._l2_set = set()
         self._verified_targets = set()
         self._decompressed = (None, None)
+
+    # ------------------------------------- map and measure (the driver interface; formats/qcow2_map.py)
+    def map_runs(self, offset, end, l1_table=None, cache=None):
+        return qcow2_map.map_runs(self, offset, end, l1_table, cache)
+
+    def snapshot_table(self):
+        return self._snapshots
+
+    def snapshot_l1_table(self, snapshot):
+        return qcow2_map.snapshot_l1_table(self, snapshot)
+
+    def persistent_bitmaps_supported(self):
+        return self.header.version >= 3
 
 
 def _serialize_extensions(exts):
