@@ -416,7 +416,7 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
             target.write_zeroes(source.virtual_size, target.virtual_size - source.virtual_size, may_unmap=True)
             converter.bytes_zeroed += target.virtual_size - source.virtual_size
         target.flush()
-        zeroout = getattr(getattr(target, "image_file", None), "zeroout", None)
+        zeroout = target.device_zeroout()
         target, closing = None, target
         closing.close()
         if on_device:
