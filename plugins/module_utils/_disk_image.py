@@ -31,27 +31,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._file_attributes impor
 )
 from ansible_collections.kvm.storage.plugins.module_utils._libvirt import libvirt_argument_spec
 from ansible_collections.kvm.storage.plugins.module_utils._plan import Action, Plan
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
-    amend as image_amend,
-    ova_disks,
-    check as image_check,
-    commit as image_commit,
-    compare_detail as image_compare_detail,
-    convert as image_convert,
-    create as image_create,
-    info as image_info,
-    map as image_map,
-    measure as image_measure,
-    normalize_options,
-    open_image,
-    parse_size as library_parse_size,
-    rebase as image_rebase,
-    resize as image_resize,
-    snapshot_apply,
-    snapshot_compare,
-    snapshot_create,
-    snapshot_delete,
-)
+from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
     ImageError,
     ImageInUseError,
@@ -61,8 +41,37 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors impor
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import driver_class
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import Driver
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.vpc import rounded_size as vhd_rounded_size
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy import has_protocol, resolve_reference
+
+
+def _library(name):
+    """The image library's function ``name``, imported when first called: a task imports only the
+    operations it runs (Ansible runs a module from a zip file and compiles every module it imports)."""
+    def call(*args, **kwargs):
+        return getattr(diskimage, name)(*args, **kwargs)
+    call.__name__ = name
+    return call
+
+
+image_amend = _library('amend')
+ova_disks = _library('ova_disks')
+image_check = _library('check')
+image_commit = _library('commit')
+image_compare_detail = _library('compare_detail')
+image_convert = _library('convert')
+image_create = _library('create')
+image_info = _library('info')
+image_map = _library('map')
+image_measure = _library('measure')
+normalize_options = _library('normalize_options')
+open_image = _library('open_image')
+library_parse_size = _library('parse_size')
+image_rebase = _library('rebase')
+image_resize = _library('resize')
+snapshot_apply = _library('snapshot_apply')
+snapshot_compare = _library('snapshot_compare')
+snapshot_create = _library('snapshot_create')
+snapshot_delete = _library('snapshot_delete')
 
 # qemu-img rounds every virtual size up to whole 512-byte sectors.
 SECTOR_SIZE = 512
@@ -257,7 +266,8 @@ def expected_virtual_size(fmt, size, options=None):
     for vpc (VHD) the next size its CHS geometry represents unless ``force_size`` is set, as qemu-img does."""
     if fmt == 'vpc':
         force_size = (options or {}).get('force_size', False)
-        return vhd_rounded_size(size, force_size in (True, 'on'))[0]
+        from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.vpc import rounded_size
+        return rounded_size(size, force_size in (True, 'on'))[0]
     return align_size(size)
 
 

@@ -22,26 +22,68 @@ from .errors import (  # noqa: F401 (re-exported)
     UnsupportedOperation, InvalidOptionError, PolicyError, ProbeError, ImageInUseError,
     ReadOnlyImageError, NoSpaceError,
 )
-from .ops.info import info  # noqa: F401
-from .ops.create import create  # noqa: F401
-from .ops.convert import convert  # noqa: F401
-from .ops.check import check  # noqa: F401
-from .ops.compare import compare, compare_detail  # noqa: F401
-from .ops.image import Image, open_image  # noqa: F401
-from .ops.resize import resize  # noqa: F401
-from .ops.sizes import parse_size, normalize_options  # noqa: F401
-from .ops.map import map  # noqa: F401  pylint: disable=redefined-builtin
-from .ops.measure import measure  # noqa: F401
-from .ops.rebase import rebase  # noqa: F401
-from .ops.commit import commit  # noqa: F401
-from .ops.amend import amend  # noqa: F401
-from .ops.snapshot import (  # noqa: F401
-    snapshot_list, snapshot_create, snapshot_apply, snapshot_delete, snapshot_compare,
-)
-from .ova import ova_disks  # noqa: F401
+
+
+# The operations are imported on first use (PEP 562): a task imports only what it runs,
+# which matters because Ansible runs modules from a zip file, compiling every imported
+# module from source on every task.  The imports below are static statements so that
+# Ansible's payload finder (which walks the whole syntax tree) still packs every operation.
+def _load(name):
+    """The public name ``name`` from its home module; None for a name this package lacks."""
+    if name == "info":
+        from .ops.info import info as value
+    elif name == "create":
+        from .ops.create import create as value
+    elif name in ("convert", "ConvertOptions"):
+        from .ops import convert as home
+        value = getattr(home, name)
+    elif name == "check":
+        from .ops.check import check as value
+    elif name in ("compare", "compare_detail"):
+        from .ops import compare as home
+        value = getattr(home, name)
+    elif name in ("Image", "open_image"):
+        from .ops import image as home
+        value = getattr(home, name)
+    elif name == "resize":
+        from .ops.resize import resize as value
+    elif name in ("parse_size", "normalize_options"):
+        from .ops import sizes as home
+        value = getattr(home, name)
+    elif name == "map":
+        from .ops.map import map as value  # pylint: disable=redefined-builtin
+    elif name == "measure":
+        from .ops.measure import measure as value
+    elif name == "rebase":
+        from .ops.rebase import rebase as value
+    elif name == "commit":
+        from .ops.commit import commit as value
+    elif name == "amend":
+        from .ops.amend import amend as value
+    elif name in ("snapshot_list", "snapshot_create", "snapshot_apply", "snapshot_delete", "snapshot_compare"):
+        from .ops import snapshot as home
+        value = getattr(home, name)
+    elif name == "ova_disks":
+        from .ova import ova_disks as value
+    else:
+        return None
+    return value
+
+
+def __getattr__(name):
+    value = _load(name)
+    if value is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
-    "info", "create", "convert", "check", "compare", "compare_detail", "open_image", "Image", "resize",
+    "info", "create", "convert", "ConvertOptions", "check", "compare", "compare_detail", "open_image", "Image", "resize",
     "map", "measure", "parse_size", "normalize_options", "rebase", "commit", "amend",
     "snapshot_list", "snapshot_create", "snapshot_apply", "snapshot_delete", "snapshot_compare", "ova_disks",
     "ImageError", "ImageNotFoundError", "FormatError", "CorruptImageError", "UnsupportedFeature",
