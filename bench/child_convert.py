@@ -5,7 +5,7 @@
 
 python3 bench/child_convert.py SRC SRC_FORMAT DST OUT_FORMAT [--compress] [-o NAME=VALUE ...]
 
-Prints the library's result (JSON) on stdout.
+Prints the library's result (JSON) on stdout, with "peak_rss": this process's peak RSS in bytes (VmHWM).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -19,6 +19,20 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_convert import convert_image, import_library  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def peak_rss():
+    """This process's peak resident set size in bytes (VmHWM), None where /proc does not say.
+
+    Not ru_maxrss: Linux carries the parent's peak over fork and exec into it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def main():
@@ -37,6 +51,7 @@ def main():
                                options=options, compress=args.compress)
     finally:
         shutil.rmtree(shim, ignore_errors=True)
+    result = dict(result, peak_rss=peak_rss())
     print(json.dumps(result, default=str))
     return 0
 
