@@ -459,7 +459,7 @@ def machine():
             "qemu_img": qemu, "commit": commit + (" (with uncommitted changes)" if dirty else "")}
 
 
-def chart_panels(rows, ansible, big_label):
+def chart_panels(rows, ansible, big_label, corpus_label="corpus"):
     panels = [{
         "title": "Time, ours / qemu-img (median)", "unit": "ratio",
         "series": ["ours / qemu-img -t writeback", "ours / qemu-img default"],
@@ -468,7 +468,7 @@ def chart_panels(rows, ansible, big_label):
                   (TARGET_DEFAULT, "target 1.5 (default)")],
     }, {
         "title": "Our peak RSS", "unit": "MiB",
-        "series": ["corpus", big_label],
+        "series": [corpus_label, big_label],
         "groups": [(row["conversion"], [row["rss_ours"] / MIB,
                                         row["rss_big"] / MIB if row["rss_big"] is not None else None]) for row in rows],
         "lines": [(TARGET_RSS_MIB, "target 64 MiB")],
@@ -528,6 +528,7 @@ def report(out, settings, description, rows, ansible, big_label):
                   "as it is (no change). Payload: the AnsiballZ file of one run with ANSIBLE_KEEP_REMOTE_FILES=1 "
                   "and the zip inside it." % (sys.executable, ansible["repeats"]), ""]
         lines += ansible_table(ansible)
+    lines += ["", "![chart: the ratios, the peak RSS and the Ansible tasks](chart.png)"]
     text = "\n".join(lines) + "\n"
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.md"), "w") as handle:
@@ -535,8 +536,12 @@ def report(out, settings, description, rows, ansible, big_label):
     with open(os.path.join(out, "results.json"), "w") as handle:
         json.dump({"settings": settings, "machine": info, "corpus": description, "conversions": rows,
                    "ansible": ansible}, handle, indent=1, sort_keys=True)
-    renderer = chart.write_chart(chart_panels(rows, ansible, big_label), os.path.join(out, "chart.png"),
-                                 "kvm.storage bench: %s" % corpus_text.split(" in ")[0])
+    corpus_label = "%d MiB" % (description["virtual_size"] // MIB) if description["virtual_size"] < GIB else (
+        "%d GiB" % (description["virtual_size"] // GIB))
+    renderer = chart.write_chart(chart_panels(rows, ansible, big_label, corpus_label), os.path.join(out, "chart.png"),
+                                 "kvm.storage bench %s: %s virtual, %d MiB of data, medians of %d runs" % (
+                                     settings["date"], corpus_label, description["data_size"] // MIB,
+                                     settings["runs"]))
     return text, renderer
 
 

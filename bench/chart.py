@@ -42,7 +42,7 @@ def _write_matplotlib(pyplot, panels, path, title):
     heights = [max(2.0, 0.3 * len(panel["groups"]) * max(1, len(panel["series"])) + 1.0) for panel in panels]
     figure, axes = pyplot.subplots(len(panels), 1, figsize=(10, sum(heights)),
                                    gridspec_kw={"height_ratios": heights}, squeeze=False)
-    figure.suptitle(title)
+    figure.suptitle(title, fontsize=11)
     for axis, panel in zip(axes[:, 0], panels):
         count = len(panel["series"])
         width = 0.8 / max(1, count)
@@ -59,8 +59,8 @@ def _write_matplotlib(pyplot, panels, path, title):
         axis.invert_yaxis()
         axis.set_title(panel["title"], fontsize=10)
         axis.set_xlabel(panel["unit"], fontsize=8)
-        axis.legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
+        axis.legend(fontsize=7, loc="best")
+    figure.tight_layout(rect=(0, 0, 1, 0.98))
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
 
