@@ -6,8 +6,8 @@
 refcount_bits (refcount structures rewritten) and the backing file.
 
 ``Qcow2AmendMixin`` is the part of ``Qcow2Driver`` (formats/qcow2.py) that
-does it, with the driver's header edits (``_compose_header``,
-``_install_header``, ``set_backing``) and refcounts (formats/qcow2_refcount.py).
+does it, with the header edits (``_compose_header``, ``_install_header``,
+``set_backing``: formats/qcow2_header.py) and refcounts (formats/qcow2_refcount.py).
 """
 
 from __future__ import absolute_import, division, print_function
