@@ -37,7 +37,8 @@ def import_library():
 
 def convert_image(diskimage, src, dst, out_fmt, src_fmt=None, options=None, compress=False):
     """Our convert, as every benchmark calls it (the one call site of diskimage.convert in bench/)."""
-    return diskimage.convert(src, dst, out_fmt, src_fmt=src_fmt, options=options, compress=compress)
+    settings = diskimage.ConvertOptions(src_fmt=src_fmt, create_options=options, compress=compress)
+    return diskimage.convert(src, dst, out_fmt, settings)
 
 
 def make_source(path, size, data_fraction, seed):

@@ -59,6 +59,7 @@ image_check = _library('check')
 image_commit = _library('commit')
 image_compare_detail = _library('compare_detail')
 image_convert = _library('convert')
+convert_options = _library('ConvertOptions')
 image_create = _library('create')
 image_info = _library('info')
 image_map = _library('map')
@@ -1061,13 +1062,11 @@ def _build(request, action, target):
                      allow_dirs=request.allow_dirs, trusted_files=request.trusted_files)
         return {}
     started = time.time()
-    extra = _member_argument('src_member', request.src_member)
-    if request.src_snapshot is not None:
-        extra['snapshot'] = request.src_snapshot
-    outcome = image_convert(request.src, target, request.format, src_fmt=action.args['src_format'],
-                            options=_backing_options(request) or None, compress=request.compress,
-                            allow_dirs=request.allow_dirs, trusted_files=request.trusted_files,
-                            **dict(extra, **_secret_argument(request.src_passphrase)))
+    settings = convert_options(src_fmt=action.args['src_format'], create_options=_backing_options(request) or None,
+                               compress=request.compress, allow_dirs=request.allow_dirs,
+                               trusted_files=request.trusted_files, snapshot=request.src_snapshot,
+                               src_member=request.src_member, key_secret=request.src_passphrase)
+    outcome = image_convert(request.src, target, request.format, settings)
     stats = {'duration': round(time.time() - started, 3), 'bytes_written': os.stat(target).st_blocks * 512}
     if isinstance(outcome, dict):
         stats.update((key, outcome[key]) for key in ('bytes_read', 'bytes_written', 'compressed_clusters') if key in outcome)

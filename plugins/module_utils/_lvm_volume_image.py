@@ -37,6 +37,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._lvm import (
     round_up,
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
+    ConvertOptions,
     ImageError,
     convert as image_convert,
     info as image_info,
@@ -298,9 +299,10 @@ def write_image(image, device, fmt, volume_size, known_zero, allow_dirs=None, tr
     zero (BLKZEROOUT, zeroes written where refused) unless ``known_zero``;
     qcow2: a new image reads zero where nothing is written.  ``allow_dirs``, ``trusted_files``: the path
     policy the source was opened with."""
-    result = image_convert(image.path, device, fmt, src_fmt=image.format, on_device=True,
-                           target_is_zero=known_zero, zero_tail=fmt == "raw", digest="sha256",
-                           allow_dirs=allow_dirs, trusted_files=trusted_files)
+    settings = ConvertOptions(src_fmt=image.format, on_device=True, target_is_zero=known_zero,
+                              zero_tail=fmt == "raw", digest="sha256", allow_dirs=allow_dirs,
+                              trusted_files=trusted_files)
+    result = image_convert(image.path, device, fmt, settings)
     stats = {"bytes_written": result["bytes_written"], "bytes_zeroed": result["bytes_zeroed"],
              "volume_size": volume_size}
     if fmt == "raw":

@@ -28,6 +28,8 @@ from .create import (build_image, build_on_device, close_quietly, discard, open_
                      split_backing_options, sync_file, target_and_driver_class, temporary_path)
 from .image import chain_block_status, open_driver, os_error, reads_zero, translate_os_errors
 from .sizes import normalize_options, round_up, SECTOR_SIZE
+from .transfer import ReadAhead, Writeback, is_zero, zero_bytes, zero_runs
+
 
 # Smallest run of zeroes inside read data that is left as a hole (qemu-img -S default).
 MIN_SPARSE = 4096
@@ -36,37 +38,8 @@ STATUS_WINDOW = 16 * MAX_IO
 # Compressed clusters in flight per worker thread, and the bytes they may hold at most.
 IN_FLIGHT_PER_WORKER = 4
 IN_FLIGHT_BYTES = 8 * MAX_IO
-
-_ZEROES = bytes(MAX_IO)
-
-
-def is_zero(data):
-    """Whether ``data`` (bytes, at most MAX_IO long) is all zero bytes."""
-    return _ZEROES.startswith(data) if len(data) <= MAX_IO else data == bytes(len(data))
-
-
-def zero_runs(data, offset, granule):
-    """Split ``data`` read at guest ``offset`` into (start, end, is_zero) runs of
-    whole ``granule``-aligned blocks (indices into ``data``)."""
-    length = len(data)
-    if is_zero(data):
-        return [(0, length, True)]
-    zero_granule = _ZEROES[:granule]
-    runs = []
-    position = 0
-    while position < length:
-        end = min(length, (offset + position) // granule * granule + granule - offset)
-        if end - position == granule:
-            zero = data.startswith(zero_granule, position)
-        else:
-            zero = _ZEROES.startswith(data[position:end])
-        if runs and runs[-1][2] == zero:
-            runs[-1] = (runs[-1][0], end, zero)
-        else:
-            runs.append((position, end, zero))
-        position = end
-    return runs
-
+# Read chunks (at most MAX_IO each) the read-ahead thread may hold ready for the writer.
+READ_AHEAD_DEPTH = 3
 
 def align_down(value, alignment):
     return value // alignment * alignment
@@ -134,6 +107,8 @@ class _Converter:
         cluster_size = _cluster_size(target)
         self.cluster_size = cluster_size
         self.granule = max(MIN_SPARSE, cluster_size)
+        # The read-ahead thread's put() while copy() runs.
+        self._put = None
 
     # ----------------------------------------------------------- block status
     def runs(self):
@@ -173,7 +148,7 @@ class _Converter:
         end = offset + length
         while self.digested < end:
             count = min(MAX_IO, end - self.digested)
-            self.digest.update(memoryview(_ZEROES)[:count])
+            self.digest.update(zero_bytes(count))
             self.digested += count
 
     def data(self, offset, data):
@@ -190,32 +165,53 @@ class _Converter:
         return data
 
     # ------------------------------------------------------------ plain copy
-    def copy(self):
+    def copy(self, writeback=None):
+        """Copy the source: block status, reads, zero detection and the digest on
+        a read-ahead thread (``_produce``), the writes here; ``writeback`` (a
+        transfer.Writeback or None) hears how much has been written."""
+        with ReadAhead(self._produce, READ_AHEAD_DEPTH) as items:
+            for offset, length, data, runs, done in items:
+                if data is not None:
+                    self._write_chunk(offset, data, runs)
+                    if writeback is not None:
+                        writeback.advance(self.bytes_written)
+                elif length:
+                    self.zeroes(offset, length)
+                self.report(done)
+        self.report(self.size)
+
+    def _produce(self, put):
+        """The reading side of copy(): puts (offset, length, data or None, zero runs, done) items,
+        data None for a range that reads as zeroes (length 0: progress only)."""
+        self._put = put
         for run in self.runs():
             start, end = run.start, run.start + run.length
             if run.kind == DATA:
                 self.copy_data(start, end)
             elif reads_zero(run.kind, self.base):
                 self.hash_content(start, length=end - start)
-                self.zeroes(start, end - start)
+                put((start, end - start, None, None, end))
+                continue
             # UNALLOCATED above the base: left unallocated, the backing shows through.
-            self.report(end)
-        self.report(self.size)
+            put((start, 0, None, None, end))
 
     def copy_data(self, start, end):
+        """Read the data run [start, end) in chunks and hand them to the writer (read-ahead thread)."""
         position = start
         while position < end:
             chunk_end = min(end, align_down(position, MAX_IO) + MAX_IO)
             data = self.read(position, chunk_end - position)
-            for first, last, zero in zero_runs(data, position, self.granule):
-                if zero:
-                    self.zeroes(position + first, last - first)
-                elif first == 0 and last == len(data):
-                    self.data(position, data)
-                else:
-                    self.data(position + first, data[first:last])
+            self._put((position, len(data), data, zero_runs(data, position, self.granule), chunk_end))
             position = chunk_end
-            self.report(position)
+
+    def _write_chunk(self, position, data, runs):
+        for first, last, zero in runs:
+            if zero:
+                self.zeroes(position + first, last - first)
+            elif first == 0 and last == len(data):
+                self.data(position, data)
+            else:
+                self.data(position + first, data[first:last])
 
     # ------------------------------------------------------- compressed copy
     def copy_compressed(self, workers):
@@ -300,42 +296,121 @@ def _worker_count():
     return max(1, min(8, os.cpu_count() or 1))
 
 
+class ConvertOptions:
+    """How convert() works: every setting besides the source, the target and
+    the output format, with its default; validated when made (InvalidOptionError).
+
+    ``src_fmt``         the source's format (None: probed)
+    ``create_options``  qemu-img -o options of the output (dict or "k=v,..."); ``backing_file``
+                        and ``backing_fmt`` among them give the output a backing file
+                        (qemu-img convert -B -F): only what the source's top layer allocates is copied
+    ``compress``        write compressed clusters (qcow2 only)
+    ``progress``        ``progress(done_bytes, total_bytes)``, called as the copy advances
+                        (at least once per MAX_IO chunk)
+    ``allow_dirs``, ``trusted_files``   the path policy (diskimage.policy)
+    ``force_share``     open the source like qemu-img -U
+    ``target_exists``   (qemu-img convert -n) ``dst`` is an existing image of format ``out_fmt``,
+                        at least as large as the source, written in place (opened writable,
+                        locked; no create_options); ranges that read as zeroes in the source are
+                        written as zeroes unless ``target_is_zero``
+    ``target_is_zero``  the target reads zero already (nothing is written to make ranges read zero)
+    ``snapshot``        (qemu-img convert -l snapshot.name=NAME) convert the source's internal
+                        snapshot NAME (name, else ID) instead of its current content
+    ``src_member``      (name or index) convert a disk inside the OVA or Vagrant box ``src``,
+                        read in place (``.ova``/``.box`` sources default to the first disk)
+    ``key_secret``      the passphrase of an encrypted (LUKS) source; a LUKS output takes its
+                        passphrase from the ``key-secret`` creation option
+    ``on_device``       ``dst`` is an existing block device (an LVM logical volume) and the output
+                        (raw or qcow2) is written onto it in place (create(on_device=True)); raw
+                        output makes every range that reads zero in the source read zero on the
+                        device (BLKZEROOUT, else zeroes written) unless ``target_is_zero``
+    ``zero_tail``       with ``on_device``: also make the device read zero past the image's end
+    ``digest``          a hashlib name such as "sha256": the result's "digest" is the hex digest of
+                        the source's guest-visible content (what ``qemu-img convert -O raw SRC - |
+                        sha256sum`` prints); not with a backing file in the output
+    """
+
+    DEFAULTS = (
+        ("src_fmt", None), ("create_options", None), ("compress", False), ("progress", None),
+        ("allow_dirs", None), ("trusted_files", None), ("force_share", False), ("target_exists", False),
+        ("target_is_zero", False), ("snapshot", None), ("src_member", None), ("key_secret", None),
+        ("on_device", False), ("zero_tail", False), ("digest", None),
+    )
+    __slots__ = tuple(name for name, _default in DEFAULTS)
+
+    def __init__(self, **settings):
+        unknown = sorted(set(settings) - set(self.__slots__))
+        if unknown:
+            raise TypeError("unknown convert option(s): %s" % ", ".join(unknown))
+        for name, default in self.DEFAULTS:
+            setattr(self, name, settings.get(name, default))
+        self._validate()
+
+    @staticmethod
+    def keyword_settings(keywords):
+        """convert()'s keyword arguments as settings (``options`` is ``create_options``)."""
+        settings = dict(keywords)
+        if "options" in settings:
+            if "create_options" in settings:
+                raise TypeError("options and create_options name the same setting: give one")
+            settings["create_options"] = settings.pop("options")
+        return settings
+
+    def replace(self, **settings):
+        """A copy with ``settings`` changed."""
+        merged = dict((name, getattr(self, name)) for name in self.__slots__)
+        merged.update(settings)
+        return type(self)(**merged)
+
+    def __repr__(self):
+        changed = ["%s=%r" % (name, getattr(self, name)) for name, default in self.DEFAULTS
+                   if getattr(self, name) != default and name != "key_secret"]
+        return "ConvertOptions(%s)" % ", ".join(changed)
+
+    def _validate(self):
+        if self.progress is not None and not callable(self.progress):
+            raise InvalidOptionError("progress must be callable, found %r" % (self.progress,))
+        if self.digest is not None:
+            self.hasher()
+        if self.zero_tail and not self.on_device:
+            raise InvalidOptionError("zero_tail needs on_device (only a block device has a tail past the image)")
+        if self.on_device and self.target_exists:
+            raise InvalidOptionError("on_device and target_exists cannot be used together")
+
+    def hasher(self):
+        """A new hashlib object for ``digest`` (None without one)."""
+        if self.digest is None:
+            return None
+        try:
+            return hashlib.new(self.digest)
+        except (ValueError, TypeError):
+            raise InvalidOptionError("unknown digest algorithm %r" % (self.digest,))
+
+
+def _settings(dst, settings, keywords):
+    """convert()'s ConvertOptions: ``settings``, with ``keywords`` (the
+    keyword form of the same options) applied; errors name ``dst``."""
+    try:
+        if settings is None:
+            return ConvertOptions(**ConvertOptions.keyword_settings(keywords))
+        if not isinstance(settings, ConvertOptions):
+            raise InvalidOptionError("the convert options must be a ConvertOptions object, found %r" % (settings,))
+        if keywords:
+            return settings.replace(**ConvertOptions.keyword_settings(keywords))
+        return settings
+    except InvalidOptionError as exc:
+        if exc.path is not None:
+            raise
+        raise InvalidOptionError(str(exc), dst)
+
+
 @translate_os_errors("cannot convert image")
-def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progress=None,
-            allow_dirs=None, target_is_zero=False, force_share=False, target_exists=False,
-            snapshot=None, src_member=None, key_secret=None, on_device=False, zero_tail=False, digest=None,
-            trusted_files=None):
+def convert(src, dst, out_fmt, settings=None, **keywords):
     """Convert the image ``src`` (with its backing chain) into a new image
-    ``dst`` of format ``out_fmt`` (never overwriting ``dst``).
-
-    ``options`` are qemu-img -o options of the output; ``backing_file`` and
-    ``backing_fmt`` among them give the output a backing file (qemu-img
-    convert -B -F): only what the source's top layer allocates is copied.
-    ``compress`` writes compressed clusters (qcow2 only).
-    ``progress(done_bytes, total_bytes)`` is called as the copy advances
-    (at least once per MAX_IO chunk).
-    ``target_exists`` (qemu-img convert -n): ``dst`` is an existing image of
-    format ``out_fmt``, at least as large as the source, written in place
-    (opened writable, locked; no -o options); ranges that read as zeroes in
-    the source are written as zeroes unless ``target_is_zero``.
-    ``snapshot`` (qemu-img convert -l snapshot.name=NAME): convert the
-    source's internal snapshot NAME (name, else ID) instead of its current
-    content.
-    ``src_member`` (name or index) converts a disk inside the OVA or Vagrant
-    box ``src``, read in place (``.ova``/``.box`` sources default to the first disk).
-    ``key_secret`` is the passphrase of an encrypted (LUKS) source; a LUKS
-    output takes its passphrase from the ``key-secret`` option.
-
-    ``on_device``: ``dst`` is an existing block device (an LVM logical
-    volume) and the output (raw or qcow2) is written onto it in place
-    (create(on_device=True)); raw output makes every range that reads zero
-    in the source read zero on the device (BLKZEROOUT, else zeroes written)
-    unless ``target_is_zero`` says the device reads zero already, and with
-    ``zero_tail`` also the device past the image's end.
-    ``digest`` (a hashlib name such as "sha256"): the result's "digest" is
-    the hex digest of the source's guest-visible content (what
-    ``qemu-img convert -O raw SRC - | sha256sum`` prints); not with a backing
-    file in the output.
+    ``dst`` of format ``out_fmt`` (never overwriting ``dst``), as
+    ``settings`` (a ConvertOptions) says.  The options may also be given as
+    keywords of the same names (``options`` for ``create_options``), alone or
+    overriding ``settings``.
 
     Returns {"bytes_read", "bytes_written", "bytes_zeroed",
     "compressed_clusters", "virtual_size", "duration"} (bytes of guest data;
@@ -344,29 +419,18 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
     False when zeroes were written, None when nothing was zeroed).
     """
     started = time.monotonic()
-    if progress is not None and not callable(progress):
-        raise InvalidOptionError("progress must be callable, found %r" % (progress,), dst)
-    hasher = None
-    if digest is not None:
-        try:
-            hasher = hashlib.new(digest)
-        except (ValueError, TypeError):
-            raise InvalidOptionError("unknown digest algorithm %r" % (digest,), dst)
-    if zero_tail and not on_device:
-        raise InvalidOptionError("zero_tail needs on_device (only a block device has a tail past the image)", dst)
-    if on_device and target_exists:
-        raise InvalidOptionError("on_device and target_exists cannot be used together", dst)
-    if target_exists:
-        return _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
-                                      target_is_zero, force_share, snapshot, started, src_member, key_secret,
-                                      hasher, trusted_files)
+    settings = _settings(dst, settings, keywords)
+    hasher = _hasher(settings, dst)
+    if settings.target_exists:
+        return _convert_into_existing(src, dst, out_fmt, settings, started, hasher)
+    on_device, target_is_zero = settings.on_device, settings.target_is_zero
     destination, cls = target_and_driver_class(dst, out_fmt, on_device)
-    options = normalize_options(options)
+    options = normalize_options(settings.create_options)
     if "size" in options:
         raise InvalidOptionError("option size cannot be used with convert (the output has the "
                                  "source's size)", destination)
     backing_file, backing_fmt = split_backing_options(options, None, None, destination)
-    if compress and not hasattr(cls, "compress_cluster"):
+    if settings.compress and not hasattr(cls, "compress_cluster"):
         raise InvalidOptionError("compressed output is not supported for format %s (qcow2 only)"
                                  % out_fmt, destination)
     if target_is_zero and backing_file is not None:
@@ -376,12 +440,12 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         raise InvalidOptionError("digest cannot be used with a backing file (only the top layer is read)",
                                  destination)
 
-    source = target_backing = target = temporary = None
+    source = target_backing = target = temporary = writeback = None
     try:
-        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member, key_secret,
-                              trusted_files)
+        source = _open_source(src, settings)
         if backing_file is not None:
-            target_backing = open_backing(destination, backing_file, backing_fmt, allow_dirs, trusted_files)
+            target_backing = open_backing(destination, backing_file, backing_fmt, settings.allow_dirs,
+                                          settings.trusted_files)
             options["backing_file"] = backing_file
             options["backing_fmt"] = backing_fmt
         size = round_up(source.virtual_size, SECTOR_SIZE)
@@ -389,13 +453,13 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
             if os.path.realpath(source.path) == os.path.realpath(destination):
                 raise InvalidOptionError("the source and the target are the same device", destination)
             build_on_device(cls, out_fmt, destination, size, options, target_backing)
-            target = open_driver(destination, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs,
-                                 trusted_files=trusted_files)
+            target = open_driver(destination, fmt=out_fmt, readonly=False, allow_dirs=settings.allow_dirs,
+                                 trusted_files=settings.trusted_files)
         else:
             temporary = temporary_path(destination)
             build_image(cls, temporary, size, options, target_backing, destination)
-            target = open_driver(temporary, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs,
-                                 key_secret=options.get("key-secret"), trusted_files=trusted_files)
+            target = open_driver(temporary, fmt=out_fmt, readonly=False, allow_dirs=settings.allow_dirs,
+                                 key_secret=options.get("key-secret"), trusted_files=settings.trusted_files)
         if target_backing is not None:
             # Zeroes must be written so that the backing file does not show through.
             base, target_backing_size, has_zero_init = source.backing, target_backing.virtual_size, False
@@ -405,16 +469,20 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         if on_device and out_fmt == "raw":
             # The device keeps its old content: zeroes are written unless it is known to read zero.
             has_zero_init = bool(target_is_zero)
-        converter = _Converter(source, target, base, target_backing_size, has_zero_init, progress, hasher)
+        converter = _Converter(source, target, base, target_backing_size, has_zero_init, settings.progress, hasher)
         # Formats that store every cluster compressed (streamOptimized VMDK) get the thread pool too.
-        if compress or getattr(target, "compresses_every_cluster", False):
+        if settings.compress or getattr(target, "compresses_every_cluster", False):
             converter.copy_compressed(_worker_count())
         else:
-            converter.copy()
-        if on_device and zero_tail and out_fmt == "raw" and not target_is_zero and target.virtual_size > source.virtual_size:
+            writeback = Writeback(destination if on_device else temporary)
+            converter.copy(writeback)
+        if (on_device and settings.zero_tail and out_fmt == "raw" and not target_is_zero
+                and target.virtual_size > source.virtual_size):
             # Past the image's end the device keeps old data a guest would see.
             target.write_zeroes(source.virtual_size, target.virtual_size - source.virtual_size, may_unmap=True)
             converter.bytes_zeroed += target.virtual_size - source.virtual_size
+        _close_writeback(writeback)
+        writeback = None
         target.flush()
         zeroout = target.device_zeroout()
         target, closing = None, target
@@ -434,6 +502,7 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
     except OSError as exc:
         raise os_error(exc, exc.filename or destination, "cannot convert image")
     finally:
+        _close_writeback(writeback)
         close_quietly(target)
         if temporary is not None:
             discard(temporary, cls)
@@ -441,39 +510,48 @@ def convert(src, dst, out_fmt, src_fmt=None, options=None, compress=False, progr
         close_quietly(source)
 
 
-def _open_source(src, src_fmt, allow_dirs, force_share, snapshot, member=None, key_secret=None,
-                 trusted_files=None):
-    """The source chain, read-only; showing internal snapshot ``snapshot`` when given."""
-    source = open_driver(src, fmt=src_fmt, readonly=True, allow_dirs=allow_dirs, force_share=force_share,
-                         member=member, key_secret=key_secret, trusted_files=trusted_files)
-    if snapshot is not None:
+def _hasher(settings, dst):
+    try:
+        return settings.hasher()
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(str(exc), dst)
+
+
+def _close_writeback(writeback):
+    if writeback is not None:
+        writeback.close()
+
+
+def _open_source(src, settings):
+    """The source chain, read-only; showing internal snapshot ``settings.snapshot`` when given."""
+    source = open_driver(src, fmt=settings.src_fmt, readonly=True, allow_dirs=settings.allow_dirs,
+                         force_share=settings.force_share, member=settings.src_member,
+                         key_secret=settings.key_secret, trusted_files=settings.trusted_files)
+    if settings.snapshot is not None:
         try:
-            source.select_snapshot(str(snapshot))
+            source.select_snapshot(str(settings.snapshot))
         except BaseException:
             close_quietly(source)
             raise
     return source
 
 
-def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progress, allow_dirs,
-                           target_is_zero, force_share, snapshot, started, src_member=None, key_secret=None,
-                           hasher=None, trusted_files=None):
+def _convert_into_existing(src, dst, out_fmt, settings, started, hasher):
     """convert(target_exists=True): qemu-img convert -n."""
     target_path = os.path.abspath(os.fspath(dst))
     if not out_fmt or not isinstance(out_fmt, str):
         raise InvalidOptionError("the target format is required to write an image (never guessed)", target_path)
-    if normalize_options(options):
+    if normalize_options(settings.create_options):
         raise InvalidOptionError("options cannot be used with target_exists (the target image already exists)",
                                  target_path)
-    source = target = None
+    source = target = writeback = None
     try:
-        source = _open_source(src, src_fmt, allow_dirs, force_share, snapshot, src_member, key_secret,
-                              trusted_files)
+        source = _open_source(src, settings)
         if os.path.realpath(source.path) == os.path.realpath(target_path):
             raise InvalidOptionError("the source and the target are the same image", target_path)
-        target = open_driver(target_path, fmt=out_fmt, readonly=False, allow_dirs=allow_dirs,
-                             trusted_files=trusted_files)
-        if compress and not hasattr(target, "compress_cluster"):
+        target = open_driver(target_path, fmt=out_fmt, readonly=False, allow_dirs=settings.allow_dirs,
+                             trusted_files=settings.trusted_files)
+        if settings.compress and not hasattr(target, "compress_cluster"):
             raise InvalidOptionError("compressed output is not supported for format %s (qcow2 only)"
                                      % out_fmt, target_path)
         size = source.virtual_size
@@ -482,11 +560,14 @@ def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progre
                                      % (target.virtual_size, size), target_path)
         # Zeroes are written everywhere the source reads zero (they must hide old
         # target content and the target's own backing file) unless target_is_zero.
-        converter = _Converter(source, target, None, size, bool(target_is_zero), progress, hasher)
-        if compress:
+        converter = _Converter(source, target, None, size, bool(settings.target_is_zero), settings.progress, hasher)
+        if settings.compress:
             converter.copy_compressed(_worker_count())
         else:
-            converter.copy()
+            writeback = Writeback(target_path)
+            converter.copy(writeback)
+        _close_writeback(writeback)
+        writeback = None
         target.flush()
         return _result(converter, size, started)
     except ImageError:
@@ -494,5 +575,6 @@ def _convert_into_existing(src, dst, out_fmt, src_fmt, options, compress, progre
     except OSError as exc:
         raise os_error(exc, exc.filename or target_path, "cannot convert image")
     finally:
+        _close_writeback(writeback)
         close_quietly(target)
         close_quietly(source)
