@@ -5,9 +5,10 @@
 
 Private to this collection (the leading underscore): no compatibility promise.
 
-- libvirt-python is optional: it is imported here, guarded, and ``HAS_LIBVIRT`` /
-  ``LIBVIRT_IMPORT_ERROR`` tell a module whether to fail with ``missing_required_lib``.
-  No ``libvirt.*`` name is touched at import time.
+- libvirt-python is optional: ``HAS_LIBVIRT`` / ``LIBVIRT_IMPORT_ERROR`` tell a module whether
+  to fail with ``missing_required_lib``.  ``libvirt`` stands for the libvirt module and imports it
+  when one of its names is first used, so that a module that may run without libvirt (disk_image
+  without a pool, disk_image_info) does not load it (its shared library takes tens of ms).
 - ``LibvirtConnection`` opens (and closes) one connection to a URI.
 - ``libvirt_call`` turns a ``libvirtError`` into a ``LibvirtModuleError`` whose message
   says what was being done to which object, and libvirt's own explanation.
@@ -19,19 +20,50 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import traceback
+from importlib.util import find_spec
 from xml.etree import ElementTree
 
 from ansible.module_utils.basic import missing_required_lib
 
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    HAS_LIBVIRT = False
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
-else:
-    HAS_LIBVIRT = True
-    LIBVIRT_IMPORT_ERROR = None
+
+class _LibvirtPython(object):
+    """The libvirt module, imported when one of its names is first used (``libvirt.open``...).
+
+    Without libvirt-python every name is missing (AttributeError), as on ``None``.
+    """
+
+    def __init__(self):
+        self.module = None
+        self.import_error = None    # the traceback of a failed import
+
+    def import_now(self):
+        """The libvirt module, None when it cannot be imported."""
+        if self.module is None and self.import_error is None:
+            try:
+                import libvirt  # pylint: disable=import-outside-toplevel
+            except ImportError:
+                self.import_error = traceback.format_exc()
+            else:
+                self.module = libvirt
+        return self.module
+
+    def __getattr__(self, name):
+        if name in ('module', 'import_error') or name.startswith('__'):
+            raise AttributeError(name)
+        module = self.import_now()
+        if module is None:
+            raise AttributeError("libvirt-python cannot be imported (libvirt.%s): %s"
+                                 % (name, self.import_error.strip().splitlines()[-1]))
+        return getattr(module, name)
+
+    def __repr__(self):
+        return '<libvirt-python, imported on first use>'
+
+
+libvirt = _LibvirtPython()
+# Whether libvirt-python is installed, found without importing it.
+HAS_LIBVIRT = find_spec('libvirt') is not None
+LIBVIRT_IMPORT_ERROR = None if HAS_LIBVIRT else "ModuleNotFoundError: No module named 'libvirt'"
 
 DEFAULT_URI = 'qemu:///system'
 
@@ -68,7 +100,7 @@ def error_is(exc, *code_names):
     and a code unknown to an older libvirt-python simply does not match.
     """
     getter = getattr(exc, 'get_error_code', None)
-    if getter is None or libvirt is None:
+    if getter is None:
         return False
     code = getter()
     return any(code == getattr(libvirt, name, object()) for name in code_names)
@@ -115,6 +147,9 @@ class LibvirtConnection(object):
     def __init__(self, uri=DEFAULT_URI, readonly=False):
         if not HAS_LIBVIRT:
             raise LibvirtModuleError('libvirt-python is not installed')
+        if libvirt.import_now() is None:
+            raise LibvirtModuleError('libvirt-python cannot be imported: %s'
+                                     % libvirt.import_error.strip().splitlines()[-1])
         self.uri = uri
         self.readonly = readonly
         self.conn = None
