@@ -629,6 +629,8 @@ def _plan_present(request, domain, before):
                                      % (name, _quoted(domain.name), '; '.join(conflicts)))
         actions = []
         if request.description is not None and (record.description or '') != request.description:
+            # The new description is an argument of the action (Action's own description is positional only).
+            # pylint: disable-next=kwarg-superseded-by-positional-arg
             actions.append(Action('redefine', 'change the description of snapshot %s of domain %s' % (name, _quoted(domain.name)),
                                   description=request.description))
             after[request.name].description = request.description
