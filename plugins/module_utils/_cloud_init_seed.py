@@ -30,6 +30,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._file_attributes impor
     set_file_attributes,
     unknown_in_check_mode,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._plan import Action, Plan
 
 FORMATS = ('iso9660', 'vfat')
 # the NoCloud file names, in the order of the options
@@ -203,6 +204,24 @@ def _refuse_not_seed(existing, doing):
         % (existing.path, existing.not_seed, doing, doing))
 
 
+def plan_seed(existing, fmt, image=None, after=None, force=False):
+    """The plan from the file at the path (``existing``) to the requested seed: ``image`` (its bytes) and ``after``
+    ((format, label, files)), or None for state=absent.  The views are those of ``seed_diff``."""
+    path, before = existing.path, existing.seed
+    if image is None:
+        if not existing.exists:
+            return Plan([], before, None)
+        if existing.seed is None and not force:
+            _refuse_not_seed(existing, 'remove')
+        return Plan([Action('remove', 'remove %s' % path)], before, None)
+    if existing.exists and existing.image == image:
+        return Plan([], before, after)
+    if existing.exists and existing.seed is None and not force:
+        _refuse_not_seed(existing, 'replace')
+    kind = 'replace' if existing.exists else 'write'
+    return Plan([Action(kind, '%s %s seed %s' % (kind, fmt, path), image=image)], before, after)
+
+
 def write_atomically(path, image, previous):
     """Write ``image`` under a temporary name in ``path``'s directory, flush it, rename it to ``path``; the new file
     keeps ``previous``'s (an os.stat_result or None) mode and, where allowed, owner."""
@@ -250,21 +269,16 @@ def run_cloud_init_seed(module):
     if not os.path.isdir(directory):
         raise CloudInitSeedError('%s: the directory %s does not exist; create it first' % (path, directory))
     existing = Existing(path)
-    result = dict(changed=False, path=path, format=fmt, actions=[])
-    before = existing.seed
+    result = dict(path=path, format=fmt)
 
     if params['state'] == 'absent':
-        result.update(label=None, files={})
-        if not existing.exists:
-            return _finish(module, result, warnings)
-        if existing.seed is None and not params['force']:
-            _refuse_not_seed(existing, 'remove')
-        result['changed'] = True
-        result['actions'].append('remove %s' % path)
-        if module._diff:
-            result['diff'] = seed_diff(path, before, None)
-        if not check_mode:
-            os.unlink(path)
+        plan = plan_seed(existing, fmt, force=params['force'])
+        result.update(plan.result(), label=None, files={})
+        if plan.changed:
+            if module._diff:
+                result['diff'] = seed_diff(path, plan.before, plan.after)
+            if not check_mode:
+                os.unlink(path)
         return _finish(module, result, warnings)
 
     label = seed_label(params['label'], fmt)
@@ -273,20 +287,14 @@ def run_cloud_init_seed(module):
         image = build(fmt, label, files)
     except (_seed_iso9660.ISO9660Error, _seed_fat.FATError) as exc:
         raise CloudInitSeedError('%s: %s' % (path, exc))
-    after = (fmt, label, files)
-    result.update(label=label, files=file_report(files))
-    if existing.exists and existing.image == image:
-        content_changed = False
-    else:
-        if existing.exists and existing.seed is None and not params['force']:
-            _refuse_not_seed(existing, 'replace')
-        content_changed = True
-        result['actions'].append('%s %s seed %s' % ('replace' if existing.exists else 'write', fmt, path))
+    plan = plan_seed(existing, fmt, image, (fmt, label, files), params['force'])
+    result.update(plan.result(), label=label, files=file_report(files))
+    content_changed = plan.changed
+    if content_changed:
         if module._diff:
-            result['diff'] = seed_diff(path, before, after)
+            result['diff'] = seed_diff(path, plan.before, plan.after)
         if not check_mode:
             write_atomically(path, image, existing.stat if existing.exists else None)
-    result['changed'] = content_changed
     if check_mode and not existing.exists:
         return _finish(module, result, warnings)
     unknown = unknown_in_check_mode(params, check_mode)
