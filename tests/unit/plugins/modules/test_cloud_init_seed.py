@@ -187,6 +187,25 @@ def test_bad_input_fails_with_a_clear_message_and_writes_nothing(tmp_path, capsy
     assert os.listdir(str(tmp_path)) == []
 
 
+def test_the_plan_writes_replaces_or_removes_only_on_a_difference(tmp_path):
+    path = str(tmp_path / 'seed.iso')
+    files = {'meta-data': b'instance-id: a\n', 'user-data': b'#cloud-config\n'}
+    image = _cloud_init_seed.build('iso9660', 'CIDATA', files)
+    wanted = ('iso9660', 'CIDATA', files)
+    missing = _cloud_init_seed.Existing(path)
+    assert not _cloud_init_seed.plan_seed(missing, 'iso9660').changed
+    write = _cloud_init_seed.plan_seed(missing, 'iso9660', image, wanted)
+    assert write.kinds() == ['write'] and write.descriptions() == ['write iso9660 seed %s' % path]
+    assert (write.before, write.after) == (None, wanted) and not os.path.exists(path)
+    with open(path, 'wb') as stream:
+        stream.write(image)
+    present = _cloud_init_seed.Existing(path)
+    assert _cloud_init_seed.plan_seed(present, 'iso9660', image, wanted).actions == []
+    other = _cloud_init_seed.build('iso9660', 'CIDATA', dict(files, **{'user-data': b'#cloud-config\nx: 1\n'}))
+    assert _cloud_init_seed.plan_seed(present, 'iso9660', other, wanted).kinds() == ['replace']
+    assert _cloud_init_seed.plan_seed(present, 'iso9660').descriptions() == ['remove %s' % path]
+
+
 def test_a_missing_directory_and_a_directory_at_path_are_refused(tmp_path, capsys):
     result = seed(capsys, tmp_path / "missing" / "seed.iso")
     assert result["failed"] and "the directory %s does not exist" % (tmp_path / "missing") in result["msg"]
