@@ -578,3 +578,28 @@ def _merge(extents):
         else:
             merged.append((start, length, is_data))
     return merged
+
+
+def pread_into(image_file, offset, view):
+    """Fill the writable memoryview ``view`` with the bytes of ``image_file`` at
+    ``offset``; returns how many were read (fewer only at the end of the file).
+
+    A plain ImageFile reads straight into ``view`` (os.preadv: no intermediate
+    bytes object and no copy in Python, which costs more than the read itself
+    for megabytes); other file objects (a window on an archive member) go
+    through their ``pread``."""
+    length = len(view)
+    if type(image_file).pread is ImageFile.pread and getattr(image_file, "fd", None) is not None \
+            and hasattr(os, "preadv"):
+        if offset < 0:
+            raise ValueError("negative offset")
+        done = 0
+        while done < length:
+            count = os.preadv(image_file.fd, [view[done:]], offset + done)
+            if count <= 0:
+                break
+            done += count
+        return done
+    data = image_file.pread(offset, length)
+    view[:len(data)] = data
+    return len(data)

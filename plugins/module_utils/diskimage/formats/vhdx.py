@@ -47,7 +47,7 @@ import struct
 import sys
 import uuid
 
-from .._io import ImageFile
+from .._io import ImageFile, pread_into
 from ..policy import locator_file_name
 from ..errors import (CorruptImageError, FormatError, ImageError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, ReadOnlyImageError, UnsupportedFeature, UnsupportedOperation)
@@ -929,18 +929,38 @@ class VhdxDriver(Driver):
 
     def read(self, offset, length):
         self._check_range(offset, length, "read")
+        runs = self._map(offset, length)
+        if len(runs) == 1 and runs[0][2] == DATA:
+            # One run (the usual read inside a fully present block): one pread, no copy.
+            return self._pread(runs[0][3], length, "VHDX payload block data")
+        # Several runs: read into one buffer, returned as it is (copying megabytes in
+        # Python costs more than the reads).
         out = bytearray(length)
         view = memoryview(out)
-        for guest, count, kind, host in self._map(offset, length):
+        for guest, count, kind, host in runs:
             pos = guest - offset
             if kind == DATA:
-                view[pos:pos + count] = self._pread(host, count, "VHDX payload block data")
+                self._pread_into(host, view[pos:pos + count], "VHDX payload block data")
             elif kind == UNALLOCATED and self.backing is not None:
                 backing_size = self.backing.virtual_size
                 if guest < backing_size:
                     count = min(count, backing_size - guest)
                     view[pos:pos + count] = self.backing.read(guest, count)
-        return bytes(out)
+        return out
+
+    def _pread_into(self, offset, view, what):
+        """_pread(offset, len(view), what) into ``view``."""
+        if self.overlay is not None:
+            view[:] = self._pread(offset, len(view), what)
+            return
+        length = len(view)
+        if offset < 0 or offset + length > self._file_size():
+            raise CorruptImageError("%s at offset %d (%d bytes) lies past the end of the file (%d bytes)"
+                                    % (what, offset, length, self._file_size()), self.path)
+        count = pread_into(self._file, offset, view)
+        if count != length:
+            raise CorruptImageError("%s at offset %d: short read of %d of %d bytes"
+                                    % (what, offset, count, length), self.path)
 
     def block_status(self, offset, length):
         if length <= 0:

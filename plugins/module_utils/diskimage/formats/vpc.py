@@ -36,7 +36,7 @@ import sys
 import time
 import uuid
 
-from .._io import ImageFile
+from .._io import ImageFile, pread_into
 from ..policy import locator_file_name
 from ..errors import (CorruptImageError, FormatError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, ReadOnlyImageError, UnsupportedFeature, UnsupportedOperation)
@@ -498,19 +498,20 @@ class VpcDriver(Driver):
             # One contiguous run (the usual read inside a block): no extra copy.
             data = self._file.pread(runs[0][3], length)
             return data if len(data) == length else data + bytes(length - len(data))
+        # Several runs (a read across blocks: each block's data follows its sector bitmap):
+        # read into one buffer, returned as it is (copying megabytes in Python costs more than the reads).
         out = bytearray(length)
         view = memoryview(out)
         for guest, count, kind, host in runs:
             pos = guest - offset
             if kind == DATA:
-                chunk = self._file.pread(host, count)
-                view[pos:pos + len(chunk)] = chunk
+                pread_into(self._file, host, view[pos:pos + count])
             elif kind == UNALLOCATED and self.backing is not None:
                 backing_size = self.backing.virtual_size
                 if guest < backing_size:
                     count = min(count, backing_size - guest)
                     view[pos:pos + count] = self.backing.read(guest, count)
-        return bytes(out)
+        return out
 
     def block_status(self, offset, length):
         if length <= 0:

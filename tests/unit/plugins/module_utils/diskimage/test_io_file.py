@@ -174,3 +174,32 @@ def test_block_device(loop_device):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False).returncode
         assert rc != 0  # our lock holds qemu off the device too
     qemu_tools.qemu_io(loop_device, "read -P 0x77 1M 512", "read -P 0 0 4096", fmt="raw")
+
+
+def test_pread_into_fills_the_view_and_stops_short_at_the_end_of_the_file(tmp_path):
+    path = tmp_path / "data"
+    content = os.urandom(3 * MIB + 100)
+    path.write_bytes(content)
+    image_file = ImageFile(path)
+    try:
+        buffer = bytearray(2 * MIB)
+        assert _io.pread_into(image_file, 4096, memoryview(buffer)) == 2 * MIB
+        assert bytes(buffer) == content[4096:4096 + 2 * MIB]
+        tail = bytearray(b"\xee" * 300)
+        assert _io.pread_into(image_file, 3 * MIB, memoryview(tail)[50:]) == 100
+        assert bytes(tail[:50]) == b"\xee" * 50 and bytes(tail[50:150]) == content[3 * MIB:]
+        assert bytes(tail[150:]) == b"\xee" * 150
+    finally:
+        image_file.close()
+
+
+def test_pread_into_reads_other_file_objects_through_their_pread(tmp_path):
+    class Window:
+        """A file object that is no plain ImageFile (as an archive member's window)."""
+
+        def pread(self, offset, length):
+            return bytes(range(offset, offset + min(length, 5)))
+
+    buffer = bytearray(8)
+    assert _io.pread_into(Window(), 10, memoryview(buffer)) == 5
+    assert bytes(buffer) == bytes(range(10, 15)) + bytes(3)
