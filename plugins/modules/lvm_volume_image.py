@@ -20,7 +20,7 @@ description:
     C(kvmstorage.source=)); a volume being written carries C(kvmstorage.writing) until the write completed.
   - The source is unchanged when the fingerprint of its files (device, inode, size, modification and change times of
     every file of its backing chain) matches the volume's C(kvmstorage.source=) tag, without reading it; otherwise the
-    SHA-256 of its guest-visible content (what C(qemu-img convert -O raw SRC /dev/stdout | sha256sum) prints) is
+    SHA-256 of its guest-visible content (the C(sha256sum) of the file C(qemu-img convert -O raw SRC out.raw) writes) is
     computed and compared with C(kvmstorage.sha256=) (a full read of the source, holes hashed as zeroes, about a
     second per GiB). A changed fingerprint over an unchanged content only refreshes the C(kvmstorage.source=) tag
     (not reported as a change).
