@@ -169,6 +169,10 @@ DISK_IMAGE_REQUIRED_BY = dict(
     backing_format='backing_file',
     rebase='backing_file',
 )
+# An image file (path) or a storage pool's volume (pool and volume, the _pool_volume backend).
+DISK_IMAGE_MUTUALLY_EXCLUSIVE = [('path', 'pool'), ('path', 'volume')] + DISK_IMAGE_OPTION_MUTUALLY_EXCLUSIVE
+DISK_IMAGE_REQUIRED_TOGETHER = [('pool', 'volume')]
+DISK_IMAGE_REQUIRED_ONE_OF = [('path', 'pool')]
 
 
 def check_option_constraints(params):

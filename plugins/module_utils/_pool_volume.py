@@ -27,7 +27,6 @@ from xml.etree import ElementTree
 from ansible.module_utils.six.moves.urllib.parse import urlparse
 
 from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
-    DISK_IMAGE_OPTION_MUTUALLY_EXCLUSIVE,
     DiskImageError,
     align_size,
     check_option_constraints,
@@ -67,11 +66,6 @@ VOLUME_API_OPTIONS = ('state', 'format', 'size', 'src', 'src_format', 'src_membe
 _DEFAULTS = {'shrink': False, 'compress': False, 'commit': False, 'repair': 'none', 'options': {}}
 # File attributes (ansible.builtin.files) that libvirt's volume API does not set.
 _FILE_ATTRIBUTES = ('mode', 'owner', 'group', 'seuser', 'serole', 'setype', 'selevel', 'attributes')
-
-
-DISK_IMAGE_MUTUALLY_EXCLUSIVE = [('path', 'pool'), ('path', 'volume')] + DISK_IMAGE_OPTION_MUTUALLY_EXCLUSIVE
-DISK_IMAGE_REQUIRED_TOGETHER = [('pool', 'volume')]
-DISK_IMAGE_REQUIRED_ONE_OF = [('path', 'pool')]
 
 
 def check_volume_name(name):

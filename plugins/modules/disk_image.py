@@ -730,8 +730,11 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
+    DISK_IMAGE_MUTUALLY_EXCLUSIVE,
     DISK_IMAGE_REQUIRED_BY,
     DISK_IMAGE_REQUIRED_IF,
+    DISK_IMAGE_REQUIRED_ONE_OF,
+    DISK_IMAGE_REQUIRED_TOGETHER,
     DiskImageError,
     disk_image_argument_spec,
     run_disk_image,
@@ -740,12 +743,6 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
     LibvirtModuleError,
-)
-from ansible_collections.kvm.storage.plugins.module_utils._pool_volume import (
-    DISK_IMAGE_MUTUALLY_EXCLUSIVE,
-    DISK_IMAGE_REQUIRED_ONE_OF,
-    DISK_IMAGE_REQUIRED_TOGETHER,
-    run_pool_volume,
 )
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import ImageError
 
@@ -766,7 +763,12 @@ def main():
         module.fail_json(msg=missing_required_lib('libvirt-python'), exception=LIBVIRT_IMPORT_ERROR)
     subject = module.params['path'] or 'volume %s of storage pool %s' % (module.params['volume'], pool)
     try:
-        result = run_disk_image(module) if pool is None else run_pool_volume(module)
+        if pool is None:
+            result = run_disk_image(module)
+        else:
+            # imported only for a pool's volume: a task on an image file does not compile it
+            from ansible_collections.kvm.storage.plugins.module_utils._pool_volume import run_pool_volume
+            result = run_pool_volume(module)
     except DiskImageError as exc:
         # with what the task did before it failed (changed, actions), when it did something
         module.fail_json(msg=to_native(exc), **exc.result)
