@@ -82,6 +82,8 @@ def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
+# The operations are defined on first use (__getattr__ above).
+# pylint: disable=undefined-all-variable
 __all__ = [
     "info", "create", "convert", "ConvertOptions", "check", "compare", "compare_detail", "open_image", "Image", "resize",
     "map", "measure", "parse_size", "normalize_options", "rebase", "commit", "amend",
@@ -90,3 +92,4 @@ __all__ = [
     "UnsupportedOperation", "InvalidOptionError", "PolicyError", "ProbeError", "ImageInUseError",
     "ReadOnlyImageError", "NoSpaceError",
 ]
+# pylint: enable=undefined-all-variable

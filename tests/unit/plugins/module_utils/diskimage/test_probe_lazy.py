@@ -13,8 +13,6 @@ import os
 import random
 import shutil
 
-import pytest
-
 import components
 import qemu_tools
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import create
@@ -26,8 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE_DIRS = [os.path.join(HERE, "samples"), os.path.join(HERE, "probe_samples"),
                os.path.join(os.path.dirname(HERE), "samples")]
 
-FILENAMES = [None, "guest.img", "disk.dmg", "DiskDescriptor.xml", "/images/bundle.hdd/DiskDescriptor.xml",
-             "disk.vmdk", "dmg"]
+FILENAMES = (None, "guest.img", "disk.dmg", "DiskDescriptor.xml", "/images/bundle.hdd/DiskDescriptor.xml",
+             "disk.vmdk", "dmg")
 
 
 def every_driver_probe(header, filename):
@@ -98,7 +96,7 @@ def test_sample_images_probe_as_with_every_driver():
     assert len(samples) >= 30
     seen = set()
     for name, header in samples:
-        seen |= assert_same(header, FILENAMES + [name])
+        seen |= assert_same(header, FILENAMES + (name,))
     # the samples cover these formats (a lost sample directory would make this test vacuous)
     assert {"vhdx", "vpc", "vmdk", "parallels", "bochs", "cloop", "dmg", "raw"} <= seen
 
@@ -129,7 +127,7 @@ def test_qemu_img_images_probe_as_with_every_driver(tmp_path):
         qemu_tools.qemu_img(*(["create", "-q"] + args + [path, "1M"]))
         for image in sorted(tmp_path.iterdir()):     # the flat vmdk's extent file too
             header = image.read_bytes()[:8192]
-            assert_same(header, FILENAMES + [str(image)])
+            assert_same(header, FILENAMES + (str(image),))
             assert probe_module.probe(str(image)) == every_driver_probe(header, str(image))
 
 
@@ -148,7 +146,7 @@ def test_library_images_probe_as_with_every_driver(tmp_path):
         create(str(directory / ("disk." + fmt)), fmt, "1M", options=options)
         for image in sorted(directory.iterdir()):
             header = image.read_bytes()[:8192]
-            assert_same(header, FILENAMES + [str(image)])
+            assert_same(header, FILENAMES + (str(image),))
             result = probe_module.probe(str(image))
             assert result == every_driver_probe(header, str(image))
             formats.add(result.format)
