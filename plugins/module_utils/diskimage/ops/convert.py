@@ -41,6 +41,7 @@ IN_FLIGHT_BYTES = 8 * MAX_IO
 # Read chunks (at most MAX_IO each) the read-ahead thread may hold ready for the writer.
 READ_AHEAD_DEPTH = 3
 
+
 def align_down(value, alignment):
     return value // alignment * alignment
 
