@@ -25,8 +25,8 @@ from ._io import ImageFile
 from .errors import FormatError, ImageError
 from .formats import driver_class
 from .policy import resolve_found, resolve_reference, search_dirs
+from .policy import ARCHIVE_SUFFIXES
 from .probe import probe
-from .ova import locate
 
 # Layers in one chain, the top image included.
 MAX_CHAIN_DEPTH = 64
@@ -162,6 +162,17 @@ class _Opener:
                                force_share=self._chain.force_share and not writable)
         self._chain.opened.append(image_file)
         return image_file
+
+
+def locate(path, fmt=None, member=None, readonly=True):
+    """ova.locate: what to open for ``path``.  The archive reader (ova) is imported only for a
+    name it may apply to (a member selector, an archive member, an archive suffix)."""
+    if member is None and getattr(path, "image_file_class", None) is None:     # not an ova.MemberPath
+        absolute = os.path.abspath(os.fspath(path))
+        if not os.fsdecode(absolute).lower().endswith(ARCHIVE_SUFFIXES):
+            return absolute
+    from .ova import locate as locate_in_archive
+    return locate_in_archive(path, fmt, member, readonly)
 
 
 def open_driver(path, fmt=None, readonly=True, allow_dirs=None, force_share=False, member=None, key_secret=None,

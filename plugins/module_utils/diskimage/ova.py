@@ -59,10 +59,8 @@ from xml.etree import ElementTree
 from ._io import ImageFile
 from .errors import (FormatError, ImageError, ImageNotFoundError, InvalidOptionError, PolicyError,
                      UnsupportedFeature, UnsupportedOperation)
-from .policy import has_protocol
+from .policy import ARCHIVE_SUFFIXES, has_protocol
 
-# Names that make ``locate`` look inside the file without a member selector.
-ARCHIVE_SUFFIXES = (".ova", ".box")
 # Members taken for disks when the archive has no OVF descriptor.
 DISK_SUFFIXES = (".vmdk", ".vdi", ".qcow2", ".qcow", ".qed", ".img", ".raw", ".vhd", ".vhdx", ".hdd")
 # Tar headers scanned at most (OVAs hold a handful of files).

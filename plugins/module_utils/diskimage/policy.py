@@ -53,6 +53,9 @@ import stat
 
 from .errors import ImageNotFoundError, PolicyError
 
+# Names read as OVA or Vagrant box archives (ova.locate looks inside them without a member selector).
+ARCHIVE_SUFFIXES = (".ova", ".box")
+
 
 def _is_inside(path, directory):
     """Whether real path ``path`` is ``directory`` or below it (both real paths)."""

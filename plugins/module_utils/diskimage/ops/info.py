@@ -10,7 +10,7 @@ import os
 
 from .._io import ImageFile
 from ..errors import ImageError
-from ..ova import locate
+from ..chain import locate
 from ..formats import driver_class
 from ..policy import resolve_reference
 from ..probe import probe_format

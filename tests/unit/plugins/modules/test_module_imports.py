@@ -67,6 +67,7 @@ def assert_imports_only_qcow2(imported):
     assert [name for name in OTHER_OPERATIONS if PACKAGE + "diskimage.ops." + name in imported] == []
     assert "libvirt" not in imported and "libvirtmod" not in imported
     assert PACKAGE + "_pool_volume" not in imported        # the backend of a pool's volumes
+    assert PACKAGE + "diskimage.ova" not in imported       # the OVA and Vagrant box reader
 
 
 def qcow2_image(tmp_path):
