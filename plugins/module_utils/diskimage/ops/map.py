@@ -30,9 +30,10 @@ flags from the drivers' ``map_runs`` (formats/), with QEMU's rules:
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-from ..formats.base import (  # noqa: F401  the flags are imported from here too
+# The block status flags are imported from here too.
+from ..formats.base import (
     BLOCK_ALLOCATED as ALLOCATED, BLOCK_DATA as DATA, BLOCK_OFFSET_VALID as OFFSET_VALID, BLOCK_ZERO as ZERO,
-    QEMU_SECTOR_SIZE as SECTOR_SIZE, StatusRuns as _Runs,
+    StatusRuns as _Runs,
 )
 from .image import open_driver, translate_os_errors
 

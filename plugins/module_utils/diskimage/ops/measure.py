@@ -20,8 +20,8 @@ __metaclass__ = type
 
 from ..errors import ImageError, InvalidOptionError, UnsupportedFeature, UnsupportedOperation
 from .image import open_driver, translate_os_errors
-from .map import ALLOCATED, DATA, SECTOR_SIZE, ZERO, chain_status, layer_status, qemu_length
-from .sizes import normalize_options, parse_size, round_up
+from .map import ALLOCATED, DATA, ZERO, chain_status, layer_status, qemu_length
+from .sizes import SECTOR_SIZE, normalize_options, parse_size, round_up
 
 DEFAULT_CLUSTER_SIZE = 65536
 # QEMU's cap on the L1 table (QCOW_MAX_L1_SIZE) that limits the virtual size.
