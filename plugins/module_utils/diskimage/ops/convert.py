@@ -364,8 +364,15 @@ class ConvertOptions:
         return type(self)(**merged)
 
     def __repr__(self):
-        changed = ["%s=%r" % (name, getattr(self, name)) for name, default in self.DEFAULTS
-                   if getattr(self, name) != default and name != "key_secret"]
+        """The settings that differ from their defaults, passphrases left out."""
+        changed = []
+        for name, default in self.DEFAULTS:
+            value = getattr(self, name)
+            if value == default or name == "key_secret":
+                continue
+            if name == "create_options" and isinstance(value, dict):
+                value = dict((key, "<hidden>" if "secret" in str(key) else option) for key, option in value.items())
+            changed.append("%s=%r" % (name, value))
         return "ConvertOptions(%s)" % ", ".join(changed)
 
     def _validate(self):

@@ -275,6 +275,8 @@ def test_convert_options_have_defaults_and_refuse_unknown_settings():
     with pytest.raises(TypeError, match="colour"):
         ConvertOptions(colour="blue")
     assert repr(ConvertOptions(compress=True, key_secret="secret")) == "ConvertOptions(compress=True)"
+    shown = repr(ConvertOptions(create_options={"key-secret": "passphrase", "cipher-alg": "aes-256"}))
+    assert "passphrase" not in shown and "aes-256" in shown
 
 
 @pytest.mark.parametrize("settings, message", [
