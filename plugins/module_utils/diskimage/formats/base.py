@@ -204,6 +204,22 @@ class Driver:
         raise UnsupportedOperation("creating %s images is not supported" % cls.format_name, path)
 
     @classmethod
+    def create_on_device(cls, device, size, options=None, backing=None):
+        """Write a new image onto block ``device`` in place, as ``create`` (ops/create.py
+        checked the device and that the format may live there); returns whether
+        anything was written (the caller then syncs the device)."""
+        created = cls.create(device, size, options=options, backing=backing)
+        if created is not None and hasattr(created, "close"):
+            created.close()
+        return True
+
+    @classmethod
+    def size_on_device(cls, device):
+        """The virtual size of an image created on block ``device`` when none is
+        given: None (a size, or a backing file, is required)."""
+        return None
+
+    @classmethod
     def created_files(cls, path):
         """The files an image just made by ``create(path, ...)`` consists of,
         ``path`` first: what ops/create.py syncs, and removes when the creation

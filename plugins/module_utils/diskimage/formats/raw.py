@@ -60,6 +60,32 @@ class RawDriver(Driver):
         super(RawDriver, self).close()
 
     @classmethod
+    def create_on_device(cls, device, size, options=None, backing=None):
+        """raw has no metadata: like qemu-img, the device only has to be large
+        enough, its content is the image's (convert zeroes what must read zero).
+        Nothing is written."""
+        options = dict(options or {})
+        preallocation = options.pop("preallocation", "off")
+        if preallocation not in (None, False, "off"):
+            raise InvalidOptionError("preallocation %r cannot be used for a raw image on a block device "
+                                     "(the device is allocated already)" % (preallocation,), device)
+        if options:
+            raise InvalidOptionError("invalid option(s) for raw images: %s (supported: preallocation)"
+                                     % ", ".join(sorted(options)), device)
+        with ImageFile(device, writable=True) as device_file:
+            device_size = device_file.size()
+        if size > device_size:
+            raise InvalidOptionError("the block device (%d bytes) is smaller than the image (%d bytes)"
+                                     % (device_size, size), device)
+        return False
+
+    @classmethod
+    def size_on_device(cls, device):
+        # Without a size, a raw image on a device is the whole device.
+        with ImageFile(device) as device_file:
+            return device_file.size()
+
+    @classmethod
     def create(cls, path, size, options=None, backing=None):
         options = dict(options or {})
         preallocation = options.pop("preallocation", None)

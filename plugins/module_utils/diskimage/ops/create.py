@@ -18,7 +18,6 @@ import errno
 import os
 import stat
 
-from .._io import ImageFile
 from ..errors import ImageError, ImageInUseError, InvalidOptionError, UnsupportedOperation
 from ..formats import driver_class
 from .. import policy
@@ -80,31 +79,12 @@ def device_driver_class(fmt, path):
 
 
 def build_on_device(cls, fmt, device, size, options, backing):
-    """Write a new image of format ``fmt`` onto block ``device`` in place.
-
-    raw has no metadata: like qemu-img, the device only has to be large
-    enough, its content is the image's (convert zeroes what must read zero).
+    """Write a new image of format ``fmt`` (driver class ``cls``) onto block
+    ``device`` in place (``Driver.create_on_device``: raw writes nothing).
     The device is opened writable with QEMU's locks either way, so a device
     in use by a running guest is refused."""
-    if fmt == "raw":
-        options = dict(options)
-        preallocation = options.pop("preallocation", "off")
-        if preallocation not in (None, False, "off"):
-            raise InvalidOptionError("preallocation %r cannot be used for a raw image on a block device "
-                                     "(the device is allocated already)" % (preallocation,), device)
-        if options:
-            raise InvalidOptionError("invalid option(s) for raw images: %s (supported: preallocation)"
-                                     % ", ".join(sorted(options)), device)
-        with ImageFile(device, writable=True) as device_file:
-            device_size = device_file.size()
-        if size > device_size:
-            raise InvalidOptionError("the block device (%d bytes) is smaller than the image (%d bytes)"
-                                     % (device_size, size), device)
-        return
-    created = cls.create(device, size, options=options, backing=backing)
-    if created is not None and hasattr(created, "close"):
-        created.close()
-    sync_file(device)
+    if cls.create_on_device(device, size, options, backing):
+        sync_file(device)
 
 
 def temporary_path(destination):
@@ -291,9 +271,8 @@ def create(path, fmt, size=None, backing_file=None, backing_fmt=None, options=No
             backing = open_backing(destination, backing_file, backing_fmt, allow_dirs, trusted_files)
             options["backing_file"] = backing_file
             options["backing_fmt"] = backing_fmt
-        if size is None and on_device and fmt == "raw":
-            with ImageFile(destination) as device_file:
-                size = device_file.size()
+        if size is None and on_device:
+            size = cls.size_on_device(destination)
         if size is None:
             if backing is None:
                 raise InvalidOptionError("size is required to create an image without a backing file",
