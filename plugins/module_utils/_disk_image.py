@@ -29,7 +29,6 @@ from ansible_collections.kvm.storage.plugins.module_utils._file_attributes impor
     set_file_attributes,
     unknown_in_check_mode,
 )
-from ansible_collections.kvm.storage.plugins.module_utils._libvirt import libvirt_argument_spec
 from ansible_collections.kvm.storage.plugins.module_utils._plan import Action, Plan
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
@@ -152,6 +151,8 @@ def disk_image_argument_spec():
         src_passphrase=dict(type='str', no_log=True),
     )
     spec.update(policy_argument_spec())
+    # the pool backend's connection option; _libvirt is imported here, not by disk_image_info
+    from ansible_collections.kvm.storage.plugins.module_utils._libvirt import libvirt_argument_spec
     spec.update(libvirt_argument_spec())
     return spec
 

@@ -82,6 +82,7 @@ def test_disk_image_info_on_qcow2_imports_no_other_driver_nor_libvirt(tmp_path):
     assert not result.get("failed"), result
     assert result["images"][0]["format"] == "qcow2"
     assert_imports_only_qcow2(imported)
+    assert PACKAGE + "_libvirt" not in imported
 
 
 def test_disk_image_creating_qcow2_imports_no_other_driver_nor_libvirt(tmp_path):
