@@ -43,13 +43,9 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.policy import has_protocol, resolve_reference
 
 
-def _library(name):
-    """The image library's function ``name``, imported when first called: a task imports only the
-    operations it runs (Ansible runs a module from a zip file and compiles every module it imports)."""
-    def call(*args, **kwargs):
-        return getattr(diskimage, name)(*args, **kwargs)
-    call.__name__ = name
-    return call
+# The image library's functions, each imported when first called: a task imports only the operations it
+# runs (Ansible runs a module from a zip file and compiles every module it imports on every task).
+_library = diskimage.deferred
 
 
 image_amend = _library('amend')

@@ -36,17 +36,18 @@ from ansible_collections.kvm.storage.plugins.module_utils._lvm import (
     check_vg_name,
     round_up,
 )
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage import (
-    ConvertOptions,
-    ImageError,
-    convert as image_convert,
-    info as image_info,
-    measure as image_measure,
-    open_image,
-    parse_size,
-)
+from ansible_collections.kvm.storage.plugins.module_utils import diskimage
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage import ImageError
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import ImageInUseError
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import DATA
+
+# The image library's functions, each imported when first called (lvm_volume_image_info only reads info).
+ConvertOptions = diskimage.deferred('ConvertOptions')
+image_convert = diskimage.deferred('convert')
+image_info = diskimage.deferred('info')
+image_measure = diskimage.deferred('measure')
+open_image = diskimage.deferred('open_image')
+parse_size = diskimage.deferred('parse_size')
 
 # Tags this module sets on a volume (lvm2 tag characters only).
 TAG_PREFIX = "kvmstorage."

@@ -82,6 +82,18 @@ def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
+def deferred(name):
+    """A function that calls this package's ``name`` (an operation, or a class to build), importing
+    its module on the first call: a caller that binds it at import time still imports only what runs."""
+    def call(*args, **kwargs):
+        function = globals().get(name)
+        if function is None:
+            function = __getattr__(name)
+        return function(*args, **kwargs)
+    call.__name__ = name
+    return call
+
+
 # The operations are defined on first use (__getattr__ above).
 # pylint: disable=undefined-all-variable
 __all__ = [

@@ -96,6 +96,21 @@ def test_disk_image_creating_qcow2_imports_no_other_driver_nor_libvirt(tmp_path)
     assert_imports_only_qcow2(imported)
 
 
+LVM_INFO = r'''
+import json, sys
+sys.path.insert(0, %(root)r)
+from ansible_collections.kvm.storage.plugins.modules import lvm_volume_image_info
+print(json.dumps(sorted(name for name in sys.modules if ".diskimage.ops." in name)))
+'''
+
+
+def test_the_lvm_backend_imports_no_operation_before_it_runs_one():
+    proc = subprocess.run([sys.executable, "-c", LVM_INFO % dict(root=COLLECTIONS_ROOT)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
 REGISTRY = r'''
 import json, sys
 sys.path.insert(0, %(root)r)
