@@ -15,7 +15,8 @@ qcow2_refcount.py (refcount table and blocks, cluster allocation),
 qcow2_compress.py (compressed clusters, the deflate/zstd codec),
 qcow2_snapshot.py (internal snapshots), qcow2_amend.py (amend) and
 qcow2_header.py (the header cluster: new headers, bitmaps and LUKS header
-extensions, header edits); the consistency check and repair is qcow2_check.py.
+extensions, header edits); the consistency check and repair is qcow2_check.py,
+the block status map and measure read is qcow2_map.py.
 """
 
 from __future__ import absolute_import, division, print_function
