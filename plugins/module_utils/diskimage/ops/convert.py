@@ -206,13 +206,16 @@ class _Converter:
             position = chunk_end
 
     def _write_chunk(self, position, data, runs):
+        view = None
         for first, last, zero in runs:
             if zero:
                 self.zeroes(position + first, last - first)
             elif first == 0 and last == len(data):
                 self.data(position, data)
             else:
-                self.data(position + first, data[first:last])
+                # A view, not a copy (drivers take any bytes-like object, as Driver._write_zero_bytes passes).
+                view = memoryview(data) if view is None else view
+                self.data(position + first, view[first:last])
 
     # ------------------------------------------------------- compressed copy
     def copy_compressed(self, workers):
