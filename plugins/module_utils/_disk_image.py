@@ -286,16 +286,14 @@ def read_layout_options(path, info_dict, allow_dirs=None, trusted_files=None):
     """Creation options recorded in the image that info() does not report: vdi ``static`` (image type),
     vpc ``subformat`` (disk type), vhdx ``subformat`` (fixed images leave their blocks allocated)."""
     fmt = info_dict.get('format')
-    if fmt not in ('vdi', 'vpc', 'vhdx'):
+    try:
+        cls = driver_class(fmt)
+    except ImageError:
         return {}
+    if cls.creation_options is Driver.creation_options:
+        return {}   # the format records none: no need to open the image again
     with open_image(path, fmt=fmt, allow_dirs=allow_dirs, force_share=True, trusted_files=trusted_files) as image:
-        driver = image.driver
-        if fmt == 'vdi':
-            return {'static': getattr(driver.header, 'image_type', None) == 2}
-        if fmt == 'vpc':
-            return {'subformat': {2: 'fixed', 3: 'dynamic', 4: 'differencing'}.get(driver.disk_type)}
-        return {'subformat': 'differencing' if driver.has_parent
-                else 'fixed' if driver.file_flags & 1 else 'dynamic'}
+        return image.driver.creation_options()
 
 
 def image_options(info_dict, layout=None):
