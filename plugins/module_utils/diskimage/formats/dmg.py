@@ -88,11 +88,8 @@ MAX_CHUNKS = 1 << 20
 def _other_format_claims(header, filename):
     """Whether a driver that probes by content claims ``header`` (QEMU lets its
     higher score win over dmg's file-name match; we must not report two formats)."""
-    from . import DRIVERS  # pylint: disable=import-outside-toplevel  # the registry imports this module
-    for name, driver_class in DRIVERS.items():
-        if name not in ("raw", DmgDriver.format_name) and driver_class.probe(header, filename) > 0:
-            return True
-    return False
+    from . import claims  # pylint: disable=import-outside-toplevel  # the registry imports this module
+    return bool(claims(header, filename, exclude=("raw", DmgDriver.format_name)))
 
 
 class DmgDriver(ReadOnlyDriver):
