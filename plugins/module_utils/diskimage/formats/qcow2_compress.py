@@ -4,7 +4,8 @@
 """qcow2 compressed clusters (QEMU docs/interop/qcow2.rst, "Compressed Clusters
 Descriptor"): the deflate/zstd codec and the driver's compressed reads and writes.
 
-``Qcow2Codec`` is pure (no file access, no shared state): ops/convert.py calls
+``Qcow2Codec`` is pure (no file access, no shared state; deflate by
+``_deflate``: zlib-ng when importable, else zlib): ops/convert.py calls
 ``Qcow2Driver.compress_cluster`` from worker threads.  ``Qcow2CompressedMixin``
 is the part of ``Qcow2Driver`` (formats/qcow2.py) that reads and stores
 compressed clusters; it uses the driver's allocator (formats/qcow2_refcount.py)
@@ -14,8 +15,7 @@ and L2 write path.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import zlib
-
+from .. import _deflate
 from ..errors import CorruptImageError, ImageError, UnsupportedFeature
 from . import qcow2_layout as L
 
@@ -67,8 +67,7 @@ class Qcow2Codec:
                                          self.path)
             compressed = _zstd_compress(bytes(data))
         else:
-            compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
-            compressed = compressor.compress(data) + compressor.flush()
+            compressed = _deflate.compress(data, -12)
         if len(compressed) >= self.cluster_size:
             return None
         return compressed
@@ -88,8 +87,8 @@ class Qcow2Codec:
                                         "decompression failed: %s" % (guest_cluster, coffset, exc), self.path)
         else:
             try:
-                cluster = zlib.decompressobj(-12).decompress(data, cs)
-            except zlib.error as exc:
+                cluster = _deflate.decompressobj(-12).decompress(data, cs)
+            except _deflate.ERRORS as exc:
                 raise CorruptImageError("qcow2 compressed cluster at guest offset 0x%x (host 0x%x): deflate "
                                         "decompression failed: %s" % (guest_cluster, coffset, exc), self.path)
         if len(cluster) != cs:

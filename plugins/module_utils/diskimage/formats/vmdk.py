@@ -37,8 +37,8 @@ import random
 import re
 import struct
 import sys
-import zlib
 
+from .. import _deflate
 from .._io import ImageFile
 from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError,
                       ReadOnlyImageError, UnsupportedFeature, UnsupportedOperation)
@@ -571,10 +571,10 @@ class _SparseExtent:
         if self.markers and len(compressed) != size:
             raise CorruptImageError("VMDK compressed grain %d at offset %d (%d bytes) lies beyond the end of "
                                     "the file" % (grain_index, start, size), self.path)
-        inflater = zlib.decompressobj()
+        inflater = _deflate.decompressobj(15)
         try:
             grain = inflater.decompress(compressed, grain_size)
-        except zlib.error as exc:
+        except _deflate.ERRORS as exc:
             raise CorruptImageError("VMDK compressed grain %d at offset %d cannot be inflated: %s"
                                     % (grain_index, host, exc), self.path) from exc
         if inflater.unconsumed_tail:
@@ -1071,7 +1071,7 @@ class VmdkDriver(Driver):
             if self.backing is None and state == _UNALLOC and not grain.strip(b"\x00"):
                 position += count
                 continue
-            compressed = zlib.compress(grain)
+            compressed = _deflate.compress(grain, 15)
             record = GRAIN_MARKER.pack(grain_index * grain_size // SECTOR_SIZE, len(compressed)) + compressed
             host = extent.next_grain
             if (host + len(record)) // SECTOR_SIZE >= MAX_EXTENT_SECTORS:
@@ -1165,7 +1165,7 @@ class VmdkDriver(Driver):
         does not store compressed grains (it is then written as is)."""
         if self.stream is None:
             return None
-        return zlib.compress(bytes(data))
+        return _deflate.compress(data, 15)
 
     def write_compressed(self, offset, compressed):
         """Append a grain compressed by compress_cluster at guest ``offset``."""
@@ -1388,7 +1388,7 @@ class _StreamWriter:
         if self.driver.backing is None and not grain.strip(b"\x00"):
             self.next_grain = max(self.next_grain, grain_index + 1)
             return
-        self._append(grain_index, zlib.compress(grain))
+        self._append(grain_index, _deflate.compress(grain, 15))
 
     def write_compressed(self, offset, compressed):
         grain_index = offset // self.extent.grain_size
