@@ -27,7 +27,7 @@ import collections
 import os
 import struct
 
-from .._io import ImageFile
+from .._io import ImageFile, pwrite_from
 from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError,
                       PolicyError, UnsupportedFeature)
 from .base import DATA, UNALLOCATED, ZERO, Driver, Extent
@@ -119,6 +119,7 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
         self._owns_data_file = False
         self.encrypted = False
         self._file_size = 0
+        self._file_end = 0
         self._l1 = None
         self._l2_cache = collections.OrderedDict()
         self._l2_cache_max = 1
@@ -257,6 +258,7 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
     def flush(self):
         if self._file is None or self.readonly:
             return
+        self._trim_file_end()
         if self._data_file is not None and self._data_file is not self._file:
             self._data_file.flush()
         self._file.flush()
@@ -305,6 +307,8 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
         from . import qcow2_check
         if repair and getattr(self, "dirty_repair", None):
             return dict(self.dirty_repair)      # what the repair done on open found and fixed
+        if not self.readonly:
+            self._trim_file_end()
         return qcow2_check.check_image(self._file, self.header, self.path, repair=repair)
 
     # ================================================================= mapping
@@ -514,6 +518,7 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
             self._next_free = L.align_up(self._refcounted_end, self._cs)
         else:
             self._next_free = L.align_up(self._file_size, self._cs)
+        self._file_end = self._file_size
         self._compressed_end = 0
         self._write_ready = True
         self._clear_autoclear()
@@ -735,12 +740,12 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
                 run_length += len(buf)
                 continue
             if run_parts:
-                self._data_write(run_host, run_parts)
+                self._data_write(run_host, run_parts, run_length)
             run_host = where
             run_length = len(buf)
             run_parts = [buf]
         if run_parts:
-            self._data_write(run_host, run_parts)
+            self._data_write(run_host, run_parts, run_length)
         # L2 entries
         first = last = None
         freed = []
@@ -775,13 +780,12 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
         last = -(-hi // self._sc)
         return ((1 << last) - 1) & ~((1 << first) - 1)
 
-    def _data_write(self, host, parts):
-        if len(parts) == 1:
-            self._data_file.pwrite(host, parts[0])
-        else:
-            self._data_file.pwrite(host, b"".join(bytes(p) for p in parts))
+    def _data_write(self, host, parts, length):
+        """Write the buffers ``parts`` (``length`` bytes in all) at ``host``, from the
+        caller's buffers (os.pwritev: no joined copy)."""
+        pwrite_from(self._data_file, host, parts)
         if self._data_file is self._file:
-            end = host + sum(len(p) for p in parts)
+            end = host + length
             if end > self._file_size:
                 self._file_size = end
 

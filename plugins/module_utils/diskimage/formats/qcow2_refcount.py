@@ -26,6 +26,9 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 # Header fields rewritten together: refcount_table_offset, refcount_table_clusters
 HEADER_REFTABLE = struct.Struct(">QI")
 
+# How far ahead of the allocator a growing image file is extended (``_grow_file``).
+GROW_STEP = 32 << 20
+
 
 class Qcow2RefcountMixin:
     """Refcount table and blocks, and the cluster allocator, of a Qcow2Driver.
@@ -37,7 +40,8 @@ class Qcow2RefcountMixin:
     ``_refblock_set`` (offsets of the refcount blocks, for the overlap checks),
     ``_next_free`` (where the allocator looks first), ``_refcounted_end``
     (just past the last cluster in use when the image was opened for writing),
-    ``_file_size`` (grown by ``_reserve``).
+    ``_file_size`` (grown by ``_reserve``: the end in use), ``_file_end`` (how far
+    ``_grow_file`` extended the file ahead of it, cut back by ``_trim_file_end``).
     """
 
     def _load_reftable(self):
@@ -212,9 +216,27 @@ class Qcow2RefcountMixin:
             if self._file.is_block_device:
                 if end > self._file.size():
                     raise ImageError("no space left on the block device for cluster 0x%x" % host, self.path)
-            else:
-                self._file.truncate(end)
+            elif end > self._file_end:
+                self._grow_file(end)
             self._file_size = end
+
+    def _grow_file(self, end):
+        """Make the file reach at least ``end``, ahead by a step (as QEMU's preallocate
+        filter): one ftruncate per GROW_STEP bytes allocated, not one per allocation.
+        ``_file_size`` stays the end in use; ``_trim_file_end`` (flush, check) cuts
+        the file back to it, so the image ends where it did without the steps."""
+        target = -(-(end + GROW_STEP) // GROW_STEP) * GROW_STEP
+        self._file.truncate(target)
+        self._file_end = target
+
+    def _trim_file_end(self):
+        """Cut the file back to the end in use after ``_grow_file`` ran ahead of it."""
+        if self._file_end <= self._file_size or self._file is None or self._file.is_block_device:
+            return
+        # the file as it is (an undo may have put it back): only ever shortened here
+        if self._file.size() > self._file_size:
+            self._file.truncate(self._file_size)
+        self._file_end = self._file_size
 
     def _alloc(self, clusters):
         """Allocate ``clusters`` contiguous free clusters; refcounts set first (leak on crash)."""
@@ -291,9 +313,10 @@ class Qcow2RefcountMixin:
         for start, stop in runs:
             if start < end:
                 self._file.punch_hole(start, min(stop, end) - start)
-        if end < self._file_size:
+        if end < self._file_size or end < self._file_end:
             self._file.truncate(end)
             self._file_size = end
+            self._file_end = end
             self._next_free = end
             self._refcounted_end = min(self._refcounted_end, end)
 
