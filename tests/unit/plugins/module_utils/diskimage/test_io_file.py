@@ -203,3 +203,65 @@ def test_pread_into_reads_other_file_objects_through_their_pread(tmp_path):
     buffer = bytearray(8)
     assert _io.pread_into(Window(), 10, memoryview(buffer)) == 5
     assert bytes(buffer) == bytes(range(10, 15)) + bytes(3)
+
+
+def test_pwrite_from_writes_the_parts_one_after_another_through_short_writes(tmp_path, monkeypatch):
+    path = tmp_path / "data"
+    path.write_bytes(b"\xaa" * 20000)
+    real_pwritev = os.pwritev
+    calls = []
+
+    def short_pwritev(fd, buffers, offset):
+        # at most 2 buffers (IOV_MAX below) and at most 3000 bytes per call, as a kernel may
+        assert len(buffers) <= 2
+        calls.append(len(buffers))
+        room, limited = 3000, []
+        for buffer in buffers:
+            if room <= 0:
+                break
+            limited.append(memoryview(buffer)[:room])
+            room -= len(limited[-1])
+        return real_pwritev(fd, limited, offset)
+
+    monkeypatch.setattr(_io, "_iov_max", lambda: 2)
+    monkeypatch.setattr(_io.os, "pwritev", short_pwritev)
+    content = os.urandom(9000)
+    parts = [content[:1000], bytearray(content[1000:5000]), b"", memoryview(content)[5000:8000],
+             memoryview(bytearray(content[8000:9000]))]
+    image_file = ImageFile(path, writable=True)
+    try:
+        _io.pwrite_from(image_file, 777, parts)
+    finally:
+        image_file.close()
+    assert len(calls) == 3      # 9000 bytes, 3000 per call: buffers cut part-way are continued
+    assert path.read_bytes() == b"\xaa" * 777 + content + b"\xaa" * (20000 - 777 - 9000)
+
+
+def test_pwrite_from_keeps_what_it_overwrites_for_undo(tmp_path):
+    path = tmp_path / "data"
+    before = os.urandom(8192)
+    path.write_bytes(before)
+    image_file = ImageFile(path, writable=True)
+    try:
+        image_file.start_undo()
+        _io.pwrite_from(image_file, 4096, [b"\x01" * 4096, b"\x02" * 4096])
+        assert image_file.size() == 12288
+        image_file.undo()
+    finally:
+        image_file.close()
+    assert path.read_bytes() == before
+
+
+def test_pwrite_from_writes_other_file_objects_through_their_pwrite():
+    class Window:
+        """A file object that is no plain ImageFile."""
+
+        def __init__(self):
+            self.writes = []
+
+        def pwrite(self, offset, data):
+            self.writes.append((offset, bytes(data)))
+
+    window = Window()
+    _io.pwrite_from(window, 5, [b"ab", memoryview(b"cd"), bytearray(b"e")])
+    assert window.writes == [(5, b"abcde")]

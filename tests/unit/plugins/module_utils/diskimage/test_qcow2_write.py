@@ -592,3 +592,47 @@ def test_snapshot_refused_when_refcounts_would_overflow(tmp_path):
             drv.snapshot_create("s")
     with open(str(path), "rb") as f:
         assert f.read() == before
+
+
+def test_file_grows_in_steps_and_ends_where_qemu_ends_it(tmp_path, monkeypatch):
+    ours, theirs = tmp_path / "ours.qcow2", tmp_path / "theirs.qcow2"
+    for path in (ours, theirs):
+        qemu_img("create", "-q", "-f", "qcow2", path, "64M")
+    writes = [(n * 128 * 1024, n % 251 + 1) for n in range(200)]    # 200 clusters, each allocated alone
+    truncates = []
+    real_truncate = ImageFile.truncate
+
+    def counting_truncate(self, size):
+        truncates.append(size)
+        return real_truncate(self, size)
+
+    monkeypatch.setattr(ImageFile, "truncate", counting_truncate)
+    with Qcow2Driver.open(str(ours), False) as drv:
+        for offset, byte in writes:
+            drv.write(offset, bytes([byte]) * 4096)
+        grown = len(truncates)
+    # one step covers them all (not one ftruncate per allocation), cut back once at close
+    assert grown == 1
+    assert len(truncates) == 2
+    qemu_io(theirs, *["write -P %d %d 4096" % (byte, offset) for offset, byte in writes], fmt="qcow2")
+    assert os.path.getsize(str(ours)) == os.path.getsize(str(theirs))
+    assert_check_clean(ours)
+    assert guest_view(ours, tmp_path) == guest_view(theirs, tmp_path)
+
+
+def test_flush_cuts_the_file_back_and_writes_after_it_grow_it_again(tmp_path):
+    path = tmp_path / "img.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", path, "64M")
+    with Qcow2Driver.open(str(path), False) as drv:
+        drv.write(0, b"\x01" * 65536)
+        drv.flush()
+        after_first = os.path.getsize(str(path))
+        drv.write(32 * M, b"\x02" * 65536)
+    # header, refcount table and block, L1 padding, L2 table, one data cluster: qemu's layout
+    assert after_first % 65536 == 0 and after_first <= 6 * 65536
+    assert os.path.getsize(str(path)) == after_first + 65536
+    assert_check_clean(path)
+    expected = bytearray(64 * M)
+    expected[0:65536] = b"\x01" * 65536
+    expected[32 * M:32 * M + 65536] = b"\x02" * 65536
+    assert guest_view(path, tmp_path) == bytes(expected)
