@@ -37,6 +37,8 @@ import random
 import re
 import struct
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import _deflate
 from .._io import ImageFile
@@ -111,6 +113,9 @@ MAX_GTES_PER_GT = 512                # QEMU: "L2 table size too big"
 MAX_GRAIN_DIRECTORY_BYTES = 64 << 20
 MAX_EXTENTS = 4096
 GT_CACHE_BYTES = 16 << 20
+# Threads that inflate the compressed grains of one read (at most; never more than the CPUs).
+_INFLATE_WORKERS = 4
+
 # Sector numbers in grain tables are 32-bit.
 MAX_EXTENT_SECTORS = 1 << 32
 
@@ -666,6 +671,8 @@ class VmdkDriver(Driver):
         self._cid_checked = False
         self._opened_files = []
         self._grain_cache = (None, None)
+        self._inflaters = None            # thread pool inflating compressed grains (created on first need)
+        self._inflaters_lock = threading.Lock()
         self.stream = None
 
     # ------------------------------------------------------------ probing
@@ -793,6 +800,9 @@ class VmdkDriver(Driver):
             self._close_files()
 
     def _close_files(self):
+        inflaters, self._inflaters = self._inflaters, None
+        if inflaters is not None:
+            inflaters.shutdown(wait=True)
         for extent_file in self._opened_files:
             try:
                 extent_file.close()
@@ -856,7 +866,9 @@ class VmdkDriver(Driver):
                     data += bytes(count - len(data))
                 parts.append(data)
                 continue
-            for run_start, run_length, state, host in extent.runs(rel, count):
+            runs = extent.runs(rel, count)
+            inflated = self._inflate_grains(extent, runs)
+            for run_start, run_length, state, host in runs:
                 if state == _DATA:
                     data = extent.image_file.pread(host, run_length)
                     if len(data) < run_length:
@@ -872,7 +884,10 @@ class VmdkDriver(Driver):
                 else:
                     grain_index = run_start // extent.grain_size
                     key = (id(extent), host)
-                    if self._grain_cache[0] == key:
+                    if host in inflated:
+                        grain = inflated[host]
+                        self._grain_cache = (key, grain)
+                    elif self._grain_cache[0] == key:
                         grain = self._grain_cache[1]
                     else:
                         grain = extent.read_compressed(host, grain_index)
@@ -885,6 +900,35 @@ class VmdkDriver(Driver):
         if self.stream is not None:
             data = self.stream.overlay_pending(offset, data)
         return data
+
+    def _inflate_grains(self, extent, runs):
+        """The compressed grains of ``runs`` (all but the cached one), inflated together on a
+        small thread pool (zlib releases the GIL while it inflates): {host offset: grain}.
+
+        Empty for fewer than two grains or one CPU.  A grain that fails is left out (with
+        those after it), so the read loop meets it in guest order and raises its error there."""
+        cached = self._grain_cache[0]
+        wanted = []
+        seen = set()
+        for run_start, _run_length, state, host in runs:
+            if state == _COMPRESSED and host not in seen and cached != (id(extent), host):
+                seen.add(host)
+                wanted.append((host, run_start // extent.grain_size))
+        workers = min(_INFLATE_WORKERS, os.cpu_count() or 1)
+        if len(wanted) < 2 or workers < 2:
+            return {}
+        with self._inflaters_lock:
+            if self._inflaters is None:
+                self._inflaters = ThreadPoolExecutor(max_workers=workers)
+            pool = self._inflaters
+        futures = [pool.submit(extent.read_compressed, host, grain_index) for host, grain_index in wanted]
+        inflated = {}
+        for (host, _grain_index), future in zip(wanted, futures):
+            try:
+                inflated[host] = future.result()
+            except ImageError:
+                break
+        return inflated
 
     def block_status(self, offset, length):
         if length <= 0:

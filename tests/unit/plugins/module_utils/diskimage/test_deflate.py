@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import sys
+import threading
 import zlib
 
 import pytest
@@ -18,6 +19,8 @@ import components
 import qemu_tools
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import _deflate
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import CorruptImageError
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import vmdk
 
 try:
     from zlib_ng import zlib_ng as _zlib_ng  # noqa: F401  pylint: disable=unused-import
@@ -149,3 +152,54 @@ def test_zlib_ng_output_is_no_larger_than_the_standard_librarys(source_raw, tmp_
     stdlib = tmp_path / ("zlib." + out_fmt)
     diskimage.convert(str(source_raw), str(stdlib), out_fmt, src_fmt="raw", options=options, compress=True)
     assert os.path.getsize(str(accelerated)) <= os.path.getsize(str(stdlib))
+
+
+# ------------------------------------------------- streamOptimized VMDK reads
+@pytest.fixture()
+def stream_vmdk(source_raw, tmp_path):
+    path = tmp_path / "stream.vmdk"
+    qemu_tools.qemu_img("convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", source_raw, path)
+    return path
+
+
+def _compressed_hosts(path):
+    """(grain index, host offset of its marker) of every compressed grain, in guest order."""
+    driver = vmdk.VmdkDriver.open(str(path))
+    try:
+        extent = driver.extents[0]
+        return [(start // extent.grain_size, host) for start, dummy, state, host in extent.runs(0, extent.size)
+                if state == vmdk._COMPRESSED]  # pylint: disable=protected-access
+    finally:
+        driver.close()
+
+
+@needs_qemu_img
+def test_a_read_of_many_compressed_grains_inflates_them_on_worker_threads(stream_vmdk, source_raw, monkeypatch):
+    monkeypatch.setattr(vmdk.os, "cpu_count", lambda: 4)
+    threads = set()
+    inflate = vmdk._SparseExtent.read_compressed  # pylint: disable=protected-access
+
+    def recording(extent, host, grain_index):
+        threads.add(threading.current_thread().name)
+        return inflate(extent, host, grain_index)
+
+    monkeypatch.setattr(vmdk._SparseExtent, "read_compressed", recording)
+    with diskimage.open_image(str(stream_vmdk)) as opened, open(str(source_raw), "rb") as source:
+        for offset in range(0, 8 * MIB, 2 * MIB):
+            assert opened.read(offset, 2 * MIB) == source.read(2 * MIB)
+    assert threads and threading.current_thread().name not in threads
+
+
+@needs_qemu_img
+def test_a_damaged_grain_among_many_is_the_one_named(stream_vmdk, monkeypatch):
+    monkeypatch.setattr(vmdk.os, "cpu_count", lambda: 4)
+    grains = _compressed_hosts(stream_vmdk)
+    (first, first_host), (dummy, later_host) = grains[3], grains[6]
+    with open(str(stream_vmdk), "r+b") as image:
+        for host in (first_host, later_host):  # the deflate data after the 12-byte marker
+            image.seek(host + 12)
+            image.write(b"\xff" * 32)
+    with diskimage.open_image(str(stream_vmdk)) as opened:
+        with pytest.raises(CorruptImageError, match="VMDK compressed grain %d at offset %d cannot be inflated"
+                           % (first, first_host)):
+            opened.read(0, 2 * MIB)
