@@ -27,7 +27,7 @@ import collections
 import os
 import struct
 
-from .._io import ImageFile, pwrite_from
+from .._io import ImageFile, pread_into, pwrite_from
 from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError,
                       PolicyError, UnsupportedFeature)
 from .base import DATA, UNALLOCATED, ZERO, Driver, Extent
@@ -466,21 +466,31 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
 
     def read(self, offset, length):
         self._check_range(offset, length)
-        return bytes(self._read(offset, length))
+        runs = None
+        if not self.encrypted:
+            runs = self._map(offset, length)
+            if len(runs) == 1 and runs[0][2] == DATA:
+                # one contiguous host run (the common case for a copy): the bytes as read,
+                # not copied into a buffer and copied again
+                chunk = self._data_file.pread(runs[0][3], length)
+                if len(chunk) == length:
+                    return chunk if type(chunk) is bytes else bytes(chunk)
+        return bytes(self._read(offset, length, runs))
 
-    def _read(self, offset, length):
+    def _read(self, offset, length, runs=None):
         """Guest view of this layer (backing included), also past the virtual
-        size inside the last cluster (for copy-on-write)."""
+        size inside the last cluster (for copy-on-write); ``runs``: ``_map``'s
+        answer for the range when the caller has it."""
         if self.encrypted:
             raise UnsupportedFeature("qcow2 encryption (crypt_method %d) is not supported"
                                      % self.header.crypt_method, self.path)
         out = bytearray(length)
         view = memoryview(out)
-        for guest, count, kind, host in self._map(offset, length):
+        for guest, count, kind, host in (self._map(offset, length) if runs is None else runs):
             pos = guest - offset
             if kind == DATA:
-                chunk = self._data_file.pread(host, count)
-                view[pos:pos + len(chunk)] = chunk
+                # straight into the buffer (short at the end of the file: the rest stays zero)
+                pread_into(self._data_file, host, view[pos:pos + count])
             elif kind == _COMPRESSED:
                 cluster = self._decompress(host, guest >> self._cb << self._cb)
                 start = guest & (self._cs - 1)

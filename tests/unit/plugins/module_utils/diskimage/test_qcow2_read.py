@@ -205,6 +205,39 @@ def test_read_coalesces_contiguous_clusters(tmp_path, monkeypatch):
     assert calls == [(calls[0][0], M)]   # one pread for the whole contiguous run
 
 
+def test_read_of_one_contiguous_host_run_hands_back_the_bytes_as_read(tmp_path, monkeypatch):
+    path = tmp_path / "one.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "2M")
+    qemu_io(path, "write -P 9 0 1M", fmt="qcow2")
+    with Qcow2Driver.open(str(path), True, DirOpener()) as drv:
+        drv.read(0, 4096)   # warm the L2 cache
+        returned = []
+        real = drv._file.pread
+
+        def recording(offset, length):
+            returned.append(real(offset, length))
+            return returned[-1]
+        monkeypatch.setattr(drv._file, "pread", recording)
+        data = drv.read(4096, M - 8192)
+    assert data == b"\x09" * (M - 8192)
+    assert len(returned) == 1 and data is returned[0]   # not copied into a buffer and copied again
+
+
+def test_read_of_a_cluster_cut_short_by_the_end_of_the_file_reads_zeroes_past_it(tmp_path):
+    path = tmp_path / "short.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", path, "1M")
+    qemu_io(path, "write -P 5 0 64k", fmt="qcow2")
+    size = os.path.getsize(str(path))
+    with open(str(path), "r+b") as f:
+        f.truncate(size - 4096)     # the last (data) cluster ends 4 KiB early
+    with Qcow2Driver.open(str(path), True, DirOpener()) as drv:
+        data = drv.read(0, 65536)
+        whole = drv.read(0, M)
+    assert data == b"\x05" * (65536 - 4096) + bytes(4096)
+    assert whole == data + bytes(M - 65536)
+    assert hashlib.sha256(whole).hexdigest() == qemu_tools.raw_digest(path, tmp_path)   # as qemu reads it
+
+
 def test_extended_l2_subclusters(tmp_path):
     base = tmp_path / "base.raw"
     with open(str(base), "wb") as f:
