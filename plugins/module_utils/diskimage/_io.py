@@ -329,6 +329,41 @@ class ImageFile:
                 raise ImageError("short write at offset %d" % (offset + done), self.path)
             done += written
 
+    def pwrite_parts(self, offset, parts):
+        """Write the buffers of ``parts`` one after another at ``offset`` with
+        os.pwritev (at most IOV_MAX per call, short writes continued)."""
+        self._check_writable()
+        if offset < 0:
+            raise ValueError("negative offset")
+        views = []
+        for part in parts:
+            view = memoryview(part)
+            if view.ndim != 1 or view.itemsize != 1:
+                view = view.cast("B")
+            if len(view):
+                views.append(view)
+        total = sum(len(view) for view in views)
+        self._save_for_undo(offset, total)
+        limit = _iov_max()
+        done = 0
+        first = 0
+        while first < len(views):
+            batch = views[first:first + limit]
+            try:
+                written = os.pwritev(self.fd, batch, offset + done)
+            except OSError as exc:
+                raise _write_error(exc, "cannot write %d bytes at offset %d" % (total - done, offset + done),
+                                   self.path)
+            if written <= 0:
+                raise ImageError("short write at offset %d" % (offset + done), self.path)
+            done += written
+            # skip the buffers written whole; a partly written one continues from where it stopped
+            while first < len(views) and written >= len(views[first]):
+                written -= len(views[first])
+                first += 1
+            if written:
+                views[first] = views[first][written:]
+
     # ------------------------------------------------------------------ undo
     def start_undo(self):
         """Record from now on what each change overwrites, so that undo() can put
@@ -627,34 +662,4 @@ def pwrite_from(image_file, offset, parts):
             and hasattr(os, "pwritev")):
         image_file.pwrite(offset, b"".join(parts))
         return
-    image_file._check_writable()  # pylint: disable=protected-access
-    if offset < 0:
-        raise ValueError("negative offset")
-    views = []
-    for part in parts:
-        view = memoryview(part)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
-        if len(view):
-            views.append(view)
-    total = sum(len(view) for view in views)
-    image_file._save_for_undo(offset, total)  # pylint: disable=protected-access
-    limit = _iov_max()
-    done = 0
-    first = 0
-    while first < len(views):
-        batch = views[first:first + limit]
-        try:
-            written = os.pwritev(image_file.fd, batch, offset + done)
-        except OSError as exc:
-            raise _write_error(exc, "cannot write %d bytes at offset %d" % (total - done, offset + done),
-                               image_file.path)
-        if written <= 0:
-            raise ImageError("short write at offset %d" % (offset + done), image_file.path)
-        done += written
-        # skip the buffers written whole; a partly written one continues from where it stopped
-        while first < len(views) and written >= len(views[first]):
-            written -= len(views[first])
-            first += 1
-        if written:
-            views[first] = views[first][written:]
+    image_file.pwrite_parts(offset, parts)
