@@ -144,8 +144,8 @@ def test_compressed_output_is_read_back_and_no_larger_than_qemu_img(backend, sou
 @needs_zlib_ng
 @pytest.mark.parametrize("out_fmt, options", [("qcow2", None), ("vmdk", {"subformat": "streamOptimized"})],
                          ids=["qcow2-compressed", "vmdk-streamOptimized"])
-def test_zlib_ng_output_is_no_larger_than_the_standard_librarys(source_raw, tmp_path, monkeypatch, out_fmt,
-                                                               options):
+def test_zlib_ng_output_is_no_larger_than_the_standard_librarys(source_raw, tmp_path, monkeypatch,
+                                                                out_fmt, options):
     accelerated = tmp_path / ("zlib-ng." + out_fmt)
     diskimage.convert(str(source_raw), str(accelerated), out_fmt, src_fmt="raw", options=options, compress=True)
     monkeypatch.setattr(_deflate, "_zlib_ng", None)
