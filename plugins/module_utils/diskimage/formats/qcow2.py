@@ -474,7 +474,7 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
                 # not copied into a buffer and copied again
                 chunk = self._data_file.pread(runs[0][3], length)
                 if len(chunk) == length:
-                    return chunk if type(chunk) is bytes else bytes(chunk)
+                    return chunk if isinstance(chunk, bytes) else bytes(chunk)
         return bytes(self._read(offset, length, runs))
 
     def _read(self, offset, length, runs=None):
