@@ -19,7 +19,11 @@ from .. import _deflate
 from ..errors import CorruptImageError, ImageError, UnsupportedFeature
 from . import qcow2_layout as L
 
-try:  # optional: zstd-compressed clusters
+try:  # optional: zstd-compressed clusters; Python's own module first (3.14+)
+    from compression import zstd as _compression_zstd
+except ImportError:
+    _compression_zstd = None
+try:
     import zstd as _zstd_module  # python-zstd
 except ImportError:
     _zstd_module = None
@@ -30,10 +34,13 @@ except ImportError:
 
 
 def _zstd_available():
-    return _zstd_module is not None or _zstandard_module is not None
+    return _compression_zstd is not None or _zstd_module is not None or _zstandard_module is not None
 
 
 def _zstd_decompress(data, limit):
+    if _compression_zstd is not None:
+        # one frame: what follows it (the padding to the sector) is left unused
+        return _compression_zstd.ZstdDecompressor().decompress(data, limit)
     if _zstandard_module is not None:
         dobj = _zstandard_module.ZstdDecompressor().decompressobj()
         out = dobj.decompress(data)
@@ -42,6 +49,8 @@ def _zstd_decompress(data, limit):
 
 
 def _zstd_compress(data):
+    if _compression_zstd is not None:
+        return _compression_zstd.compress(data)
     if _zstandard_module is not None:
         return _zstandard_module.ZstdCompressor().compress(data)
     return _zstd_module.compress(data)

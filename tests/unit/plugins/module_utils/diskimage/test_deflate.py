@@ -20,7 +20,7 @@ import qemu_tools
 from ansible_collections.kvm.storage.plugins.module_utils import diskimage
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import _deflate
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import CorruptImageError
-from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import vmdk
+from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats import qcow2_compress, qcow2_layout, vmdk
 
 try:
     from zlib_ng import zlib_ng as _zlib_ng  # noqa: F401  pylint: disable=unused-import
@@ -203,3 +203,41 @@ def test_a_damaged_grain_among_many_is_the_one_named(stream_vmdk, monkeypatch):
         with pytest.raises(CorruptImageError, match="VMDK compressed grain %d at offset %d cannot be inflated"
                            % (first, first_host)):
             opened.read(0, 2 * MIB)
+
+
+# ------------------------------------------------- zstd: Python's own module (3.14+) first
+class _StubZstd:
+    """Stands in for Python 3.14's compression.zstd (this interpreter may be older): a "frame" of
+    zero bytes is the zstd magic and their count; it records its calls."""
+
+    MAGIC = b"\x28\xb5\x2f\xfd"
+
+    def __init__(self):
+        self.calls = []
+        stub = self
+
+        class ZstdDecompressor:  # pylint: disable=too-few-public-methods
+            def decompress(self, data, max_length=-1):
+                stub.calls.append(("decompress", max_length))
+                assert bytes(data[:4]) == stub.MAGIC
+                return bytes(int.from_bytes(bytes(data[4:8]), "little"))[:max_length]
+
+        self.ZstdDecompressor = ZstdDecompressor  # pylint: disable=invalid-name
+
+    def compress(self, data):
+        self.calls.append(("compress", len(data)))
+        assert not any(data)
+        return self.MAGIC + len(data).to_bytes(4, "little")
+
+
+def test_zstd_clusters_use_pythons_own_module_when_it_imports(monkeypatch):
+    stub = _StubZstd()
+    monkeypatch.setattr(qcow2_compress, "_compression_zstd", stub)
+    monkeypatch.setattr(qcow2_compress, "_zstandard_module", None)
+    monkeypatch.setattr(qcow2_compress, "_zstd_module", None)
+    codec = qcow2_compress.Qcow2Codec(qcow2_layout.COMPRESSION_ZSTD, 4096, "/img.qcow2")
+    compressed = codec.compress(bytes(4096))
+    assert compressed == _StubZstd.MAGIC + (4096).to_bytes(4, "little")
+    # the padding after the frame (to the sector) is not part of it; at most one cluster comes out
+    assert codec.decompress(compressed + bytes(412), 0, 0x10000) == bytes(4096)
+    assert stub.calls == [("compress", 4096), ("decompress", 4096)]
