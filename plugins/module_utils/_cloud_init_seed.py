@@ -222,6 +222,30 @@ def plan_seed(existing, fmt, image=None, after=None, force=False):
     return Plan([Action(kind, '%s %s seed %s' % (kind, fmt, path), image=image)], before, after)
 
 
+def refuse_in_use(path):
+    """Refuse to replace or remove the seed at ``path`` while another process holds it (a running guest's CD-ROM or
+    disk, qemu-io, qemu-nbd): a test open for writing with QEMU's locks (docs/security.md rule 8), which writes
+    nothing; the running domains holding it are named where libvirt can tell."""
+    # imported here: only a task replacing or removing a seed needs them
+    from ansible_collections.kvm.storage.plugins.module_utils._libvirt import holders_text
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import (
+        ImageError, ImageInUseError, ReadOnlyImageError)
+    try:
+        try:
+            ImageFile(path, writable=True).close()
+        except ReadOnlyImageError:
+            # a read-only file in a writable directory is still replaced by renaming: test for writers only
+            ImageFile(path).close()
+    except ImageInUseError as exc:
+        raise CloudInitSeedError('%s%s; cloud_init_seed does not replace or remove a seed in use: shut the guest down '
+                                 '(or let the other process finish) and run the task again'
+                                 % (exc.reason, holders_text(path)))
+    except ImageError:
+        # not openable (gone meanwhile...): the rename or unlink itself reports what is wrong
+        pass
+
+
 def write_atomically(path, image, previous):
     """Write ``image`` under a temporary name in ``path``'s directory, flush it, rename it to ``path``; the new file
     keeps ``previous``'s (an os.stat_result or None) mode and, where allowed, owner."""
@@ -275,6 +299,7 @@ def run_cloud_init_seed(module):
         plan = plan_seed(existing, fmt, force=params['force'])
         result.update(plan.result(), label=None, files={})
         if plan.changed:
+            refuse_in_use(path)
             if module._diff:
                 result['diff'] = seed_diff(path, plan.before, plan.after)
             if not check_mode:
@@ -291,6 +316,8 @@ def run_cloud_init_seed(module):
     result.update(plan.result(), label=label, files=file_report(files))
     content_changed = plan.changed
     if content_changed:
+        if existing.exists:
+            refuse_in_use(path)
         if module._diff:
             result['diff'] = seed_diff(path, plan.before, plan.after)
         if not check_mode:

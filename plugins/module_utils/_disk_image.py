@@ -361,6 +361,10 @@ def _count(result, key):
 class DiskImageRequest(object):
     """What the task asks for, validated and normalised (sizes in bytes, options normalised)."""
 
+    # The libvirt connection of the task (option uri): asked, besides qemu:///system, which running domain holds an
+    # image found in use.
+    uri = None
+
     def __init__(self, path, state='present', fmt=None, size=None, shrink=False, src=None, src_format=None,
                  backing_file=None, backing_format=None, options=None, compress=False, force=False, allow_dirs=None,
                  preallocation=None, snapshots=None, rebase=None, commit=False, repair=None, src_snapshot=None,
@@ -442,7 +446,9 @@ class DiskImageRequest(object):
         names = ('path', 'state', 'size', 'shrink', 'src', 'src_format', 'backing_file', 'backing_format',
                  'options', 'compress', 'force', 'allow_dirs', 'preallocation', 'snapshots', 'rebase', 'commit',
                  'repair', 'src_snapshot', 'revert_to', 'src_member', 'encryption_passphrase', 'src_passphrase')
-        return cls(fmt=params.get('format'), **dict((name, params.get(name)) for name in names))
+        request = cls(fmt=params.get('format'), **dict((name, params.get(name)) for name in names))
+        request.uri = params.get('uri')
+        return request
 
     def _validate(self):
         check_option_constraints(dict(
@@ -1234,7 +1240,7 @@ def run_disk_image(module):
     try:
         state = read_state(request)
     except ImageInUseError as exc:
-        raise DiskImageError(in_use_message(exc))
+        raise DiskImageError(in_use_message(exc, request.uri))
     current_info = state[0]
     plan = plan_disk_image(request, *state)
     check_chains_open(request, plan, current_info, state[1])
@@ -1268,16 +1274,19 @@ def check_chains_open(request, plan, current_info, src_info):
             pass
 
 
-def in_use_message(exc):
+def in_use_message(exc, uri=None):
     """disk_image's words for an image in use (ImageInUseError): the library's advice names its own force_share,
-    which disk_image does not have."""
-    return ('%s; disk_image does not open images in use: shut the guest down (or let the other process finish) and '
-            'run the task again%s' % (exc.reason, '; kvm.storage.disk_image_info (option force_share) can read it '
-                                                  'meanwhile' if exc.read_only_look else ''))
+    which disk_image does not have; the running domains holding the image, where libvirt (qemu:///system and
+    ``uri``) can tell."""
+    from ansible_collections.kvm.storage.plugins.module_utils._libvirt import DEFAULT_URI, holders_text
+    holders = holders_text(exc.path, (DEFAULT_URI, uri)) if exc.path else ''
+    return ('%s%s; disk_image does not open images in use: shut the guest down (or let the other process finish) and '
+            'run the task again%s' % (exc.reason, holders, '; kvm.storage.disk_image_info (option force_share) can '
+                                                           'read it meanwhile' if exc.read_only_look else ''))
 
 
-def _failure_text(exc):
-    return in_use_message(exc) if isinstance(exc, ImageInUseError) else str(exc)
+def _failure_text(exc, uri=None):
+    return in_use_message(exc, uri) if isinstance(exc, ImageInUseError) else str(exc)
 
 
 def failure_after(request, plan, current_info, done, exc):
@@ -1290,11 +1299,13 @@ def failure_after(request, plan, current_info, done, exc):
     partly = ['%s (failed half-way, not taken back)' % remaining[0].description] \
         if remaining and getattr(exc, 'image_changed', False) else []
     if not done and not partly:
-        return DiskImageError(_failure_text(exc)) if isinstance(exc, (FileAttributeError, ImageInUseError)) else exc
+        if isinstance(exc, (FileAttributeError, ImageInUseError)):
+            return DiskImageError(_failure_text(exc, request.uri))
+        return exc
     if not done:
-        return DiskImageError(_failure_text(exc), result={'changed': True, 'actions': partly})
+        return DiskImageError(_failure_text(exc, request.uri), result={'changed': True, 'actions': partly})
     failed = remaining[0].description if remaining else 'set file attributes of %s' % request.path
-    text = _failure_text(exc)
+    text = _failure_text(exc, request.uri)
     if text.startswith(request.path + ': '):
         # The step's description names the image already.
         text = text[len(request.path) + 2:]

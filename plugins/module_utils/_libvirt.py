@@ -19,6 +19,7 @@ Private to this collection (the leading underscore): no compatibility promise.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import os
 import traceback
 from importlib.util import find_spec
 from xml.etree import ElementTree
@@ -197,6 +198,58 @@ def run_libvirt_module(module, runner, readonly=False):
     if not module._diff:
         result.pop('diff', None)
     module.exit_json(**result)
+
+
+# --------------------------------------------------------------------------- who holds an image
+def _same_file(path, identity, source):
+    if source == path:
+        return True
+    try:
+        st = os.stat(source)
+    except (OSError, ValueError):
+        return False
+    return identity is not None and (st.st_dev, st.st_ino) == identity
+
+
+def domains_holding(path, uris=(DEFAULT_URI,)):
+    """``[(domain name, uri)]``: the running domains of each of ``uris`` with ``path`` (a file or block device) as
+    the source of one of their disks or of a layer of a disk's backing chain.
+
+    Meant for an error message only: cheap (one read-only connection per URI, asked only when an image is found in
+    use) and optional, so without libvirt-python, without libvirtd or on any libvirt error the answer is ``[]``.
+    """
+    if not HAS_LIBVIRT or libvirt.import_now() is None:
+        return []
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+        identity = (st.st_dev, st.st_ino)
+    except OSError:
+        identity = None
+    found = []
+    for uri in dict.fromkeys(uri for uri in uris if uri):
+        try:
+            with LibvirtConnection(uri, readonly=True) as conn:
+                for domain in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                    root = ElementTree.fromstring(domain.XMLDesc(0))
+                    sources = [source.get(name) for source in root.iterfind('devices/disk//source')
+                               for name in ('file', 'dev') if source.get(name)]
+                    if any(_same_file(real, identity, source) for source in sources):
+                        found.append((domain.name(), uri))
+        except (LibvirtModuleError, libvirt.libvirtError, ElementTree.ParseError):
+            continue
+    return found
+
+
+def holders_text(path, uris=(DEFAULT_URI,)):
+    """``"; libvirt: the running domain 'x' on qemu:///system has it as a disk"`` for the running domains holding
+    ``path`` (domains_holding), '' when libvirt names none."""
+    holders = domains_holding(path, uris)
+    if not holders:
+        return ''
+    several = len(holders) > 1
+    return '; libvirt: the running domain%s %s %s it as a disk' % (
+        's' if several else '', ', '.join("'%s' on %s" % holder for holder in holders), 'have' if several else 'has')
 
 
 # --------------------------------------------------------------------------- XML

@@ -78,8 +78,11 @@ def failure_text(exc):
     """An error's message for this module's user: the library's advice for an image in use names its own
     force_share, which lvm_volume_image does not have."""
     if isinstance(exc, ImageInUseError):
-        return ("%s; lvm_volume_image does not open images in use: shut the guest down (or let the other process "
-                "finish) and run the task again" % exc.reason)
+        # the running domains of qemu:///system holding the image or volume, where libvirt can tell
+        from ansible_collections.kvm.storage.plugins.module_utils._libvirt import holders_text
+        holders = holders_text(exc.path) if exc.path else ''
+        return ("%s%s; lvm_volume_image does not open images in use: shut the guest down (or let the other process "
+                "finish) and run the task again" % (exc.reason, holders))
     return str(exc)
 
 
