@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: cloud_init_seed
 short_description: Write a cloud-init NoCloud seed image (ISO 9660 or FAT) without external tools
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Writes a cloud-init NoCloud seed image, a file system labelled C(CIDATA) holding C(user-data), C(meta-data) and
     optionally C(network-config) and C(vendor-data) in its root directory, to attach to a guest as a CD-ROM or a

@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: domain
 short_description: Define libvirt domains from XML, report drift, and manage their power state and autostart
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Defines one libvirt domain (a virtual machine) from its XML definition, starts, shuts down and undefines it, and
     sets whether libvirt starts it at boot.

@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: domain_disk
 short_description: Attach, detach and update the disks of a libvirt domain
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Attaches a disk to a libvirt domain, detaches it, or changes it, in the domain's persistent definition, in the running
     domain (live), or both.

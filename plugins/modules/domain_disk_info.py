@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: domain_disk_info
 short_description: List the disks of a libvirt domain
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Lists the disks of a libvirt domain, in its persistent definition and, when it runs, in its live definition, with the
     fields that M(kvm.storage.domain_disk) manages.

@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: domain_snapshot
 short_description: Create, revert to and delete snapshots of libvirt domains
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Creates a snapshot of a libvirt domain (internal, external disk-only, or external with the memory state), reverts
     the domain to a snapshot, or deletes snapshots (with their children, only their children, or only libvirt's record

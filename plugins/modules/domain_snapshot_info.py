@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: domain_snapshot_info
 short_description: List the snapshots of a libvirt domain with their tree
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Returns every snapshot of a libvirt domain (or one of them) in tree order, with its parent and children, creation
     time, state, description, whether it is current, how each disk is in it (internal, external with its overlay file, or

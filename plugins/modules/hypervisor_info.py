@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: hypervisor_info
 short_description: Tell whether a host can run KVM guests
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Looks for the CPU's virtualization flag (C(vmx) for Intel VT-x, C(svm) for AMD-V) in C(/proc/cpuinfo), opens the
     KVM device for reading and writing and asks it for its API version, as QEMU does before it starts a KVM guest,

@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: lvm_volume_image
 short_description: Put a guest disk image on an LVM logical volume
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Creates a logical volume and writes a disk image onto it, raw (what the guest sees) or as a qcow2 image on the
     volume, in one idempotent task; what C(lvcreate) followed by C(qemu-img convert -n -O raw img /dev/vg/lv) does.

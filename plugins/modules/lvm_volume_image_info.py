@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: lvm_volume_image_info
 short_description: Read what an LVM logical volume holds
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Returns a logical volume as lvm2 reports it (path, size, tags), what its C(kvmstorage.*) tags say it holds (as
     written by M(kvm.storage.lvm_volume_image)), and the image read from its device by the embedded image library.

@@ -9,7 +9,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: virtualbox_machine_info
 short_description: Read a VirtualBox machine (.vbox, .ovf or .ova) without VirtualBox
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Returns what a VirtualBox machine is made of, read from its files alone, so that it can be rebuilt as a KVM guest
     (the role C(kvm.storage.virtualbox_migration) uses it); VirtualBox need not be installed.
