@@ -35,6 +35,7 @@ from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors impor
     ImageError,
     ImageInUseError,
     InvalidOptionError,
+    ReadOnlyImageError,
     UnsupportedFeature,
     UnsupportedOperation,
 )
@@ -1052,6 +1053,19 @@ def _build_replacement_files(request, action):
     return stats, moved
 
 
+def hold_for_replacement(path):
+    """The image at ``path`` opened for writing with QEMU's locks (docs/security.md rule 8) and nothing written, to
+    be closed once its replacement took its place: meanwhile another task, qemu-img or a guest starting finds it in
+    use, as it would an image changed in place, and a holder that came after the plan was made refuses the
+    replacement (ImageInUseError).  A file this process may not open for writing is held for reading (other writers
+    still conflict)."""
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage._io import ImageFile
+    try:
+        return ImageFile(path, writable=True)
+    except ReadOnlyImageError:
+        return ImageFile(path)
+
+
 def staging_path(path):
     """A hidden name beside ``path`` for a replacement image: the library never overwrites, so a replacement
     is built there (itself under the library's temporary name) and renamed over ``path`` in one step."""
@@ -1154,10 +1168,12 @@ def apply_plan(plan, request, done=None):
                 stats, moved = _build_replacement_files(request, action)
             else:
                 staging = staging_path(request.path)
+                held = hold_for_replacement(request.path)
                 try:
                     stats = _build(request, action, staging)
                     os.rename(staging, request.path)
                 finally:
+                    held.close()
                     if os.path.lexists(staging):
                         os.unlink(staging)
             # The extent files of the replaced image that the new one did not take over.

@@ -82,6 +82,12 @@ def raw_file(path, size=MIB, fill=b'\1'):
     return str(path)
 
 
+def qcow2_file(path):
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage import create
+    create(str(path), 'qcow2', MIB)
+    return str(path)
+
+
 def digest(path):
     with open(path, 'rb') as stream:
         return hashlib.sha256(stream.read()).hexdigest()
@@ -154,3 +160,45 @@ def test_cloud_init_seed_replaces_a_seed_nobody_holds(tmp_path, capsys):
     os.chmod(path, 0o444)
     result = run_module(cloud_init_seed, capsys, path=path, user_data={'hostname': 'b'})
     assert result['changed'] and not result.get('failed'), result
+
+
+def test_the_image_replaced_stays_locked_until_its_replacement_takes_its_place(tmp_path, capsys, monkeypatch):
+    from ansible_collections.kvm.storage.plugins.module_utils import _disk_image
+    src = raw_file(tmp_path / 'src.raw', fill=b'\2')
+    path = qcow2_file(tmp_path / 'a.img')
+    build = _disk_image._build
+    seen = []
+
+    def build_and_look(request, action, target):
+        with pytest.raises(ImageInUseError):
+            ImageFile(path)
+        seen.append(target)
+        return build(request, action, target)
+
+    monkeypatch.setattr(_disk_image, '_build', build_and_look)
+    result = run_module(disk_image, capsys, path=path, format='raw', src=src, force=True)
+    assert result['changed'] and seen and seen[0] != path, result
+    assert digest(path) == digest(src)
+    ImageFile(path, writable=True).close()
+
+
+def test_a_holder_that_came_after_the_plan_refuses_the_replacement(tmp_path, capsys, monkeypatch):
+    from ansible_collections.kvm.storage.plugins.module_utils import _disk_image
+    src = raw_file(tmp_path / 'src.raw', fill=b'\2')
+    path = qcow2_file(tmp_path / 'a.img')
+    before = digest(path)
+    holders = []
+    check_chains_open = _disk_image.check_chains_open
+
+    def guest_starts(*args):
+        check_chains_open(*args)
+        holders.append(ImageFile(path, writable=True))
+
+    monkeypatch.setattr(_disk_image, 'check_chains_open', guest_starts)
+    try:
+        result = run_module(disk_image, capsys, path=path, format='raw', src=src, force=True)
+    finally:
+        for holder in holders:
+            holder.close()
+    assert result['failed'] and 'in use by another process' in result['msg'] and not result.get('changed'), result
+    assert digest(path) == before and sorted(os.listdir(str(tmp_path))) == ['a.img', 'src.raw']
