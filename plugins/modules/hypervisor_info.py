@@ -17,7 +17,7 @@ description:
   - When KVM is not usable, guests still run under QEMU's TCG emulation, only much slower. The module then warns
     (O(warn)), or fails with O(require_kvm).
   - Needs nothing beyond Python on the host, so it can run before any hypervisor package is installed
-    (the M(kvm.storage.kvm_host) role does so).
+    (the P(kvm.storage.kvm_host#role) role does so).
 author:
   - kvm.storage contributors (@kvm-storage)
 extends_documentation_fragment:
