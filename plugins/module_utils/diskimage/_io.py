@@ -266,6 +266,11 @@ class ImageFile:
         self._locks_held = False
 
     # ---------------------------------------------------------------- queries
+    @property
+    def locked(self):
+        """Whether this open holds QEMU's locks (False with lock=False, or on a file system without OFD locks)."""
+        return self._locks_held
+
     def size(self):
         """File size in bytes (block devices: device size)."""
         if self.is_block_device:

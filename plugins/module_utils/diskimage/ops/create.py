@@ -17,7 +17,9 @@ import binascii
 import errno
 import os
 import stat
+import time
 
+from .._io import ImageFile
 from ..errors import ImageError, ImageInUseError, InvalidOptionError, UnsupportedOperation
 from ..formats import driver_class
 from .. import policy
@@ -88,10 +90,54 @@ def build_on_device(cls, fmt, device, size, options, backing):
 
 
 def temporary_path(destination):
-    """``.<name>.XXXXXX.tmp`` beside ``destination`` (drivers create it with O_EXCL)."""
+    """``.<name>.XXXXXX.tmp`` beside ``destination`` (drivers create it with O_EXCL).
+    Temporary images of the same destination that a killed run left behind go first
+    (remove_stale_temporaries)."""
     directory, name = os.path.split(destination)
+    remove_stale_temporaries(destination)
     tag = binascii.hexlify(os.urandom(3)).decode("ascii")
     return os.path.join(directory, ".%s.%s.tmp" % (name, tag))
+
+
+# A temporary image is stale when no process holds it open; on a file system without
+# OFD locks that cannot be told, and only one untouched for this long is taken as stale.
+STALE_WITHOUT_LOCKS = 3600
+
+
+def remove_stale_temporaries(destination):
+    """Remove the ``.<name>.XXXXXX.tmp`` temporary images of ``destination``
+    that a run killed before it could discard them left behind
+    (docs/crash-safety.md).  A run in progress holds QEMU's locks on its
+    temporary image from the moment it creates it (O_EXCL, then the locks):
+    such a file is in use and kept.  A stale one is removed while this
+    process holds the write lock on it, so a creator racing with us fails
+    with "in use" rather than writing to a removed name.  Best effort: what
+    cannot be opened or removed stays (the new run has its own name)."""
+    directory, name = os.path.split(destination)
+    prefix, suffix = ".%s." % name, ".tmp"
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        tag = entry[len(prefix):-len(suffix)]
+        if not (entry.startswith(prefix) and entry.endswith(suffix) and len(tag) == 6
+                and all(c in "0123456789abcdef" for c in tag)):
+            continue
+        path = os.path.join(directory, entry)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            image_file = ImageFile(path, writable=True)
+        except (ImageError, OSError):
+            continue        # in use by a run in progress (ImageInUseError), or not ours to open
+        try:
+            if image_file.locked or os.fstat(image_file.fd).st_mtime < time.time() - STALE_WITHOUT_LOCKS:
+                os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            image_file.close()
 
 
 def sync_file(path, cls=None):
