@@ -26,6 +26,11 @@ READABLE_FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vpc", "qed", "qcow", "vhdx",
 # Operations that must refuse a must-refuse case; probe (which reads the header only) and check (which does not
 # follow references) may succeed on an image whose header is sound.
 REFUSING_OPERATIONS = ("info", "map", "compare", "convert_raw", "convert_qcow2")
+# Defects the corpus found that are not fixed yet (strict xfail: the day they are fixed, the test says so).
+KNOWN_DEFECTS = {
+    "vmdk/extent-sectors-petabytes": "compare and convert walk a huge, empty virtual size in fixed 512 MiB "
+                                     "block-status windows: O(virtual size), past the CPU limit at 512 TiB",
+}
 
 
 def collect():
@@ -78,7 +83,9 @@ def record(case, result):
             os.close(descriptor)
 
 
-@pytest.mark.parametrize("case", CORPUS, ids=[case.name for case in CORPUS])
+@pytest.mark.parametrize("case", [
+    pytest.param(case, marks=pytest.mark.xfail(reason=KNOWN_DEFECTS[case.name], strict=True))
+    if case.name in KNOWN_DEFECTS else case for case in CORPUS], ids=[case.name for case in CORPUS])
 def test_hostile_image(case, child, tmp_path):
     result = child.run(job_for(case, tmp_path))
     record(case, result)

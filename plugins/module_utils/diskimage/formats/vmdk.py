@@ -112,6 +112,9 @@ MAX_GRAIN_SECTORS = 0x20000          # 64 MiB
 MAX_GTES_PER_GT = 512                # QEMU: "L2 table size too big"
 MAX_GRAIN_DIRECTORY_BYTES = 64 << 20
 MAX_EXTENTS = 4096
+# QEMU keeps sizes in int64_t: a descriptor whose extents add up to more is refused (it would overflow
+# every size computation downstream: ftruncate, the qcow2 L1 table, block status).
+MAX_VIRTUAL_SIZE = (1 << 63) - 1
 GT_CACHE_BYTES = 16 << 20
 # Threads that inflate the compressed grains of one read (at most; never more than the CPUs).
 _INFLATE_WORKERS = 4
@@ -785,6 +788,9 @@ class VmdkDriver(Driver):
     def _summarise(self):
         last = self.extents[-1]
         self.virtual_size = self.extent_starts[-1] + last.size
+        if self.virtual_size > MAX_VIRTUAL_SIZE:
+            raise CorruptImageError("VMDK extents add up to %d bytes, more than the largest disk size (%d bytes)"
+                                    % (self.virtual_size, MAX_VIRTUAL_SIZE), self.path)
         first = self.extents[0]
         same = all(e.flat == first.flat and e.compressed == first.compressed
                    and (e.flat or e.cluster_size == first.cluster_size) for e in self.extents)
