@@ -29,6 +29,23 @@ Extent = collections.namedtuple("Extent", "start length kind offset")
 # Largest single read/write the library issues (bounded memory whatever the image size).
 MAX_IO = 4 * 1024 * 1024
 
+# Zero bytes shared by the data paths (never written: untouched pages cost no memory).
+ZEROES = bytes(MAX_IO)
+_ZERO_VIEW = memoryview(ZEROES)
+
+
+def zero_bytes(length):
+    """A bytes-like object of ``length`` zero bytes (a view on a shared buffer up to MAX_IO)."""
+    return _ZERO_VIEW[:length] if length <= MAX_IO else bytes(length)
+
+
+def fill_zero(view):
+    """Set every byte of the writable memoryview ``view`` to zero (slice copies from the shared buffer)."""
+    length = len(view)
+    for position in range(0, length, MAX_IO):
+        count = min(MAX_IO, length - position)
+        view[position:position + count] = _ZERO_VIEW[:count]
+
 # QEMU's block status flags (BDRV_BLOCK_* meanings) of ``Driver.map_runs``: the layer
 # holds the bytes (DATA), they read as zeroes (ZERO), a host offset is known
 # (OFFSET_VALID), this layer decides the content (ALLOCATED).  A run with neither DATA
@@ -244,7 +261,38 @@ class Driver:
         """Guest-visible bytes [offset, offset+length), backing included."""
         raise NotImplementedError
 
+    def read_into(self, offset, view):
+        """Fill the writable memoryview ``view`` with the guest-visible bytes at
+        ``offset`` (``read(offset, len(view))`` without a new buffer: a copy
+        reuses its buffers instead of faulting in fresh pages for every read).
+        Drivers whose data lies in host runs override it to read straight into
+        ``view``; the default copies what ``read`` returns."""
+        view[:] = self.read(offset, len(view))
+
+    def _read_runs_into(self, view, offset, runs, read_host, fresh=False):
+        """Fill ``view`` (the guest bytes from ``offset`` on) from this layer's
+        ``runs`` (guest, count, kind, host): ``read_host(host, part, kind, guest)``
+        fills the part of a DATA run (or of a kind only the driver knows), the
+        backing file the part of an UNALLOCATED run, and zeroes the rest
+        (``fresh``: ``view`` holds zeroes already)."""
+        backing = self.backing
+        for guest, count, kind, host in runs:
+            pos = guest - offset
+            part = view[pos:pos + count]
+            if kind == UNALLOCATED and backing is not None and guest < backing.virtual_size:
+                inside = min(count, backing.virtual_size - guest)
+                backing.read_into(guest, part[:inside])
+                if inside < count and not fresh:
+                    fill_zero(part[inside:])
+            elif kind in (UNALLOCATED, ZERO):
+                if not fresh:
+                    fill_zero(part)
+            else:
+                read_host(host, part, kind, guest)
+
     def write(self, offset, data):
+        """Write ``data`` (any bytes-like object) at guest ``offset``; drivers keep
+        no reference to ``data`` once this returns (copies reuse their buffers)."""
         raise UnsupportedOperation("writing %s images is not supported" % self.format_name, self.path)
 
     def write_zeroes(self, offset, length, may_unmap=False):

@@ -30,7 +30,7 @@ import struct
 from .._io import ImageFile, pread_into, pwrite_from
 from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionError,
                       PolicyError, UnsupportedFeature)
-from .base import DATA, UNALLOCATED, ZERO, Driver, Extent
+from .base import DATA, UNALLOCATED, ZERO, Driver, Extent, fill_zero
 from . import qcow2_layout as L
 from . import qcow2_map
 from .qcow2_layout import be_array as _be_array, be_bytes as _be_bytes
@@ -477,30 +477,36 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
                     return chunk if isinstance(chunk, bytes) else bytes(chunk)
         return bytes(self._read(offset, length, runs))
 
-    def _read(self, offset, length, runs=None):
+    def read_into(self, offset, view):
+        self._check_range(offset, len(view))
+        self._read(offset, len(view), None, view)
+
+    def _read(self, offset, length, runs=None, view=None):
         """Guest view of this layer (backing included), also past the virtual
         size inside the last cluster (for copy-on-write); ``runs``: ``_map``'s
-        answer for the range when the caller has it."""
+        answer for the range when the caller has it; ``view``: the buffer to
+        fill (a new one is returned otherwise)."""
         if self.encrypted:
             raise UnsupportedFeature("qcow2 encryption (crypt_method %d) is not supported"
                                      % self.header.crypt_method, self.path)
-        out = bytearray(length)
-        view = memoryview(out)
-        for guest, count, kind, host in (self._map(offset, length) if runs is None else runs):
-            pos = guest - offset
-            if kind == DATA:
-                # straight into the buffer (short at the end of the file: the rest stays zero)
-                pread_into(self._data_file, host, view[pos:pos + count])
-            elif kind == _COMPRESSED:
-                cluster = self._decompress(host, guest >> self._cb << self._cb)
-                start = guest & (self._cs - 1)
-                view[pos:pos + count] = cluster[start:start + count]
-            elif kind == UNALLOCATED and self.backing is not None:
-                backing_size = self.backing.virtual_size
-                if guest < backing_size:
-                    count = min(count, backing_size - guest)
-                    view[pos:pos + count] = self.backing.read(guest, count)
+        out = None
+        if view is None:
+            out = bytearray(length)
+            view = memoryview(out)
+        self._read_runs_into(view, offset, self._map(offset, length) if runs is None else runs, self._read_host,
+                             fresh=out is not None)
         return out
+
+    def _read_host(self, host, part, kind, guest):
+        if kind == _COMPRESSED:
+            cluster = self._decompress(host, guest >> self._cb << self._cb)
+            start = guest & (self._cs - 1)
+            part[:] = cluster[start:start + len(part)]
+            return
+        # straight into the buffer (short at the end of the file: the rest reads zero)
+        count = pread_into(self._data_file, host, part)
+        if count < len(part):
+            fill_zero(part[count:])
 
     # ============================================================ write set-up
     def _prepare_write(self):

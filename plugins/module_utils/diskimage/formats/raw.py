@@ -13,11 +13,11 @@ __metaclass__ = type
 
 import os
 
-from .._io import ImageFile
+from .._io import ImageFile, pread_into
 from ..errors import ImageError, InvalidOptionError, ReadOnlyImageError, UnsupportedOperation
 from .base import (
     BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_OFFSET_VALID, BLOCK_ZERO, DATA, MAX_IO, QEMU_SECTOR_SIZE, ZERO, Driver, Extent,
-    StatusRuns,
+    StatusRuns, fill_zero,
 )
 
 # A probed raw image may not have its first sector written: the new bytes could
@@ -138,6 +138,13 @@ class RawDriver(Driver):
         if len(data) < length:
             data += bytes(length - len(data))
         return data
+
+    def read_into(self, offset, view):
+        if offset < 0:
+            raise ImageError("read at offset %d, length %d: negative offset" % (offset, len(view)), self.path)
+        count = pread_into(self._file, offset, view)
+        if count < len(view):
+            fill_zero(view[count:])
 
     def _check_write(self, offset, length, what):
         if self.readonly:

@@ -36,7 +36,7 @@ import struct
 import sys
 import uuid as uuidlib
 
-from .._io import ImageFile
+from .._io import ImageFile, pread_into
 from .. import policy
 from ..errors import (CorruptImageError, FormatError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, UnsupportedFeature, UnsupportedOperation)
@@ -436,6 +436,16 @@ class VdiDriver(Driver):
             else:
                 parts.append(bytes(count))
         return b"".join(parts)
+
+    def read_into(self, offset, view):
+        self._check_range(offset, len(view), "read")
+        self._read_runs_into(view, offset, self._runs(offset, len(view)), self._read_host)
+
+    def _read_host(self, host, part, _kind, guest):
+        count = pread_into(self._file, host, part)
+        if count < len(part):
+            raise CorruptImageError("VDI block at guest offset %d: data at host offset %d (%d bytes) lies past the "
+                                    "end of the file" % (guest, host, len(part)), self.path)
 
     # ------------------------------------------------------------------- write
     def _write_header_fields(self):

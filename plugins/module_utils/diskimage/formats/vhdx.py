@@ -936,17 +936,15 @@ class VhdxDriver(Driver):
         # Several runs: read into one buffer, returned as it is (copying megabytes in
         # Python costs more than the reads).
         out = bytearray(length)
-        view = memoryview(out)
-        for guest, count, kind, host in runs:
-            pos = guest - offset
-            if kind == DATA:
-                self._pread_into(host, view[pos:pos + count], "VHDX payload block data")
-            elif kind == UNALLOCATED and self.backing is not None:
-                backing_size = self.backing.virtual_size
-                if guest < backing_size:
-                    count = min(count, backing_size - guest)
-                    view[pos:pos + count] = self.backing.read(guest, count)
+        self._read_runs_into(memoryview(out), offset, runs, self._read_host, fresh=True)
         return out
+
+    def read_into(self, offset, view):
+        self._check_range(offset, len(view), "read")
+        self._read_runs_into(view, offset, self._map(offset, len(view)), self._read_host)
+
+    def _read_host(self, host, part, _kind, _guest):
+        self._pread_into(host, part, "VHDX payload block data")
 
     def _pread_into(self, offset, view, what):
         """_pread(offset, len(view), what) into ``view``."""

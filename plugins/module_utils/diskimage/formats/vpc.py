@@ -40,7 +40,7 @@ from .._io import ImageFile, pread_into
 from ..policy import locator_file_name
 from ..errors import (CorruptImageError, FormatError, ImageNotFoundError, InvalidOptionError,
                       PolicyError, ReadOnlyImageError, UnsupportedFeature, UnsupportedOperation)
-from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent, recurse_into_file
+from .base import DATA, MAX_IO, UNALLOCATED, ZERO, Driver, Extent, fill_zero, recurse_into_file
 
 SECTOR_SIZE = 512
 
@@ -501,17 +501,22 @@ class VpcDriver(Driver):
         # Several runs (a read across blocks: each block's data follows its sector bitmap):
         # read into one buffer, returned as it is (copying megabytes in Python costs more than the reads).
         out = bytearray(length)
-        view = memoryview(out)
-        for guest, count, kind, host in runs:
-            pos = guest - offset
-            if kind == DATA:
-                pread_into(self._file, host, view[pos:pos + count])
-            elif kind == UNALLOCATED and self.backing is not None:
-                backing_size = self.backing.virtual_size
-                if guest < backing_size:
-                    count = min(count, backing_size - guest)
-                    view[pos:pos + count] = self.backing.read(guest, count)
+        self._read_runs_into(memoryview(out), offset, runs, self._read_host, fresh=True)
         return out
+
+    def read_into(self, offset, view):
+        length = len(view)
+        self._check_range(offset, length, "read")
+        if self.disk_type == DISK_FIXED:
+            self._read_host(offset, view, DATA, offset)
+            return
+        self._read_runs_into(view, offset, self._map(offset, length), self._read_host)
+
+    def _read_host(self, host, part, _kind, _guest):
+        # short at the end of the file: the rest reads zero
+        count = pread_into(self._file, host, part)
+        if count < len(part):
+            fill_zero(part[count:])
 
     def block_status(self, offset, length):
         if length <= 0:

@@ -110,6 +110,9 @@ class _Converter:
         self.granule = max(MIN_SPARSE, cluster_size)
         # The read-ahead thread's put() while copy() runs.
         self._put = None
+        # Read buffers (MAX_IO bytearrays) the writer has finished with: copy() reuses them, so a
+        # copy does not fault fresh pages in for every chunk (at most READ_AHEAD_DEPTH + 2 exist).
+        self._free_buffers = collections.deque()
 
     # ----------------------------------------------------------- block status
     def runs(self):
@@ -173,7 +176,8 @@ class _Converter:
         with ReadAhead(self._produce, READ_AHEAD_DEPTH) as items:
             for offset, length, data, runs, done in items:
                 if data is not None:
-                    self._write_chunk(offset, data, runs)
+                    self._write_chunk(offset, memoryview(data)[:length], runs)
+                    self._free_buffers.append(data)
                     if writeback is not None:
                         writeback.advance(self.bytes_written)
                 elif length:
@@ -197,12 +201,21 @@ class _Converter:
             put((start, 0, None, None, end))
 
     def copy_data(self, start, end):
-        """Read the data run [start, end) in chunks and hand them to the writer (read-ahead thread)."""
+        """Read the data run [start, end) in chunks and hand them to the writer (read-ahead thread):
+        each chunk is read into a buffer the writer gives back when it has written it."""
         position = start
         while position < end:
             chunk_end = min(end, align_down(position, MAX_IO) + MAX_IO)
-            data = self.read(position, chunk_end - position)
-            self._put((position, len(data), data, zero_runs(data, position, self.granule), chunk_end))
+            length = chunk_end - position
+            try:
+                buffer = self._free_buffers.popleft()
+            except IndexError:
+                buffer = bytearray(MAX_IO)
+            view = memoryview(buffer)[:length]
+            self.source.read_into(position, view)
+            self.bytes_read += length
+            self.hash_content(position, view)
+            self._put((position, length, buffer, zero_runs(buffer, position, self.granule, length), chunk_end))
             position = chunk_end
 
     def _write_chunk(self, position, data, runs):

@@ -38,25 +38,20 @@ try:
 except ImportError:  # pragma: no cover - ctypes is missing only on exotic builds
     ctypes = None
 
-from ..formats.base import MAX_IO
-
-_ZEROES = bytes(MAX_IO)
-_ZERO_VIEW = memoryview(_ZEROES)
-
-
-def zero_bytes(length):
-    """A bytes-like object of ``length`` zero bytes (a view on a shared buffer when it is long enough)."""
-    return _ZERO_VIEW[:length] if length <= MAX_IO else bytes(length)
+from ..formats.base import MAX_IO, ZEROES, zero_bytes
 
 
 def is_zero(data):
     """Whether ``data`` (bytes-like) is all zero bytes."""
-    return _ZEROES.startswith(data) if len(data) <= MAX_IO else data == bytes(len(data))
+    return ZEROES.startswith(data) if len(data) <= MAX_IO else data == bytes(len(data))
 
 
 def _zero_at(data, start, end):
     """Whether data[start:end] is all zero bytes (no copy)."""
-    return data.startswith(zero_bytes(end - start), start)
+    if end - start <= MAX_IO:
+        return data.startswith(zero_bytes(end - start), start)
+    return all(data.startswith(zero_bytes(min(MAX_IO, end - position)), position)
+               for position in range(start, end, MAX_IO))
 
 
 def _zero_extent(data, start, stop, granule):
@@ -87,12 +82,13 @@ def _zero_extent(data, start, stop, granule):
     return boundary(good)
 
 
-def zero_runs(data, offset, granule):
-    """Split ``data`` read at guest ``offset`` into (start, end, is_zero) runs of
-    whole ``granule``-aligned blocks (indices into ``data``; the first and last
+def zero_runs(data, offset, granule, length=None):
+    """Split ``data[:length]`` (bytes or bytearray; all of it by default) read
+    at guest ``offset`` into (start, end, is_zero) runs of whole
+    ``granule``-aligned blocks (indices into ``data``; the first and last
     blocks may be partial), adjacent runs of one kind merged."""
-    length = len(data)
-    if is_zero(data):
+    length = len(data) if length is None else length
+    if _zero_at(data, 0, length):
         return [(0, length, True)]
     head = min(length, (-offset) % granule)
     zero = []                  # (start, end) of zero blocks, in order, merged
@@ -101,8 +97,8 @@ def zero_runs(data, offset, granule):
     if head < length:
         # Candidates: blocks whose first and last bytes are zero (the strided
         # slices hold one byte per block); each is compared whole.
-        firsts = data[head::granule]
-        lasts = data[head + granule - 1::granule]
+        firsts = data[head:length:granule]
+        lasts = data[head + granule - 1:length:granule]
         blocks = len(firsts)
         index = firsts.find(0)
         while 0 <= index < blocks:

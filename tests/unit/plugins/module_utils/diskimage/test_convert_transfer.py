@@ -187,15 +187,16 @@ def test_data_between_zero_blocks_of_one_chunk_is_written_to_every_format(tmp_pa
 def test_a_read_error_in_the_pipeline_leaves_no_file(tmp_path, monkeypatch):
     source = make_raw(str(tmp_path / "source.raw"))
     reads = []
-    original = RawDriver.read
+    original = RawDriver.read_into
 
-    def failing_read(self, offset, length):
+    # The copy reads into its reusable buffers (read_into).
+    def failing_read(self, offset, view):
         reads.append(offset)
         if len(reads) == 2:
             raise ImageError("simulated read error", self.path)
-        return original(self, offset, length)
+        return original(self, offset, view)
 
-    monkeypatch.setattr(RawDriver, "read", failing_read)
+    monkeypatch.setattr(RawDriver, "read_into", failing_read)
     before = threading.active_count()
     with pytest.raises(ImageError, match="simulated read error"):
         diskimage.convert(source, str(tmp_path / "out.qcow2"), "qcow2")
@@ -267,12 +268,24 @@ def test_writeback_failure_is_quiet_and_the_conversion_completes(tmp_path, monke
     source = make_raw(str(tmp_path / "source.raw"), size=20 * MIB)
     monkeypatch.setattr(transfer, "WRITEBACK_STEP", MIB)
     attempts = []
+    attempted = threading.Event()
 
     def broken(fd, *args):
         attempts.append(fd)
+        attempted.set()
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(transfer, "_sync_file_range", lambda: broken)
+    original_advance = transfer.Writeback.advance
+
+    def advance(self, written):
+        # The copy waits for the first write-out attempt (on a loaded machine the
+        # writeback thread might otherwise not run before the copy ends).
+        original_advance(self, written)
+        if written >= MIB:
+            attempted.wait(10)
+
+    monkeypatch.setattr(transfer.Writeback, "advance", advance)
     target = str(tmp_path / "out.raw")
     diskimage.convert(source, target, "raw")
     with open(source, "rb") as one, open(target, "rb") as two:
