@@ -31,7 +31,6 @@ import struct
 
 try:
     import ctypes
-    import ctypes.util
 except ImportError:  # pragma: no cover - ctypes is missing only on exotic builds
     ctypes = None
 
@@ -112,6 +111,12 @@ def _bit_index(bit):
 _fallocate_function = None
 
 
+def libc_library():
+    """The C library through ctypes (ctypes.util, slow to import, only when first needed)."""
+    import ctypes.util  # pylint: disable=import-outside-toplevel,redefined-outer-name
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def _fallocate():
     """libc fallocate() through ctypes, or None when unavailable."""
     global _fallocate_function
@@ -119,7 +124,7 @@ def _fallocate():
         function = False
         if ctypes is not None:
             try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                libc = libc_library()
                 function = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate")
                 function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
                 function.restype = ctypes.c_int

@@ -34,10 +34,10 @@ except ImportError:  # pragma: no cover - Python 2 name
 
 try:
     import ctypes
-    import ctypes.util
 except ImportError:  # pragma: no cover - ctypes is missing only on exotic builds
     ctypes = None
 
+from .._io import libc_library
 from ..formats.base import MAX_IO, ZEROES, zero_bytes
 
 
@@ -217,7 +217,7 @@ def _sync_file_range():
         function = False
         if ctypes is not None:
             try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                libc = libc_library()
                 function = getattr(libc, "sync_file_range")
                 function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
                 function.restype = ctypes.c_int
