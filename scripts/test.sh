@@ -61,20 +61,79 @@ in_ci() {
     case "${CI:-}" in true|TRUE|True|1|yes) return 0 ;; *) return 1 ;; esac
 }
 
-suite_integration() {
-    local dest rc
-    dest=$(collection_copy_or_stop) || exit 1
-    # extra arguments name targets to run (default: every target)
-    (cd "$dest" && ansible-test integration --local --python "$PYVER" --color no -v "$@") 2>&1 \
-        | tee "$WORK/integration.log"
-    rc=${PIPESTATUS[0]}
+# One ansible-test integration run in the collection copy $1 (log $2) over the targets that follow (none: all).
+integration_run() {
+    local dest=$1 log=$2 rc
+    shift 2
+    (cd "$dest" && ansible-test integration --local --python "$PYVER" --color no -v "$@") >"$log" 2>&1
+    rc=$?
     # ansible-test leaves out, with a warning only, targets whose needs it finds unmet (needs/root when not root...)
-    if [ "$rc" -eq 0 ] && in_ci && grep -q '^WARNING: Excluding .*tests' "$WORK/integration.log"; then
+    if [ "$rc" -eq 0 ] && in_ci && grep -q '^WARNING: Excluding .*tests' "$log"; then
         echo "test.sh: CI=true: ansible-test left targets out (the \"Excluding\" warning above): the set-up" \
-            "provides everything they need, so this fails" >&2
+            "provides everything they need, so this fails" >>"$log"
         rc=1
     fi
     return "$rc"
+}
+
+# The integration targets in two shards that run side by side (most targets use one core or wait on a TCG
+# guest): shard "lvm" holds every target that uses LVM or the device-mapper machine (the LVM stand-in re-links
+# the loop devices of every test VG after each change: those targets never run at the same time) and the root
+# ones of the roles; shard "rest" the others. Each shard has its own copy of the collection (ansible-test's
+# output directory is inside it). Their logs are printed one after the other when both are done.
+integration_shards() {
+    local targets=$ROOT/tests/integration/targets t lvm=() rest=()
+    for t in "$targets"/*/; do
+        t=$(basename "$t")
+        case "$t" in setup_*) continue ;; esac
+        # INTEGRATION_EXCLUDE="a b": targets left out of a full run (on a machine where they run elsewhere)
+        case " ${INTEGRATION_EXCLUDE:-} " in *" $t "*) continue ;; esac
+        [ -f "$targets/$t/aliases" ] || continue
+        if grep -qE '^(needs/target/setup_lvm|needs/target/setup_dm_machine)$' "$targets/$t/aliases" \
+                || [ "$t" = kvm_host_role ]; then
+            lvm+=("$t")
+        else
+            rest+=("$t")
+        fi
+    done
+    echo "${lvm[*]}"
+    echo "${rest[*]}"
+}
+
+suite_integration() {
+    local dest dest2 rc rc2 shards lvm rest pid started
+    dest=$(collection_copy_or_stop) || exit 1
+    if [ $# -gt 0 ]; then
+        # extra arguments name targets to run, in one run
+        integration_run "$dest" "$WORK/integration.log" "$@"
+        rc=$?
+        cat "$WORK/integration.log"
+        return "$rc"
+    fi
+    dest2="$WORK/shard2/ansible_collections/kvm/storage"
+    mkdir -p "$(dirname "$dest2")" && cp -a "$dest" "$dest2" || { echo "test.sh: copying the collection failed" >&2; return 1; }
+    shards=$(integration_shards)
+    lvm=$(sed -n 1p <<<"$shards")
+    rest=$(sed -n 2p <<<"$shards")
+    echo "integration shard lvm:  $lvm"
+    echo "integration shard rest: $rest"
+    started=$(date +%s)
+    # shellcheck disable=SC2086  # word splitting of the target lists is wanted
+    integration_run "$dest2" "$WORK/integration-rest.log" $rest &
+    pid=$!
+    # shellcheck disable=SC2086
+    integration_run "$dest" "$WORK/integration-lvm.log" $lvm
+    rc=$?
+    echo "integration shard lvm: exit $rc after $(( $(date +%s) - started ))s"
+    wait "$pid"
+    rc2=$?
+    echo "integration shard rest: exit $rc2 after $(( $(date +%s) - started ))s"
+    echo "------------------- integration shard lvm (log) -------------------"
+    cat "$WORK/integration-lvm.log"
+    echo "------------------- integration shard rest (log) -------------------"
+    cat "$WORK/integration-rest.log"
+    echo "integration shards: lvm exit $rc, rest exit $rc2"
+    [ "$rc" -eq 0 ] && [ "$rc2" -eq 0 ]
 }
 
 # extra arguments name scenarios (default: every scenario under extensions/molecule)
