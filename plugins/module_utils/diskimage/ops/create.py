@@ -42,6 +42,8 @@ def destination_path(path):
     if not os.path.isdir(directory):
         raise os_error(OSError(errno.ENOENT, "directory does not exist"), directory,
                        "cannot create an image in it")
+    # what a killed run left behind goes first, even when that run got as far as publishing
+    remove_stale_temporaries(destination)
     if os.path.lexists(destination):
         raise InvalidOptionError("the destination already exists; it is never overwritten "
                                  "(delete it first)", destination)
@@ -90,11 +92,8 @@ def build_on_device(cls, fmt, device, size, options, backing):
 
 
 def temporary_path(destination):
-    """``.<name>.XXXXXX.tmp`` beside ``destination`` (drivers create it with O_EXCL).
-    Temporary images of the same destination that a killed run left behind go first
-    (remove_stale_temporaries)."""
+    """``.<name>.XXXXXX.tmp`` beside ``destination`` (drivers create it with O_EXCL)."""
     directory, name = os.path.split(destination)
-    remove_stale_temporaries(destination)
     tag = binascii.hexlify(os.urandom(3)).decode("ascii")
     return os.path.join(directory, ".%s.%s.tmp" % (name, tag))
 
