@@ -32,7 +32,6 @@ from ..errors import (CorruptImageError, FormatError, ImageError, InvalidOptionE
                       PolicyError, UnsupportedFeature)
 from .base import DATA, UNALLOCATED, ZERO, Driver, Extent, fill_zero
 from . import qcow2_layout as L
-from . import qcow2_map
 from .qcow2_layout import be_array as _be_array, be_bytes as _be_bytes
 from .qcow2_compress import Qcow2Codec, Qcow2CompressedMixin, _zstd_available
 from .qcow2_refcount import Qcow2RefcountMixin
@@ -1238,14 +1237,17 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
         self._verified_targets = set()
         self._decompressed = (None, None)
 
-    # ------------------------------------- map and measure (the driver interface; formats/qcow2_map.py)
+    # ------------------------------------- map and measure (the driver interface; formats/qcow2_map.py,
+    # imported when first used: a task that only reads or writes an image does not load it)
     def map_runs(self, offset, end, l1_table=None, cache=None):
+        from . import qcow2_map  # pylint: disable=import-outside-toplevel
         return qcow2_map.map_runs(self, offset, end, l1_table, cache)
 
     def snapshot_table(self):
         return self._snapshots
 
     def snapshot_l1_table(self, snapshot):
+        from . import qcow2_map  # pylint: disable=import-outside-toplevel
         return qcow2_map.snapshot_l1_table(self, snapshot)
 
     def persistent_bitmaps_supported(self):
