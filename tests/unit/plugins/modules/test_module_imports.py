@@ -69,6 +69,7 @@ def assert_imports_only_qcow2(imported):
     assert PACKAGE + "_pool_volume" not in imported        # the backend of a pool's volumes
     assert PACKAGE + "diskimage.ova" not in imported       # the OVA and Vagrant box reader
     assert "ctypes.util" not in imported                   # slow to import: only when libc is first called
+    assert PACKAGE + "diskimage.formats.qcow2_map" not in imported  # the L2 walk of map and measure
 
 
 def qcow2_image(tmp_path):
