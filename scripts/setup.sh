@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${KVM_STORAGE_VENV:-$HOME/.cache/kvm-storage/venv}
 COLLECTIONS_DIR=${KVM_STORAGE_COLLECTIONS_DIR:-$HOME/.ansible/collections}
-APT_PACKAGES=(qemu-utils qemu-system-x86 busybox-static cpio parted libvirt-daemon-system libvirt-dev pkg-config lvm2 python3-venv python3-dev gcc git shellcheck genisoimage xorriso dosfstools mtools openssh-client debootstrap e2fsprogs)
+APT_PACKAGES=(qemu-utils qemu-system-x86 busybox-static cpio parted libvirt-daemon-system libvirt-dev pkg-config lvm2 python3-venv python3-dev gcc git shellcheck genisoimage xorriso dosfstools mtools openssh-client debootstrap e2fsprogs chromium)
 
 log() { printf '== setup: %s\n' "$*"; }
 

@@ -136,6 +136,12 @@ suite_integration() {
     [ "$rc" -eq 0 ] && [ "$rc2" -eq 0 ]
 }
 
+# The collection as users get it (galaxy-importer, changelog lint, docs lint + site in headless Chromium, tarball
+# install + demo from the installed copy): scripts/packaging.sh; extra arguments name its steps (default: all)
+suite_packaging() {
+    bash "$ROOT/scripts/packaging.sh" "$@"
+}
+
 # extra arguments name scenarios (default: every scenario under extensions/molecule)
 suite_molecule() {
     bash "$ROOT/scripts/molecule.sh" "$@"
@@ -190,7 +196,7 @@ case "${1:-all}" in
     all)
         failed=()
         prebuild_start
-        for s in unit sanity lint integration molecule; do
+        for s in unit sanity lint packaging integration molecule; do
             if [ "$s" = integration ]; then
                 prebuild_wait
             fi
@@ -205,11 +211,11 @@ case "${1:-all}" in
         fi
         echo "all suites passed"
         ;;
-    unit|sanity|lint|integration|molecule)
+    unit|sanity|lint|packaging|integration|molecule)
         run_suite "$@"
         ;;
     *)
-        echo "usage: $0 [all|unit|sanity|lint|integration [TARGET...]|molecule [SCENARIO...]]" >&2
+        echo "usage: $0 [all|unit|sanity|lint|packaging [STEP...]|integration [TARGET...]|molecule [SCENARIO...]]" >&2
         exit 2
         ;;
 esac
