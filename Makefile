@@ -30,6 +30,16 @@ lint: setup
 integration: setup
 	@bash scripts/test.sh integration $(TARGETS)
 
+.PHONY: docs packaging
+
+# the collection's HTML documentation (antsibull-docs + Sphinx) in build/docs/ (open build/docs/index.html)
+docs: setup
+	@bash scripts/docs.sh build
+
+# the collection as users get it: galaxy-importer, changelog and docs checks, tarball install + demo (scripts/packaging.sh)
+packaging: setup
+	@bash scripts/test.sh packaging
+
 # the molecule scenarios (extensions/molecule/*): podman, a locally built Debian 12 image (scripts/molecule.sh)
 molecule: setup
 	@bash scripts/test.sh molecule
