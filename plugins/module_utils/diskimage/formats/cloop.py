@@ -39,6 +39,8 @@ MAX_BLOCK_SIZE = 64 * 1024 * 1024
 MAX_COMPRESSED_BLOCK = 2 * MAX_BLOCK_SIZE
 # Cap on the offsets table held in memory (docs/security.md rule 5; QEMU allows 512 MiB).
 MAX_OFFSETS_BYTES = 64 * 1024 * 1024
+# Output of one inflate step of a block (the block's buffer is filled in steps of at most this).
+INFLATE_STEP = 1 << 20
 
 
 class CloopDriver(ReadOnlyDriver):
@@ -99,7 +101,12 @@ class CloopDriver(ReadOnlyDriver):
         self.virtual_size = n_blocks * block_size
 
     def _block(self, index):
-        """Block ``index`` inflated, exactly ``block_size`` bytes."""
+        """Block ``index`` inflated, exactly ``block_size`` bytes (a bytearray).
+
+        Inflated in 1 MiB steps into one buffer of the block's size: a block at QEMU's 64 MiB limit then
+        needs 64 MiB, not the twice as much zlib's growing output buffer takes (and the block cached
+        before is let go first)."""
+        self._last_chunk = None
         start = self.offsets[index]
         count = self.offsets[index + 1] - start
         compressed = self._file.pread(start, count)
@@ -107,33 +114,37 @@ class CloopDriver(ReadOnlyDriver):
             raise CorruptImageError("cloop block %d at offset %d (%d bytes) lies past the end of the file"
                                     % (index, start, count), self.path)
         inflater = zlib.decompressobj()
+        block = bytearray(self.block_size)
+        filled = 0
+        pending = compressed
         try:
-            block = inflater.decompress(compressed, self.block_size)
+            while filled < self.block_size and not inflater.eof:
+                piece = inflater.decompress(pending, min(INFLATE_STEP, self.block_size - filled))
+                pending = inflater.unconsumed_tail
+                if not piece:
+                    break
+                block[filled:filled + len(piece)] = piece
+                filled += len(piece)
+            if not inflater.eof and filled == self.block_size:
+                # At the limit: one more byte of output means the block inflates past the block size.
+                if inflater.decompress(pending, 1):
+                    raise CorruptImageError("cloop block %d at offset %d inflates past the block size of %d bytes"
+                                            % (index, start, self.block_size), self.path)
         except zlib.error as exc:
             raise CorruptImageError("cloop block %d at offset %d: invalid zlib data (%s)" % (index, start, exc),
                                     self.path)
-        if not inflater.eof and len(block) == self.block_size:
-            # At the limit: one more byte of output means the block inflates past the block size.
-            try:
-                extra = inflater.decompress(inflater.unconsumed_tail, 1)
-            except zlib.error as exc:
-                raise CorruptImageError("cloop block %d at offset %d: invalid zlib data (%s)" % (index, start, exc),
-                                        self.path)
-            if extra:
-                raise CorruptImageError("cloop block %d at offset %d inflates past the block size of %d bytes"
-                                        % (index, start, self.block_size), self.path)
         if not inflater.eof:
             raise CorruptImageError("cloop block %d at offset %d: truncated zlib stream (%d of %d bytes)"
-                                    % (index, start, len(block), self.block_size), self.path)
-        if len(block) != self.block_size:
+                                    % (index, start, filled, self.block_size), self.path)
+        if filled != self.block_size:
             raise CorruptImageError("cloop block %d at offset %d inflates to %d bytes, expected %d"
-                                    % (index, start, len(block), self.block_size), self.path)
+                                    % (index, start, filled, self.block_size), self.path)
         return block
 
     def _piece(self, position, end):
         index = position // self.block_size
         within = position - index * self.block_size
-        return self._cached_chunk(index, self._block)[within:within + end - position]
+        return bytes(memoryview(self._cached_chunk(index, self._block))[within:within + end - position])
 
     def read(self, offset, length):
         return self._read_pieces(offset, length, self._piece)

@@ -83,6 +83,8 @@ MAX_PLIST_LENGTH = 16 * 1024 * 1024
 MAX_RSRC_FORK_LENGTH = 16 * 1024 * 1024
 # Cap on the chunk table (docs/security.md rule 5): more than any 16 MiB property list can describe.
 MAX_CHUNKS = 1 << 20
+# Output of one inflate step of a chunk (the chunk's buffer is filled in steps of at most this).
+INFLATE_STEP = 1 << 20
 
 
 def _other_format_claims(header, filename):
@@ -245,6 +247,12 @@ class DmgDriver(ReadOnlyDriver):
         raise CorruptImageError("dmg sector %d is not described by any chunk of the block tables" % sector, self.path)
 
     def _decompress(self, number, kind, data, expected):
+        """Chunk ``number`` inflated, exactly ``expected`` bytes (a bytearray).
+
+        Inflated in 1 MiB steps into one buffer of the chunk's size: a chunk at the 64 MiB limit then
+        needs 64 MiB, not the twice as much a growing output buffer takes (and the chunk cached before
+        is let go first)."""
+        self._last_chunk = None
         if kind == CHUNK_ZLIB:
             codec, engine, error = "zlib", zlib.decompressobj(), zlib.error
         elif bz2 is None:
@@ -252,25 +260,35 @@ class DmgDriver(ReadOnlyDriver):
                                      % number, self.path)
         else:
             codec, engine, error = "bzip2", bz2.BZ2Decompressor(), (OSError, ValueError, EOFError)
+        output = bytearray(expected)
+        filled = 0
+        pending = data
+
+        def more(limit):
+            piece = engine.decompress(pending, limit)
+            # zlib hands back what it did not read; bzip2 keeps it and wants b"" from then on
+            return piece, (engine.unconsumed_tail if kind == CHUNK_ZLIB else b"")
+
         try:
-            output = engine.decompress(data, expected)
+            while filled < expected and not engine.eof:
+                piece, pending = more(min(INFLATE_STEP, expected - filled))
+                if not piece:
+                    break
+                output[filled:filled + len(piece)] = piece
+                filled += len(piece)
+            if not engine.eof and filled == expected:
+                # At the limit: one more byte of output means the chunk inflates past its declared size.
+                if more(1)[0]:
+                    raise CorruptImageError("dmg chunk %d: %s data inflates past its declared size of %d bytes"
+                                            % (number, codec, expected), self.path)
         except error as exc:
             raise CorruptImageError("dmg chunk %d: invalid %s data (%s)" % (number, codec, exc), self.path)
-        if not engine.eof and len(output) == expected:
-            # At the limit: one more byte of output means the chunk inflates past its declared size.
-            try:
-                extra = engine.decompress(engine.unconsumed_tail if kind == CHUNK_ZLIB else b"", 1)
-            except error as exc:
-                raise CorruptImageError("dmg chunk %d: invalid %s data (%s)" % (number, codec, exc), self.path)
-            if extra:
-                raise CorruptImageError("dmg chunk %d: %s data inflates past its declared size of %d bytes"
-                                        % (number, codec, expected), self.path)
         if not engine.eof:
             raise CorruptImageError("dmg chunk %d: truncated %s stream (%d of %d bytes)"
-                                    % (number, codec, len(output), expected), self.path)
-        if len(output) != expected:
+                                    % (number, codec, filled, expected), self.path)
+        if filled != expected:
             raise CorruptImageError("dmg chunk %d: %s data inflates to %d bytes, expected %d"
-                                    % (number, codec, len(output), expected), self.path)
+                                    % (number, codec, filled, expected), self.path)
         return output
 
     def _chunk_data(self, number):
@@ -295,7 +313,7 @@ class DmgDriver(ReadOnlyDriver):
         if kind in ZERO_TYPES:
             return bytes(piece)
         within = position - first * SECTOR_SIZE
-        return self._cached_chunk(number, self._chunk_data)[within:within + piece]
+        return bytes(memoryview(self._cached_chunk(number, self._chunk_data))[within:within + piece])
 
     def read(self, offset, length):
         return self._read_pieces(offset, length, self._piece)
