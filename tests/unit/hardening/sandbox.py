@@ -30,11 +30,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 CPU_SECONDS = 5
 ADDRESS_SPACE = 256 << 20
 WALL_SECONDS = 30          # per case, beyond the CPU limit: a child blocked without using CPU
+# A child whose address space grew past this after a case is replaced before the next one; and a case that
+# ran out of address space in a child that had run cases before is run again in a new child: every case
+# gets (nearly) the whole ADDRESS_SPACE, whatever the cases before it left behind.
+RESTART_ABOVE = 160 << 20
 
 OPERATIONS = ("probe", "info", "check", "map", "compare", "convert_raw", "convert_qcow2")
 
@@ -47,6 +52,9 @@ def _child_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # glibc reserves 64 MiB of address space per thread arena: RLIMIT_AS would count the reservations of
+    # convert's threads (64 MiB each, of nothing) against the 256 MiB; one arena keeps the limit on real use.
+    env["MALLOC_ARENA_MAX"] = "1"
     env.pop("PYTHONSTARTUP", None)
     return env
 
@@ -89,6 +97,16 @@ class Sandbox:
         """The result of ``job`` (a dict: image, fmt, case_dir, out_dir, and optionally ops, key_secret,
         trusted, cpu): {"ops": {operation: [outcome, message]}, "defect": None or a sentence about the
         whole case (the child's death, a hang)}."""
+        fresh = self.proc is None
+        result = self._run(job)
+        out_of_memory = any(outcome == "defect" and message.startswith("MemoryError")
+                            for outcome, message in result["ops"].values())
+        if out_of_memory and not fresh:
+            self.close()
+            result = self._run(job)
+        return result
+
+    def _run(self, job):
         if self.proc is None:
             self.proc = _start_child()
         self.proc.stdin.write((json.dumps(job) + "\n").encode())
@@ -102,7 +120,10 @@ class Sandbox:
             death = _death(self.proc)
             self._forget()
             return {"ops": {}, "defect": death}
-        return json.loads(line)
+        result = json.loads(line)
+        if result.pop("address_space", 0) > RESTART_ABOVE:
+            self.close()
+        return result
 
     def _forget(self):
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.error_file):
@@ -279,7 +300,13 @@ def _run_job(lib, policy, job):
         results[name] = outcome
         for leftover in os.listdir(job["out_dir"]):
             os.unlink(os.path.join(job["out_dir"], leftover))
-    return {"ops": results, "defect": None}
+    return {"ops": results, "defect": None, "address_space": _address_space()}
+
+
+def _address_space():
+    """This process's address space in bytes (read with the audit hook inactive)."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _run_test_hook(job, name):
@@ -308,6 +335,9 @@ def misbehave_target(job):
 def _child():
     import resource  # pylint: disable=import-outside-toplevel
     lib = _preload()
+    # The library's threads (convert's read-ahead and write-back) with 2 MiB stacks, not glibc's 8 MiB:
+    # the stacks glibc keeps for reuse would otherwise take 40 MiB of the address space.
+    threading.stack_size(2 << 20)
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
     module_dirs = set()
     for entry in sys.path:

@@ -25,7 +25,7 @@ FIELDS = [
     ("compatible_features", 80, ">Q"), ("autoclear_features", 88, ">Q"), ("refcount_order", 96, ">I"),
     ("header_length", 100, ">I"),
 ]
-VALUES = _util.HOSTILE_VALUES + (0x1001, 0x0100000000000200)
+VALUES = ()
 
 
 def _header(data):

@@ -20,7 +20,7 @@ FIELDS = [
     ("disk_size", 368, "<Q"), ("block_size", 376, "<I"), ("block_extra", 380, "<I"),
     ("blocks_in_image", 384, "<I"), ("blocks_allocated", 388, "<I"),
 ]
-VALUES = _util.HOSTILE_VALUES + (0x200, 0x1001, 0x3fffffff)
+VALUES = ()
 UUID_IMAGE, UUID_MODIFY, UUID_LINK = 392, 408, 424
 
 

@@ -23,7 +23,7 @@ FIELDS = [
     ("descriptor_offset", 28, "<Q"), ("descriptor_size", 36, "<Q"), ("num_gtes_per_gt", 44, "<I"),
     ("rgd_offset", 48, "<Q"), ("gd_offset", 56, "<Q"), ("overhead", 64, "<Q"), ("compress", 77, "<H"),
 ]
-VALUES = (0, 1, 3, 0x7fffffff, 0xffffffff, 0x8000000000000000, 0xffffffffffffffff)
+VALUES = (3,)
 
 
 def _gd(data):
