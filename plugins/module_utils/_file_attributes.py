@@ -14,6 +14,7 @@ __metaclass__ = type
 import grp
 import os
 import pwd
+import re
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
@@ -76,12 +77,18 @@ def _known(name, lookup):
 
 
 def check_file_attributes(params, check_mode):
-    """Check ``mode``, ``owner`` and ``group`` before anything is changed; returns warnings.
+    """Check ``mode``, ``owner``, ``group`` and the syntax of ``attributes`` before anything is changed; returns
+    warnings.
 
     A bad mode fails. An unknown owner or group fails a real run and is a warning in check mode, as with
     ansible.builtin.file (an earlier task of the play, not run in check mode, may create it)."""
     warnings = []
     check_mode_syntax(params.get('mode'))
+    attributes = params.get('attributes')
+    if attributes is not None and not re.match(r'\A[-+=]?[A-Za-z]*\Z', str(attributes)):
+        # checked before anything is written: chattr would refuse it only after the image or seed was
+        raise FileAttributeError("attributes: expected chattr flags such as '+i', '-a' or '=ae', found %r"
+                                 % (attributes,))
     warning = int_mode_warning(params.get('mode'))
     if warning:
         warnings.append(warning)

@@ -213,6 +213,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._cloud_init_seed impor
     cloud_init_seed_argument_spec,
     run_cloud_init_seed,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 
 
 def main():
@@ -221,6 +222,7 @@ def main():
         supports_check_mode=True,
         add_file_common_args=True,
     )
+    refuse_nul_bytes(module)
     try:
         result = run_cloud_init_seed(module)
     except CloudInitSeedError as exc:

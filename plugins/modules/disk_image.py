@@ -744,6 +744,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._libvirt import (
     LIBVIRT_IMPORT_ERROR,
     LibvirtModuleError,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import ImageError
 
 
@@ -758,6 +759,7 @@ def main():
         supports_check_mode=True,
         add_file_common_args=True,
     )
+    refuse_nul_bytes(module)
     pool = module.params['pool']
     if pool is not None and not HAS_LIBVIRT:
         module.fail_json(msg=missing_required_lib('libvirt-python'), exception=LIBVIRT_IMPORT_ERROR)

@@ -418,6 +418,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._disk_image import (
     disk_image_info_argument_spec,
     run_disk_image_info,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage.errors import ImageError
 
 
@@ -426,6 +427,7 @@ def main():
         argument_spec=disk_image_info_argument_spec(),
         supports_check_mode=True,
     )
+    refuse_nul_bytes(module)
     try:
         result = run_disk_image_info(module.params)
     except DiskImageError as exc:

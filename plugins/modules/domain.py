@@ -287,6 +287,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._domain import (
     run_domain,
 )
 from ansible_collections.kvm.storage.plugins.module_utils._libvirt import run_libvirt_module
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 
 
 def main():
@@ -295,6 +296,7 @@ def main():
         required_one_of=DOMAIN_REQUIRED_ONE_OF,
         supports_check_mode=True,
     )
+    refuse_nul_bytes(module)
     run_libvirt_module(module, lambda conn: run_domain(conn, module.params, module.check_mode))
 
 

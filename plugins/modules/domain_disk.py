@@ -489,6 +489,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._domain_disk import (
     domain_disk_argument_spec,
     run_domain_disk,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 
 
 def main():
@@ -496,6 +497,7 @@ def main():
         argument_spec=domain_disk_argument_spec(),
         supports_check_mode=True,
     )
+    refuse_nul_bytes(module)
     run_libvirt_module(module, lambda conn: run_domain_disk(conn, module.params, module.check_mode))
 
 

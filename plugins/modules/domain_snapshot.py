@@ -425,6 +425,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._domain_snapshot impor
     domain_snapshot_argument_spec,
     run_domain_snapshot,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 
 
 def main():
@@ -433,6 +434,7 @@ def main():
         mutually_exclusive=DOMAIN_SNAPSHOT_MUTUALLY_EXCLUSIVE,
         supports_check_mode=True,
     )
+    refuse_nul_bytes(module)
     run_libvirt_module(module, lambda conn: run_domain_snapshot(conn, module.params, module.check_mode))
 
 

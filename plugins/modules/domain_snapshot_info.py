@@ -215,6 +215,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._domain_snapshot impor
     domain_snapshot_info_argument_spec,
     run_domain_snapshot_info,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 
 
 def main():
@@ -222,6 +223,7 @@ def main():
         argument_spec=domain_snapshot_info_argument_spec(),
         supports_check_mode=True,
     )
+    refuse_nul_bytes(module)
     run_libvirt_module(module, lambda conn: run_domain_snapshot_info(conn, module.params), readonly=True)
 
 

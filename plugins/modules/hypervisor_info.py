@@ -156,10 +156,12 @@ from ansible_collections.kvm.storage.plugins.module_utils._hypervisor import (
     hypervisor_argument_spec,
     run_hypervisor_info,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 
 
 def main():
     module = AnsibleModule(argument_spec=hypervisor_argument_spec(), supports_check_mode=True)
+    refuse_nul_bytes(module)
     result, warning, failure = run_hypervisor_info(module.params)
     if failure:
         module.fail_json(msg=failure, **result)

@@ -300,6 +300,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._lvm_volume_image impo
     lvm_volume_image_argument_spec,
     run_lvm_volume_image,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import ImageError
 
 
@@ -310,6 +311,7 @@ def main():
         required_if=LVM_VOLUME_IMAGE_REQUIRED_IF,
         required_by=LVM_VOLUME_IMAGE_REQUIRED_BY,
     )
+    refuse_nul_bytes(module)
     try:
         result = run_lvm_volume_image(module)
     except LvmError as exc:

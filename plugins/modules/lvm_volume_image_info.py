@@ -165,6 +165,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._lvm_volume_image impo
     lvm_volume_image_info_argument_spec,
     run_lvm_volume_image_info,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 from ansible_collections.kvm.storage.plugins.module_utils.diskimage import ImageError
 
 
@@ -173,6 +174,7 @@ def main():
         argument_spec=lvm_volume_image_info_argument_spec(),
         supports_check_mode=True,
     )
+    refuse_nul_bytes(module)
     try:
         result = run_lvm_volume_image_info(module)
     except LvmError as exc:

@@ -401,6 +401,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._storage_pool import (
     run_storage_pool,
     storage_pool_argument_spec,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 
 
 def main():
@@ -410,6 +411,7 @@ def main():
         required_one_of=STORAGE_POOL_REQUIRED_ONE_OF,
         supports_check_mode=True,
     )
+    refuse_nul_bytes(module)
     run_libvirt_module(module, lambda conn: run_storage_pool(conn, module.params, module.check_mode))
 
 

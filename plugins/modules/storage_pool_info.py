@@ -134,6 +134,7 @@ from ansible_collections.kvm.storage.plugins.module_utils._storage_pool import (
     run_storage_pool_info,
     storage_pool_info_argument_spec,
 )
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 
 
 def main():
@@ -141,6 +142,7 @@ def main():
         argument_spec=storage_pool_info_argument_spec(),
         supports_check_mode=True,
     )
+    refuse_nul_bytes(module)
     run_libvirt_module(module, lambda conn: run_storage_pool_info(conn, module.params), readonly=True)
 
 

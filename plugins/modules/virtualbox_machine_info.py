@@ -414,6 +414,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.kvm.storage.plugins.module_utils._disk_image import policy_argument_spec
+from ansible_collections.kvm.storage.plugins.module_utils._task_input import refuse_nul_bytes
 from ansible_collections.kvm.storage.plugins.module_utils._virtualbox import (
     VirtualBoxError,
     run_virtualbox_machine_info,
@@ -429,6 +430,7 @@ def main():
         argument_spec=argument_spec,
         supports_check_mode=True,
     )
+    refuse_nul_bytes(module)
     try:
         result = run_virtualbox_machine_info(module.params)
     except (VirtualBoxError, ImageError) as exc:
