@@ -541,7 +541,7 @@ def _print(line):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--kills", type=int, default=210, help="kills in all, shared among the scenarios")
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--only", action="append", help="scenario names (default: all)")
