@@ -200,9 +200,17 @@ class _Policy:
     def _inside(self, path, dirs):
         return any(path == d or path.startswith(d + os.sep) for d in dirs)
 
+    # events that act on a link itself, not on what it points to
+    ON_THE_LINK = ("os.symlink", "os.link", "os.remove", "os.rename", "os.mkdir", "os.rmdir", "shutil.rmtree")
+
     def permitted(self, event, path):
-        real = os.path.realpath(os.path.abspath(path))
-        if self._inside(real, self.allowed) or self._inside(os.path.abspath(path), self.allowed):
+        absolute = os.path.abspath(path)
+        if event in self.ON_THE_LINK:
+            real = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+        else:
+            # an open follows symbolic links: a link in the case's directory that leads out of it is outside
+            real = os.path.realpath(absolute)
+        if self._inside(real, self.allowed):
             return True
         # a late import reads module files and lists the directories of sys.path
         if event in ("open", "os.listdir", "os.scandir") and self._inside(real, self.module_dirs):

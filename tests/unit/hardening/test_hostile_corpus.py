@@ -158,6 +158,15 @@ def test_an_open_outside_the_policy_is_a_defect(tmp_path, child):
     assert result["ops"]["map"][0] == "ok"          # the next operation starts clean
 
 
+def test_an_open_through_a_symbolic_link_out_of_the_directory_is_a_defect(tmp_path, child):
+    secret = _util.outside_file(tmp_path / "case")
+    job = harmless(tmp_path)
+    link = _util.symlink_out(job["case_dir"], "link.raw", secret)
+    result = child.run(dict(job, misbehave="open-outside", misbehave_target=str(link)))
+    outcome, message = result["ops"]["info"]
+    assert outcome == "defect" and str(link) in message
+
+
 def test_an_open_of_a_host_file_is_a_defect(tmp_path, child):
     result = child.run(harmless(tmp_path, misbehave="open-outside", misbehave_target="/etc/passwd"))
     assert result["ops"]["info"][0] == "defect"

@@ -228,7 +228,7 @@ def _bytes(name, make):
 
 def _cases():
     cases = []
-    values = (0, -1, 0x200)
+    values = (0, -1)
     for fmt, name, base, fields, structural, source in [
             ("parallels", "disk.hds", parallels_image, PARALLELS_FIELDS, PARALLELS_STRUCTURAL, "iotests-076"),
             ("bochs", "disk.bochs", bochs_image, BOCHS_FIELDS, BOCHS_STRUCTURAL, "iotests-078"),
@@ -238,9 +238,9 @@ def _cases():
         cases.append(Case(name="%s/pristine" % fmt, fmt=fmt, build=_bytes(name, base), source=source))
         for label, make in structural:
             cases.append(Case(name="%s/%s" % (fmt, label), fmt=fmt, build=_bytes(name, make), source=source))
-        for length in (0, 64, 512, 1000):
+        for length in (0, 64, 1000):
             cases.append(Case(name="%s/truncated-%d" % (fmt, length), fmt=fmt,
-                              build=(lambda b, n, l: lambda d: _util.write(d / n, b()[:l]))(base, name, length),
+                              build=(lambda b, n, cut: lambda d: _util.write(d / n, b()[:cut]))(base, name, length),
                               source=source))
     return cases
 

@@ -212,12 +212,17 @@ def _qcow2_data_file(directory, name, filename="disk.qcow2"):
 # backing files go through the same resolution as qcow2's, get the main classes.
 SHORT = ("etc-passwd", "outside-relative", "outside-absolute", "symlink-out", "fifo", "json-protocol",
          "nbd-protocol", "missing", "nul-byte", "beside")
+# Protocol prefixes beyond json:, nbd: and http: all take the same refusal (a ':' before the first '/'):
+# the qcow2 backing file carries every one, the other long lists the first three.
+EXTRA_PROTOCOLS = ("nbd-unix-protocol", "file-protocol", "vvfat-protocol", "blkdebug-protocol", "ssh-protocol",
+                   "rbd-protocol", "host-device-protocol")
+LONG = tuple(label for label, _name, _refuse, _pattern in NAMES if label not in EXTRA_PROTOCOLS)
 REFERRERS = [
     ("qcow2", "backing", _qcow2_backing, "iotests-060", None),
     ("qcow", "backing", _qcow_backing, "iotests-092", SHORT),
     ("qed", "backing", _qed_backing, "iotests-116", SHORT),
     ("vmdk", "parent", _vmdk_parent, "iotests-059", SHORT),
-    ("vmdk", "extent", _vmdk_extent, "format-inspector", None),
+    ("vmdk", "extent", _vmdk_extent, "format-inspector", LONG),
     ("qcow2", "data-file", _qcow2_data_file, "format-inspector", SHORT + ("symlink-etc", "dev-zero", "directory")),
 ]
 

@@ -32,6 +32,32 @@ def _build(*edits):
     return build
 
 
+def _crc32c_table():
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _bit in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 * (crc & 1))
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def _seal(structure):
+    """``structure`` with its CRC-32C at offset 4 (vhdx_editing.seal, table-driven: a 64 KiB region table
+    takes milliseconds, not a second)."""
+    structure = bytearray(structure)
+    structure[4:8] = bytes(4)
+    crc = 0xFFFFFFFF
+    table = _CRC32C
+    for byte in structure:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    structure[4:8] = struct.pack("<I", crc ^ 0xFFFFFFFF)
+    return bytes(structure)
+
+
 def _header_field(offset, value):
     return lambda path: _ed().set_header_field(path, offset, value)
 
@@ -47,7 +73,8 @@ def _region(index, guid=None, offset=None, length=None, flags=None, count=None):
         struct.pack_into("<16sQII", table, 16 + 32 * index, *entry)
         if count is not None:
             struct.pack_into("<I", table, 8, count)
-        ed.set_region_tables(path, table)
+        for table_offset in ed.REGION_TABLE_OFFSETS:
+            ed.write_at(path, table_offset, _seal(table))
     return edit
 
 
@@ -205,12 +232,12 @@ def _cases():
                           must_refuse=True,
                           refuse=r"is refused|does not exist|not found|protocol|parent|loop|linkage|locator",
                           source="CVE-class differencing parent"))
+    host_paths = (("absolute_win32_path", "\\\\?\\C:\\etc\\passwd"), ("volume_path", "/etc/passwd"))
     cases.append(Case(name="vhdx/parent-absolute-win32-path-etc", fmt=FMT,
-                      build=_build(_differencing("parent.vhdx", extra=(("absolute_win32_path", "\\\\?\\C:\\etc\\passwd"),
-                                                                        ("volume_path", "/etc/passwd")))),
+                      build=_build(_differencing("parent.vhdx", extra=host_paths)),
                       must_refuse=True, refuse=r"is refused|does not exist|not found|parent|linkage",
                       source="CVE-class differencing parent"))
-    for length in (0, 64 * 1024, 200 * 1024, 1 << 20, 3 << 20):
+    for length in (0, 200 * 1024, 3 << 20):
         cases.append(Case(name="vhdx/truncated-%d" % length, fmt=FMT, build=_util.truncated(FMT, NAME, length),
                           source="iotests-064"))
     return cases
