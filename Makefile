@@ -50,3 +50,11 @@ molecule: setup
 bench: setup
 	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check matplotlib
 	@$(VENV)/bin/python bench/bench.py
+
+# kill -9 at random moments during the image library's writing operations and judge what is left
+# (docs/crash-safety.md): CRASH_KILLS kills in all, shared among the operations, seeded by CRASH_SEED.
+CRASH_KILLS ?= 224
+CRASH_SEED ?= 15
+.PHONY: crash
+crash: setup
+	@nice -n 10 $(VENV)/bin/python tests/crash/crash_kill.py --kills $(CRASH_KILLS) --seed $(CRASH_SEED)
