@@ -47,6 +47,7 @@ MAX_SEED = 1 << 20
 SPARSE = ("vhdx", "luks", "vdi", "vpc", "parallels")
 SPARSE_UNIT = 512
 SPARSE_LIMIT = 64 << 20     # a decoded input never grows beyond this
+SAMPLE_LIMIT = 16 << 20     # larger samples are not decompressed (their encoding would exceed MAX_SEED anyway)
 _RECORD = struct.Struct("<II")  # offset in SPARSE_UNITs, length in bytes; the data follows
 
 
@@ -218,13 +219,12 @@ def _library_seeds(work, fmt):
     return made
 
 
-def _unpack(path):
-    data = path.read_bytes()
-    if path.suffix == ".bz2":
-        return bz2.decompress(data)
-    if path.suffix == ".gz":
-        return gzip.decompress(data)
-    return data
+def _unpack(path, limit):
+    """The sample at ``path`` decompressed, or None when it is larger than ``limit`` (never read beyond)."""
+    opener = {".bz2": bz2.open, ".gz": gzip.open}.get(path.suffix, open)
+    with opener(path, "rb") as sample:
+        data = sample.read(limit + 1)
+    return data if len(data) <= limit else None
 
 
 # Samples kept in the repository (and the shared test data, when present), per format.
@@ -248,8 +248,8 @@ def _sample_seeds(work, fmt):
             for found in sorted(base.glob(pattern)):
                 if not found.is_file() or found.suffix == ".md":
                     continue
-                data = _unpack(found)
-                if not data or len(data) > (SPARSE_LIMIT if fmt in SPARSE else MAX_SEED) or data in seen:
+                data = _unpack(found, SAMPLE_LIMIT if fmt in SPARSE else MAX_SEED)
+                if not data or data in seen:
                     continue
                 seen.add(data)
                 path = work / ("sample-%d%s" % (len(made), SUFFIX.get(fmt, ".img")))
