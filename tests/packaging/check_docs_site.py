@@ -145,7 +145,7 @@ def main(site):
             pages.append((fqcn, page, paths, anchor_prefix))
     failures = 0
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        doms = {fqcn: pool.submit(dump_dom, chromium, page) for fqcn, page, _, _ in pages if os.path.exists(page)}
+        doms = {entry[0]: pool.submit(dump_dom, chromium, entry[1]) for entry in pages if os.path.exists(entry[1])}
         for fqcn, page, paths, anchor_prefix in pages:
             if fqcn not in doms:
                 problems = ["no page %s" % page]
