@@ -315,8 +315,9 @@ def test_the_table_covers_every_option_of_every_module():
 def test_every_secret_option_is_no_log_and_listed():
     for name in MODULE_NAMES:
         spec = SPECS[name][1]
-        options = list(spec.items()) + [(sub, sub_spec) for _option, option_spec in spec.items()
-                                         for sub, sub_spec in (option_spec.get('options') or {}).items()]
+        suboptions = [(sub, sub_spec) for _option, option_spec in spec.items()
+                      for sub, sub_spec in (option_spec.get('options') or {}).items()]
+        options = list(spec.items()) + suboptions
         no_log = set(option for option, option_spec in options if option_spec.get('no_log'))
         assert no_log == SECRET_OPTIONS.get(name, set()), name
         for option, option_spec in options:

@@ -64,7 +64,7 @@ def libvirt_domains(monkeypatch):
         return self.conn
 
     monkeypatch.setattr(_libvirt, 'HAS_LIBVIRT', True)
-    monkeypatch.setattr(_libvirt.libvirt, 'import_now', lambda: object())
+    monkeypatch.setattr(_libvirt.libvirt, 'import_now', object)
     monkeypatch.setattr(_libvirt.LibvirtConnection, '__init__',
                         lambda self, uri=_libvirt.DEFAULT_URI, readonly=False: (
                             setattr(self, 'uri', uri), setattr(self, 'readonly', readonly),
