@@ -331,7 +331,7 @@ def _run_test_hook(job, name):
     elif misbehave == "raise":
         raise KeyError("not an ImageError")
     elif misbehave == "allocate":
-        _ = bytearray(ADDRESS_SPACE * 2)
+        job["ballast"] = bytearray(ADDRESS_SPACE * 2)
     elif misbehave == "sleep":
         time.sleep(3600)
 

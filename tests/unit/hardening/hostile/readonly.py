@@ -222,6 +222,10 @@ def _sweep(fmt, name, base, fields, values, source):
     return cases
 
 
+def _cut(base, name, length):
+    return lambda directory: _util.write(directory / name, base()[:length])
+
+
 def _bytes(name, make):
     return lambda directory: _util.write(directory / name, make())
 
@@ -240,7 +244,7 @@ def _cases():
             cases.append(Case(name="%s/%s" % (fmt, label), fmt=fmt, build=_bytes(name, make), source=source))
         for length in (0, 64, 1000):
             cases.append(Case(name="%s/truncated-%d" % (fmt, length), fmt=fmt,
-                              build=(lambda b, n, cut: lambda d: _util.write(d / n, b()[:cut]))(base, name, length),
+                              build=_cut(base, name, length),
                               source=source))
     return cases
 

@@ -187,6 +187,10 @@ METADATA = [
 ]
 
 
+def _metadata_region_on_bat(path):
+    _region(1, offset=_ed().regions(path)[_ed().BAT_GUID][0])(path)
+
+
 def _cases():
     cases = []
     for label, offset, value in HEADER_VALUES:
@@ -195,7 +199,7 @@ def _cases():
     for label, keywords in REGIONS:
         keywords = dict(keywords)
         if label == "regions-overlap":
-            edit = (lambda p: _region(1, offset=_ed().regions(p)[_ed().BAT_GUID][0])(p))
+            edit = _metadata_region_on_bat
         else:
             edit = _region(keywords.pop("index"), **keywords)
         cases.append(Case(name="vhdx/%s" % label, fmt=FMT, build=_build(edit), source="iotests-064"))

@@ -68,6 +68,18 @@ HEADER_FIELDS = [("table_offset", HEADER + 16, ">Q"), ("header_version", HEADER 
 VALUES = (0, 0x200, 0xffffffffffffffff)
 
 
+def _at(offset, value):
+    return lambda data: [(offset, value)]
+
+
+def _locator(code, name_of):
+    return lambda directory: [(code, name_of(directory))]
+
+
+def _truncated(length):
+    return lambda directory: _util.write(directory / NAME, _dynamic()[:length])
+
+
 def _sweep():
     cases = []
     for name, offset, code in _footer_fields() + HEADER_FIELDS:
@@ -79,7 +91,7 @@ def _sweep():
                 continue
             seen.add(value)
             edits = (_both_footers(offset, struct.pack(code, value)) if offset < 512
-                     else (lambda o, v: lambda d: [(o, v)])(offset, struct.pack(code, value)))
+                     else _at(offset, struct.pack(code, value)))
             cases.append(Case(name="vpc/field-%s=%#x" % (name, value), fmt=FMT, build=_edit(edits),
                               source="iotests-088"))
     return cases
@@ -159,7 +171,7 @@ def _locator_cases():
         for label, name_of, place, must_refuse in LOCATOR_NAMES:
             kind = code.decode().strip().lower()
             cases.append(Case(name="vpc/parent-%s-%s" % (kind, label), fmt=FMT,
-                              build=_parent_builder((lambda n, c: lambda d: [(c, n(d))])(name_of, code), place),
+                              build=_parent_builder(_locator(code, name_of), place),
                               must_refuse=must_refuse,
                               refuse=r"is refused|does not exist|not found|protocol|no usable|locator|parent",
                               source="CVE-class differencing parent"))
@@ -197,7 +209,7 @@ def _cases():
     cases.extend(_locator_cases())
     for length in (0, 511, 1024):
         cases.append(Case(name="vpc/truncated-%d" % length, fmt=FMT,
-                          build=(lambda n: lambda d: _util.write(d / NAME, _dynamic()[:n]))(length), source="iotests-088"))
+                          build=_truncated(length), source="iotests-088"))
     return cases
 
 
