@@ -46,6 +46,7 @@ def fill_zero(view):
         count = min(MAX_IO, length - position)
         view[position:position + count] = _ZERO_VIEW[:count]
 
+
 # QEMU's block status flags (BDRV_BLOCK_* meanings) of ``Driver.map_runs``: the layer
 # holds the bytes (DATA), they read as zeroes (ZERO), a host offset is known
 # (OFFSET_VALID), this layer decides the content (ALLOCATED).  A run with neither DATA

@@ -14,7 +14,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ..formats.base import MAX_IO
-from .image import chain_block_status, open_driver, reads_zero, translate_os_errors
+from .image import chain_block_status, open_driver, reads_zero, status_windows, translate_os_errors
 from .create import close_quietly
 
 SECTOR_SIZE = 512
@@ -106,10 +106,10 @@ class _Comparison:
         return None
 
     def common_part(self, size):
-        for window in range(0, size, STATUS_WINDOW):
-            length = min(STATUS_WINDOW, size - window)
-            runs_a = chain_block_status(self.image_a, window, length)
-            runs_b = chain_block_status(self.image_b, window, length)
+        def both(offset, length):
+            return chain_block_status(self.image_a, offset, length), chain_block_status(self.image_b, offset, length)
+
+        for _window, _window_end, (runs_a, runs_b) in status_windows(0, size, STATUS_WINDOW, both):
             for start, end, kind_a, kind_b in _paired_runs(runs_a, runs_b):
                 if self.strict and kind_a != kind_b:
                     return start
@@ -129,9 +129,10 @@ class _Comparison:
     def extra_part(self, image, start):
         """First non-zero offset past ``start`` in the larger image."""
         size = image.virtual_size
-        for window in range(align_window(start), size, STATUS_WINDOW):
-            length = min(STATUS_WINDOW, size - window)
-            for run in chain_block_status(image, window, length):
+        windows = status_windows(align_window(start), size, STATUS_WINDOW,
+                                 lambda offset, length: chain_block_status(image, offset, length))
+        for _window, _window_end, runs in windows:
+            for run in runs:
                 run_start = max(run.start, start)
                 run_end = run.start + run.length
                 if run_start >= run_end or reads_zero(run.kind):

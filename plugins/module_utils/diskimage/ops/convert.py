@@ -26,7 +26,7 @@ from ..errors import ImageError, InvalidOptionError
 from ..formats.base import DATA, MAX_IO
 from .create import (build_image, build_on_device, close_quietly, discard, open_backing, publish,
                      split_backing_options, sync_file, target_and_driver_class, temporary_path)
-from .image import chain_block_status, open_driver, os_error, reads_zero, translate_os_errors
+from .image import chain_block_status, open_driver, os_error, reads_zero, status_windows, translate_os_errors
 from .sizes import normalize_options, round_up, SECTOR_SIZE
 from .transfer import ReadAhead, Writeback, is_zero, zero_bytes, zero_runs
 
@@ -115,11 +115,15 @@ class _Converter:
         self._free_buffers = collections.deque()
 
     # ----------------------------------------------------------- block status
+    def status_windows(self):
+        """(start, end, runs): chain block status of the source (above ``base``), window by window."""
+        return status_windows(0, self.size, STATUS_WINDOW,
+                              lambda offset, length: chain_block_status(self.source, offset, length, self.base))
+
     def runs(self):
         """Chain block status of the source (above ``base``), window by window."""
-        for window in range(0, self.size, STATUS_WINDOW):
-            length = min(STATUS_WINDOW, self.size - window)
-            yield from chain_block_status(self.source, window, length, self.base)
+        for _start, _end, runs in self.status_windows():
+            yield from runs
 
     def report(self, done):
         if self.progress is not None:
@@ -241,10 +245,8 @@ class _Converter:
         limit = max(workers, min(workers * IN_FLIGHT_PER_WORKER, IN_FLIGHT_BYTES // cluster))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             try:
-                for window in range(0, self.size, STATUS_WINDOW):
-                    length = min(STATUS_WINDOW, self.size - window)
-                    runs = chain_block_status(self.source, window, length, self.base)
-                    for start, end, kind in cluster_runs(runs, cluster, window + length):
+                for _window, window_end, runs in self.status_windows():
+                    for start, end, kind in cluster_runs(runs, cluster, window_end):
                         if kind != DATA:
                             if reads_zero(kind, self.base):
                                 self.hash_content(start, length=end - start)

@@ -13,7 +13,7 @@ import functools
 import os
 
 from ..errors import ImageError, ImageNotFoundError, InvalidOptionError, NoSpaceError
-from ..formats.base import ZERO, UNALLOCATED, Extent
+from ..formats.base import DATA, ZERO, UNALLOCATED, Extent
 from .. import chain
 from .._io import no_space_reason
 
@@ -84,6 +84,27 @@ def _merge(extents):
         else:
             merged.append(Extent(extent.start, extent.length, extent.kind, None))
     return merged
+
+
+def status_windows(start, end, window, status):
+    """Walk [start, end) window by window: yields (window start, window end,
+    ``status(offset, length)``), a list of runs, so that no list grows with the
+    virtual size.  After a window that came back as one run without data (a
+    hole, zeroes, unallocated: for ``status`` returning several lists, each of
+    them) the next window is twice as large, after any other it is ``window``
+    again: a huge empty disk costs a few dozen calls, not one per window."""
+    size = window
+    position = start
+    while position < end:
+        length = min(size, end - position)
+        answer = status(position, length)
+        yield position, position + length, answer
+        position += length
+        lists = answer if isinstance(answer, tuple) else (answer,)
+        if all(len(runs) == 1 and runs[0].kind != DATA for runs in lists):
+            size *= 2
+        else:
+            size = window
 
 
 def chain_block_status(layer, offset, length, base=None):

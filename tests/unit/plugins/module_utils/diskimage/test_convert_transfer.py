@@ -339,3 +339,37 @@ def test_convert_takes_the_options_object_and_keywords_override_it(tmp_path):
     with pytest.raises(TypeError, match="same setting"):
         diskimage.convert(source, str(tmp_path / "five.qcow2"), "qcow2", options={}, create_options={})
     assert leftovers(str(tmp_path), ["source.raw", "one.qcow2", "two.qcow2"]) == []
+
+
+def test_status_windows_grow_over_an_empty_disk_and_shrink_back_at_data():
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.base import DATA, ZERO, Extent
+    from ansible_collections.kvm.storage.plugins.module_utils.diskimage.ops.image import status_windows
+    data_at = 1 << 49
+    asked = []
+
+    def status(offset, length):
+        asked.append((offset, length))
+        if offset <= data_at < offset + length:
+            return [Extent(offset, data_at - offset, ZERO, None), Extent(data_at, offset + length - data_at, DATA, 0)]
+        return [Extent(offset, length, ZERO, None)]
+
+    windows = list(status_windows(0, 1 << 50, 64 * MIB, status))
+    # A PiB in a few dozen calls, not 16 million windows of 64 MiB; every byte covered once, in order.
+    assert len(asked) < 80
+    assert [(start, end) for start, end, _runs in windows] == [(o, o + n) for o, n in asked]
+    assert windows[0][0] == 0 and windows[-1][1] == 1 << 50
+    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:]))
+    # After the window with data the next one is the base size again.
+    after = [index for index, (_s, _e, runs) in enumerate(windows) if len(runs) == 2][0] + 1
+    assert windows[after][1] - windows[after][0] == 64 * MIB
+
+
+def test_compare_walks_huge_empty_images_to_their_last_byte(tmp_path):
+    one, two = str(tmp_path / "one.qcow2"), str(tmp_path / "two.qcow2")
+    size = 1 << 44                           # 16 TiB: 262144 windows of 64 MiB
+    diskimage.create(one, "qcow2", size=size)
+    diskimage.create(two, "qcow2", size=size)
+    assert diskimage.compare(one, two)
+    with diskimage.open_image(two, fmt="qcow2", readonly=False) as image:
+        image.write(size - 512, b"\x01" * 512)
+    assert not diskimage.compare(one, two)
