@@ -80,3 +80,27 @@ def test_a_finding_fails_the_pass(tmp_path):
     assert len(found) == 1 and found[0].startswith("boom KeyError at test_fuzz_short.py:"), found
     texts = findings_text(tmp_path / "findings")
     assert len(texts) == 1 and "KeyError: 'missing'" in texts[0]
+
+
+@pytest.mark.parametrize("fmt", ["vhdx", "qcow2"])
+def test_regression_entry_rebuilds_the_image_the_fuzzer_wrote(fmt, tmp_path):
+    """regression.py's entry for a finding, as fuzz_regressions.py builds it, is the file the target wrote."""
+    import ast  # pylint: disable=import-outside-toplevel
+    import regression  # pylint: disable=import-outside-toplevel,import-error
+    from hardening.hostile import fuzz_regressions  # pylint: disable=import-outside-toplevel
+    image = b"\x01" * 700 + bytes(5000) + b"\x02" * 3
+    finding = seeds.encode_sparse(image) if fmt in seeds.SPARSE else image
+    name, corpus_fmt, packed = ast.literal_eval(regression.entry(fmt, finding, "example").strip().rstrip(","))
+    case = fuzz_regressions._case(name, corpus_fmt, packed)  # pylint: disable=protected-access
+    (tmp_path / "case").mkdir()
+    built = case.build(tmp_path / "case")
+    assert (case.name, case.source) == ("%s/fuzz-example" % fmt, "fuzz")
+    assert built.read_bytes() == image
+    assert sorted(path.name for path in (tmp_path / "case").iterdir()) == sorted([built.name] + list(seeds.AUX_FILES))
+
+
+def test_regressions_write_the_files_the_fuzz_target_writes():
+    from hardening.hostile import fuzz_regressions  # pylint: disable=import-outside-toplevel
+    assert fuzz_regressions.AUX_FILES == seeds.AUX_FILES
+    for fmt in seeds.FORMATS:
+        assert fuzz_regressions.INPUT_NAME.get(fmt, "image.img") == seeds.input_name(fmt), fmt
