@@ -6,6 +6,7 @@ scripts/test.sh runs them all on the real artifact; these tests show that each c
 
 import glob
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -70,6 +71,27 @@ def test_every_module_is_in_exactly_one_action_group_and_groups_name_only_module
                      if not os.path.basename(p).startswith("_"))
     grouped = [m for members in runtime["action_groups"].values() for m in members]
     assert sorted(grouped) == modules
+
+
+# the option a group's module_defaults set for all its members (a default goes to every member: one that does not take
+# it fails with "Unsupported parameters")
+GROUP_OPTIONS = {"image": ["allow_dirs"], "libvirt": ["uri"], "lvm": ["vg", "lv"], "host": [], "cloud_init": []}
+
+
+def test_every_module_of_a_group_accepts_the_options_the_group_shares(tmp_path):
+    with open(os.path.join(ROOT, "meta", "runtime.yml")) as f:
+        groups = yaml.safe_load(f)["action_groups"]
+    assert sorted(groups) == sorted(GROUP_OPTIONS)
+    colls = tmp_path / "collections" / "ansible_collections" / "kvm"
+    colls.mkdir(parents=True)
+    os.symlink(ROOT, str(colls / "storage"))
+    modules = sorted("kvm.storage." + m for members in groups.values() for m in members)
+    docs = json.loads(subprocess.run([tool("ansible-doc"), "-t", "module", "--json"] + modules, check=True,
+                                     env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections")),
+                                     stdout=subprocess.PIPE).stdout)
+    lacking = ["%s lacks %s (group %s)" % (m, o, g) for g, members in groups.items() for m in members
+               for o in GROUP_OPTIONS[g] if o not in docs["kvm.storage." + m]["doc"]["options"]]
+    assert lacking == []
 
 
 def test_the_ansible_range_admits_the_ansible_core_the_tests_run():
