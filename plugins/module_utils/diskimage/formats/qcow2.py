@@ -1155,7 +1155,14 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
             self._give_back(released)
             return
         raw_data_file = self._data_file is not self._file and h.autoclear_features & L.AUTOCLEAR_DATA_FILE_RAW
-        self._grow_l1(new_size)
+        if mode == "off":
+            self._grow_l1(new_size)
+        else:
+            # With preallocation the new size goes into the header last (QEMU's order): a
+            # resize cut short leaves the old size, and running it again completes it
+            # (docs/crash-safety.md).  Until then the new size is known in memory only.
+            self._grow_l1(old_size, -(-new_size // (self._cs * self._l2e)))
+            h.size = self.virtual_size = new_size
         if raw_data_file and self._data_file.size() < new_size:
             self._data_file.truncate(new_size)
         # stale bytes past the old end of its last cluster, or a longer backing file,
@@ -1167,6 +1174,7 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
             self.write_zeroes(old_size, zero_end - old_size)
         if mode != "off":
             self._preallocate(mode, -(-old_size // self._cs))
+            self._grow_l1(new_size)
 
     def _discard_beyond(self, new_size, old_size):
         """Drop every cluster wholly past ``new_size`` (shrink).  Returns the host

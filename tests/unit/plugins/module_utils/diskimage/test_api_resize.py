@@ -5,6 +5,7 @@
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -182,3 +183,28 @@ def test_qcow2_shrink_gives_back_the_file_tail_like_qemu_img(tmp_path, create_op
     assert ours_size <= theirs_size + margin, (ours_size, theirs_size)
     assert os.stat(str(path)).st_blocks * 512 <= os.stat(str(theirs)).st_blocks * 512 + margin
     assert qemu_img_json("check", path)["image-end-offset"] <= ours_size
+
+
+def test_qcow2_preallocated_grow_killed_keeps_the_old_size_and_a_rerun_completes_it(tmp_path):
+    path = str(tmp_path / "disk.qcow2")
+    qemu_img("create", "-f", "qcow2", path, "1M")
+    # A process killed (SIGKILL: no undo, no flush) in the middle of the preallocation.
+    child = (
+        "import os, signal, sys\n"
+        "from ansible_collections.kvm.storage.plugins.module_utils import diskimage\n"
+        "from ansible_collections.kvm.storage.plugins.module_utils.diskimage.formats.qcow2 import Qcow2Driver\n"
+        "def killed(self, mode, first_cluster=0):\n"
+        "    self._file.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "Qcow2Driver._preallocate = killed\n"
+        "diskimage.resize(sys.argv[1], '8M', fmt='qcow2', preallocation='full')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
+    proc = subprocess.run([sys.executable, "-c", child, path], env=env, check=False)
+    assert proc.returncode == -9
+    # The header still says the old size (the new one is written last, as QEMU does)...
+    assert qemu_img_json("info", path)["virtual-size"] == 1 << 20
+    qemu_img("check", path)                  # (fails the test on any error it reports)
+    # ... so running the resize again finds work to do and completes the preallocation.
+    diskimage.resize(path, "8M", fmt="qcow2", preallocation="full")
+    assert qemu_img_json("info", path)["virtual-size"] == 8 << 20
+    assert os.stat(path).st_blocks * 512 >= 7 << 20
