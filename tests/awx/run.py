@@ -97,11 +97,12 @@ class Suite:
         with open(os.path.join(context, "Containerfile")) as f:
             containerfile = f.read()
         base = definition["images"]["base_image"]["name"]
+        refs = (definition["dependencies"]["ansible_core"]["package_pip"],
+                definition["dependencies"]["ansible_runner"]["package_pip"])
         for needed in (
                 'ARG EE_BASE_IMAGE="%s"' % base,
                 "FROM $EE_BASE_IMAGE AS base",
-                'ARG ANSIBLE_INSTALL_REFS="%s %s"' % (definition["dependencies"]["ansible_core"]["package_pip"],
-                                                    definition["dependencies"]["ansible_runner"]["package_pip"]),
+                'ARG ANSIBLE_INSTALL_REFS="%s %s"' % refs,
                 "RUN $PYCMD -m pip install --no-cache-dir $ANSIBLE_INSTALL_REFS",
                 "COPY _build /build",
                 "ansible-galaxy collection install $ANSIBLE_GALAXY_CLI_COLLECTION_OPTS -r requirements.yml",
@@ -145,7 +146,8 @@ class Suite:
         check("# from collection kvm.storage" in bindep_text,
               "introspection found no bindep.txt in the installed collection:\n" + bindep_text)
         check(set(pip_lines) == {"libvirt-python", "cryptography"}, "the image's pip requirements: %r" % pip_lines)
-        from bindep.depends import Depends  # pylint: disable=import-outside-toplevel  (ansible-builder's dependency)
+        # bindep comes with ansible-builder
+        from bindep.depends import Depends  # pylint: disable=import-outside-toplevel
         depends = Depends(bindep_text)
         lists = {}
         for platform, profiles in (("rpm", ["platform:rpm", "platform:redhat", "platform:centos"]),
@@ -258,8 +260,8 @@ class Suite:
             unfinished = [(e["event_data"].get("play"), e["event_data"].get("task")) for e in first
                           if e["event"] == "playbook_on_task_start" and e["event_data"].get("task_uuid") not in done]
             check(not unfinished, "tasks with no ok or skipped result in job1: %r" % unfinished)
-            bad = [e["event"] for e in first if e["event"] in ("runner_on_failed", "runner_on_unreachable",
-                                                                "runner_item_on_failed")]
+            failing = ("runner_on_failed", "runner_on_unreachable", "runner_item_on_failed")
+            bad = [e["event"] for e in first if e["event"] in failing]
             check(not bad, "job1 has events %r" % bad)
             stats1 = [e for e in first if e["event"] == "playbook_on_stats"][-1]["event_data"]
             check(stats1.get("changed", {}).get("localhost", 0) > 0, "job1 changed nothing: %r" % stats1)
