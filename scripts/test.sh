@@ -77,20 +77,22 @@ integration_run() {
 }
 
 # The integration targets in two shards that run side by side (most targets use one core or wait on a TCG
-# guest): shard "lvm" holds every target that uses LVM or the device-mapper machine (the LVM stand-in re-links
-# the loop devices of every test VG after each change: those targets never run at the same time) and the root
-# ones of the roles; shard "rest" the others. Each shard has its own copy of the collection (ansible-test's
-# output directory is inside it). Their logs are printed one after the other when both are done.
+# guest): shard "lvm" holds the targets that use LVM or the device-mapper machine (with kvm_host_role), shard "rest"
+# the others and module_examples, the longest target after lvm_volume_image_dm, so that the shards take about
+# as long. Targets with VGs of their own may run side by side: the LVM stand-in (setup_lvm) changes one VG's
+# loop devices at a time, under that VG's lock, and only where they differ from its metadata. Each shard has its
+# own copy of the collection (ansible-test's output directory is inside it). Their logs are printed one after the
+# other when both are done.
 integration_shards() {
     local targets=$ROOT/tests/integration/targets t lvm=() rest=()
     for t in "$targets"/*/; do
         t=$(basename "$t")
         case "$t" in setup_*) continue ;; esac
+        [ -f "$targets/$t/aliases" ] || continue
         # INTEGRATION_EXCLUDE="a b": targets left out of a full run (on a machine where they run elsewhere)
         case " ${INTEGRATION_EXCLUDE:-} " in *" $t "*) continue ;; esac
-        [ -f "$targets/$t/aliases" ] || continue
-        if grep -qE '^(needs/target/setup_lvm|needs/target/setup_dm_machine)$' "$targets/$t/aliases" \
-                || [ "$t" = kvm_host_role ]; then
+        if [ "$t" != module_examples ] && { [ "$t" = kvm_host_role ] \
+                || grep -qE '^(needs/target/setup_lvm|needs/target/setup_dm_machine)$' "$targets/$t/aliases"; }; then
             lvm+=("$t")
         else
             rest+=("$t")
@@ -140,6 +142,13 @@ suite_integration() {
 # install + demo from the installed copy): scripts/packaging.sh; extra arguments name its steps (default: all)
 suite_packaging() {
     bash "$ROOT/scripts/packaging.sh" "$@"
+}
+
+# The collection as AWX runs it (tests/awx/run.py, docs/awx.md): ee (ansible-builder create of
+# execution-environment.yml, the context checked, its galaxy and introspection stages run here), job (the demo
+# twice through ansible-runner on a private data dir, every task's events, the second job changed=0)
+suite_awx() {
+    "$PY" "$ROOT/tests/awx/run.py" "$@"
 }
 
 # extra arguments name scenarios (default: every scenario under extensions/molecule)
@@ -196,7 +205,7 @@ case "${1:-all}" in
     all)
         failed=()
         prebuild_start
-        for s in unit sanity lint packaging integration molecule; do
+        for s in unit sanity lint packaging awx integration molecule; do
             if [ "$s" = integration ]; then
                 prebuild_wait
             fi
@@ -211,11 +220,11 @@ case "${1:-all}" in
         fi
         echo "all suites passed"
         ;;
-    unit|sanity|lint|packaging|integration|molecule)
+    unit|sanity|lint|packaging|awx|integration|molecule)
         run_suite "$@"
         ;;
     *)
-        echo "usage: $0 [all|unit|sanity|lint|packaging [STEP...]|integration [TARGET...]|molecule [SCENARIO...]]" >&2
+        echo "usage: $0 [all|unit|sanity|lint|packaging [STEP...]|awx [ee|job]|integration [TARGET...]|molecule [SCENARIO...]]" >&2
         exit 2
         ;;
 esac
