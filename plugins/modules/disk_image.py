@@ -378,6 +378,17 @@ EXAMPLES = r'''
     format: qcow2
     compress: true
 
+# A long conversion runs in the background on the host (async), Ansible checking every 10 s for up to an hour:
+# no SSH or job time-out while a large image is copied. poll: 0 and ansible.builtin.async_status start several.
+- name: Convert a large image in the background
+  kvm.storage.disk_image:
+    path: /var/lib/libvirt/images/vm1-imported.qcow2
+    src: /srv/import/vm1.img
+    src_format: raw
+    format: qcow2
+  async: 3600
+  poll: 10
+
 - name: Create a dynamic VirtualBox disk (VDI)
   kvm.storage.disk_image:
     path: /srv/vbox/data.vdi
