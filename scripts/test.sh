@@ -113,7 +113,10 @@ suite_integration() {
         return "$rc"
     fi
     dest2="$WORK/shard2/ansible_collections/kvm/storage"
-    mkdir -p "$(dirname "$dest2")" && cp -a "$dest" "$dest2" || { echo "test.sh: copying the collection failed" >&2; return 1; }
+    if ! { mkdir -p "$(dirname "$dest2")" && cp -a "$dest" "$dest2"; }; then
+        echo "test.sh: copying the collection failed" >&2
+        return 1
+    fi
     shards=$(integration_shards)
     lvm=$(sed -n 1p <<<"$shards")
     rest=$(sed -n 2p <<<"$shards")
