@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(HOME)/.ansible/collections
 export ANSIBLE_NOCOLOR := 1
 
-.PHONY: setup demo test unit sanity lint integration molecule bench
+.PHONY: setup demo test unit sanity lint integration molecule bench fuzz
 
 setup:
 	@bash scripts/setup.sh
@@ -50,6 +50,15 @@ molecule: setup
 bench: setup
 	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check matplotlib
 	@$(VENV)/bin/python bench/bench.py
+
+# the coverage-guided fuzzers of the image library (tests/fuzz, atheris), one format after the other, niced:
+# FUZZ_SECONDS per format (default 300), FUZZ_FORMATS="qcow2 vmdk" (default all); corpus, findings and logs in
+# FUZZ_OUT (outside the checkout). Prints executions, coverage and findings per format (docs/testing.md).
+FUZZ_SECONDS ?= 300
+FUZZ_FORMATS ?=
+FUZZ_OUT ?= /var/tmp/kvm-storage-fuzz
+fuzz: setup
+	@nice -n 10 $(VENV)/bin/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS) --formats "$(FUZZ_FORMATS)" --out $(FUZZ_OUT)
 
 # kill -9 at random moments during the image library's writing operations and judge what is left
 # (docs/crash-safety.md): CRASH_KILLS kills in all, shared among the operations, seeded by CRASH_SEED.
