@@ -95,6 +95,17 @@ def patched(fmt, filename, edits, base=None):
     return build
 
 
+def edited(fmt, filename, edits, base=None):
+    """A builder: the pristine ``fmt`` image (or ``base()`` bytes) with the edits that
+    ``edits(data)`` computes from its bytes, [(offset, bytes)], applied."""
+    def build(directory):
+        data = base() if base is not None else pristine(fmt)
+        for offset, value in edits(data):
+            data = poke(data, offset, value)
+        return write(pathlib.Path(directory) / filename, data)
+    return build
+
+
 def truncated(fmt, filename, length, base=None):
     def build(directory):
         data = base() if base is not None else pristine(fmt)

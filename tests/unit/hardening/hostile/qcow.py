@@ -30,12 +30,7 @@ def _l2(data):
 
 
 def _edit(edits):
-    def build(directory):
-        data = _util.pristine(FMT)
-        for offset, value in edits(data):
-            data = _util.poke(data, offset, value)
-        return _util.write(directory / NAME, data)
-    return build
+    return _util.edited(FMT, NAME, edits)
 
 
 def _q(value):

@@ -30,12 +30,7 @@ VALUES = ()
 
 def _edit(edits):
     """A builder from ``edits``: a function of the pristine image's bytes giving [(offset, bytes)]."""
-    def build(directory):
-        data = _util.pristine(FMT)
-        for offset, value in edits(data):
-            data = _util.poke(data, offset, value)
-        return _util.write(directory / NAME, data)
-    return build
+    return _util.edited(FMT, NAME, edits)
 
 
 def _q(value):

@@ -29,12 +29,7 @@ def _bmap(data):
 
 
 def _edit(edits, filename=NAME):
-    def build(directory):
-        data = _util.pristine(FMT)
-        for offset, value in edits(data):
-            data = _util.poke(data, offset, value)
-        return _util.write(directory / filename, data)
-    return build
+    return _util.edited(FMT, filename, edits)
 
 
 def _u32(value):

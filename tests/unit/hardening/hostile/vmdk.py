@@ -35,12 +35,7 @@ def _gt(data):
 
 
 def _edit(edits, base=None):
-    def build(directory):
-        data = base() if base else _util.pristine(FMT)
-        for offset, value in edits(data):
-            data = _util.poke(data, offset, value)
-        return _util.write(directory / NAME, data)
-    return build
+    return _util.edited(FMT, NAME, edits, base=base or None)
 
 
 def _u32(value):
