@@ -195,6 +195,8 @@ def main(argv=None):
         with tempfile.TemporaryDirectory(prefix="kvm-storage-fuzz-seeds-") as work:
             for data in seeds.make_seeds(args.format, work):
                 (corpus / ("seed-" + hashlib.sha1(data).hexdigest()[:16])).write_bytes(data)
+    if not any(corpus.iterdir()):
+        sys.exit("no seed input could be made for %s:\n%s" % (args.format, "\n".join(seeds.FAILURES) or "(no command failed)"))
     max_len = max(path.stat().st_size for path in corpus.iterdir())
     (out / "findings").mkdir(exist_ok=True)
     target = Target(args.format, out / "findings")

@@ -104,9 +104,19 @@ def input_name(fmt):
     return "image" + SUFFIX.get(fmt, ".img")
 
 
+# What the seed-making commands that failed said (fuzz_image.py prints them when a format got no seed).
+FAILURES = []
+
+
 def _run(*args):
-    proc = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-    return proc.returncode == 0
+    """Run a seed-making command; a failure is tried once more (a loaded machine), then recorded in FAILURES."""
+    for _attempt in range(2):
+        proc = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+        if proc.returncode == 0:
+            return True
+    FAILURES.append("%s: exit %d: %s" % (" ".join(str(a) for a in args), proc.returncode,
+                                         proc.stderr.decode("utf-8", "replace").strip()))
+    return False
 
 
 def _qemu(work, name, fmt, size, opts="", io_commands=(), backing=None, extra=()):
