@@ -110,6 +110,9 @@ def _bit_index(bit):
 
 _fallocate_function = None
 
+# The largest offset a file can have (off_t): header fields of hostile images may point past it.
+MAX_FILE_OFFSET = (1 << 63) - 1
+
 
 def libc_library():
     """The C library through ctypes (ctypes.util, slow to import, only when first needed)."""
@@ -288,9 +291,13 @@ class ImageFile:
 
     # ------------------------------------------------------------------ reads
     def pread(self, offset, length):
-        """Up to ``length`` bytes at ``offset``; short only at end of file."""
+        """Up to ``length`` bytes at ``offset``; short only at end of file (a read
+        past the largest offset a file can have reads nothing, as past its end)."""
         if offset < 0 or length < 0:
             raise ValueError("negative offset or length")
+        if offset >= MAX_FILE_OFFSET:
+            return b""
+        length = min(length, MAX_FILE_OFFSET - offset)
         chunk = os.pread(self.fd, length, offset)
         if len(chunk) == length or not chunk:
             return chunk
@@ -638,9 +645,12 @@ def pread_into(image_file, offset, view):
             and hasattr(os, "preadv"):
         if offset < 0:
             raise ValueError("negative offset")
+        if offset >= MAX_FILE_OFFSET:
+            return 0
+        length = min(length, MAX_FILE_OFFSET - offset)
         done = 0
         while done < length:
-            count = os.preadv(image_file.fd, [view[done:]], offset + done)
+            count = os.preadv(image_file.fd, [view[done:length]], offset + done)
             if count <= 0:
                 break
             done += count

@@ -36,6 +36,11 @@ def _case(name, fmt, packed):
 
 # (name, format as the corpus opens it: "raw" for the probe fuzzer's finds, zlib+base64 of the input)
 _FOUND = [
+    # 2026-12-07, make fuzz: a sparse VMDK whose descriptor offset (sectors, uint64) times 512 is past the largest
+    # file offset: an OverflowError from os.pread in open (ImageFile.pread now reads nothing there).
+    ('finding-0d8216691c6b', 'vmdk',
+     "eNrzdvENU1ZwyazLVnBhgIIit0yvYgVbBSVDYyWulJQkvfTUfAM0YGhhZGJuaGRmZmloZmBsZm5kaWKWm1oC1q9kbmxjbmJhbGZi"
+     "psQFAPV0E9o="),
 ]
 
 CASES = [_case(name, fmt, packed) for name, fmt, packed in _FOUND]
