@@ -13,7 +13,7 @@ zeroes, unallocated) at the same offset.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-from ..formats.base import MAX_IO
+from ..formats.base import MAX_IO, ZEROES
 from .image import chain_block_status, open_driver, reads_zero, status_windows, translate_os_errors
 from .create import close_quietly
 
@@ -22,14 +22,13 @@ SECTOR_SIZE = 512
 STATUS_WINDOW = 16 * MAX_IO
 _COMPARE_BLOCK = 64 * 1024
 _ZERO_GRANULE = 4096
-_ZEROES = bytes(MAX_IO)
 
 
 def first_nonzero(data):
     """Index of the first non-zero byte of ``data``, or None."""
-    if _ZEROES.startswith(data):
+    if ZEROES.startswith(data):
         return None
-    granule = _ZEROES[:_ZERO_GRANULE]
+    granule = ZEROES[:_ZERO_GRANULE]
     for position in range(0, len(data), _ZERO_GRANULE):
         if not data.startswith(granule, position):
             block = bytes(data[position:position + _ZERO_GRANULE])
