@@ -40,6 +40,13 @@ docs: setup
 packaging: setup
 	@bash scripts/test.sh packaging
 
+# a fleet in one play (tests/fleet/run.py, docs/fleet.md): FLEET_HOSTS podman containers (default 20) reached over
+# ssh, forks FLEET_FORKS (default 10), the play twice (the second changes nothing); the report (time per task and per
+# host, bytes over ssh per task) is printed and kept in FLEET_OUT (default /var/tmp/kvm-storage-fleet)
+.PHONY: fleet
+fleet: setup
+	@bash scripts/test.sh fleet --out $${FLEET_OUT:-/var/tmp/kvm-storage-fleet}
+
 # the molecule scenarios (extensions/molecule/*): podman, a locally built Debian 12 image (scripts/molecule.sh)
 molecule: setup
 	@bash scripts/test.sh molecule

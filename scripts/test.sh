@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the test suites: unit (pytest), sanity (ansible-test, empty ignore list),
 # lint (ansible-lint --profile production), integration (ansible-test integration,
-# modules run for real through ansible-playbook), molecule (the roles' scenarios in podman
+# modules run for real through ansible-playbook), packaging (scripts/packaging.sh), awx (tests/awx/run.py),
+# fleet (tests/fleet/run.py: one play over 20 hosts), molecule (the roles' scenarios in podman
 # containers, scripts/molecule.sh).  `all` runs every suite, goes on
 # past a failing one, and fails at the end if any failed.
 set -uo pipefail
@@ -154,6 +155,13 @@ suite_awx() {
     "$PY" "$ROOT/tests/awx/run.py" "$@"
 }
 
+# A fleet in one play (tests/fleet/run.py, docs/fleet.md): 20 podman containers reached over ssh, forks 10, the play
+# twice (the second changes nothing); the report (time per task and host, bytes over ssh per task) is printed.
+# FLEET_HOSTS and FLEET_FORKS change the fleet's size; extra arguments go to run.py.
+suite_fleet() {
+    "$PY" "$ROOT/tests/fleet/run.py" --out "$WORK/fleet" "$@"
+}
+
 # extra arguments name scenarios (default: every scenario under extensions/molecule)
 suite_molecule() {
     bash "$ROOT/scripts/molecule.sh" "$@"
@@ -212,10 +220,10 @@ case "${1:-all}" in
             run_suite "$s" || failed+=("$s")
         done
         prebuild_wait
-        # packaging and awx run beside the two integration shards (all of them wait on Ansible, libvirt and TCG
-        # guests more than they use the cores): their output is kept and printed when the integration suite is done
+        # packaging, awx and fleet run beside the two integration shards (all of them wait on Ansible, libvirt and
+        # TCG guests more than they use the cores): their output is kept and printed when the integration suite is done
         rm -f "$WORK/side-failed"
-        (for s in packaging awx; do run_suite "$s" || echo "$s" >>"$WORK/side-failed"; done) >"$WORK/side.log" 2>&1 &
+        (for s in packaging awx fleet; do run_suite "$s" || echo "$s" >>"$WORK/side-failed"; done) >"$WORK/side.log" 2>&1 &
         side_pid=$!
         run_suite integration || failed+=(integration)
         wait "$side_pid"
@@ -233,11 +241,11 @@ case "${1:-all}" in
         fi
         echo "all suites passed"
         ;;
-    unit|sanity|lint|packaging|awx|integration|molecule)
+    unit|sanity|lint|packaging|awx|fleet|integration|molecule)
         run_suite "$@"
         ;;
     *)
-        echo "usage: $0 [all|unit|sanity|lint|packaging [STEP...]|awx [ee|job]|integration [TARGET...]|molecule [SCENARIO...]]" >&2
+        echo "usage: $0 [all|unit|sanity|lint|packaging [STEP...]|awx [ee|job]|fleet [run.py options]|integration [TARGET...]|molecule [SCENARIO...]]" >&2
         exit 2
         ;;
 esac
