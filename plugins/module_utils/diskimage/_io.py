@@ -114,10 +114,23 @@ _fallocate_function = None
 MAX_FILE_OFFSET = (1 << 63) - 1
 
 
+_libc = None
+
+
 def libc_library():
-    """The C library through ctypes (ctypes.util, slow to import, only when first needed)."""
-    import ctypes.util  # pylint: disable=import-outside-toplevel,redefined-outer-name
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    """The C library through ctypes, loaded once: the symbols the process has
+    already loaded (libc among them), else the library ctypes.util finds (slow:
+    it imports subprocess and runs ldconfig, so only when the first way fails)."""
+    global _libc
+    if _libc is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            getattr(libc, "fsync")
+        except (OSError, AttributeError, TypeError):
+            from ctypes import util as ctypes_util  # pylint: disable=import-outside-toplevel
+            libc = ctypes.CDLL(ctypes_util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc = libc
+    return _libc
 
 
 def _fallocate():

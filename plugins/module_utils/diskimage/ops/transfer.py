@@ -13,12 +13,14 @@ thread and early writeback.
   ahead of the writing side: os.pread, os.pwrite, hashlib and zlib release
   the GIL, so reading and writing overlap.  An error on either side stops
   both and is raised in the caller's thread.
-- ``Writeback`` starts the write-out of what was written every few dozen MiB
+- ``Writeback`` starts the write-out of what was written every few MiB
   (sync_file_range when libc offers it, else fdatasync, on its own thread)
-  and then drops the written pages from the page cache: the final flush
-  before the output is renamed into place has little left to do, and a large
-  conversion does not flood the host's page cache.  It is an optimisation
-  only: failures disable it quietly, durability comes from the final flush.
+  without waiting for it, and drops from the page cache the pages that
+  earlier steps wrote out: the final flush before the output is renamed into
+  place has little left to do, a large conversion does not flood the host's
+  page cache, and the copy keeps writing into a small set of recycled (warm)
+  pages instead of ever new ones.  It is an optimisation only: failures
+  disable it quietly, durability comes from the final flush.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -227,8 +229,8 @@ def _sync_file_range():
     return _sync_file_range_function or None
 
 
-# Bytes written between two write-outs.
-WRITEBACK_STEP = 32 * 1024 * 1024
+# Bytes written between two write-outs (small: the pages dropped are soon reused, still warm).
+WRITEBACK_STEP = 8 * 1024 * 1024
 
 
 class Writeback:
@@ -273,14 +275,12 @@ class Writeback:
                 return
 
     def _write_out(self):
-        """Write the file's dirty pages out and drop its clean ones; False when that cannot be done here."""
+        """Start the write-out of the file's dirty pages (not waiting for it: the device stays busy
+        while the copy goes on) and drop its clean ones, those an earlier step wrote out; False when
+        that cannot be done here."""
         try:
             function = _sync_file_range()
-            if function is not None:
-                flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
-                if function(self._fd, 0, 0, flags) != 0:
-                    os.fdatasync(self._fd)
-            else:
+            if function is None or function(self._fd, 0, 0, SYNC_FILE_RANGE_WRITE) != 0:
                 os.fdatasync(self._fd)
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
