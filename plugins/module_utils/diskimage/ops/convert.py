@@ -17,10 +17,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
-import hashlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import ImageError, InvalidOptionError
 from ..formats.base import DATA, MAX_IO
@@ -240,6 +238,8 @@ class _Converter:
         if cluster <= 0 or cluster > MAX_IO:
             raise InvalidOptionError("compressed output needs a cluster size between 512 and %d, found %r"
                                      % (MAX_IO, cluster), self.target.path)
+        # Imported here: only compressed output needs it, and it costs every other conversion's start.
+        from concurrent.futures import ThreadPoolExecutor  # pylint: disable=import-outside-toplevel
         chunk = align_down(MAX_IO, cluster)
         in_flight = collections.deque()
         limit = max(workers, min(workers * IN_FLIGHT_PER_WORKER, IN_FLIGHT_BYTES // cluster))
@@ -407,6 +407,7 @@ class ConvertOptions:
         """A new hashlib object for ``digest`` (None without one)."""
         if self.digest is None:
             return None
+        import hashlib  # pylint: disable=import-outside-toplevel  # only asked-for digests pay its import
         try:
             return hashlib.new(self.digest)
         except (ValueError, TypeError):
