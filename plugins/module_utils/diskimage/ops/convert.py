@@ -4,9 +4,10 @@
 """convert(): ``qemu-img convert``.
 
 The source chain is walked by block status: holes are never read nor
-written, data is read in MAX_IO chunks, zero blocks found in it are skipped
-(or written as zeroes when the output has a backing file), and the rest is
-written in large runs.  Compressed qcow2 output compresses whole clusters in
+written, data is read in COPY_CHUNK chunks (whole target clusters, at most
+MAX_IO), zero blocks found in it are skipped (or written as zeroes when the
+output has a backing file), and the rest is written in runs as large as the
+chunks.  Compressed qcow2 output compresses whole clusters in
 a thread pool (zlib releases the GIL) with a bounded number in flight, and
 writes them in guest order.  The output is built under a temporary name and
 renamed into place when complete and flushed; with ``on_device`` it is
@@ -36,8 +37,12 @@ STATUS_WINDOW = 16 * MAX_IO
 # Compressed clusters in flight per worker thread, and the bytes they may hold at most.
 IN_FLIGHT_PER_WORKER = 4
 IN_FLIGHT_BYTES = 8 * MAX_IO
-# Read chunks (at most MAX_IO each) the read-ahead thread may hold ready for the writer.
-READ_AHEAD_DEPTH = 3
+# Bytes read and written at once by a plain copy, unless the target's clusters are larger (up to
+# MAX_IO): small enough that the buffers in flight stay in the CPU caches between the read's copy
+# and the write's (4 MiB chunks made the copy a third slower).
+COPY_CHUNK = 1024 * 1024
+# Read chunks the read-ahead thread may hold ready for the writer.
+READ_AHEAD_DEPTH = 4
 
 
 def align_down(value, alignment):
@@ -106,9 +111,11 @@ class _Converter:
         cluster_size = _cluster_size(target)
         self.cluster_size = cluster_size
         self.granule = max(MIN_SPARSE, cluster_size)
+        # Whole clusters per chunk: a partial new cluster would be filled and then rewritten.
+        self.chunk_size = min(MAX_IO, max(COPY_CHUNK, cluster_size))
         # The read-ahead thread's put() while copy() runs.
         self._put = None
-        # Read buffers (MAX_IO bytearrays) the writer has finished with: copy() reuses them, so a
+        # Read buffers (chunk_size bytearrays) the writer has finished with: copy() reuses them, so a
         # copy does not fault fresh pages in for every chunk (at most READ_AHEAD_DEPTH + 2 exist).
         self._free_buffers = collections.deque()
 
@@ -206,13 +213,14 @@ class _Converter:
         """Read the data run [start, end) in chunks and hand them to the writer (read-ahead thread):
         each chunk is read into a buffer the writer gives back when it has written it."""
         position = start
+        chunk = self.chunk_size
         while position < end:
-            chunk_end = min(end, align_down(position, MAX_IO) + MAX_IO)
+            chunk_end = min(end, align_down(position, chunk) + chunk)
             length = chunk_end - position
             try:
                 buffer = self._free_buffers.popleft()
             except IndexError:
-                buffer = bytearray(MAX_IO)
+                buffer = bytearray(chunk)
             view = memoryview(buffer)[:length]
             self.source.read_into(position, view)
             self.bytes_read += length
