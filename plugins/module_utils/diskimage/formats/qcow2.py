@@ -671,6 +671,10 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
         # Plans: [cstart, write_lo, write_hi, host or None (allocate), new_entry, new_bitmap, old_entry_to_free]
         l2_offset = self._l1_entry_l2_offset(l1_index)
         table = self._load_l2(l2_offset) if l2_offset else None
+        new_entries = self._new_cluster_entries(offset, end, table, base)
+        if new_entries is not None:
+            self._write_new_clusters(l1_index, new_entries[0], new_entries[1], data)
+            return
         plans = []
         cstart = offset >> cb << cb
         while cstart < end:
@@ -788,6 +792,33 @@ class Qcow2Driver(Qcow2AmendMixin, Qcow2SnapshotMixin, Qcow2RefcountMixin, Qcow2
             self._write_l2_entries(l2_offset, table, first, last)
         for entry in freed:
             self._free_entry(entry)
+
+    def _new_cluster_entries(self, offset, end, table, base):
+        """(first, last): the entries of ``table`` (the L2 table of guest offset ``base`` on, None
+        when there is none yet) that [offset, end) covers, when they are whole clusters that are
+        all unallocated in an image without extended L2 entries or a data file; else None."""
+        cs = self._cs
+        if self._ext or self._data_file is not self._file or (offset | end) & (cs - 1):
+            return None
+        first = (offset >> self._cb) - base
+        last = (end >> self._cb) - base
+        if table is not None and any(table[first:last]):
+            return None
+        return first, last
+
+    def _write_new_clusters(self, l1_index, first, last, data):
+        """Entries [first, last) of L1 entry ``l1_index``'s table, all unallocated (no COW, nothing
+        to free), written whole with ``data``: what _write_in_table's general path does for them
+        (L2 table, refcounts, data, then the L2 entries), without planning cluster by cluster (the
+        common write of a conversion: a new image filled in guest order)."""
+        cs = self._cs
+        l2_offset, table = self._l2_for_write(l1_index)
+        host = self._alloc(last - first)
+        self._data_write(host, [data], len(data))
+        for index in range(first, last):
+            table[index] = host | L.OFLAG_COPIED
+            host += cs
+        self._write_l2_entries(l2_offset, table, first, last - 1)
 
     def _sub_mask(self, lo, hi):
         """Bit mask of the subclusters covering [lo, hi) inside a cluster."""
