@@ -68,9 +68,6 @@ def test_the_default_step_is_a_few_mib():
 
 
 def test_the_c_library_is_loaded_once_without_running_a_program(monkeypatch):
-    if _io.ctypes is None:
-        pytest.skip("ctypes is not available")
-
     def no_program(*args, **kwargs):
         raise AssertionError("a program was run to find the C library: %r" % (args,))
 
