@@ -349,6 +349,13 @@ class Driver:
         data file): what ops/resize.py puts back when a change fails half-way."""
         return [self._file] if self._file is not None else []
 
+    def host_file_of_offsets(self):
+        """The ImageFile that the host offsets of this layer's block_status point
+        into, each extent contiguous there, when that is so for every extent
+        (then a conversion skips the holes of that file instead of reading them);
+        None otherwise (the default: several files, compressed data, no offsets)."""
+        return None
+
     def device_zeroout(self):
         """For a layer written straight to a block device: whether the device zeroed
         ranges itself (BLKZEROOUT), None when it was never asked or the layer is no

@@ -408,6 +408,9 @@ class VdiDriver(Driver):
             position += count
         return runs
 
+    def host_file_of_offsets(self):
+        return self._file
+
     def block_status(self, offset, length):
         if length <= 0:
             return []

@@ -960,6 +960,10 @@ class VhdxDriver(Driver):
             raise CorruptImageError("%s at offset %d: short read of %d of %d bytes"
                                     % (what, offset, count, length), self.path)
 
+    def host_file_of_offsets(self):
+        # a log replayed into memory (read-only open of a dirty image) changes what the file's ranges read
+        return self._file if self.overlay is None else None
+
     def block_status(self, offset, length):
         if length <= 0:
             return []

@@ -518,6 +518,9 @@ class VpcDriver(Driver):
         if count < len(part):
             fill_zero(part[count:])
 
+    def host_file_of_offsets(self):
+        return self._file
+
     def block_status(self, offset, length):
         if length <= 0:
             return []

@@ -123,7 +123,8 @@ class _Converter:
     def status_windows(self):
         """(start, end, runs): chain block status of the source (above ``base``), window by window."""
         return status_windows(0, self.size, STATUS_WINDOW,
-                              lambda offset, length: chain_block_status(self.source, offset, length, self.base))
+                              lambda offset, length: chain_block_status(self.source, offset, length, self.base,
+                                                                        hole_granule=self.granule))
 
     def runs(self):
         """Chain block status of the source (above ``base``), window by window."""

@@ -107,7 +107,7 @@ def status_windows(start, end, window, status):
             size = window
 
 
-def chain_block_status(layer, offset, length, base=None):
+def chain_block_status(layer, offset, length, base=None, hole_granule=None):
     """Block status of the chain from ``layer`` down to (not including) ``base``.
 
     Kinds: DATA (some layer holds bytes), ZERO (reads as zeroes: some layer
@@ -115,6 +115,11 @@ def chain_block_status(layer, offset, length, base=None):
     backing file), UNALLOCATED (no layer above ``base`` allocates the range:
     it reads from ``base``, or as zeroes when ``base`` is None).  Adjacent
     runs of one kind are merged.
+
+    With ``hole_granule`` (a conversion), DATA of a layer whose host offsets
+    point into one file of its own (``host_file_of_offsets``) is ZERO where
+    that file has a hole covering whole ``hole_granule``-aligned blocks: those
+    bytes read as zeroes, and are then never read.
     """
     end = min(offset + length, layer.virtual_size)
     if offset >= end:
@@ -122,10 +127,14 @@ def chain_block_status(layer, offset, length, base=None):
     # Past a backing file's end the guest reads zeroes; above a base that must be
     # said explicitly (the base may be longer), without one it is just unallocated.
     past_end_kind = UNALLOCATED if base is None else ZERO
+    hole_file = layer.host_file_of_offsets() if hole_granule else None
     runs = []
     for extent in layer.block_status(offset, end - offset):
         if extent.kind != UNALLOCATED:
-            runs.append(extent)
+            if hole_file is not None and extent.kind == DATA and extent.offset is not None:
+                runs.extend(split_file_holes(hole_file, extent, hole_granule))
+            else:
+                runs.append(extent)
             continue
         backing = layer.backing
         if backing is None:
@@ -137,10 +146,37 @@ def chain_block_status(layer, offset, length, base=None):
             if backing is base:
                 runs.append(Extent(extent.start, inside_end - extent.start, UNALLOCATED, None))
             else:
-                runs.extend(chain_block_status(backing, extent.start, inside_end - extent.start, base))
+                runs.extend(chain_block_status(backing, extent.start, inside_end - extent.start, base,
+                                               hole_granule))
         if inside_end < ext_end:
             runs.append(Extent(inside_end, ext_end - inside_end, past_end_kind, None))
     return _merge(runs)
+
+
+def split_file_holes(image_file, extent, granule):
+    """The DATA ``extent`` (host offset ``extent.offset`` in ``image_file``) as
+    DATA and ZERO extents: ZERO where the file has a hole (SEEK_HOLE) that covers
+    whole ``granule``-aligned guest blocks; smaller holes stay DATA, and so do
+    ranges past the file's end (the driver's read says what they are)."""
+    delta = extent.offset - extent.start
+    guest_end = extent.start + extent.length
+    file_end = image_file.size()
+    position = extent.start
+    result = []
+    for file_start, count, is_data in image_file.data_extents(extent.offset, extent.length):
+        if is_data:
+            continue
+        hole_start = -(-(file_start - delta) // granule) * granule
+        hole_end = min(guest_end, (min(file_start + count, file_end) - delta) // granule * granule)
+        if hole_end <= hole_start:
+            continue
+        if hole_start > position:
+            result.append(Extent(position, hole_start - position, DATA, position + delta))
+        result.append(Extent(hole_start, hole_end - hole_start, ZERO, None))
+        position = hole_end
+    if position < guest_end:
+        result.append(Extent(position, guest_end - position, DATA, position + delta))
+    return result
 
 
 def reads_zero(kind, base=None):
