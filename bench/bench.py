@@ -515,7 +515,8 @@ def report(out, settings, description, rows, ansible, big_label):
         "- Corpus: %s; sources made by qemu-img convert (qcow2, vdi, vmdk streamOptimized, vpc (vhd), vhdx)"
         % corpus_text,
         "- Times: wall time of a process (ours: `python bench/child_convert.py`, interpreter start and imports "
-        "included, the library's bytecode compiled beforehand as an installed package has it; \"in-process\" is the duration convert() itself reports; theirs: `qemu-img convert -f FMT "
+        "included, the library's bytecode compiled beforehand as an installed package has it; \"in-process\" is "
+        "the duration convert() itself reports; theirs: `qemu-img convert -f FMT "
         "-O FMT`, default cache mode, and with `-t writeback`), median of %d "
         "alternating runs (the order of the three sides rotates every run)" % settings["runs"],
         "- Page cache: %s (the same for both sides)" % cache_text,
